@@ -1,0 +1,49 @@
+// Views of weight matrices and vectors. A view owns nothing: the bytes live in a memory-mapped checkpoint
+// (or an arena) that outlives it.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace moep {
+
+// A row-major matrix [rows, cols] of `dtype` elements; row r starts at data + r * row_stride elements.
+struct MatRef {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;  // in elements
+
+  bool empty() const { return data == nullptr; }
+  const uint8_t* row_ptr(int64_t r) const {
+    return static_cast<const uint8_t*>(data) + size_t(r) * size_t(row_stride) * dtype_size(dtype);
+  }
+  // Rows [r0, r0 + n) as a view.
+  MatRef row_block(int64_t r0, int64_t n) const {
+    MatRef m = *this;
+    m.data = row_ptr(r0);
+    m.rows = n;
+    return m;
+  }
+  int64_t bytes() const { return rows * cols * int64_t(dtype_size(dtype)); }
+};
+
+// A vector of `dtype` elements (norm weights, biases).
+struct VecRef {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t size = 0;
+  bool empty() const { return data == nullptr; }
+  float at(int64_t i) const {
+    switch (dtype) {
+      case DType::F32: return static_cast<const float*>(data)[i];
+      case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+      case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    }
+    return 0.f;
+  }
+};
+
+}  // namespace moep

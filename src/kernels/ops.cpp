@@ -1,0 +1,117 @@
+#include "kernels/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/kernels.h"
+
+namespace moep::ops {
+
+namespace {
+// Row blocks are multiples of this so that fast kernels can process several rows at a time.
+constexpr int64_t kRowAlign = 16;
+}  // namespace
+
+void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy) {
+  const auto& k = kernels::best_kernels();
+  const int64_t rows = W.rows;
+  // Enough tasks per thread that uneven speeds balance, but each large enough to stream well.
+  const int64_t target_tasks = int64_t(pool.size()) * 4;
+  int64_t block = std::max<int64_t>(kRowAlign, (rows + target_tasks - 1) / target_tasks);
+  block = (block + kRowAlign - 1) / kRowAlign * kRowAlign;
+  const int64_t n_tasks = (rows + block - 1) / block;
+  pool.parallel_for(n_tasks, [&](int64_t i) {
+    const int64_t r0 = i * block;
+    const int64_t r1 = std::min(rows, r0 + block);
+    k.gemm_nt(W, X, ldx, T, Y, ldy, r0, r1);
+  });
+}
+
+void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y) {
+  linear(pool, W, X, W.cols, T, Y, W.rows);
+}
+
+void linear_in_out(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y) {
+  const auto& k = kernels::best_kernels();
+  const int64_t cols = W.cols;
+  const int64_t target_tasks = int64_t(pool.size()) * 2;
+  int64_t block = std::max<int64_t>(64, (cols + target_tasks - 1) / target_tasks);
+  block = (block + 63) / 64 * 64;
+  const int64_t n_tasks = (cols + block - 1) / block;
+  pool.parallel_for(n_tasks, [&](int64_t i) {
+    const int64_t c0 = i * block;
+    const int64_t c1 = std::min(cols, c0 + block);
+    k.gemm_nn(W, X, W.rows, T, Y, cols, c0, c1);
+  });
+}
+
+void rmsnorm(const float* x, const VecRef& w, float eps, int64_t n, float* y) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float inv = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
+  if (w.empty()) {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv;
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = w.at(i) * (x[i] * inv);
+  }
+}
+
+void layernorm(const float* x, const VecRef& w, const VecRef& b, float eps, int64_t n, float* y) {
+  double mean = 0.0;
+  for (int64_t i = 0; i < n; ++i) mean += x[i];
+  mean /= double(n);
+  double var = 0.0;
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= double(n);
+  const double inv = 1.0 / std::sqrt(var + double(eps));
+  for (int64_t i = 0; i < n; ++i) {
+    float v = float((x[i] - mean) * inv);
+    if (!w.empty()) v *= w.at(i);
+    if (!b.empty()) v += b.at(i);
+    y[i] = v;
+  }
+}
+
+void add_bias(float* x, const VecRef& b, int64_t n) {
+  if (b.empty()) return;
+  for (int64_t i = 0; i < n; ++i) x[i] += b.at(i);
+}
+
+void clamp(float* x, float c, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::min(c, std::max(-c, x[i]));
+}
+
+void silu_mul(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = g[i];
+    g[i] = v / (1.f + std::exp(-v)) * u[i];
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  float m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    s += x[i];
+  }
+  const float inv = float(1.0 / s);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cos[i] - b * sin[i];
+      v[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+void to_f32(const void* src, DType dtype, float* dst, int64_t n) { kernels::best_kernels().to_f32(src, dtype, dst, n); }
+
+}  // namespace moep::ops

@@ -1,0 +1,42 @@
+// Helpers shared by the tests.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace moep::test {
+
+// tests/fixtures/<name> (tiny checkpoints with reference logits from transformers).
+std::string fixture_dir(const std::string& name);
+// tests/data/<rel>
+std::string testdata_path(const std::string& rel);
+// The fixture names (every directory under tests/fixtures with a reference.json).
+std::vector<std::string> fixture_names();
+
+// A fresh empty directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs a shell command; returns its exit status and fills `output` with stdout+stderr.
+int run_command(const std::string& cmd, std::string* output);
+// Path of the built moep binary.
+std::string moep_binary();
+
+// Fresh random values in [lo, hi) from a seeded generator (never zeros or constants).
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f);
+
+// ‖a − b‖₂ / ‖b‖₂
+double rel_l2(const float* a, const float* b, size_t n);
+
+}  // namespace moep::test

@@ -1,0 +1,66 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+#include "io/npy.h"
+#include "test_util.h"
+
+namespace moep {
+namespace {
+
+TEST(DType, Bf16RoundTripAndRounding) {
+  // Values exactly representable in bf16 survive; others round to nearest even.
+  for (float f : {0.f, 1.f, -2.5f, 3.140625f, std::ldexp(1.f, -100), -65536.f}) EXPECT_EQ(bf16_to_f32(f32_to_bf16(f)), f);
+  const float one_plus = 1.f + 1.f / 256.f;  // halfway between two bf16 values: rounds to even (1.0)
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(one_plus)), 1.f);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, F16MatchesKnownEncodings) {
+  EXPECT_EQ(f32_to_f16(1.f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(-2.f), 0xc000);
+  EXPECT_EQ(f32_to_f16(65504.f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);
+  EXPECT_EQ(f32_to_f16(5.960464477539063e-08f), 0x0001);  // smallest subnormal
+  EXPECT_EQ(f16_to_f32(0x0001), 5.960464477539063e-08f);
+  EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);
+  // Every finite f16 value round-trips.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00) continue;
+    EXPECT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h) << h;
+  }
+}
+
+TEST(ThreadPool, RunsEveryTaskOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int rep = 0; rep < 200; ++rep) {
+      std::vector<std::atomic<int>> hits(97);
+      pool.parallel_for(97, [&](int64_t i) { hits[i].fetch_add(1); });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    }
+    std::atomic<int64_t> sum{0};
+    pool.parallel_range(1000, 16, [&](int64_t b, int64_t e) {
+      EXPECT_EQ(b % 16, 0);
+      for (int64_t i = b; i < e; ++i) sum += i;
+    });
+    EXPECT_EQ(sum.load(), 999 * 1000 / 2);
+  }
+}
+
+TEST(Npy, WriteThenRead) {
+  test::TempDir dir;
+  auto v = test::random_floats(3 * 5, 7);
+  const std::string p = dir.str() + "/a.npy";
+  write_npy_f32(p, v.data(), {3, 5});
+  auto a = read_npy_f32(p);
+  ASSERT_EQ(a.shape, (std::vector<int64_t>{3, 5}));
+  EXPECT_EQ(0, std::memcmp(a.data.data(), v.data(), v.size() * 4));
+}
+
+}  // namespace
+}  // namespace moep

@@ -1,0 +1,25 @@
+// moep: run Mixture-of-Experts models spread over several machines.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moep: Mixture-of-Experts inference with experts spread over nodes (expert parallelism)"};
+  app.set_version_flag("--version", std::string("moep ") + MOEP_VERSION + " (" + MOEP_GIT_COMMIT + ")");
+  app.require_subcommand(1);
+  moep::cli::register_logits(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const moep::Error& e) {
+    std::fprintf(stderr, "moep: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moep: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
