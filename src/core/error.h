@@ -25,6 +25,13 @@ std::string str_cat(Args&&... args) {
 }
 
 // Throws moep::Error with the concatenated message.
+// A bad-input error that every rank of a multi-rank job raised together (see run_collectively): the ranks can
+// end normally, nobody is left waiting.
+class CollectiveError : public Error {
+ public:
+  using Error::Error;
+};
+
 template <class... Args>
 [[noreturn]] void fail(Args&&... args) {
   throw Error(str_cat(std::forward<Args>(args)...));

@@ -1,9 +1,43 @@
+// moep logits MODEL_DIR --ids 1,2,3 --out FILE.npy [--incremental]
+// Writes float32 logits [tokens, vocab] as .npy (rank 0 under mpirun).
+#include <cstdio>
+
+#include "comm/communicator.h"
 #include "commands.h"
+#include "common.h"
 #include "core/error.h"
+#include "io/npy.h"
+#include "runtime/engine.h"
 
 namespace moep::cli {
+
 void register_logits(CLI::App& app) {
-  auto* cmd = app.add_subcommand("logits", "Write the logits of a token sequence as a .npy file");
-  cmd->callback([] { fail("logits: under construction"); });
+  struct Opts {
+    std::string model, ids, out;
+    bool incremental = false;
+    EngineFlags engine;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("logits", "Write the logits of a token sequence as a float32 .npy [tokens, vocab]");
+  cmd->add_option("model", o->model, "Model directory (config.json + safetensors)")->required();
+  cmd->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
+  cmd->add_option("--out", o->out, "Output .npy file")->required();
+  cmd->add_flag("--incremental", o->incremental, "Feed one token at a time through the KV cache");
+  add_engine_flags(cmd, o->engine);
+  cmd->callback([o] {
+    const std::vector<int32_t> ids = parse_id_list(o->ids, "--ids");
+    if (ids.empty()) fail("--ids: expected at least one token id");
+    EngineOptions eo = make_engine_options(o->model, o->engine);
+    eo.limits.max_ctx = std::max<int64_t>(int64_t(ids.size()), 1);
+    eo.limits.max_rows = std::min<int64_t>(int64_t(ids.size()), 256);
+    eo.limits.n_slots = 1;
+    auto engine = Engine::create(eo, make_communicator());
+    const int64_t vocab = engine->config().vocab_size;
+    std::vector<float> logits(ids.size() * size_t(vocab));
+    engine->run_sequence(ids, 0, 0, /*all_logits=*/true, o->incremental, logits.data());
+    if (engine->is_root()) write_npy_f32(o->out, logits.data(), {int64_t(ids.size()), vocab});
+    finish_run(*engine, o->engine);
+  });
 }
+
 }  // namespace moep::cli

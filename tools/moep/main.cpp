@@ -9,6 +9,10 @@ int main(int argc, char** argv) {
   CLI::App app{"moep: Mixture-of-Experts inference with experts spread over nodes (expert parallelism)"};
   app.set_version_flag("--version", std::string("moep ") + MOEP_VERSION + " (" + MOEP_GIT_COMMIT + ")");
   app.require_subcommand(1);
+  // Flag errors read like every other error: "moep: error: <what>" and a hint.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("moep: error: ") + e.what() + "\nRun with --help for more information.\n";
+  });
   moep::cli::register_logits(app);
   try {
     app.parse(argc, argv);

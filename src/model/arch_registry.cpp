@@ -1,0 +1,71 @@
+// The table of supported architectures and the binding helpers the Llama-style families share.
+#include "core/error.h"
+#include "model/arch.h"
+
+namespace moep {
+
+const std::vector<const ArchSpec*>& all_archs() {
+  static const std::vector<const ArchSpec*> archs = {&kDbrxArch, &kMixtralArch, &kQwen2MoeArch, &kQwen3MoeArch,
+                                                     &kOlmoeArch};
+  return archs;
+}
+
+const ArchSpec* find_arch(std::string_view model_type) {
+  for (const auto* a : all_archs())
+    if (model_type == a->model_type) return a;
+  return nullptr;
+}
+
+void bind_llama_attention(const ModelConfig& c, WeightBinder& b, const std::string& p, LayerWeights& L) {
+  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim();
+  L.wq = b.matrix(p + "q_proj.weight", q, d);
+  L.wk = b.matrix(p + "k_proj.weight", kv, d);
+  L.wv = b.matrix(p + "v_proj.weight", kv, d);
+  L.wo = b.matrix(p + "o_proj.weight", d, q);
+  if (c.qkv_bias) {
+    L.bq = b.vector(p + "q_proj.bias", q);
+    L.bk = b.vector(p + "k_proj.bias", kv);
+    L.bv = b.vector(p + "v_proj.bias", kv);
+  }
+  if (c.o_bias) L.bo = b.vector(p + "o_proj.bias", d);
+  if (c.qk_norm == QKNorm::PerHead) {
+    L.q_norm = b.vector(p + "q_norm.weight", c.head_dim);
+    L.k_norm = b.vector(p + "k_norm.weight", c.head_dim);
+  } else if (c.qk_norm == QKNorm::Full) {
+    L.q_norm = b.vector(p + "q_norm.weight", q);
+    L.k_norm = b.vector(p + "k_norm.weight", kv);
+  }
+}
+
+void bind_expert_list(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, int64_t layer,
+                      const std::string& p, const char* const names[3], LayerWeights& L) {
+  const int64_t d = c.d_model, f = c.expert_ffn;
+  L.experts.resize(size_t(c.n_experts));
+  for (int64_t e = 0; e < c.n_experts; ++e) {
+    const std::string base = p + std::to_string(e) + ".";
+    ExpertWeights& x = L.experts[size_t(e)];
+    if (is_local(layer, e)) {
+      x.local = true;
+      x.gate = b.matrix(base + names[0] + ".weight", f, d);
+      x.up = b.matrix(base + names[1] + ".weight", f, d);
+      x.down = b.matrix(base + names[2] + ".weight", d, f);
+    } else {
+      b.skip(base + names[0] + ".weight", {f, d});
+      b.skip(base + names[1] + ".weight", {f, d});
+      b.skip(base + names[2] + ".weight", {d, f});
+    }
+  }
+}
+
+void bind_llama_outer(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
+  w.embed = b.matrix("model.embed_tokens.weight", c.vocab_size, c.d_model);
+  w.final_norm_w = b.vector("model.norm.weight", c.d_model);
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;
+    if (b.has("lm_head.weight")) b.skip("lm_head.weight", {c.vocab_size, c.d_model});
+  } else {
+    w.lm_head = b.matrix("lm_head.weight", c.vocab_size, c.d_model);
+  }
+}
+
+}  // namespace moep

@@ -1,0 +1,79 @@
+#include "model/weights.h"
+
+#include "core/error.h"
+
+namespace moep {
+
+namespace {
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace
+
+const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<int64_t>& shape) {
+  const TensorInfo* t = index_.find(name);
+  if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
+  if (t->shape != shape)
+    fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
+  if (!t->dtype_supported)
+    fail("tensor '", name, "' has dtype ", t->dtype_name, "; supported weight dtypes are F32, BF16 and F16");
+  used_.insert(name);
+  return *t;
+}
+
+MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols) {
+  const TensorInfo& t = get(name, {rows, cols});
+  ranges_.push_back({t.file, t.file_offset, t.nbytes});
+  return MatRef{t.data, t.dtype, rows, cols, cols};
+}
+
+MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0,
+                                 int64_t n) {
+  const TensorInfo& t = get(name, {total_rows, cols});
+  MOEP_ASSERT(row0 >= 0 && row0 + n <= total_rows);
+  const size_t row_bytes = size_t(cols) * dtype_size(t.dtype);
+  ranges_.push_back({t.file, t.file_offset + size_t(row0) * row_bytes, size_t(n) * row_bytes});
+  MatRef m{t.data, t.dtype, total_rows, cols, cols};
+  return m.row_block(row0, n);
+}
+
+VecRef WeightBinder::vector(const std::string& name, int64_t n) {
+  const TensorInfo& t = get(name, {n});
+  ranges_.push_back({t.file, t.file_offset, t.nbytes});
+  return VecRef{t.data, t.dtype, n};
+}
+
+VecRef WeightBinder::optional_vector(const std::string& name, int64_t n) {
+  if (!has(name)) return {};
+  return vector(name, n);
+}
+
+void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& shape) {
+  const TensorInfo* t = index_.find(name);
+  if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
+  if (t->shape != shape)
+    fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
+  used_.insert(name);
+}
+
+void WeightBinder::finish() const {
+  std::vector<std::string> unused;
+  for (const auto& [name, t] : index_.tensors())
+    if (!used_.count(name)) unused.push_back(name);
+  if (unused.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < unused.size() && i < 5; ++i) list += (i ? ", " : "") + ("'" + unused[i] + "'");
+  if (unused.size() > 5) list += str_cat(" and ", unused.size() - 5, " more");
+  fail("checkpoint has ", unused.size(), " tensor(s) the model does not use: ", list,
+       " (wrong model_type, or a checkpoint layout this version does not know)");
+}
+
+size_t WeightBinder::bytes_read() const {
+  size_t n = 0;
+  for (const auto& r : ranges_) n += r.bytes;
+  return n;
+}
+
+}  // namespace moep

@@ -1,0 +1,93 @@
+// The weights of a model as views into the memory-mapped checkpoint (never copied, never widened), and the
+// binder that maps checkpoint tensor names to them while checking shapes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+
+namespace moep {
+
+struct ExpertWeights {
+  MatRef gate;  // [ffn, d_model]
+  MatRef up;    // [ffn, d_model]
+  MatRef down;  // [d_model, ffn], or [ffn, d_model] when down_in_out (DBRX w2)
+  bool down_in_out = false;
+  bool local = false;  // held by this rank; the views are empty otherwise
+};
+
+struct MlpWeights {  // a dense SwiGLU MLP (Qwen2-MoE's shared expert and dense layers)
+  MatRef gate, up, down;  // [ffn, d], [ffn, d], [d, ffn]
+  bool empty() const { return gate.empty(); }
+};
+
+struct LayerWeights {
+  VecRef attn_norm_w, attn_norm_b;
+  MatRef wq, wk, wv, wo;  // [q_dim, d], [kv_dim, d], [kv_dim, d], [d, q_dim]; may be row blocks of one fused tensor
+  VecRef bq, bk, bv, bo;  // empty when the model has no such bias
+  VecRef q_norm, k_norm;  // [head_dim] (PerHead) or [q_dim]/[kv_dim] (Full); empty when none
+  VecRef ffn_norm_w, ffn_norm_b;
+
+  bool is_moe = false;
+  MatRef router;                       // [n_experts, d]
+  std::vector<ExpertWeights> experts;  // [n_experts]
+  MlpWeights shared_expert;            // Qwen2-MoE
+  MatRef shared_expert_gate;           // [1, d]
+  MlpWeights dense;                    // non-MoE layers
+};
+
+struct ModelWeights {
+  MatRef embed;    // [vocab, d]
+  MatRef lm_head;  // [vocab, d] (the embedding when tied)
+  VecRef final_norm_w, final_norm_b;
+  std::vector<LayerWeights> layers;
+};
+
+// Which experts this rank holds: is_local(layer, expert).
+using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
+
+// Hands out checkpoint tensors by name, checking dtype and shape, and remembers what was used so that
+// finish() can refuse a checkpoint with tensors the model did not use. Byte ranges that this rank will read
+// are collected for prefaulting.
+class WeightBinder {
+ public:
+  explicit WeightBinder(const SafetensorsIndex& index) : index_(index) {}
+
+  bool has(const std::string& name) const { return index_.find(name) != nullptr; }
+  // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
+  MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
+  // Rows [row0, row0 + n) of a [total_rows, cols] tensor (a part of a fused tensor). Only those rows are
+  // recorded as read; the whole tensor counts as used.
+  MatRef matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0, int64_t n);
+  // A [n] vector.
+  VecRef vector(const std::string& name, int64_t n);
+  // Optional vector: empty when absent (shape still checked when present).
+  VecRef optional_vector(const std::string& name, int64_t n);
+  // Marks a tensor as accounted for without reading it (an expert held by another rank). It must exist.
+  void skip(const std::string& name, const std::vector<int64_t>& shape);
+
+  // Throws moep::Error listing tensors in the checkpoint that nothing used.
+  void finish() const;
+
+  struct Range {
+    MappedFile* file;
+    size_t offset;
+    size_t bytes;
+  };
+  const std::vector<Range>& read_ranges() const { return ranges_; }
+  size_t bytes_read() const;
+
+ private:
+  const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape);
+  const SafetensorsIndex& index_;
+  std::set<std::string> used_;
+  std::vector<Range> ranges_;
+};
+
+}  // namespace moep

@@ -1,0 +1,115 @@
+#include "moe/moe_layer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+#include "moe/router.h"
+
+namespace moep {
+
+namespace {
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows)
+    : c_(config), placement_(placement), rank_(rank), max_rows_(max_rows) {
+  const int64_t R = max_rows, E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
+  logits_.resize(size_t(R * E));
+  ids_.resize(size_t(R * k));
+  weights_.resize(size_t(R * k));
+  owner_.resize(size_t(R * k));
+  load_.resize(size_t(placement.n_ranks()));
+  count_.resize(size_t(E + 1));
+  pair_row_.resize(size_t(R * k));
+  pair_w_.resize(size_t(R * k));
+  xg_.resize(size_t(R * k * d));
+  g_.resize(size_t(R * k * f));
+  u_.resize(size_t(R * k * f));
+  y_.resize(size_t(R * k * d));
+}
+
+void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
+                       int64_t T, float* out, MoeTimes* times) {
+  MOEP_ASSERT(T <= max_rows_, "batch of ", T, " rows exceeds the ", max_rows_, " the engine was sized for");
+  const int64_t E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
+  const int64_t t0 = now_ns();
+
+  // Router: identical on every rank (same inputs, same kernels, per-row sums independent of threading).
+  ops::linear(pool, w.router, h, T, logits_.data());
+  for (int64_t t = 0; t < T; ++t)
+    route_token(&logits_[size_t(t * E)], E, k, c_.topk_norm, c_.topk_pnorm, &ids_[size_t(t * k)],
+                &weights_[size_t(t * k)]);
+  placement_.assign(layer, ids_.data(), T * k, owner_.data(), load_.data());
+
+  // Group this rank's pairs by expert (counting sort; within an expert, by token row).
+  std::fill(count_.begin(), count_.end(), 0);
+  for (int64_t p = 0; p < T * k; ++p)
+    if (owner_[size_t(p)] == rank_) count_[size_t(ids_[size_t(p)]) + 1]++;
+  for (int64_t e = 0; e < E; ++e) count_[size_t(e + 1)] += count_[size_t(e)];
+  const int64_t n_local = count_[size_t(E)];
+  {
+    // count_[e] is the next free slot of expert e while filling; restored below.
+    for (int64_t p = 0; p < T * k; ++p) {
+      if (owner_[size_t(p)] != rank_) continue;
+      const int64_t slot = count_[size_t(ids_[size_t(p)])]++;
+      pair_row_[size_t(slot)] = int32_t(p / k);
+      pair_w_[size_t(slot)] = weights_[size_t(p)];
+    }
+    for (int64_t e = E; e > 0; --e) count_[size_t(e)] = count_[size_t(e - 1)];
+    count_[0] = 0;
+  }
+  for (int64_t i = 0; i < n_local; ++i)
+    std::memcpy(&xg_[size_t(i * d)], h + int64_t(pair_row_[size_t(i)]) * d, size_t(d) * sizeof(float));
+  const int64_t t1 = now_ns();
+
+  // This rank's experts.
+  int64_t touched = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
+    if (n == 0) continue;
+    const ExpertWeights& x = w.experts[size_t(e)];
+    MOEP_ASSERT(x.local, "layer ", layer, " expert ", e, " was assigned to rank ", rank_, " which does not hold it");
+    ++touched;
+    const float* xin = &xg_[size_t(b * d)];
+    float* g = &g_[size_t(b * f)];
+    float* u = &u_[size_t(b * f)];
+    ops::linear(pool, x.gate, xin, n, g);
+    ops::linear(pool, x.up, xin, n, u);
+    ops::silu_mul(g, u, n * f);
+    if (x.down_in_out)
+      ops::linear_in_out(pool, x.down, g, n, &y_[size_t(b * d)]);
+    else
+      ops::linear(pool, x.down, g, n, &y_[size_t(b * d)]);
+  }
+  // Weighted sum into out, expert by expert in increasing index (the order the reference adds them).
+  std::memset(out, 0, size_t(T * d) * sizeof(float));
+  for (int64_t i = 0; i < n_local; ++i) {
+    float* o = out + int64_t(pair_row_[size_t(i)]) * d;
+    const float* y = &y_[size_t(i * d)];
+    const float wgt = pair_w_[size_t(i)];
+    for (int64_t j = 0; j < d; ++j) o[j] += wgt * y[j];
+  }
+  const int64_t t2 = now_ns();
+
+  comm.allreduce_sum(out, size_t(T * d));
+  const int64_t t3 = now_ns();
+  if (times) {
+    times->t_start = t0;
+    times->t_router = t1;
+    times->t_experts = t2;
+    times->t_end = t3;
+    times->router_ns += t1 - t0;
+    times->experts_ns += t2 - t1;
+    times->allreduce_ns += t3 - t2;
+    times->expert_pairs += n_local;
+    times->experts_touched += touched;
+  }
+}
+
+}  // namespace moep

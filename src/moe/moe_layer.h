@@ -1,0 +1,57 @@
+// The expert-parallel MoE block of one layer, for a batch of token rows:
+//   router (every rank, identical) → top-k → assignment of each (token, expert) pair to one rank holding that
+//   expert → this rank's experts for its pairs, weighted by the router → one all-reduce (sum) of the
+//   [tokens × d_model] result. Nothing else crosses the network.
+// All scratch is sized at construction; forward() allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/thread_pool.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "moe/placement.h"
+
+namespace moep {
+
+struct MoeTimes {
+  // Steady-clock boundaries of the last call: start, router done, experts done, all-reduce done.
+  int64_t t_start = 0, t_router = 0, t_experts = 0, t_end = 0;
+  int64_t router_ns = 0;
+  int64_t experts_ns = 0;
+  int64_t allreduce_ns = 0;
+  int64_t expert_pairs = 0;     // (token, expert) pairs this rank computed
+  int64_t experts_touched = 0;  // distinct local experts that had work
+};
+
+class MoeBlock {
+ public:
+  MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows);
+
+  // h: [T, d_model] normalized input (identical on every rank). out: [T, d_model], overwritten with the sum
+  // over all ranks of the weighted expert outputs (identical on every rank after the all-reduce).
+  void forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
+               int64_t T, float* out, MoeTimes* times);
+
+  // The routing of the last forward (for --record-routing): [T, top_k] expert ids.
+  const int32_t* last_expert_ids() const { return ids_.data(); }
+
+ private:
+  const ModelConfig& c_;
+  const ExpertPlacement& placement_;
+  int rank_;
+  int64_t max_rows_;
+  std::vector<float> logits_;      // [R, E]
+  std::vector<int32_t> ids_;       // [R, k]
+  std::vector<float> weights_;     // [R, k]
+  std::vector<int32_t> owner_;     // [R·k]
+  std::vector<int64_t> load_;      // [n_ranks]
+  std::vector<int64_t> count_;     // [E + 1] local pairs per expert, then offsets
+  std::vector<int32_t> pair_row_;  // [R·k] token row of each local pair, grouped by expert
+  std::vector<float> pair_w_;      // [R·k]
+  std::vector<float> xg_, g_, u_, y_;  // [R·k, d], [R·k, ffn], [R·k, ffn], [R·k, d]
+};
+
+}  // namespace moep

@@ -1,0 +1,152 @@
+#include "moe/placement.h"
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace moep {
+
+ExpertPlacement ExpertPlacement::contiguous(int64_t n_layers, int64_t n_experts, int n_ranks) {
+  if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
+  ExpertPlacement p;
+  p.n_ranks_ = n_ranks;
+  p.n_layers_ = n_layers;
+  p.n_experts_ = n_experts;
+  p.kind_ = "contiguous";
+  p.replicas_.resize(size_t(n_layers * n_experts));
+  const int64_t base = n_experts / n_ranks, extra = n_experts % n_ranks;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    int64_t e = 0;
+    for (int r = 0; r < n_ranks; ++r) {
+      const int64_t cnt = base + (r < extra ? 1 : 0);
+      for (int64_t i = 0; i < cnt; ++i, ++e) p.replicas_[size_t(l * n_experts + e)] = {r};
+    }
+  }
+  return p;
+}
+
+ExpertPlacement ExpertPlacement::round_robin(int64_t n_layers, int64_t n_experts, int n_ranks) {
+  if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
+  ExpertPlacement p;
+  p.n_ranks_ = n_ranks;
+  p.n_layers_ = n_layers;
+  p.n_experts_ = n_experts;
+  p.kind_ = "round-robin";
+  p.replicas_.resize(size_t(n_layers * n_experts));
+  for (int64_t l = 0; l < n_layers; ++l)
+    for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = {int(e % n_ranks)};
+  return p;
+}
+
+ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,
+                                                int n_ranks) {
+  std::ifstream f(path);
+  if (!f) fail("placement file ", path, " cannot be read");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": placement file is not valid JSON (", e.what(), ")");
+  }
+  if (!j.is_object() || !j.contains("experts"))
+    fail(path, ": expected {\"experts\": [[ranks of expert 0], [ranks of expert 1], ...]}");
+  auto read_list = [&](const nlohmann::json& a, const std::string& where) {
+    if (!a.is_array() || int64_t(a.size()) != n_experts)
+      fail(path, ": ", where, " must list the ranks of each of the model's ", n_experts, " experts");
+    std::vector<std::vector<int>> out(static_cast<size_t>(n_experts));
+    for (int64_t e = 0; e < n_experts; ++e) {
+      const auto& rs = a[size_t(e)];
+      if (!rs.is_array() || rs.empty()) fail(path, ": ", where, " expert ", e, " needs a non-empty list of ranks");
+      for (const auto& r : rs) {
+        if (!r.is_number_integer() || r.get<int>() < 0 || r.get<int>() >= n_ranks)
+          fail(path, ": ", where, " expert ", e, " names rank ", r.dump(), " but the job has ", n_ranks, " ranks");
+        out[size_t(e)].push_back(r.get<int>());
+      }
+      auto& v = out[size_t(e)];
+      std::sort(v.begin(), v.end());
+      v.erase(std::unique(v.begin(), v.end()), v.end());
+    }
+    return out;
+  };
+  ExpertPlacement p;
+  p.n_ranks_ = n_ranks;
+  p.n_layers_ = n_layers;
+  p.n_experts_ = n_experts;
+  p.kind_ = "file " + path;
+  const auto all = read_list(j["experts"], "\"experts\"");
+  p.replicas_.resize(size_t(n_layers * n_experts));
+  for (int64_t l = 0; l < n_layers; ++l)
+    for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = all[size_t(e)];
+  if (j.contains("layers")) {
+    if (!j["layers"].is_object()) fail(path, ": \"layers\" must be an object {\"layer index\": [...]}");
+    for (auto it = j["layers"].begin(); it != j["layers"].end(); ++it) {
+      int64_t l = -1;
+      try {
+        l = std::stoll(it.key());
+      } catch (...) {
+      }
+      if (l < 0 || l >= n_layers) fail(path, ": layer '", it.key(), "' is not a layer index below ", n_layers);
+      const auto v = read_list(it.value(), "layer " + it.key());
+      for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = v[size_t(e)];
+    }
+  }
+  return p;
+}
+
+ExpertPlacement ExpertPlacement::from_spec(const std::string& spec, int64_t n_layers, int64_t n_experts,
+                                           int n_ranks) {
+  if (spec == "contiguous" || spec.empty()) return contiguous(n_layers, n_experts, n_ranks);
+  if (spec == "round-robin" || spec == "roundrobin") return round_robin(n_layers, n_experts, n_ranks);
+  return from_json_file(spec, n_layers, n_experts, n_ranks);
+}
+
+bool ExpertPlacement::holds(int rank, int64_t layer, int64_t expert) const {
+  const auto& r = replicas(layer, expert);
+  return std::find(r.begin(), r.end(), rank) != r.end();
+}
+
+int64_t ExpertPlacement::experts_held(int rank) const {
+  int64_t n = 0;
+  for (const auto& r : replicas_) n += std::find(r.begin(), r.end(), rank) != r.end();
+  return n;
+}
+
+void ExpertPlacement::assign(int64_t layer, const int32_t* experts, int64_t n_pairs, int32_t* out_rank,
+                             int64_t* load) const {
+  std::fill(load, load + n_ranks_, 0);
+  for (int64_t i = 0; i < n_pairs; ++i) {
+    const auto& reps = replicas(layer, experts[i]);
+    int best = reps[0];
+    for (size_t j = 1; j < reps.size(); ++j)
+      if (load[reps[j]] < load[best]) best = reps[j];
+    load[best]++;
+    out_rank[i] = best;
+  }
+}
+
+std::string ExpertPlacement::describe() const {
+  int64_t replicated = 0;
+  for (const auto& r : replicas_) replicated += r.size() > 1;
+  std::string s = kind_ + ", " + std::to_string(n_ranks_) + (n_ranks_ == 1 ? " rank" : " ranks");
+  if (replicated) s += ", " + std::to_string(replicated) + " expert-layers replicated";
+  return s;
+}
+
+uint64_t ExpertPlacement::fingerprint() const {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) h = (h ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+  };
+  mix(uint64_t(n_ranks_));
+  mix(uint64_t(n_layers_));
+  mix(uint64_t(n_experts_));
+  for (const auto& r : replicas_) {
+    mix(r.size());
+    for (int x : r) mix(uint64_t(x));
+  }
+  return h;
+}
+
+}  // namespace moep

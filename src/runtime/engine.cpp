@@ -1,0 +1,128 @@
+#include "runtime/engine.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+namespace moep {
+
+void run_collectively(Communicator& comm, const std::function<void()>& fn) {
+  std::string err;
+  try {
+    fn();
+  } catch (const Error& e) {
+    err = e.what();
+    if (err.empty()) err = "unknown error";
+  }
+  if (comm.size() == 1) {
+    if (!err.empty()) throw CollectiveError(err);
+    return;
+  }
+  // Share each rank's message (truncated to a fixed size) so that every rank fails alike.
+  constexpr size_t kMsg = 512;
+  std::vector<char> mine(kMsg, 0), all(kMsg * size_t(comm.size()), 0);
+  std::strncpy(mine.data(), err.c_str(), kMsg - 1);
+  comm.allgather(mine.data(), kMsg, all.data());
+  for (int r = 0; r < comm.size(); ++r) {
+    const char* m = &all[size_t(r) * kMsg];
+    if (m[0] != 0) throw CollectiveError(str_cat("rank ", r, ": ", m));
+  }
+}
+
+namespace {
+
+// What every rank must agree on before running in lockstep.
+struct Agreement {
+  uint32_t protocol;
+  uint32_t n_ranks;
+  uint64_t model_fingerprint;
+  uint64_t placement_fingerprint;
+  int64_t max_rows, n_slots, max_ctx;
+  char kernels[16];
+  char weights_dtype[8];
+};
+
+void check_agreement(Communicator& comm, const Agreement& mine) {
+  std::vector<Agreement> all(static_cast<size_t>(comm.size()));
+  comm.allgather(&mine, sizeof(Agreement), all.data());
+  const Agreement& a = all[0];
+  for (int r = 1; r < comm.size(); ++r) {
+    const Agreement& b = all[size_t(r)];
+    auto diff = [&](const char* what, const std::string& va, const std::string& vb) {
+      fail("ranks disagree on the ", what, ": rank 0 has ", va, ", rank ", r, " has ", vb, "; refusing to run");
+    };
+    if (a.protocol != b.protocol) diff("protocol version", std::to_string(a.protocol), std::to_string(b.protocol));
+    if (a.n_ranks != b.n_ranks) diff("number of ranks", std::to_string(a.n_ranks), std::to_string(b.n_ranks));
+    if (a.model_fingerprint != b.model_fingerprint)
+      diff("model (config fingerprint)", str_cat(std::hex, a.model_fingerprint), str_cat(std::hex, b.model_fingerprint));
+    if (a.placement_fingerprint != b.placement_fingerprint)
+      diff("expert placement (fingerprint)", str_cat(std::hex, a.placement_fingerprint),
+           str_cat(std::hex, b.placement_fingerprint));
+    if (std::strncmp(a.weights_dtype, b.weights_dtype, sizeof(a.weights_dtype)) != 0)
+      diff("weight dtype", a.weights_dtype, b.weights_dtype);
+    if (std::strncmp(a.kernels, b.kernels, sizeof(a.kernels)) != 0)
+      diff("kernel set (set MOEP_KERNELS to one every rank supports)", a.kernels, b.kernels);
+    if (a.max_rows != b.max_rows || a.n_slots != b.n_slots || a.max_ctx != b.max_ctx)
+      diff("engine limits (rows/slots/context)", str_cat(a.max_rows, "/", a.n_slots, "/", a.max_ctx),
+           str_cat(b.max_rows, "/", b.n_slots, "/", b.max_ctx));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_ptr<Communicator> comm) {
+  std::unique_ptr<Engine> e(new Engine());
+  e->comm_ = std::move(comm);
+  Communicator& c = *e->comm_;
+  c.set_emulated_latency_us(opts.emulate_latency_us);
+  run_collectively(c, [&] {
+    const ModelConfig cfg = load_model_config(opts.model_dir);
+    e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
+                                               c.size());
+    LoadOptions lo;
+    const int rank = c.rank();
+    const ExpertPlacement* pl = &e->placement_;
+    lo.is_local = [pl, rank](int64_t layer, int64_t expert) { return pl->holds(rank, layer, expert); };
+    lo.prefault = opts.prefault;
+    lo.mlock = opts.mlock;
+    lo.progress = opts.load_progress;
+    e->model_ = Model::load(opts.model_dir, lo);
+  });
+  const ModelConfig& cfg = e->model_->config();
+  Agreement mine{};
+  mine.protocol = kProtocolVersion;
+  mine.n_ranks = uint32_t(c.size());
+  mine.model_fingerprint = cfg.fingerprint();
+  mine.placement_fingerprint = e->placement_.fingerprint();
+  mine.max_rows = opts.limits.max_rows;
+  mine.n_slots = opts.limits.n_slots;
+  mine.max_ctx = opts.limits.max_ctx;
+  std::strncpy(mine.kernels, kernels::best_kernels().name, sizeof(mine.kernels) - 1);
+  std::strncpy(mine.weights_dtype, dtype_name(e->model_->weights().embed.dtype), sizeof(mine.weights_dtype) - 1);
+  run_collectively(c, [&] { check_agreement(c, mine); });
+
+  const int threads = opts.threads > 0 ? opts.threads : default_thread_count();
+  e->pool_ = std::make_unique<ThreadPool>(threads);
+  e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);
+  if (opts.trace_events) e->transformer_->tracer().enable(opts.trace_events);
+  e->rows_.reserve(size_t(opts.limits.max_rows));
+  return e;
+}
+
+void Engine::run_sequence(const std::vector<int32_t>& tokens, int32_t slot, int32_t start_pos, bool all_logits,
+                          bool incremental, float* out) {
+  const int64_t n = int64_t(tokens.size());
+  const int64_t vocab = config().vocab_size;
+  const int64_t chunk = incremental ? 1 : transformer_->limits().max_rows;
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t e = std::min(n, b + chunk);
+    rows_.clear();
+    for (int64_t i = b; i < e; ++i)
+      rows_.push_back(BatchRow{tokens[size_t(i)], slot, int32_t(start_pos + i), all_logits || i == n - 1});
+    float* dst = all_logits ? out + b * vocab : out;
+    transformer_->forward(rows_, dst);
+  }
+}
+
+}  // namespace moep

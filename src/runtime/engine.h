@@ -1,0 +1,70 @@
+// The engine: a model loaded on this rank (its share of the experts), the communicator, the thread pool and
+// the forward pass. Under mpirun every rank builds one; they check at start that they agree (protocol
+// version, model fingerprint, placement, kernels) and refuse to run otherwise.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "moe/placement.h"
+#include "runtime/transformer.h"
+
+namespace moep {
+
+// Bumped whenever what ranks exchange or compute in lockstep changes.
+constexpr uint32_t kProtocolVersion = 1;
+
+struct EngineOptions {
+  std::string model_dir;
+  int threads = 0;                        // 0: the cores this process may use
+  std::string placement = "contiguous";   // "contiguous", "round-robin" or a JSON file
+  EngineLimits limits;
+  bool prefault = true;
+  bool mlock = false;
+  double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
+  size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)
+  std::function<void(size_t, size_t)> load_progress;  // (bytes done, total) while prefaulting
+};
+
+class Engine {
+ public:
+  // Loads the model on every rank (each its own experts) and checks that all ranks agree. A failure on any
+  // rank (bad file, disagreement) is reported on every rank as a moep::Error naming the rank, so that no rank
+  // is left waiting.
+  static std::unique_ptr<Engine> create(const EngineOptions& opts, std::unique_ptr<Communicator> comm);
+
+  Communicator& comm() { return *comm_; }
+  const Model& model() const { return *model_; }
+  const ModelConfig& config() const { return model_->config(); }
+  const ExpertPlacement& placement() const { return placement_; }
+  ThreadPool& pool() { return *pool_; }
+  Transformer& transformer() { return *transformer_; }
+  int rank() const { return comm_->rank(); }
+  bool is_root() const { return comm_->rank() == 0; }
+
+  // Runs `tokens` through slot `slot` starting at position `start_pos`, in chunks of at most limits.max_rows.
+  // With all_logits, writes logits for every token ([n, vocab] into out); otherwise only for the last token
+  // ([1, vocab]). incremental = one token per forward() call (the KV-cache path).
+  void run_sequence(const std::vector<int32_t>& tokens, int32_t slot, int32_t start_pos, bool all_logits,
+                    bool incremental, float* out);
+
+ private:
+  Engine() = default;
+  std::unique_ptr<Communicator> comm_;
+  std::unique_ptr<Model> model_;
+  ExpertPlacement placement_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Transformer> transformer_;
+  std::vector<BatchRow> rows_;
+};
+
+// Runs `fn` on every rank and then agrees on the outcome: if it threw moep::Error on any rank, every rank
+// throws moep::Error with the first failing rank's message (prefixed with that rank when size > 1).
+void run_collectively(Communicator& comm, const std::function<void()>& fn);
+
+}  // namespace moep

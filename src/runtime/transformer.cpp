@@ -1,0 +1,272 @@
+#include "runtime/transformer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace moep {
+
+namespace {
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+Transformer::Transformer(const Model& model, const ExpertPlacement& placement, Communicator& comm,
+                         ThreadPool& pool, const EngineLimits& limits)
+    : model_(model),
+      c_(model.config()),
+      w_(model.weights()),
+      comm_(comm),
+      pool_(pool),
+      limits_(limits),
+      moe_(model.config(), placement, comm.rank(), limits.max_rows) {
+  if (limits_.max_rows < 1 || limits_.n_slots < 1 || limits_.max_ctx < 1)
+    fail("engine limits must be positive (rows ", limits_.max_rows, ", slots ", limits_.n_slots, ", context ",
+         limits_.max_ctx, ")");
+  if (c_.sliding_window > 0 && limits_.max_ctx > c_.sliding_window) limits_.max_ctx = c_.sliding_window;
+  const int64_t R = limits_.max_rows, d = c_.d_model;
+  const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * c_.kv_dim());
+  k_cache_.assign(kv, 0.f);
+  v_cache_.assign(kv, 0.f);
+
+  // RoPE tables as transformers computes them: inv_freq in f32, angle = f32(pos) · inv_freq in f32.
+  const int64_t half = c_.head_dim / 2;
+  rope_cos_.resize(size_t(limits_.max_ctx * half));
+  rope_sin_.resize(size_t(limits_.max_ctx * half));
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const float expo = float(2 * i) / float(c_.head_dim);
+    inv_freq[size_t(i)] = float(1.0 / std::pow(c_.rope_theta, double(expo)));
+  }
+  for (int64_t p = 0; p < limits_.max_ctx; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float ang = float(p) * inv_freq[size_t(i)];
+      rope_cos_[size_t(p * half + i)] = float(std::cos(double(ang)));
+      rope_sin_[size_t(p * half + i)] = float(std::sin(double(ang)));
+    }
+
+  x_.resize(size_t(R * d));
+  h_.resize(size_t(R * d));
+  q_.resize(size_t(R * c_.q_dim()));
+  k_.resize(size_t(R * c_.kv_dim()));
+  v_.resize(size_t(R * c_.kv_dim()));
+  a_.resize(size_t(R * c_.q_dim()));
+  o_.resize(size_t(R * d));
+  m_.resize(size_t(R * d));
+  const int64_t mlp_ffn = std::max(c_.shared_expert_ffn, c_.dense_ffn);
+  mg_.resize(size_t(R * mlp_ffn));
+  mu_.resize(size_t(R * mlp_ffn));
+  sgate_.resize(size_t(R));
+  head_in_.resize(size_t(R * d));
+  want_rows_.resize(size_t(R));
+  stats_.resize(size_t(c_.n_layers));
+  routing_.resize(size_t(c_.n_layers));
+  for (int64_t l = 0; l < c_.n_layers; ++l)
+    if (c_.layer_is_moe[size_t(l)]) routing_[size_t(l)].reserve(size_t(R * c_.top_k));
+}
+
+void Transformer::reset_stats() {
+  std::fill(stats_.begin(), stats_.end(), LayerStats{});
+  head_ns_ = 0;
+}
+
+double Transformer::weight_bytes_per_token() const {
+  auto mb = [](const MatRef& m) { return m.empty() ? 0.0 : double(m.bytes()); };
+  double bytes = mb(w_.lm_head);
+  const int n_ranks = std::max(1, comm_.size());
+  for (const auto& L : w_.layers) {
+    bytes += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo);
+    bytes += mb(L.dense.gate) + mb(L.dense.up) + mb(L.dense.down);
+    bytes += mb(L.shared_expert.gate) + mb(L.shared_expert.up) + mb(L.shared_expert.down);
+    if (L.is_moe) {
+      bytes += mb(L.router);
+      // One expert's bytes, times top_k, shared among ranks (balanced routing).
+      double expert = 0;
+      for (const auto& e : L.experts)
+        if (e.local) {
+          expert = mb(e.gate) + mb(e.up) + mb(e.down);
+          break;
+        }
+      bytes += expert * double(c_.top_k) / n_ranks;
+    }
+  }
+  return bytes;
+}
+
+void Transformer::norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const {
+  const int64_t d = c_.d_model;
+  for (int64_t t = 0; t < T; ++t) {
+    if (c_.norm == NormKind::LayerNorm)
+      ops::layernorm(x + t * d, w, b, c_.norm_eps, d, y + t * d);
+    else
+      ops::rmsnorm(x + t * d, w, c_.norm_eps, d, y + t * d);
+  }
+}
+
+void Transformer::mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out) {
+  ops::linear(pool_, m.gate, h, T, mg_.data());
+  ops::linear(pool_, m.up, h, T, mu_.data());
+  ops::silu_mul(mg_.data(), mu_.data(), T * ffn);
+  ops::linear(pool_, m.down, mg_.data(), T, out);
+}
+
+void Transformer::attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows) {
+  const int64_t T = int64_t(rows.size()), d = c_.d_model, hd = c_.head_dim, H = c_.n_heads, KVH = c_.n_kv_heads;
+  const int64_t qd = c_.q_dim(), kvd = c_.kv_dim(), half = hd / 2;
+  // h_ holds the normalized input.
+  ops::linear(pool_, L.wq, h_.data(), T, q_.data());
+  ops::linear(pool_, L.wk, h_.data(), T, k_.data());
+  ops::linear(pool_, L.wv, h_.data(), T, v_.data());
+  for (int64_t t = 0; t < T; ++t) {
+    float* q = &q_[size_t(t * qd)];
+    float* k = &k_[size_t(t * kvd)];
+    float* v = &v_[size_t(t * kvd)];
+    ops::add_bias(q, L.bq, qd);
+    ops::add_bias(k, L.bk, kvd);
+    ops::add_bias(v, L.bv, kvd);
+    if (c_.qk_norm == QKNorm::Full) {
+      ops::rmsnorm(q, L.q_norm, c_.norm_eps, qd, q);
+      ops::rmsnorm(k, L.k_norm, c_.norm_eps, kvd, k);
+    } else if (c_.qk_norm == QKNorm::PerHead) {
+      for (int64_t h = 0; h < H; ++h) ops::rmsnorm(q + h * hd, L.q_norm, c_.norm_eps, hd, q + h * hd);
+      for (int64_t h = 0; h < KVH; ++h) ops::rmsnorm(k + h * hd, L.k_norm, c_.norm_eps, hd, k + h * hd);
+    }
+    if (c_.clip_qkv > 0) {
+      ops::clamp(q, c_.clip_qkv, qd);
+      ops::clamp(k, c_.clip_qkv, kvd);
+      ops::clamp(v, c_.clip_qkv, kvd);
+    }
+    const int64_t pos = rows[size_t(t)].pos;
+    ops::rope(q, H, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
+    ops::rope(k, KVH, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
+    std::memcpy(k_at(layer, rows[size_t(t)].slot, pos), k, size_t(kvd) * sizeof(float));
+    std::memcpy(v_at(layer, rows[size_t(t)].slot, pos), v, size_t(kvd) * sizeof(float));
+  }
+  // Causal attention of each (row, head) over its slot's positions 0..pos, with an online softmax.
+  const float scale = 1.f / std::sqrt(float(hd));
+  const int64_t group = H / KVH;
+  pool_.parallel_for(T * H, [&](int64_t task) {
+    const int64_t t = task / H, h = task % H, g = h / group;
+    const BatchRow& r = rows[size_t(t)];
+    const float* q = &q_[size_t(t * qd + h * hd)];
+    float* out = &a_[size_t(t * qd + h * hd)];
+    float acc[1024];
+    MOEP_ASSERT(hd <= 1024);
+    std::fill(acc, acc + hd, 0.f);
+    float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+    for (int64_t j = 0; j <= r.pos; ++j) {
+      const float* kj = k_at(layer, r.slot, j) + g * hd;
+      float s = 0.f;
+      for (int64_t i = 0; i < hd; ++i) s += q[i] * kj[i];
+      s *= scale;
+      if (s > m) {
+        const float corr = std::exp(m - s);
+        for (int64_t i = 0; i < hd; ++i) acc[i] *= corr;
+        l *= corr;
+        m = s;
+      }
+      const float p = std::exp(s - m);
+      l += p;
+      const float* vj = v_at(layer, r.slot, j) + g * hd;
+      for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
+    }
+    const float inv = 1.f / l;
+    for (int64_t i = 0; i < hd; ++i) out[i] = acc[i] * inv;
+  });
+  ops::linear(pool_, L.wo, a_.data(), T, o_.data());
+  for (int64_t t = 0; t < T; ++t) ops::add_bias(&o_[size_t(t * d)], L.bo, d);
+}
+
+void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
+  const int64_t T = int64_t(rows.size()), d = c_.d_model;
+  if (T == 0) return;
+  if (T > limits_.max_rows) fail("a step of ", T, " rows exceeds the engine's limit of ", limits_.max_rows);
+  int64_t n_want = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const BatchRow& r = rows[size_t(t)];
+    if (r.token < 0 || r.token >= c_.vocab_size)
+      fail("token id ", r.token, " is outside the vocabulary [0, ", c_.vocab_size, ")");
+    if (r.slot < 0 || r.slot >= limits_.n_slots) fail("slot ", r.slot, " is outside [0, ", limits_.n_slots, ")");
+    if (r.pos < 0 || r.pos >= limits_.max_ctx)
+      fail("position ", r.pos, " exceeds the context of ", limits_.max_ctx, " tokens");
+    if (r.want_logits) want_rows_[size_t(n_want++)] = int32_t(t);
+  }
+  // Embedding.
+  for (int64_t t = 0; t < T; ++t)
+    ops::to_f32(w_.embed.row_ptr(rows[size_t(t)].token), w_.embed.dtype, &x_[size_t(t * d)], d);
+
+  for (int64_t l = 0; l < c_.n_layers; ++l) {
+    const LayerWeights& L = w_.layers[size_t(l)];
+    LayerStats& st = stats_[size_t(l)];
+    const int64_t t0 = now_ns();
+    norm(x_.data(), L.attn_norm_w, L.attn_norm_b, h_.data(), T);
+    attention(L, l, rows);
+    for (int64_t i = 0; i < T * d; ++i) x_[size_t(i)] += o_[size_t(i)];
+    norm(x_.data(), L.ffn_norm_w, L.ffn_norm_b, h_.data(), T);
+    const int64_t t1 = now_ns();
+    st.attention_ns += t1 - t0;
+    tracer_.record(TracePhase::Attention, int32_t(l), t0, t1);
+    if (L.is_moe) {
+      MoeTimes mt;
+      moe_.forward(pool_, comm_, L, l, h_.data(), T, m_.data(), &mt);
+      st.router_ns += mt.router_ns;
+      st.experts_ns += mt.experts_ns;
+      st.allreduce_ns += mt.allreduce_ns;
+      st.expert_pairs += mt.expert_pairs;
+      tracer_.record(TracePhase::Router, int32_t(l), mt.t_start, mt.t_router);
+      tracer_.record(TracePhase::Experts, int32_t(l), mt.t_router, mt.t_experts);
+      tracer_.record(TracePhase::AllReduce, int32_t(l), mt.t_experts, mt.t_end);
+      if (record_routing_) {
+        auto& rt = routing_[size_t(l)];
+        rt.assign(moe_.last_expert_ids(), moe_.last_expert_ids() + T * c_.top_k);
+      }
+      const int64_t t2 = now_ns();
+      if (!L.shared_expert.empty()) {
+        // Every rank computes the shared expert itself and adds it after the all-reduce.
+        mlp(L.shared_expert, c_.shared_expert_ffn, h_.data(), T, o_.data());
+        ops::linear(pool_, L.shared_expert_gate, h_.data(), T, sgate_.data());
+        for (int64_t t = 0; t < T; ++t) {
+          const float gate = 1.f / (1.f + std::exp(-sgate_[size_t(t)]));
+          for (int64_t j = 0; j < d; ++j) m_[size_t(t * d + j)] += gate * o_[size_t(t * d + j)];
+        }
+      }
+      const int64_t t3 = now_ns();
+      st.dense_ns += t3 - t2;
+      if (!L.shared_expert.empty()) tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
+    } else {
+      const int64_t t2 = now_ns();
+      mlp(L.dense, c_.dense_ffn, h_.data(), T, m_.data());
+      const int64_t t3 = now_ns();
+      st.dense_ns += t3 - t2;
+      tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
+    }
+    for (int64_t i = 0; i < T * d; ++i) x_[size_t(i)] += m_[size_t(i)];
+    st.calls++;
+  }
+
+  // Final norm and output head, only for the rows that want logits.
+  const int64_t th = now_ns();
+  if (n_want > 0) {
+    for (int64_t i = 0; i < n_want; ++i) {
+      const float* x = &x_[size_t(want_rows_[size_t(i)] * d)];
+      float* y = &head_in_[size_t(i * d)];
+      if (c_.norm == NormKind::LayerNorm)
+        ops::layernorm(x, w_.final_norm_w, w_.final_norm_b, c_.norm_eps, d, y);
+      else
+        ops::rmsnorm(x, w_.final_norm_w, c_.norm_eps, d, y);
+    }
+    ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, logits);
+  }
+  const int64_t te = now_ns();
+  head_ns_ += te - th;
+  tracer_.record(TracePhase::Head, -1, th, te);
+}
+
+}  // namespace moep

@@ -1,0 +1,90 @@
+// The forward pass of every supported family, over a batch of token rows that may belong to different
+// sequences (slots of the KV cache) at different positions. Each rank runs all non-expert work itself and
+// its share of the experts (MoeBlock); one all-reduce per MoE layer combines the expert outputs.
+//
+// Everything is sized at construction (max rows per step, slots, context); forward() allocates nothing.
+// Not thread-safe: one caller at a time.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "moe/moe_layer.h"
+#include "moe/placement.h"
+#include "runtime/stats.h"
+
+namespace moep {
+
+struct BatchRow {
+  int32_t token = 0;
+  int32_t slot = 0;  // KV-cache slot (sequence) the row belongs to
+  int32_t pos = 0;   // position in its sequence; rows of one slot must come in increasing position
+  bool want_logits = false;
+};
+
+struct EngineLimits {
+  int64_t max_rows = 64;  // rows per forward() call
+  int64_t n_slots = 1;    // concurrent sequences
+  int64_t max_ctx = 2048;  // positions per sequence
+};
+
+class Transformer {
+ public:
+  Transformer(const Model& model, const ExpertPlacement& placement, Communicator& comm, ThreadPool& pool,
+              const EngineLimits& limits);
+
+  // Runs the rows through the model, appending their keys/values to the KV cache at their positions, and
+  // writes logits [n rows with want_logits, vocab] in row order. Throws moep::Error for a row outside the
+  // limits (slot, position, token id).
+  void forward(std::span<const BatchRow> rows, float* logits);
+
+  const ModelConfig& config() const { return c_; }
+  const EngineLimits& limits() const { return limits_; }
+  const std::vector<LayerStats>& layer_stats() const { return stats_; }
+  int64_t head_ns() const { return head_ns_; }
+  void reset_stats();
+  // Bytes of weights one decode step of one token reads on this rank (non-expert weights + head + on
+  // average top_k experts' share held here), for bandwidth figures.
+  double weight_bytes_per_token() const;
+  size_t kv_cache_bytes() const { return k_cache_.size() * sizeof(float) * 2; }
+  // Routing of the last forward, per MoE layer: [n_layers][rows × top_k] (empty for dense layers);
+  // filled only when record_routing(true).
+  void record_routing(bool on) { record_routing_ = on; }
+  Tracer& tracer() { return tracer_; }
+  const std::vector<std::vector<int32_t>>& last_routing() const { return routing_; }
+
+ private:
+  void attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows);
+  void mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out);
+  void norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const;
+  float* k_at(int64_t layer, int64_t slot, int64_t pos) {
+    return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];
+  }
+  float* v_at(int64_t layer, int64_t slot, int64_t pos) {
+    return &v_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];
+  }
+
+  const Model& model_;
+  const ModelConfig& c_;
+  const ModelWeights& w_;
+  Communicator& comm_;
+  ThreadPool& pool_;
+  EngineLimits limits_;
+  MoeBlock moe_;
+  std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim]
+  std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
+  std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
+  std::vector<float> mg_, mu_, sgate_, head_in_;
+  std::vector<int32_t> want_rows_;
+  std::vector<LayerStats> stats_;
+  int64_t head_ns_ = 0;
+  bool record_routing_ = false;
+  Tracer tracer_;
+  std::vector<std::vector<int32_t>> routing_;
+};
+
+}  // namespace moep

@@ -1,0 +1,216 @@
+// Bad input gives a one-line error and a non-zero exit, never a crash: checkpoints that are truncated,
+// inconsistent or of the wrong shape, config.json files that are malformed or name an unknown model, bad flags.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <list>
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace moep {
+namespace {
+
+// Copies a fixture's config and checkpoint (not its reference files) into a temp dir.
+void copy_fixture(const std::string& name, const fs::path& to) {
+  for (const auto& e : fs::directory_iterator(test::fixture_dir(name))) {
+    const auto fn = e.path().filename().string();
+    if (fn == "config.json" || fn.find(".safetensors") != std::string::npos) fs::copy(e.path(), to / fn);
+  }
+}
+
+// Rewrites DIR/model.safetensors through `edit`, which may drop, add or change tensors.
+void rewrite_checkpoint(const fs::path& dir, const std::function<void(std::vector<TensorToWrite>&)>& edit) {
+  const std::string path = (dir / "model.safetensors").string();
+  std::vector<TensorToWrite> ts;
+  std::list<std::vector<uint8_t>> keep;  // stable addresses for the fill callbacks
+  {
+    SafetensorsIndex idx = SafetensorsIndex::open(path);
+    for (const auto& [name, t] : idx.tensors()) {
+      keep.emplace_back(t.data, t.data + t.nbytes);
+      const auto* bytes = &keep.back();
+      ts.push_back({name, t.dtype_name, t.shape, t.nbytes, [bytes](uint8_t* o) { std::copy(bytes->begin(), bytes->end(), o); }});
+    }
+  }
+  edit(ts);
+  write_safetensors(path, ts);
+}
+
+struct RunResult {
+  int status;
+  std::string output;
+};
+
+RunResult run_logits(const fs::path& dir, const std::string& extra = "") {
+  RunResult r;
+  r.status = test::run_command(test::moep_binary() + " logits " + dir.string() + " --ids 1,2,3 --out " +
+                                   (dir / "out.npy").string() + " " + extra,
+                               &r.output);
+  return r;
+}
+
+// One line, starting "moep: error:", exit status 1 (not a signal).
+void expect_clean_error(const RunResult& r, const std::string& must_contain) {
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_EQ(r.output.rfind("moep: error: ", 0), 0u) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find(must_contain), std::string::npos) << "expected '" << must_contain << "' in: " << r.output;
+}
+
+TEST(CheckpointErrors, GoodCopyRuns) {
+  test::TempDir d;
+  copy_fixture("mixtral_bf16", d.path());
+  const RunResult r = run_logits(d.path());
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
+TEST(CheckpointErrors, TruncatedFile) {
+  test::TempDir d;
+  copy_fixture("mixtral_bf16", d.path());
+  const fs::path f = d.path() / "model.safetensors";
+  fs::resize_file(f, fs::file_size(f) / 2);
+  expect_clean_error(run_logits(d.path()), "truncated");
+}
+
+TEST(CheckpointErrors, TruncatedHeader) {
+  test::TempDir d;
+  copy_fixture("mixtral_bf16", d.path());
+  fs::resize_file(d.path() / "model.safetensors", 100);
+  expect_clean_error(run_logits(d.path()), "model.safetensors");
+}
+
+TEST(CheckpointErrors, MissingShard) {
+  test::TempDir d;
+  copy_fixture("dbrx_bf16", d.path());
+  fs::remove(d.path() / "model-00002-of-00004.safetensors");
+  expect_clean_error(run_logits(d.path()), "model-00002-of-00004.safetensors is missing");
+}
+
+TEST(CheckpointErrors, MissingTensor) {
+  test::TempDir d;
+  copy_fixture("mixtral_bf16", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    std::erase_if(ts, [](const TensorToWrite& t) { return t.name == "model.layers.1.block_sparse_moe.experts.3.w2.weight"; });
+  });
+  expect_clean_error(run_logits(d.path()), "missing tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight'");
+}
+
+TEST(CheckpointErrors, WrongShape) {
+  test::TempDir d;
+  copy_fixture("qwen3_moe_f32", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    for (auto& t : ts)
+      if (t.name == "model.layers.0.mlp.experts.2.up_proj.weight") std::swap(t.shape[0], t.shape[1]);
+  });
+  expect_clean_error(run_logits(d.path()), "'model.layers.0.mlp.experts.2.up_proj.weight' has shape [64, 32]");
+}
+
+TEST(CheckpointErrors, UnusedTensor) {
+  test::TempDir d;
+  copy_fixture("olmoe_bf16", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    ts.push_back({"model.layers.0.mlp.experts.99.gate_proj.weight", "BF16", {2, 2}, 8, [](uint8_t* o) { std::fill(o, o + 8, 1); }});
+  });
+  expect_clean_error(run_logits(d.path()), "does not use: 'model.layers.0.mlp.experts.99.gate_proj.weight'");
+}
+
+TEST(CheckpointErrors, ByteCountMismatch) {
+  test::TempDir d;
+  copy_fixture("olmoe_bf16", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    for (auto& t : ts)
+      if (t.name == "model.norm.weight") t.shape = {65};
+  });
+  expect_clean_error(run_logits(d.path()), "'model.norm.weight': holds 128 bytes but BF16 [65] needs 130");
+}
+
+TEST(CheckpointErrors, OverlappingTensors) {
+  test::TempDir d;
+  copy_fixture("olmoe_bf16", d.path());
+  // Hand-made header: two tensors sharing bytes.
+  const std::string header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})";
+  std::ofstream f(d.path() / "model.safetensors", std::ios::binary | std::ios::trunc);
+  const uint64_t len = header.size();
+  f.write(reinterpret_cast<const char*>(&len), 8);
+  f << header << std::string(12, '\0');
+  f.close();
+  expect_clean_error(run_logits(d.path()), "overlap");
+}
+
+TEST(ConfigErrors, UnknownModelType) {
+  test::TempDir d;
+  copy_fixture("mixtral_f32", d.path());
+  std::ifstream in(d.path() / "config.json");
+  auto j = nlohmann::json::parse(in);
+  in.close();
+  j["model_type"] = "llama4_moe";
+  std::ofstream(d.path() / "config.json") << j.dump();
+  expect_clean_error(run_logits(d.path()), "model_type 'llama4_moe' is not supported");
+}
+
+TEST(ConfigErrors, MalformedJson) {
+  test::TempDir d;
+  copy_fixture("mixtral_f32", d.path());
+  std::ofstream(d.path() / "config.json") << "{\"model_type\": \"mixtral\", \"hidden_size\": 64,";
+  expect_clean_error(run_logits(d.path()), "malformed JSON");
+}
+
+TEST(ConfigErrors, MissingField) {
+  test::TempDir d;
+  copy_fixture("qwen2_moe_f32", d.path());
+  std::ifstream in(d.path() / "config.json");
+  auto j = nlohmann::json::parse(in);
+  in.close();
+  j.erase("num_experts_per_tok");
+  std::ofstream(d.path() / "config.json") << j.dump();
+  expect_clean_error(run_logits(d.path()), "field 'num_experts_per_tok' is missing");
+}
+
+TEST(ConfigErrors, ConfigDisagreesWithCheckpoint) {
+  test::TempDir d;
+  copy_fixture("dbrx_f32", d.path());
+  std::ifstream in(d.path() / "config.json");
+  auto j = nlohmann::json::parse(in);
+  in.close();
+  j["ffn_config"]["ffn_hidden_size"] = 40;
+  std::ofstream(d.path() / "config.json") << j.dump();
+  expect_clean_error(run_logits(d.path()), "but the config implies");
+}
+
+TEST(ConfigErrors, NoConfig) {
+  test::TempDir d;
+  expect_clean_error(run_logits(d.path()), "no config.json");
+}
+
+TEST(FlagErrors, BadIds) {
+  RunResult r;
+  r.status = test::run_command(test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") +
+                                   " --ids 1,x,3 --out /dev/null",
+                               &r.output);
+  expect_clean_error(r, "--ids: 'x' is not a token id");
+  r.status = test::run_command(test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") +
+                                   " --ids 1,999999 --out /dev/null",
+                               &r.output);
+  expect_clean_error(r, "token id 999999 is outside the vocabulary");
+}
+
+TEST(FlagErrors, UnknownFlagNamesIt) {
+  std::string out;
+  const int st = test::run_command(
+      test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") + " --ids 1 --out /dev/null --bogus", &out);
+  EXPECT_NE(st, 0);
+  EXPECT_EQ(out.rfind("moep: error: ", 0), 0u) << out;
+  EXPECT_NE(out.find("--bogus"), std::string::npos) << out;
+  const int st2 = test::run_command(
+      test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") + " --ids 1 --out /dev/null --threads -3", &out);
+  EXPECT_NE(st2, 0);
+  EXPECT_NE(out.find("--threads"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace moep

@@ -1,0 +1,66 @@
+#include "common.h"
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "runtime/stats.h"
+
+namespace moep::cli {
+
+void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
+  cmd->add_option("--threads,-t", f.threads, "Threads per rank (default: the cores this process may use)")
+      ->check(CLI::Range(0, 4096));
+  cmd->add_option("--placement", f.placement,
+                  "Expert placement over ranks: contiguous, round-robin, or a JSON file {\"experts\": [[ranks]...]}");
+  cmd->add_flag("--mlock", f.mlock, "Lock the weights in memory (needs a large RLIMIT_MEMLOCK)");
+  cmd->add_flag("--no-prefault", f.no_prefault, "Do not load every weight page before the first token");
+  cmd->add_option("--emulate-latency-us", f.emulate_latency_us,
+                  "Add this many microseconds to every inter-rank exchange step (latency emulation, see docs)")
+      ->check(CLI::Range(0.0, 1e7));
+  cmd->add_flag("--stats", f.stats, "Print the per-layer time split (attention, router, experts, all-reduce, wait)");
+  cmd->add_option("--stats-json", f.stats_json, "Write per-layer, per-rank statistics as JSON");
+  cmd->add_option("--trace", f.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of the run");
+}
+
+EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f) {
+  EngineOptions o;
+  o.model_dir = model_dir;
+  o.threads = f.threads;
+  o.placement = f.placement;
+  o.mlock = f.mlock;
+  o.prefault = !f.no_prefault;
+  o.emulate_latency_us = f.emulate_latency_us;
+  if (!f.trace.empty()) o.trace_events = 1 << 20;
+  return o;
+}
+
+std::vector<int32_t> parse_id_list(const std::string& s, const char* flag) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
+    if (i >= s.size()) break;
+    size_t j = i;
+    while (j < s.size() && s[j] != ',' && s[j] != ' ') ++j;
+    const std::string tok = s.substr(i, j - i);
+    char* end = nullptr;
+    const long long v = std::strtoll(tok.c_str(), &end, 10);
+    if (tok.empty() || *end != '\0' || v < 0 || v > INT32_MAX)
+      fail(flag, ": '", tok, "' is not a token id (expected non-negative integers separated by commas)");
+    ids.push_back(int32_t(v));
+    i = j;
+  }
+  return ids;
+}
+
+void finish_run(Engine& engine, const EngineFlags& f) {
+  if (!f.stats && f.stats_json.empty() && f.trace.empty()) return;
+  const RunStats stats = gather_run_stats(engine);
+  if (engine.is_root()) {
+    if (f.stats) std::fputs(format_stats_table(stats).c_str(), stderr);
+    if (!f.stats_json.empty()) write_stats_json(stats, f.stats_json);
+    if (!f.trace.empty()) write_chrome_trace(stats, f.trace);
+  }
+}
+
+}  // namespace moep::cli

@@ -1,0 +1,31 @@
+// Flags and helpers shared by the subcommands that run a model.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/engine.h"
+
+namespace moep::cli {
+
+struct EngineFlags {
+  int threads = 0;
+  std::string placement = "contiguous";
+  bool mlock = false;
+  bool no_prefault = false;
+  double emulate_latency_us = 0.0;
+  std::string stats_json;  // per-layer/per-rank timing as JSON
+  std::string trace;       // Chrome trace
+  bool stats = false;      // print the summary table
+};
+
+void add_engine_flags(CLI::App* cmd, EngineFlags& f);
+EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f);
+// "1,2,3" -> {1,2,3}; throws moep::Error naming `flag` for anything else.
+std::vector<int32_t> parse_id_list(const std::string& s, const char* flag);
+// Prints/writes what the flags ask for at the end of a run (summary table, --stats-json, --trace).
+void finish_run(Engine& engine, const EngineFlags& f);
+
+}  // namespace moep::cli
