@@ -49,6 +49,14 @@ int run_command(const std::string& cmd, std::string* output) {
 
 std::string moep_binary() { return MOEP_BINARY; }
 
+std::string mpirun_prefix(int n_ranks) {
+  std::string out;
+  if (run_command("command -v mpirun", &out) != 0) return "";
+  return "mpirun --allow-run-as-root --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 "
+         "--mca btl self,vader --mca btl_vader_single_copy_mechanism none -np " +
+         std::to_string(n_ranks) + " ";
+}
+
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 gen(seed);
   std::uniform_real_distribution<float> dist(lo, hi);

@@ -33,6 +33,10 @@ int run_command(const std::string& cmd, std::string* output);
 // Path of the built moep binary.
 std::string moep_binary();
 
+// "mpirun ... -np N" with the options moep's tests need on a small machine (root, oversubscribed, yielding
+// when idle, shared memory without ptrace). Empty if mpirun is not installed.
+std::string mpirun_prefix(int n_ranks);
+
 // Fresh random values in [lo, hi) from a seeded generator (never zeros or constants).
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f);
 

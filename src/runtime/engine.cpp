@@ -40,6 +40,7 @@ struct Agreement {
   uint64_t placement_fingerprint;
   int64_t max_rows, n_slots, max_ctx;
   char kernels[16];
+  char model[96];  // a short description, to name the difference
   char weights_dtype[8];
 };
 
@@ -55,7 +56,8 @@ void check_agreement(Communicator& comm, const Agreement& mine) {
     if (a.protocol != b.protocol) diff("protocol version", std::to_string(a.protocol), std::to_string(b.protocol));
     if (a.n_ranks != b.n_ranks) diff("number of ranks", std::to_string(a.n_ranks), std::to_string(b.n_ranks));
     if (a.model_fingerprint != b.model_fingerprint)
-      diff("model (config fingerprint)", str_cat(std::hex, a.model_fingerprint), str_cat(std::hex, b.model_fingerprint));
+      diff("model", str_cat(a.model, " (fingerprint ", std::hex, a.model_fingerprint, ")"),
+           str_cat(b.model, " (fingerprint ", std::hex, b.model_fingerprint, ")"));
     if (a.placement_fingerprint != b.placement_fingerprint)
       diff("expert placement (fingerprint)", str_cat(std::hex, a.placement_fingerprint),
            str_cat(std::hex, b.placement_fingerprint));
@@ -99,6 +101,9 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   mine.n_slots = opts.limits.n_slots;
   mine.max_ctx = opts.limits.max_ctx;
   std::strncpy(mine.kernels, kernels::best_kernels().name, sizeof(mine.kernels) - 1);
+  const std::string short_model = str_cat(cfg.model_type, " ", cfg.n_layers, " layers, d_model ", cfg.d_model, ", ",
+                                          cfg.n_experts, " experts top-", cfg.top_k);
+  std::strncpy(mine.model, short_model.c_str(), sizeof(mine.model) - 1);
   std::strncpy(mine.weights_dtype, dtype_name(e->model_->weights().embed.dtype), sizeof(mine.weights_dtype) - 1);
   run_collectively(c, [&] { check_agreement(c, mine); });
 

@@ -1,5 +1,6 @@
 // moep logits MODEL_DIR --ids 1,2,3 --out FILE.npy [--incremental]
 // Writes float32 logits [tokens, vocab] as .npy (rank 0 under mpirun).
+#include <algorithm>
 #include <cstdio>
 
 #include "comm/communicator.h"
@@ -15,6 +16,7 @@ void register_logits(CLI::App& app) {
   struct Opts {
     std::string model, ids, out;
     bool incremental = false;
+    int greedy = 0;
     EngineFlags engine;
   };
   auto o = std::make_shared<Opts>();
@@ -23,12 +25,14 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   cmd->add_option("--out", o->out, "Output .npy file")->required();
   cmd->add_flag("--incremental", o->incremental, "Feed one token at a time through the KV cache");
+  cmd->add_option("--greedy", o->greedy, "Then generate N tokens greedily and print their ids (comma-separated)")
+      ->check(CLI::Range(0, 1 << 20));
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {
     const std::vector<int32_t> ids = parse_id_list(o->ids, "--ids");
     if (ids.empty()) fail("--ids: expected at least one token id");
     EngineOptions eo = make_engine_options(o->model, o->engine);
-    eo.limits.max_ctx = std::max<int64_t>(int64_t(ids.size()), 1);
+    eo.limits.max_ctx = int64_t(ids.size()) + o->greedy;
     eo.limits.max_rows = std::min<int64_t>(int64_t(ids.size()), 256);
     eo.limits.n_slots = 1;
     auto engine = Engine::create(eo, make_communicator());
@@ -36,6 +40,17 @@ void register_logits(CLI::App& app) {
     std::vector<float> logits(ids.size() * size_t(vocab));
     engine->run_sequence(ids, 0, 0, /*all_logits=*/true, o->incremental, logits.data());
     if (engine->is_root()) write_npy_f32(o->out, logits.data(), {int64_t(ids.size()), vocab});
+    if (o->greedy > 0) {
+      // Continue from the last prompt position; every rank computes the same tokens.
+      std::vector<float> last(logits.end() - vocab, logits.end());
+      std::string printed;
+      for (int i = 0; i < o->greedy; ++i) {
+        const int32_t tok = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        printed += (i ? "," : "") + std::to_string(tok);
+        engine->run_sequence({tok}, 0, int32_t(ids.size()) + i, false, false, last.data());
+      }
+      if (engine->is_root()) std::printf("%s\n", printed.c_str());
+    }
     finish_run(*engine, o->engine);
   });
 }

@@ -1,5 +1,7 @@
 // moep: run Mixture-of-Experts models spread over several machines.
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <exception>
 
 #include "commands.h"
@@ -14,10 +16,16 @@ int main(int argc, char** argv) {
     return std::string("moep: error: ") + e.what() + "\nRun with --help for more information.\n";
   });
   moep::cli::register_logits(app);
+  moep::cli::register_tokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const moep::CollectiveError& e) {
+    // Every rank raised the same error together: rank 0 alone says it, and every rank ends normally.
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    if (!rank || std::string(rank) == "0") std::fprintf(stderr, "moep: error: %s\n", e.what());
+    return 1;
   } catch (const moep::Error& e) {
     std::fprintf(stderr, "moep: error: %s\n", e.what());
     return 1;
