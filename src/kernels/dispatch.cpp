@@ -7,11 +7,23 @@
 namespace moep::kernels {
 
 // Fast tables, defined in the ISA-specific files (gemm_avx512.cpp, gemm_avx2.cpp, gemm_neon.cpp) when the
-// build compiles them in; each returns nullptr when the CPU lacks its instructions. Weak, so that a build
-// without one of those files still links.
-__attribute__((weak)) const KernelTable* avx512_kernels();
-__attribute__((weak)) const KernelTable* avx2_kernels();
-__attribute__((weak)) const KernelTable* neon_kernels();
+// build compiles them in (CMake then defines MOEP_HAVE_GEMM_<ISA>); each returns nullptr when the CPU lacks
+// its instructions.
+#if MOEP_HAVE_GEMM_AVX512
+const KernelTable* avx512_kernels();
+#else
+constexpr const KernelTable* (*avx512_kernels)() = nullptr;
+#endif
+#if MOEP_HAVE_GEMM_AVX2
+const KernelTable* avx2_kernels();
+#else
+constexpr const KernelTable* (*avx2_kernels)() = nullptr;
+#endif
+#if MOEP_HAVE_GEMM_NEON
+const KernelTable* neon_kernels();
+#else
+constexpr const KernelTable* (*neon_kernels)() = nullptr;
+#endif
 
 int available_kernel_tables(const KernelTable** out, int max) {
   int n = 0;

@@ -8,17 +8,29 @@
 namespace moep::ops {
 
 namespace {
-// Row blocks are multiples of this so that fast kernels can process several rows at a time.
-constexpr int64_t kRowAlign = 16;
+// Row (column) blocks are multiples of this so that fast kernels process whole register blocks; 48 is a
+// multiple of every kernel's row block (8 rows) and output panel (48 for AVX-512, 16 for AVX2 and NEON).
+constexpr int64_t kAlign = 48;
+// Each task reads at least this many bytes of weights: below, waking another thread costs more than it saves
+// (small matrices such as routers run on the calling thread alone).
+constexpr int64_t kMinTaskBytes = 64 * 1024;
+// Tasks per thread: enough that a thread delayed by the OS or slower memory is balanced by the others taking
+// more tasks; few enough that each task streams long runs of weights.
+constexpr int64_t kTasksPerThread = 4;
+
+// Splits n outputs, each reading bytes_per_output bytes of weights, into blocks of a multiple of kAlign.
+int64_t block_size(int64_t n, int64_t bytes_per_output, int threads) {
+  const int64_t tasks = int64_t(threads) * kTasksPerThread;
+  int64_t block = (n + tasks - 1) / tasks;
+  block = std::max(block, kMinTaskBytes / std::max<int64_t>(1, bytes_per_output));
+  return std::max<int64_t>(kAlign, (block + kAlign - 1) / kAlign * kAlign);
+}
 }  // namespace
 
 void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy) {
   const auto& k = kernels::best_kernels();
   const int64_t rows = W.rows;
-  // Enough tasks per thread that uneven speeds balance, but each large enough to stream well.
-  const int64_t target_tasks = int64_t(pool.size()) * 4;
-  int64_t block = std::max<int64_t>(kRowAlign, (rows + target_tasks - 1) / target_tasks);
-  block = (block + kRowAlign - 1) / kRowAlign * kRowAlign;
+  const int64_t block = block_size(rows, W.cols * int64_t(dtype_size(W.dtype)), pool.size());
   const int64_t n_tasks = (rows + block - 1) / block;
   pool.parallel_for(n_tasks, [&](int64_t i) {
     const int64_t r0 = i * block;
@@ -34,9 +46,9 @@ void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float*
 void linear_in_out(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y) {
   const auto& k = kernels::best_kernels();
   const int64_t cols = W.cols;
-  const int64_t target_tasks = int64_t(pool.size()) * 2;
-  int64_t block = std::max<int64_t>(64, (cols + target_tasks - 1) / target_tasks);
-  block = (block + 63) / 64 * 64;
+  // Every task reads all rows of its columns; with fewer tasks per thread each row segment is longer, which
+  // streams better (the weights are read in runs of block columns).
+  const int64_t block = block_size(cols, W.rows * int64_t(dtype_size(W.dtype)), std::max(1, pool.size() / 2));
   const int64_t n_tasks = (cols + block - 1) / block;
   pool.parallel_for(n_tasks, [&](int64_t i) {
     const int64_t c0 = i * block;

@@ -12,8 +12,14 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }
 }  // namespace
 
+bool WeightBinder::record(const std::string& name, const std::vector<int64_t>& shape) {
+  if (index_) return false;
+  if (used_.insert(name).second) recorded_.push_back({name, shape});
+  return true;
+}
+
 const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<int64_t>& shape) {
-  const TensorInfo* t = index_.find(name);
+  const TensorInfo* t = index_->find(name);
   if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
   if (t->shape != shape)
     fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
@@ -24,6 +30,7 @@ const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<i
 }
 
 MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols) {
+  if (record(name, {rows, cols})) return {};
   const TensorInfo& t = get(name, {rows, cols});
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
   return MatRef{t.data, t.dtype, rows, cols, cols};
@@ -31,6 +38,7 @@ MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols)
 
 MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0,
                                  int64_t n) {
+  if (record(name, {total_rows, cols})) return {};
   const TensorInfo& t = get(name, {total_rows, cols});
   MOEP_ASSERT(row0 >= 0 && row0 + n <= total_rows);
   const size_t row_bytes = size_t(cols) * dtype_size(t.dtype);
@@ -40,6 +48,7 @@ MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, in
 }
 
 VecRef WeightBinder::vector(const std::string& name, int64_t n) {
+  if (record(name, {n})) return {};
   const TensorInfo& t = get(name, {n});
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
   return VecRef{t.data, t.dtype, n};
@@ -51,7 +60,8 @@ VecRef WeightBinder::optional_vector(const std::string& name, int64_t n) {
 }
 
 void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& shape) {
-  const TensorInfo* t = index_.find(name);
+  if (record(name, shape)) return;
+  const TensorInfo* t = index_->find(name);
   if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
   if (t->shape != shape)
     fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
@@ -59,8 +69,9 @@ void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& sha
 }
 
 void WeightBinder::finish() const {
+  if (!index_) return;
   std::vector<std::string> unused;
-  for (const auto& [name, t] : index_.tensors())
+  for (const auto& [name, t] : index_->tensors())
     if (!used_.count(name)) unused.push_back(name);
   if (unused.empty()) return;
   std::string list;

@@ -57,9 +57,12 @@ using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 // are collected for prefaulting.
 class WeightBinder {
  public:
-  explicit WeightBinder(const SafetensorsIndex& index) : index_(index) {}
+  explicit WeightBinder(const SafetensorsIndex& index) : index_(&index) {}
+  // Recording mode: no checkpoint; every request records (name, shape) and returns an empty view. Used to
+  // list the tensors a model of some config needs (moep synth writes exactly these).
+  WeightBinder() = default;
 
-  bool has(const std::string& name) const { return index_.find(name) != nullptr; }
+  bool has(const std::string& name) const { return index_ && index_->find(name) != nullptr; }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
   // Rows [row0, row0 + n) of a [total_rows, cols] tensor (a part of a fused tensor). Only those rows are
@@ -80,12 +83,19 @@ class WeightBinder {
     size_t offset;
     size_t bytes;
   };
+  struct Recorded {
+    std::string name;
+    std::vector<int64_t> shape;
+  };
+  const std::vector<Recorded>& recorded() const { return recorded_; }
   const std::vector<Range>& read_ranges() const { return ranges_; }
   size_t bytes_read() const;
 
  private:
   const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape);
-  const SafetensorsIndex& index_;
+  bool record(const std::string& name, const std::vector<int64_t>& shape);
+  const SafetensorsIndex* index_ = nullptr;
+  std::vector<Recorded> recorded_;
   std::set<std::string> used_;
   std::vector<Range> ranges_;
 };

@@ -226,6 +226,7 @@ void write_stats_json(const RunStats& s, const std::string& path) {
                               {"wait_ms", ms(wait)},
                               {"dense_ms", ms(L.dense_ns)},
                               {"expert_pairs", L.expert_pairs},
+                              {"experts_touched", L.experts_touched},
                               {"calls", L.calls}});
     }
     j["ranks"].push_back(jr);

@@ -57,6 +57,7 @@ struct LayerStats {
   int64_t allreduce_ns = 0;  // the all-reduce, including waiting for slower ranks
   int64_t dense_ns = 0;      // shared expert / dense MLP (every rank)
   int64_t expert_pairs = 0;
+  int64_t experts_touched = 0;  // local experts that had work, summed over calls (each read its weights once)
   int64_t calls = 0;
 };
 

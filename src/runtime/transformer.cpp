@@ -220,6 +220,7 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       st.experts_ns += mt.experts_ns;
       st.allreduce_ns += mt.allreduce_ns;
       st.expert_pairs += mt.expert_pairs;
+      st.experts_touched += mt.experts_touched;
       tracer_.record(TracePhase::Router, int32_t(l), mt.t_start, mt.t_router);
       tracer_.record(TracePhase::Experts, int32_t(l), mt.t_router, mt.t_experts);
       tracer_.record(TracePhase::AllReduce, int32_t(l), mt.t_experts, mt.t_end);

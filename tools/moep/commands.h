@@ -7,5 +7,11 @@
 namespace moep::cli {
 
 void register_logits(CLI::App& app);    // cmd_logits.cpp
+void register_tokenize(CLI::App& app);  // cmd_tokenize.cpp
+void register_plan(CLI::App& app);      // cmd_plan.cpp
+void register_calibrate(CLI::App& app); // cmd_calibrate.cpp
+void register_synth(CLI::App& app);     // cmd_synth.cpp
+void register_bench(CLI::App& app);     // cmd_bench.cpp
+void register_run(CLI::App& app);       // cmd_run.cpp
 
 }  // namespace moep::cli

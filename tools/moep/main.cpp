@@ -17,6 +17,11 @@ int main(int argc, char** argv) {
   });
   moep::cli::register_logits(app);
   moep::cli::register_tokenize(app);
+  moep::cli::register_plan(app);
+  moep::cli::register_calibrate(app);
+  moep::cli::register_synth(app);
+  moep::cli::register_bench(app);
+  moep::cli::register_run(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Validates the performance model against measured runs: synthesizes model shapes (moep synth), calibrates
+# this machine for each rank count (moep calibrate), runs moep bench for every rank count, batch and
+# emulated latency, and prints predicted against measured tokens/s (moep plan --validate), writing the table
+# to a file. Exits non-zero if the model misses its target (median |error| <= 10%, worst <= 20%).
+#
+# Usage: scripts/validate_perf_model.sh [options]
+#   --build-dir DIR     moep build to use (default: build-perf); built first with --build
+#   --build             configure and build DIR (Release) before running
+#   --ranks "1 2"       rank counts (one rank per "node"; all on this host)
+#   --threads T         threads per rank (default 1); each rank is pinned to T cores
+#   --cores N           cores to use (default: nproc); ranks x threads must not exceed it, so ranks do not
+#                       fight over cores
+#   --batches "1 4"     decode batch sizes
+#   --latencies "0 50 200 1000"   emulated latency per exchange step (us), for runs with 2+ ranks
+#   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; see below)
+#   --prompt P --gen G  tokens per run (default 32, 32)
+#   --repeat R          run each bench R times and keep the fastest (default 3; noise only ever slows a run)
+#   --nice N            run calibrate and bench at this nice level (e.g. -10 on a shared machine; needs root)
+#   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
+#   --out FILE          where to write the table (default: WORK/validation.md)
+#
+# Examples:
+#   scripts/validate_perf_model.sh                                   # this 2-core machine, 1-2 ranks
+#   scripts/validate_perf_model.sh --build --build-dir build --ranks "1 2 4" --threads 4 --cores 16 \
+#       --out docs/validation-16core.md                              # a 16-core machine, pinned
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="$ROOT/build-perf"
+DO_BUILD=0
+RANKS="1 2"
+THREADS=1
+CORES="$(nproc)"
+BATCHES="1 4"
+LATENCIES="0 50 200 1000"
+MODELS="mixtral-s dbrx-s qwen3-s"
+PROMPT=32
+GEN=32
+WORK=/tmp/moep-validate
+OUT=""
+REPEAT=3
+NICE=0
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --build-dir) BUILD_DIR="$(realpath -m "$2")"; shift 2 ;;
+    --build) DO_BUILD=1; shift ;;
+    --ranks) RANKS="$2"; shift 2 ;;
+    --threads) THREADS="$2"; shift 2 ;;
+    --cores) CORES="$2"; shift 2 ;;
+    --batches) BATCHES="$2"; shift 2 ;;
+    --latencies) LATENCIES="$2"; shift 2 ;;
+    --models) MODELS="$2"; shift 2 ;;
+    --prompt) PROMPT="$2"; shift 2 ;;
+    --gen) GEN="$2"; shift 2 ;;
+    --work) WORK="$(realpath -m "$2")"; shift 2 ;;
+    --repeat) REPEAT="$2"; shift 2 ;;
+    --nice) NICE="$2"; shift 2 ;;
+    --out) OUT="$(realpath -m "$2")"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "validate_perf_model.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+OUT="${OUT:-$WORK/validation.md}"
+mkdir -p "$WORK"
+
+if [[ $DO_BUILD -eq 1 ]]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$BUILD_DIR" -j"$CORES" --target moep
+fi
+MOEP="$BUILD_DIR/moep"
+[[ -x "$MOEP" ]] || { echo "validate_perf_model.sh: no moep binary at $MOEP (use --build)" >&2; exit 2; }
+for cmd in synth bench calibrate plan; do
+  "$MOEP" "$cmd" --help >/dev/null 2>&1 || { echo "validate_perf_model.sh: this moep has no '$cmd' command" >&2; exit 2; }
+done
+for n in $RANKS; do
+  if (( n * THREADS > CORES )); then
+    echo "validate_perf_model.sh: $n ranks x $THREADS threads exceeds --cores $CORES" >&2; exit 2
+  fi
+done
+
+# Launches N ranks, each pinned to THREADS cores of its own (one rank runs under taskset).
+launch() {
+  local n="$1"; shift
+  if [[ "$n" -eq 1 ]]; then
+    nice -n "$NICE" taskset -c "0-$((THREADS - 1))" "$@"
+  else
+    nice -n "$NICE" mpirun --allow-run-as-root --oversubscribe --mca btl self,vader \
+      --mca btl_vader_single_copy_mechanism none --bind-to core --map-by "slot:PE=$THREADS" -np "$n" "$@"
+  fi
+}
+
+# The fastest of several bench JSON files (decode tokens/s), with the fastest prefill of them.
+best_of() {
+  local out="$1"; shift
+  jq -s 'sort_by(.decode_tokens_per_s) | last as $b | ($b + {prefill_tokens_per_s: (map(.prefill_tokens_per_s) | max),
+         runs: length, decode_runs_tokens_per_s: (map(.decode_tokens_per_s))})' "$@" > "$out"
+}
+
+# Synthetic shapes: a Mixtral-like (8 experts, top-2), a DBRX-like (16 experts, top-4, DBRX's expert layout)
+# and a Qwen3-MoE-like (64 small experts, top-8) model. Each is larger than the caches.
+synth_args() {
+  case "$1" in
+    mixtral-s) echo "--arch mixtral --layers 4 --d-model 1024 --ffn 2816 --experts 8 --top-k 2 --heads 16 --kv-heads 4 --vocab 32000" ;;
+    dbrx-s) echo "--arch dbrx --layers 2 --d-model 2048 --ffn 2048 --experts 16 --top-k 4 --heads 16 --kv-heads 4 --vocab 32000" ;;
+    qwen3-s) echo "--arch qwen3_moe --layers 4 --d-model 1024 --ffn 512 --experts 64 --top-k 8 --heads 16 --kv-heads 4 --head-dim 64 --vocab 32000" ;;
+    *) echo "validate_perf_model.sh: unknown model shape '$1'" >&2; exit 2 ;;
+  esac
+}
+
+echo "== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; ranks: $RANKS; threads/rank: $THREADS" >&2
+for m in $MODELS; do
+  if [[ ! -f "$WORK/$m/config.json" ]]; then
+    echo "== synth $m" >&2
+    # shellcheck disable=SC2046
+    "$MOEP" synth "$WORK/$m" $(synth_args "$m") --dtype bf16 --no-tokenizer >&2
+  fi
+done
+
+# Per rank count: calibrate, then run the benches right after (the machine's state drifts on a shared host).
+cases=()
+for n in $RANKS; do
+  prof="$WORK/profile-${n}x${THREADS}.json"
+  echo "== calibrate: $n rank(s) x $THREADS thread(s)" >&2
+  launch "$n" "$MOEP" calibrate --threads "$THREADS" --name "validate-${n}x${THREADS}" --out "$prof" >&2
+  for m in $MODELS; do
+    lats="0"
+    [[ "$n" -gt 1 ]] && lats="$LATENCIES"
+    for b in $BATCHES; do
+      for lat in $lats; do
+        bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
+        echo "== bench $m: $n rank(s), batch $b, emulated latency $lat us, best of $REPEAT" >&2
+        runs=()
+        for r in $(seq 1 "$REPEAT"); do
+          launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" \
+            --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
+          runs+=("$bj.run$r")
+        done
+        best_of "$bj" "${runs[@]}"
+        prof="$WORK/profile-${n}x${THREADS}.json"
+        net="\"$prof\""
+        [[ "$n" -eq 1 ]] && net="\"\""
+        cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": \"$prof\", \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN}")
+      done
+    done
+  done
+done
+
+machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $(hostname); $THREADS thread(s) per rank, pinned; commit $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown); $(date -u +%Y-%m-%d)"
+{
+  echo "{\"machine\": \"$machine\", \"cases\": ["
+  for i in "${!cases[@]}"; do
+    [[ $i -gt 0 ]] && echo ","
+    echo "${cases[$i]}"
+  done
+  echo "]}"
+} > "$WORK/manifest.json"
+
+echo "== predicted vs measured (table also in $OUT)" >&2
+{
+  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE"
+  echo
+} > "$OUT.head"
+set +e
+"$MOEP" plan --validate "$WORK/manifest.json" --out "$OUT.body"
+status=$?
+set -e
+cat "$OUT.head" "$OUT.body" > "$OUT" 2>/dev/null || true
+rm -f "$OUT.head" "$OUT.body"
+exit $status

@@ -1,0 +1,527 @@
+// AVX-512 kernels: f32 arithmetic (FMA), weights widened to f32 as they are loaded (bf16 by a 16-bit shift,
+// f16 by vcvtph2ps). No bf16 dot products: activations are never rounded, so results match the scalar
+// reference to f32 rounding (only the order of the additions differs).
+//
+// Two regimes (see gemm_nt / gemm_nn below):
+//  - few tokens (decode, T below kPackMinT*): memory-bound. Weights stream from memory once and each loaded
+//    vector serves every token (register blocking over T), so time ≈ weight bytes ÷ read bandwidth.
+//  - many tokens (prefill): compute-bound. A block of weights is widened once into an f32 panel that stays in
+//    L1/L2, and a register-blocked micro-kernel (kM tokens × kNR outputs) reuses it for every token.
+//
+// Built with -mavx512f -mavx512bw -mavx512vl -mavx512dq (see CMakeLists.txt); avx512_kernels() checks the same
+// extensions at run time before handing out the table.
+// GCC 12's own intrinsics (_mm512_cvtepu16_epi32 and others start from an undefined register) trip
+// -Wmaybe-uninitialized at every inlining site (GCC bug 105593, fixed in 12.3/13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace moep::kernels {
+
+namespace {
+
+// Loops over register blocks (rows, tokens, vectors of a tile) have compile-time trip counts and must be
+// unrolled completely so that the arrays of vectors they index live in registers; -O2 alone does not.
+#define MOEP_UNROLL _Pragma("GCC unroll 32")
+
+constexpr int kL = 16;  // f32 lanes per vector
+
+// ---- primitives -------------------------------------------------------------------------------------------
+
+// Lanes [0, n) set, for n in [0, 16].
+inline __mmask16 lanes(int64_t n) { return n >= kL ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+
+// Weight loads: 16 consecutive elements of a row, starting at element c, widened to f32. The masked form reads
+// only the lanes in m (the rest are zero) and never touches memory outside them.
+template <DType D>
+struct WLoad;
+template <>
+struct WLoad<DType::F32> {
+  using Elem = float;
+  static __m512 full(const uint8_t* row, int64_t c) { return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c); }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + c);
+  }
+};
+template <>
+struct WLoad<DType::BF16> {
+  using Elem = uint16_t;
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 full(const uint8_t* row, int64_t c) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, row + 2 * c)); }
+};
+template <>
+struct WLoad<DType::F16> {
+  using Elem = uint16_t;
+  static __m512 full(const uint8_t* row, int64_t c) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * c));
+  }
+};
+
+// In-register transpose of a 16×16 f32 block: a[i][j] → a[j][i].
+inline void transpose16(__m512 (&a)[16]) {
+  __m512 t[16], u[16];
+  MOEP_UNROLL
+  for (int p = 0; p < 8; ++p) {
+    t[2 * p] = _mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]);
+    t[2 * p + 1] = _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1]);
+  }
+  // u[4q + m], 128-bit lane L: rows 4q..4q+3 of column 4L + m.
+  MOEP_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xee);
+    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xee);
+  }
+  MOEP_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xee);
+    a[m] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    a[4 + m] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    a[8 + m] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    a[12 + m] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+}
+
+// ---- tuning -------------------------------------------------------------------------------------------------
+
+// Token counts from which the packed (compute-bound) path is used; below, the streaming path.
+constexpr int64_t kPackMinTnt = 12;
+constexpr int64_t kPackMinTnn = 9;
+// Packed path: micro-kernel of kM tokens × kNV vectors (kNR = 48 outputs): 24 accumulators + 3 weight vectors
+// + 1 broadcast of 32 registers. A panel is [kKC reductions][kNR outputs] f32 = 48 KiB; kNC outputs (2 panels)
+// are packed per reduction block and reused for all tokens. (kKC 128..512 and kNC 1..8 panels measured within
+// noise of each other on Zen 5; 256 × 2 was as good as any.)
+constexpr int kM = 8;
+constexpr int kNV = 3;
+constexpr int kNR = kNV * kL;
+constexpr int64_t kKC = 256;
+constexpr int64_t kNC = 2 * kNR;
+// Streaming paths: software prefetch keeps about this many bytes of weights requested ahead of each thread,
+// split over the rows it streams side by side (Little's law: ~20 GB/s per core × ~200 ns of memory latency is
+// 4 KiB; twice that measured at least as well).
+// The hardware prefetchers alone track several concurrent streams across 4 KiB pages poorly.
+constexpr int64_t kPrefetchInFlight = 8192;
+// Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
+constexpr int64_t kNNTileFloats = 4096;
+
+// ---- per-thread scratch ---------------------------------------------------------------------------------
+
+enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
+
+// This thread's scratch buffer `slot`, at least `floats` f32, 64-byte aligned. It grows only when a call needs
+// more than any call before it on this thread, so steady-state calls allocate nothing; freed when the thread
+// ends.
+float* scratch(ScratchSlot slot, size_t floats) {
+  struct Buf {
+    float* p = nullptr;
+    size_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  if (b.cap < floats) {
+    std::free(b.p);
+    b.cap = (floats + 15) / 16 * 16;
+    b.p = static_cast<float*>(std::aligned_alloc(64, b.cap * sizeof(float)));
+    if (!b.p) std::abort();
+  }
+  return b.p;
+}
+
+// A row stride (in f32) for n values per row that is an odd number of cache lines. Rows of activations are
+// often a multiple of 4 KiB apart (6144 f32 = 24 KiB), which maps the same column of every row to one L1 set;
+// with several rows and weight streams in flight the set overflows. An odd number of lines spreads them.
+inline int64_t spread_stride(int64_t n) {
+  const int64_t lines = (n + kL - 1) / kL;
+  return (lines | 1) * kL;
+}
+
+// dst[t, k] = X[t, k0 + k] for t < T, k < n, with dst's row stride ld.
+inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_t n, float* dst, int64_t ld) {
+  for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * ld, X + t * ldx + k0, size_t(n) * sizeof(float));
+}
+
+// ---- streaming gemm_nt (few tokens) ---------------------------------------------------------------------
+
+// Y[t, r + i] = Σ_c W[r + i, c] · X[t, c] for i < R, t < TB: one pass over R weight rows, each widened vector
+// used for all TB tokens. R·TB accumulators of 16 partial sums each, reduced at the end.
+template <DType D, int R, int TB>
+void nt_block(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t r) {
+  constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
+  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const uint8_t* w[R];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);
+  __m512 acc[R][TB];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i)
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
+  const int64_t n = W.cols;
+  int64_t c = 0;
+  for (; c + kL <= n; c += kL) {
+    __m512 wv[R];
+    if (((c * kSize) & 63) == 0) {  // once per cache line of each row
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i] + c * kSize + kAhead), _MM_HINT_T0);
+    }
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = WLoad<D>::full(w[i], c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const __m512 x = _mm512_loadu_ps(X + t * ldx + c);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], x, acc[i][t]);
+    }
+  }
+  if (c < n) {
+    const __mmask16 m = lanes(n - c);
+    __m512 wv[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = WLoad<D>::part(w[i], c, m);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const __m512 x = _mm512_maskz_loadu_ps(m, X + t * ldx + c);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], x, acc[i][t]);
+    }
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) Y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+// Rows [r, r + R) for all T tokens, in token blocks of at most kMaxTB.
+template <DType D, int R>
+void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r) {
+  constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;  // R·TB + R + 1 ≤ 32 registers (R = 8: decode only)
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxTB) {
+    const float* x = X + t0 * ldx;
+    float* y = Y + t0 * ldy;
+    switch (std::min<int64_t>(kMaxTB, T - t0)) {
+      case 1: nt_block<D, R, 1>(W, x, ldx, y, ldy, r); break;
+      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2>(W, x, ldx, y, ldy, r); break;
+      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3>(W, x, ldx, y, ldy, r); break;
+      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4>(W, x, ldx, y, ldy, r); break;
+      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5>(W, x, ldx, y, ldy, r); break;
+      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6>(W, x, ldx, y, ldy, r); break;
+      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7>(W, x, ldx, y, ldy, r); break;
+      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8>(W, x, ldx, y, ldy, r); break;
+    }
+  }
+}
+
+template <DType D, int R>
+void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                    int64_t r1) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) nt_group<D, R>(W, X, ldx, T, Y, ldy, r);
+  for (; r < r1; ++r) nt_group<D, 1>(W, X, ldx, T, Y, ldy, r);
+}
+
+// ---- streaming gemm_nn (few tokens) ---------------------------------------------------------------------
+
+// Y[t, c] += Σ_{i<RG} X[t, r + i] · W[r + i, c] for c in [c0, c1), t < TB: RG weight rows stream side by side
+// while the output tile stays in L1.
+template <DType D, int TB, int RG>
+void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1,
+             int64_t r, int64_t ahead) {
+  constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
+  const uint8_t* w[RG];
+  MOEP_UNROLL
+  for (int i = 0; i < RG; ++i) w[i] = W.row_ptr(r + i);
+  __m512 x[TB][RG];
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) x[t][i] = _mm512_set1_ps(X[t * ldx + r + i]);
+  int64_t c = c0;
+  for (; c + kL <= c1; c += kL) {
+    __m512 wv[RG];
+    if (((c * kSize) & 63) == 0) {
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i] + c * kSize + ahead), _MM_HINT_T0);
+    }
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) wv[i] = WLoad<D>::full(w[i], c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      __m512 y = _mm512_loadu_ps(Y + t * ldy + c);
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) y = _mm512_fmadd_ps(wv[i], x[t][i], y);
+      _mm512_storeu_ps(Y + t * ldy + c, y);
+    }
+  }
+  if (c < c1) {
+    const __mmask16 m = lanes(c1 - c);
+    __m512 wv[RG];
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) wv[i] = WLoad<D>::part(w[i], c, m);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      __m512 y = _mm512_maskz_loadu_ps(m, Y + t * ldy + c);
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) y = _mm512_fmadd_ps(wv[i], x[t][i], y);
+      _mm512_mask_storeu_ps(Y + t * ldy + c, m, y);
+    }
+  }
+}
+
+template <DType D, int TB>
+void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
+  constexpr int RG = TB <= 2 ? 8 : 4;  // rows per pass: fewer output loads/stores per weight vector
+  const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
+  // The tile accumulates in scratch at a set-spreading stride (Y's rows may be 4 KiB multiples apart).
+  const int64_t ld = spread_stride(tile);
+  float* acc = scratch(kOutTile, size_t(TB * ld));
+  // Prefetch along each row when its segment in the tile is long; otherwise the same columns of the next RG
+  // rows, which are read next.
+  const int64_t in_row = kPrefetchInFlight / RG / 64 * 64;
+  const int64_t ahead = std::min(tile, c1 - c0) * int64_t(dtype_size(D)) >= 4 * in_row
+                            ? in_row
+                            : RG * W.row_stride * int64_t(dtype_size(D));
+  for (int64_t cb = c0; cb < c1; cb += tile) {
+    const int64_t n = std::min(c1, cb + tile) - cb;
+    std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
+    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
+    int64_t r = 0;
+    for (; r + RG <= W.rows; r += RG) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
+    for (; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
+    copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
+  }
+}
+// ---- packed path (many tokens) --------------------------------------------------------------------------
+
+// Y[t, j] = (accumulate ? Y[t, j] : 0) + Σ_{k<kc} X[t, k] · P[k, j] for t < M and the lanes j set in mask[].
+// P is a packed panel [kc][kNR] f32 (64-byte aligned); X row t starts at X + t·ldx; Y row t at Y + t·ldy.
+template <int M>
+void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+           const __mmask16 (&mask)[kNV]) {
+  __m512 acc[M][kNV];
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v)
+      acc[t][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], Y + t * ldy + v * kL) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 p[kNV];
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) p[v] = _mm512_load_ps(P + k * kNR + v * kL);
+    MOEP_UNROLL
+    for (int t = 0; t < M; ++t) {
+      const __m512 x = _mm512_set1_ps(X[t * ldx + k]);
+      MOEP_UNROLL
+      for (int v = 0; v < kNV; ++v) acc[t][v] = _mm512_fmadd_ps(p[v], x, acc[t][v]);
+    }
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) _mm512_mask_storeu_ps(Y + t * ldy + v * kL, mask[v], acc[t][v]);
+}
+
+// micro<m> for the m = T mod kM tokens left over, m in [1, M].
+template <int M>
+void micro_tail(int m, const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+                const __mmask16 (&mask)[kNV]) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      micro<M>(P, kc, X, ldx, Y, ldy, accumulate, mask);
+    } else {
+      micro_tail<M - 1>(m, P, kc, X, ldx, Y, ldy, accumulate, mask);
+    }
+  }
+}
+
+// P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
+template <DType D>
+void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  MOEP_UNROLL
+  for (int v = 0; v < kNV; ++v) {
+    const int64_t gb = jb + v * kL;
+    const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+    for (int64_t kk = 0; kk < kc; kk += kL) {
+      const int64_t nk = std::min<int64_t>(kL, kc - kk);
+      const __mmask16 m = lanes(nk);
+      __m512 a[16];
+      MOEP_UNROLL
+      for (int i = 0; i < 16; ++i) {
+        if (i >= n_rows) {
+          a[i] = _mm512_setzero_ps();
+        } else if (nk == kL) {
+          a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
+        } else {
+          a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, m);
+        }
+      }
+      transpose16(a);
+      for (int64_t i = 0; i < nk; ++i) _mm512_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
+    }
+  }
+}
+
+// P[k][j] = W[k0 + k, jb + j] for k < kc, j < kNR; zero for columns at or past je. (gemm_nn: widens only.)
+template <DType D>
+void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  __mmask16 m[kNV];
+  MOEP_UNROLL
+  for (int v = 0; v < kNV; ++v) m[v] = lanes(std::clamp<int64_t>(je - jb - v * kL, 0, kL));
+  for (int64_t k = 0; k < kc; ++k) {
+    const uint8_t* row = W.row_ptr(k0 + k);
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) {
+      const __m512 w = m[v] == 0xffff ? WLoad<D>::full(row, jb + v * kL) : WLoad<D>::part(row, jb + v * kL, m[v]);
+      _mm512_store_ps(P + k * kNR + v * kL, w);
+    }
+  }
+}
+
+// Y[t, j] = Σ_{k<K} X[t, k] · B[k, j] for t < T, j in [j0, j1), where pack() supplies blocks of B as panels.
+template <class Pack>
+void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y, int64_t ldy,
+                 Pack pack) {
+  float* buf = scratch(kPackedW, size_t(kNC / kNR) * kKC * kNR);
+  for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
+    const int64_t je0 = std::min(j1, jb0 + kNC);
+    const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+      const int64_t kc = std::min(kKC, K - k0);
+      const bool acc = k0 > 0;
+      for (int p = 0; p < n_panels; ++p)
+        pack(buf + p * kKC * kNR, jb0 + p * kNR, std::min(je0, jb0 + (p + 1) * kNR), k0, kc);
+      // Each panel stays in L1 while every token passes over it. (Staging the activations here at a
+      // set-spreading stride measured slower: the copy is repeated for every kNC block.)
+      for (int p = 0; p < n_panels; ++p) {
+        const int64_t jb = jb0 + p * kNR;
+        __mmask16 mask[kNV];
+        MOEP_UNROLL
+        for (int v = 0; v < kNV; ++v) mask[v] = lanes(std::clamp<int64_t>(je0 - jb - v * kL, 0, kL));
+        const float* P = buf + p * kKC * kNR;
+        const float* x = X + k0;
+        float* y = Y + jb;
+        int64_t t = 0;
+        for (; t + kM <= T; t += kM) micro<kM>(P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, mask);
+        if (t < T) micro_tail<kM - 1>(int(T - t), P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, mask);
+      }
+    }
+  }
+}
+
+// ---- entry points ---------------------------------------------------------------------------------------
+
+template <DType D>
+void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  if (T >= kPackMinTnt && W.cols > 0) {
+    packed_gemm(T, W.cols, r0, r1, X, ldx, Y, ldy,
+                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt<D>(P, W, jb, je, k0, kc); });
+  } else if (T == 1) {
+    nt_stream_rows<D, 8>(W, X, ldx, T, Y, ldy, r0, r1);
+  } else {
+    // From 6 tokens on, token rows and weight rows together overflow an L1 set at a 4 KiB-multiple stride:
+    // stage the tokens at a set-spreading stride (a copy of T·cols f32, small beside the weights it serves).
+    if (T >= 6 && r1 - r0 >= 32) {
+      const int64_t ld = spread_stride(W.cols);
+      float* xs = scratch(kStagedX, size_t(T * ld));
+      copy_rows(X, ldx, T, 0, W.cols, xs, ld);
+      X = xs;
+      ldx = ld;
+    }
+    if (T <= 5) {
+      nt_stream_rows<D, 4>(W, X, ldx, T, Y, ldy, r0, r1);
+    } else {
+      nt_stream_rows<D, 3>(W, X, ldx, T, Y, ldy, r0, r1);
+    }
+  }
+}
+
+void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+             int64_t r1) {
+  if (T <= 0 || r0 >= r1) return;
+  switch (W.dtype) {
+    case DType::F32: gemm_nt_d<DType::F32>(W, X, ldx, T, Y, ldy, r0, r1); break;
+    case DType::BF16: gemm_nt_d<DType::BF16>(W, X, ldx, T, Y, ldy, r0, r1); break;
+    case DType::F16: gemm_nt_d<DType::F16>(W, X, ldx, T, Y, ldy, r0, r1); break;
+  }
+}
+
+template <DType D>
+void gemm_nn_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+               int64_t c1) {
+  if (T >= kPackMinTnn && W.rows > 0) {
+    packed_gemm(T, W.rows, c0, c1, X, ldx, Y, ldy,
+                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn<D>(P, W, jb, je, k0, kc); });
+    return;
+  }
+  for (int64_t t0 = 0; t0 < T; t0 += 8) {
+    const float* x = X + t0 * ldx;
+    float* y = Y + t0 * ldy;
+    switch (std::min<int64_t>(8, T - t0)) {
+      case 1: nn_stream<D, 1>(W, x, ldx, y, ldy, c0, c1); break;
+      case 2: nn_stream<D, 2>(W, x, ldx, y, ldy, c0, c1); break;
+      case 3: nn_stream<D, 3>(W, x, ldx, y, ldy, c0, c1); break;
+      case 4: nn_stream<D, 4>(W, x, ldx, y, ldy, c0, c1); break;
+      case 5: nn_stream<D, 5>(W, x, ldx, y, ldy, c0, c1); break;
+      case 6: nn_stream<D, 6>(W, x, ldx, y, ldy, c0, c1); break;
+      case 7: nn_stream<D, 7>(W, x, ldx, y, ldy, c0, c1); break;
+      case 8: nn_stream<D, 8>(W, x, ldx, y, ldy, c0, c1); break;
+    }
+  }
+}
+
+void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+             int64_t c1) {
+  if (T <= 0 || c0 >= c1) return;
+  switch (W.dtype) {
+    case DType::F32: gemm_nn_d<DType::F32>(W, X, ldx, T, Y, ldy, c0, c1); break;
+    case DType::BF16: gemm_nn_d<DType::BF16>(W, X, ldx, T, Y, ldy, c0, c1); break;
+    case DType::F16: gemm_nn_d<DType::F16>(W, X, ldx, T, Y, ldy, c0, c1); break;
+  }
+}
+
+template <DType D>
+void to_f32_d(const void* src, float* dst, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) _mm512_storeu_ps(dst + i, WLoad<D>::full(p, i));
+  if (i < n) {
+    const __mmask16 m = lanes(n - i);
+    _mm512_mask_storeu_ps(dst + i, m, WLoad<D>::part(p, i, m));
+  }
+}
+
+void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
+  switch (dtype) {
+    case DType::F32: to_f32_d<DType::F32>(src, dst, n); break;
+    case DType::BF16: to_f32_d<DType::BF16>(src, dst, n); break;
+    case DType::F16: to_f32_d<DType::F16>(src, dst, n); break;
+  }
+}
+
+}  // namespace
+
+const KernelTable* avx512_kernels() {
+  static const KernelTable table{"avx512", gemm_nt, gemm_nn, to_f32};
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return supported ? &table : nullptr;
+}
+
+}  // namespace moep::kernels

@@ -1,0 +1,505 @@
+// NEON kernels for aarch64 (Apple Silicon, Graviton, Ampere, …): the same algorithms as gemm_avx512.cpp with
+// 4-lane vectors and 32 registers. f32 arithmetic throughout; weights widened to f32 as they are loaded (bf16 by
+// a 16-bit shift-left-long, f16 by fcvtl), activations never rounded.
+//
+//  - few tokens: weights stream once, each widened vector serves every token (register blocking over T);
+//  - many tokens: weight blocks widened once into f32 panels and reused by a kM × kNR micro-kernel.
+//
+// NEON (Advanced SIMD) with FP16 conversion is part of every ARMv8-A CPU, so neon_kernels() needs no run-time
+// check.
+#include <arm_neon.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace moep::kernels {
+
+namespace {
+
+// Loops over register blocks have compile-time trip counts and must be unrolled completely so that the
+// arrays of vectors they index live in registers; -O2 alone does not.
+#define MOEP_UNROLL _Pragma("GCC unroll 32")
+
+constexpr int kL = 4;  // f32 lanes per vector
+
+// ---- primitives -------------------------------------------------------------------------------------------
+
+// Lanes [0, n) of p (n < 4), the rest zero; reads nothing past p + n.
+inline float32x4_t load_part(const float* p, int64_t n) {
+  float buf[4] = {0.f, 0.f, 0.f, 0.f};
+  std::memcpy(buf, p, size_t(n) * sizeof(float));
+  return vld1q_f32(buf);
+}
+// Writes lanes [0, n) of v to p (n ≤ 4); nothing past p + n.
+inline void store_part(float* p, float32x4_t v, int64_t n) {
+  if (n >= kL) {
+    vst1q_f32(p, v);
+    return;
+  }
+  float buf[4];
+  vst1q_f32(buf, v);
+  std::memcpy(p, buf, size_t(n) * sizeof(float));
+}
+inline uint16x4_t load16_part(const uint8_t* p, int64_t n) {
+  uint16_t buf[4] = {0, 0, 0, 0};
+  std::memcpy(buf, p, size_t(n) * 2);
+  return vld1_u16(buf);
+}
+
+// Weight loads: 4 consecutive elements of a row from element c, widened to f32. part() reads only [0, n).
+template <DType D>
+struct WLoad;
+template <>
+struct WLoad<DType::F32> {
+  using Elem = float;
+  static float32x4_t full(const uint8_t* row, int64_t c) { return vld1q_f32(reinterpret_cast<const float*>(row) + c); }
+  static float32x4_t part(const uint8_t* row, int64_t c, int64_t n) {
+    return load_part(reinterpret_cast<const float*>(row) + c, n);
+  }
+};
+template <>
+struct WLoad<DType::BF16> {
+  using Elem = uint16_t;
+  static float32x4_t widen(uint16x4_t h) { return vreinterpretq_f32_u32(vshll_n_u16(h, 16)); }
+  static float32x4_t full(const uint8_t* row, int64_t c) {
+    return widen(vld1_u16(reinterpret_cast<const uint16_t*>(row) + c));
+  }
+  static float32x4_t part(const uint8_t* row, int64_t c, int64_t n) { return widen(load16_part(row + 2 * c, n)); }
+};
+template <>
+struct WLoad<DType::F16> {
+  using Elem = uint16_t;
+  static float32x4_t widen(uint16x4_t h) { return vcvt_f32_f16(vreinterpret_f16_u16(h)); }
+  static float32x4_t full(const uint8_t* row, int64_t c) {
+    return widen(vld1_u16(reinterpret_cast<const uint16_t*>(row) + c));
+  }
+  static float32x4_t part(const uint8_t* row, int64_t c, int64_t n) { return widen(load16_part(row + 2 * c, n)); }
+};
+
+// In-register transpose of a 4×4 f32 block: a[i][j] → a[j][i].
+inline void transpose4(float32x4_t (&a)[4]) {
+  const float32x4_t t0 = vtrn1q_f32(a[0], a[1]), t1 = vtrn2q_f32(a[0], a[1]);
+  const float32x4_t t2 = vtrn1q_f32(a[2], a[3]), t3 = vtrn2q_f32(a[2], a[3]);
+  a[0] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+  a[1] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+  a[2] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+  a[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+}
+
+// ---- tuning -------------------------------------------------------------------------------------------------
+
+// Token counts from which the packed (compute-bound) path is used.
+constexpr int64_t kPackMinTnt = 12;
+constexpr int64_t kPackMinTnn = 9;
+// Packed path: kM tokens × kNV vectors (kNR = 16 outputs): 24 accumulators + 4 weight vectors + 1 broadcast of
+// 32 registers. Panels [kKC][kNR] f32 = 16 KiB; kNC outputs packed per reduction block.
+constexpr int kM = 6;
+constexpr int kNV = 4;
+constexpr int kNR = kNV * kL;
+constexpr int64_t kKC = 256;
+constexpr int64_t kNC = 4 * kNR;
+// Streaming paths: software prefetch keeps about this many bytes of weights requested ahead of each thread,
+// split over the rows it streams side by side (Little's law: ~20 GB/s per core × ~200 ns of memory latency is
+// 4 KiB; twice that measured at least as well).
+// The hardware prefetchers alone track several concurrent streams across 4 KiB pages poorly.
+constexpr int64_t kPrefetchInFlight = 8192;
+// Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while the weight rows stream past it.
+constexpr int64_t kNNTileFloats = 4096;
+
+// ---- per-thread scratch ---------------------------------------------------------------------------------
+
+enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
+
+// This thread's scratch buffer `slot`, at least `floats` f32, 64-byte aligned; grows only when a call needs
+// more than any before it on this thread (steady-state calls allocate nothing); freed when the thread ends.
+float* scratch(ScratchSlot slot, size_t floats) {
+  struct Buf {
+    float* p = nullptr;
+    size_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  if (b.cap < floats) {
+    std::free(b.p);
+    b.cap = (floats + 15) / 16 * 16;
+    b.p = static_cast<float*>(std::aligned_alloc(64, b.cap * sizeof(float)));
+    if (!b.p) std::abort();
+  }
+  return b.p;
+}
+
+// A row stride (f32) for n values that is an odd number of 64-byte lines, so that rows which would otherwise
+// be a multiple of 4 KiB apart do not all compete for one L1 set.
+inline int64_t spread_stride(int64_t n) {
+  const int64_t lines = (n + 15) / 16;
+  return (lines | 1) * 16;
+}
+
+// dst[t, k] = X[t, k0 + k] for t < T, k < n, with dst's row stride ld.
+inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_t n, float* dst, int64_t ld) {
+  for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * ld, X + t * ldx + k0, size_t(n) * sizeof(float));
+}
+
+// ---- streaming gemm_nt (few tokens) ---------------------------------------------------------------------
+
+// Y[t, r + i] = Σ_c W[r + i, c] · X[t, c] for i < R, t < TB, in one pass over the R weight rows.
+template <DType D, int R, int TB>
+void nt_block(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t r) {
+  constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
+  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const uint8_t* w[R];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);
+  float32x4_t acc[R][TB];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i)
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[i][t] = vdupq_n_f32(0.f);
+  const int64_t n = W.cols;
+  int64_t c = 0;
+  for (; c + kL <= n; c += kL) {
+    if (((c * kSize) & 63) == 0) {  // once per cache line of each row
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) __builtin_prefetch(w[i] + c * kSize + kAhead);
+    }
+    float32x4_t wv[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = WLoad<D>::full(w[i], c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const float32x4_t x = vld1q_f32(X + t * ldx + c);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = vfmaq_f32(acc[i][t], wv[i], x);
+    }
+  }
+  if (c < n) {
+    float32x4_t wv[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = WLoad<D>::part(w[i], c, n - c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const float32x4_t x = load_part(X + t * ldx + c, n - c);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = vfmaq_f32(acc[i][t], wv[i], x);
+    }
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) Y[t * ldy + r + i] = vaddvq_f32(acc[i][t]);
+}
+
+// Rows [r, r + R) for all T tokens, in token blocks of at most kMaxTB (R·TB + R + 1 ≤ 32 registers).
+template <DType D, int R>
+void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r) {
+  constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxTB) {
+    const float* x = X + t0 * ldx;
+    float* y = Y + t0 * ldy;
+    switch (std::min<int64_t>(kMaxTB, T - t0)) {
+      case 1: nt_block<D, R, 1>(W, x, ldx, y, ldy, r); break;
+      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2>(W, x, ldx, y, ldy, r); break;
+      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3>(W, x, ldx, y, ldy, r); break;
+      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4>(W, x, ldx, y, ldy, r); break;
+      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5>(W, x, ldx, y, ldy, r); break;
+      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6>(W, x, ldx, y, ldy, r); break;
+      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7>(W, x, ldx, y, ldy, r); break;
+      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8>(W, x, ldx, y, ldy, r); break;
+    }
+  }
+}
+
+template <DType D, int R>
+void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                    int64_t r1) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) nt_group<D, R>(W, X, ldx, T, Y, ldy, r);
+  for (; r < r1; ++r) nt_group<D, 1>(W, X, ldx, T, Y, ldy, r);
+}
+
+// ---- streaming gemm_nn (few tokens) ---------------------------------------------------------------------
+
+// Y[t, c] += Σ_{i<RG} X[t, r + i] · W[r + i, c] for c in [c0, c1), t < TB.
+template <DType D, int TB, int RG>
+void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1,
+             int64_t r, int64_t ahead) {
+  constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
+  const uint8_t* w[RG];
+  MOEP_UNROLL
+  for (int i = 0; i < RG; ++i) w[i] = W.row_ptr(r + i);
+  float x[TB][RG];
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) x[t][i] = X[t * ldx + r + i];
+  int64_t c = c0;
+  for (; c + kL <= c1; c += kL) {
+    if (((c * kSize) & 63) == 0) {
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) __builtin_prefetch(w[i] + c * kSize + ahead);
+    }
+    float32x4_t wv[RG];
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) wv[i] = WLoad<D>::full(w[i], c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      float32x4_t y = vld1q_f32(Y + t * ldy + c);
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) y = vfmaq_n_f32(y, wv[i], x[t][i]);
+      vst1q_f32(Y + t * ldy + c, y);
+    }
+  }
+  if (c < c1) {
+    float32x4_t wv[RG];
+    MOEP_UNROLL
+    for (int i = 0; i < RG; ++i) wv[i] = WLoad<D>::part(w[i], c, c1 - c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      float32x4_t y = load_part(Y + t * ldy + c, c1 - c);
+      MOEP_UNROLL
+      for (int i = 0; i < RG; ++i) y = vfmaq_n_f32(y, wv[i], x[t][i]);
+      store_part(Y + t * ldy + c, y, c1 - c);
+    }
+  }
+}
+
+template <DType D, int TB>
+void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
+  constexpr int RG = TB <= 2 ? 8 : 4;
+  const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
+  // The tile accumulates in scratch at a set-spreading stride (Y's rows may be 4 KiB multiples apart).
+  const int64_t ld = spread_stride(tile);
+  float* acc = scratch(kOutTile, size_t(TB * ld));
+  // Prefetch along each row when its segment in the tile is long; otherwise the same columns of the next RG
+  // rows, which are read next.
+  const int64_t in_row = kPrefetchInFlight / RG / 64 * 64;
+  const int64_t ahead = std::min(tile, c1 - c0) * int64_t(dtype_size(D)) >= 4 * in_row
+                            ? in_row
+                            : RG * W.row_stride * int64_t(dtype_size(D));
+  for (int64_t cb = c0; cb < c1; cb += tile) {
+    const int64_t n = std::min(c1, cb + tile) - cb;
+    std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
+    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
+    int64_t r = 0;
+    for (; r + RG <= W.rows; r += RG) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
+    for (; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
+    copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
+  }
+}
+
+// ---- packed path (many tokens) --------------------------------------------------------------------------
+
+// Y[t, j] = (accumulate ? Y[t, j] : 0) + Σ_{k<kc} X[t, k] · P[k, j] for t < M, j < n_valid[v] within vector v.
+// P is a packed panel [kc][kNR] f32.
+template <int M>
+void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+           const int64_t (&n_valid)[kNV]) {
+  float32x4_t acc[M][kNV];
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v)
+      acc[t][v] = accumulate ? load_part(Y + t * ldy + v * kL, n_valid[v]) : vdupq_n_f32(0.f);
+  for (int64_t k = 0; k < kc; ++k) {
+    float32x4_t p[kNV];
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) p[v] = vld1q_f32(P + k * kNR + v * kL);
+    MOEP_UNROLL
+    for (int t = 0; t < M; ++t) {
+      const float32x4_t x = vld1q_dup_f32(X + t * ldx + k);
+      MOEP_UNROLL
+      for (int v = 0; v < kNV; ++v) acc[t][v] = vfmaq_f32(acc[t][v], p[v], x);
+    }
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) store_part(Y + t * ldy + v * kL, acc[t][v], n_valid[v]);
+}
+
+// micro<m> for the m = T mod kM tokens left over, m in [1, M].
+template <int M>
+void micro_tail(int m, const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+                const int64_t (&n_valid)[kNV]) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      micro<M>(P, kc, X, ldx, Y, ldy, accumulate, n_valid);
+    } else {
+      micro_tail<M - 1>(m, P, kc, X, ldx, Y, ldy, accumulate, n_valid);
+    }
+  }
+}
+
+// P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
+template <DType D>
+void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  for (int v = 0; v < kNV; ++v) {
+    const int64_t gb = jb + v * kL;
+    const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+    for (int64_t kk = 0; kk < kc; kk += kL) {
+      const int64_t nk = std::min<int64_t>(kL, kc - kk);
+      float32x4_t a[4];
+      MOEP_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        if (i >= n_rows) {
+          a[i] = vdupq_n_f32(0.f);
+        } else if (nk == kL) {
+          a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
+        } else {
+          a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, nk);
+        }
+      }
+      transpose4(a);
+      for (int64_t i = 0; i < nk; ++i) vst1q_f32(P + (kk + i) * kNR + v * kL, a[i]);
+    }
+  }
+}
+
+// P[k][j] = W[k0 + k, jb + j] for k < kc, j < kNR; zero for columns at or past je. (gemm_nn: widens only.)
+template <DType D>
+void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  int64_t n[kNV];
+  MOEP_UNROLL
+  for (int v = 0; v < kNV; ++v) n[v] = std::clamp<int64_t>(je - jb - v * kL, 0, kL);
+  for (int64_t k = 0; k < kc; ++k) {
+    const uint8_t* row = W.row_ptr(k0 + k);
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) {
+      const float32x4_t w = n[v] == kL ? WLoad<D>::full(row, jb + v * kL)
+                                       : (n[v] > 0 ? WLoad<D>::part(row, jb + v * kL, n[v]) : vdupq_n_f32(0.f));
+      vst1q_f32(P + k * kNR + v * kL, w);
+    }
+  }
+}
+
+// Y[t, j] = Σ_{k<K} X[t, k] · B[k, j] for t < T, j in [j0, j1), where pack() supplies blocks of B as panels.
+template <class Pack>
+void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y, int64_t ldy,
+                 Pack pack) {
+  float* buf = scratch(kPackedW, size_t(kNC / kNR) * kKC * kNR);
+  for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
+    const int64_t je0 = std::min(j1, jb0 + kNC);
+    const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+      const int64_t kc = std::min(kKC, K - k0);
+      const bool acc = k0 > 0;
+      for (int p = 0; p < n_panels; ++p)
+        pack(buf + p * kKC * kNR, jb0 + p * kNR, std::min(je0, jb0 + (p + 1) * kNR), k0, kc);
+      // Each panel stays in L1 while every token passes over it.
+      for (int p = 0; p < n_panels; ++p) {
+        const int64_t jb = jb0 + p * kNR;
+        int64_t n_valid[kNV];
+        MOEP_UNROLL
+        for (int v = 0; v < kNV; ++v) n_valid[v] = std::clamp<int64_t>(je0 - jb - v * kL, 0, kL);
+        const float* P = buf + p * kKC * kNR;
+        const float* x = X + k0;
+        float* y = Y + jb;
+        int64_t t = 0;
+        for (; t + kM <= T; t += kM) micro<kM>(P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, n_valid);
+        if (t < T) micro_tail<kM - 1>(int(T - t), P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, n_valid);
+      }
+    }
+  }
+}
+
+// ---- entry points ---------------------------------------------------------------------------------------
+
+template <DType D>
+void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  if (T >= kPackMinTnt && W.cols > 0) {
+    packed_gemm(T, W.cols, r0, r1, X, ldx, Y, ldy,
+                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt<D>(P, W, jb, je, k0, kc); });
+    return;
+  }
+  if (T == 1) {
+    nt_stream_rows<D, 8>(W, X, ldx, T, Y, ldy, r0, r1);
+    return;
+  }
+  if (T >= 6 && r1 - r0 >= 32) {
+    // Token rows read side by side with the weight rows: stage them at a set-spreading stride.
+    const int64_t ld = spread_stride(W.cols);
+    float* xs = scratch(kStagedX, size_t(T * ld));
+    copy_rows(X, ldx, T, 0, W.cols, xs, ld);
+    X = xs;
+    ldx = ld;
+  }
+  if (T <= 5) {
+    nt_stream_rows<D, 4>(W, X, ldx, T, Y, ldy, r0, r1);
+  } else {
+    nt_stream_rows<D, 3>(W, X, ldx, T, Y, ldy, r0, r1);
+  }
+}
+
+void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+             int64_t r1) {
+  if (T <= 0 || r0 >= r1) return;
+  switch (W.dtype) {
+    case DType::F32: gemm_nt_d<DType::F32>(W, X, ldx, T, Y, ldy, r0, r1); break;
+    case DType::BF16: gemm_nt_d<DType::BF16>(W, X, ldx, T, Y, ldy, r0, r1); break;
+    case DType::F16: gemm_nt_d<DType::F16>(W, X, ldx, T, Y, ldy, r0, r1); break;
+  }
+}
+
+template <DType D>
+void gemm_nn_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+               int64_t c1) {
+  if (T >= kPackMinTnn && W.rows > 0) {
+    packed_gemm(T, W.rows, c0, c1, X, ldx, Y, ldy,
+                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn<D>(P, W, jb, je, k0, kc); });
+    return;
+  }
+  for (int64_t t0 = 0; t0 < T; t0 += 8) {
+    const float* x = X + t0 * ldx;
+    float* y = Y + t0 * ldy;
+    switch (std::min<int64_t>(8, T - t0)) {
+      case 1: nn_stream<D, 1>(W, x, ldx, y, ldy, c0, c1); break;
+      case 2: nn_stream<D, 2>(W, x, ldx, y, ldy, c0, c1); break;
+      case 3: nn_stream<D, 3>(W, x, ldx, y, ldy, c0, c1); break;
+      case 4: nn_stream<D, 4>(W, x, ldx, y, ldy, c0, c1); break;
+      case 5: nn_stream<D, 5>(W, x, ldx, y, ldy, c0, c1); break;
+      case 6: nn_stream<D, 6>(W, x, ldx, y, ldy, c0, c1); break;
+      case 7: nn_stream<D, 7>(W, x, ldx, y, ldy, c0, c1); break;
+      case 8: nn_stream<D, 8>(W, x, ldx, y, ldy, c0, c1); break;
+    }
+  }
+}
+
+void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+             int64_t c1) {
+  if (T <= 0 || c0 >= c1) return;
+  switch (W.dtype) {
+    case DType::F32: gemm_nn_d<DType::F32>(W, X, ldx, T, Y, ldy, c0, c1); break;
+    case DType::BF16: gemm_nn_d<DType::BF16>(W, X, ldx, T, Y, ldy, c0, c1); break;
+    case DType::F16: gemm_nn_d<DType::F16>(W, X, ldx, T, Y, ldy, c0, c1); break;
+  }
+}
+
+template <DType D>
+void to_f32_d(const void* src, float* dst, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) vst1q_f32(dst + i, WLoad<D>::full(p, i));
+  if (i < n) store_part(dst + i, WLoad<D>::part(p, i, n - i), n - i);
+}
+
+void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
+  switch (dtype) {
+    case DType::F32: to_f32_d<DType::F32>(src, dst, n); break;
+    case DType::BF16: to_f32_d<DType::BF16>(src, dst, n); break;
+    case DType::F16: to_f32_d<DType::F16>(src, dst, n); break;
+  }
+}
+
+}  // namespace
+
+const KernelTable* neon_kernels() {
+  static const KernelTable table{"neon", gemm_nt, gemm_nn, to_f32};
+  return &table;
+}
+
+}  // namespace moep::kernels

@@ -1,0 +1,19 @@
+// Measures this machine's memory read bandwidth, the ceiling for decode (which reads every active weight once
+// per token). Used by `moep bench --membw` and by the performance model's calibration.
+#pragma once
+
+#include <cstddef>
+
+#include "core/thread_pool.h"
+
+namespace moep::kernels {
+
+// Streams a buffer of `bytes` (make it several times the last-level cache) with every thread of `pool`, each
+// reading its own contiguous share, `reps` times after one untimed pass that faults the pages in and warms the
+// TLB. Returns the best repetition in GB/s (1e9 bytes per second), the STREAM convention: noise from other
+// processes only ever lowers a repetition. The buffer is ordinary anonymous memory with the kernel's default
+// page size policy (no MADV_HUGEPAGE), like the file mappings that weights live in. Allocates `bytes` for
+// the duration of the call; not for the decode loop. Throws moep::Error if the memory cannot be had.
+double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps);
+
+}  // namespace moep::kernels

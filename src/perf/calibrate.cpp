@@ -1,0 +1,330 @@
+#include "perf/calibrate.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "kernels/membw.h"
+#include "kernels/ops.h"
+#include "perf/allreduce.h"
+
+namespace moep::perf {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// A buffer of weights of one dtype with valid, varied values (no NaN, no denormals).
+struct WeightBuffer {
+  DType dtype;
+  std::vector<uint8_t> bytes;
+  WeightBuffer(DType dt, size_t n_bytes) : dtype(dt), bytes(n_bytes) {
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    const size_t esz = dtype_size(dt);
+    for (size_t i = 0; i + esz <= n_bytes; i += esz) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      const float v = float(int32_t(s >> 40) - (1 << 23)) / float(1 << 25);  // about [-0.25, 0.25)
+      if (dt == DType::F32) std::memcpy(&bytes[i], &v, 4);
+      else {
+        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(&bytes[i], &h, 2);
+      }
+    }
+  }
+};
+
+DType parse_dtype(const std::string& s) {
+  DType d;
+  if (!dtype_from_name(s, &d)) fail("calibrate: dtype '", s, "' is not one moep runs (bf16, f16, f32)");
+  return d;
+}
+
+// Mean over ranks, element-wise (every rank passes a vector of the same length).
+std::vector<double> mean_over_ranks(Communicator& comm, const std::vector<double>& v) {
+  if (comm.size() == 1) return v;
+  std::vector<double> all(v.size() * size_t(comm.size()));
+  comm.allgather(v.data(), v.size() * sizeof(double), all.data());
+  std::vector<double> out(v.size(), 0.0);
+  for (int r = 0; r < comm.size(); ++r)
+    for (size_t i = 0; i < v.size(); ++i) out[i] += all[size_t(r) * v.size() + i] / comm.size();
+  return out;
+}
+
+// Seconds per call of `call(i)` for i cycling over `copies` weight copies, best of 3 trials of at least
+// `target` seconds. `cursor` carries the position in the cycle across trials so that every call reads
+// weights that have not been read recently.
+template <class F>
+double time_calls(F&& call, int64_t copies, double target, int64_t* cursor) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int trial = 0; trial < 3; ++trial) {
+    int64_t calls = 0;
+    const auto t0 = Clock::now();
+    double el = 0;
+    do {
+      call(*cursor);
+      *cursor = (*cursor + 1) % copies;
+      ++calls;
+      el = seconds_since(t0);
+    } while (el < target || calls < 3);
+    best = std::min(best, el / double(calls));
+  }
+  return best;
+}
+
+// The engine's attention inner loop (transformer.cpp): per (row, head) an online softmax over `ctx`
+// positions, dot products of head_dim for the scores and an axpy for the values.
+double time_attention(ThreadPool& pool, double target) {
+  const int64_t rows = 4, H = 16, KVH = 4, hd = 128, ctx = 1024, group = H / KVH;
+  std::vector<float> q(size_t(rows * H * hd)), out(q.size()), kc(size_t(ctx * KVH * hd)), vc(kc.size());
+  for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i % 97) - 48) / 480.f;
+  for (size_t i = 0; i < kc.size(); ++i) kc[i] = float(int(i % 89) - 44) / 440.f, vc[i] = float(int(i % 83) - 41) / 410.f;
+  const float scale = 1.f / std::sqrt(float(hd));
+  auto run = [&] {
+    pool.parallel_for(rows * H, [&](int64_t task) {
+      const int64_t t = task / H, h = task % H, g = h / group;
+      const float* qq = &q[size_t((t * H + h) * hd)];
+      float acc[128];
+      std::fill(acc, acc + hd, 0.f);
+      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+      for (int64_t j = 0; j < ctx; ++j) {
+        const float* kj = &kc[size_t((j * KVH + g) * hd)];
+        float s = 0.f;
+        for (int64_t i = 0; i < hd; ++i) s += qq[i] * kj[i];
+        s *= scale;
+        if (s > m) {
+          const float corr = std::exp(m - s);
+          for (int64_t i = 0; i < hd; ++i) acc[i] *= corr;
+          l *= corr;
+          m = s;
+        }
+        const float p = std::exp(s - m);
+        l += p;
+        const float* vj = &vc[size_t((j * KVH + g) * hd)];
+        for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
+      }
+      for (int64_t i = 0; i < hd; ++i) out[size_t((t * H + h) * hd + i)] = acc[i] / l;
+    });
+  };
+  int64_t cursor = 0;
+  const double s = time_calls([&](int64_t) { run(); }, 1, target, &cursor);
+  return s * 1e9 / double(rows * H * ctx * 2 * hd);
+}
+
+}  // namespace
+
+std::pair<double, double> fit_relative(const std::vector<std::pair<double, double>>& pts) {
+  // Minimize Σ w (a + b x − t)² with w = 1/t²: normal equations of a weighted linear fit.
+  double sw = 0, sx = 0, sxx = 0, st = 0, sxt = 0;
+  for (const auto& [x, t] : pts) {
+    if (t <= 0) continue;
+    const double w = 1.0 / (t * t);
+    sw += w, sx += w * x, sxx += w * x * x, st += w * t, sxt += w * x * t;
+  }
+  const double det = sw * sxx - sx * sx;
+  if (pts.size() < 2 || std::fabs(det) < 1e-300) fail("fit_relative: need two or more distinct points");
+  const double a = (st * sxx - sx * sxt) / det;
+  const double b = (sw * sxt - sx * st) / det;
+  return {a, b};
+}
+
+CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const CalibrateOptions& o,
+                            const std::function<void(const std::string&)>& progress) {
+  auto say = [&](const std::string& s) {
+    if (comm.rank() == 0 && progress) progress(s);
+  };
+  if (o.dtypes.empty()) fail("calibrate: no dtype to measure");
+  if (o.batches.empty()) fail("calibrate: no batch sizes to measure");
+  for (int64_t b : o.batches)
+    if (b < 1 || b > 4096) fail("calibrate: batch sizes must be in 1..4096, got ", b);
+  if (o.expert_d_model < 16 || o.expert_ffn < 16) fail("calibrate: expert shape must be at least 16 x 16");
+  if (o.max_allreduce_bytes < 64) fail("calibrate: --max-allreduce-bytes must be at least 64");
+
+  CalibrationResult res;
+  HardwareProfile& hw = res.hardware;
+  HardwareMeasured hm;
+  hm.info = o.info;
+  hm.info.present = true;
+  hm.info.ranks = comm.size();
+  hm.info.threads = pool.size();
+  // Ranks on the same host as this one (they share its memory bandwidth).
+  {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    std::vector<char> all(size_t(comm.size()) * 256);
+    comm.allgather(host, 256, all.data());
+    int same = 0;
+    for (int r = 0; r < comm.size(); ++r) same += std::strncmp(&all[size_t(r) * 256], host, 256) == 0;
+    hm.info.ranks_per_host = same;
+  }
+  const std::string where = "measured by moep calibrate on " + o.info.host + ", " + o.info.date + " (" +
+                            std::to_string(comm.size()) + " rank(s), " + std::to_string(pool.size()) + " thread(s) each)";
+
+  // 1. Memory read bandwidth, every rank at once.
+  comm.barrier();
+  say("memory read bandwidth ...");
+  const double bw = kernels::measure_read_bandwidth_gbs(pool, o.membw_bytes, 5);
+  hm.membw_gbs = mean_over_ranks(comm, {bw})[0];
+  say("  " + std::to_string(hm.membw_gbs) + " GB/s per rank");
+
+  // 2. Linear table per dtype, layout and batch.
+  const int64_t cols = o.expert_d_model;
+  const std::vector<double> sizes = {32 * 1024.0, 256 * 1024.0, 2 * 1048576.0, 16 * 1048576.0};
+  const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  std::vector<double> packed;  // (overhead_s, s_per_byte) per (dtype, layout, batch), then expert times
+  for (const std::string& dt_name : o.dtypes) {
+    const DType dt = parse_dtype(dt_name);
+    const size_t esz = dtype_size(dt);
+    const size_t expert_bytes = size_t(3 * o.expert_d_model * o.expert_ffn) * esz;
+    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes));
+    for (int layout = 0; layout < 2; ++layout) {
+      for (int64_t b : o.batches) {
+        comm.barrier();
+        std::vector<std::pair<double, double>> pts;
+        for (double sz : sizes) {
+          const int64_t rows = std::max<int64_t>(16, int64_t(sz) / (cols * int64_t(esz)));
+          const size_t mbytes = size_t(rows * cols) * esz;
+          const int64_t copies = std::max<int64_t>(1, int64_t(buf.bytes.size() / mbytes));
+          // nt: W [rows, cols], X [b, cols] -> Y [b, rows]. in_out: W [rows, cols] as [in, out], X [b, rows].
+          std::vector<float> X(size_t(b * std::max(rows, cols)), 0.01f), Y(size_t(b * std::max(rows, cols)));
+          int64_t cursor = 0;
+          const double s = time_calls(
+              [&](int64_t i) {
+                MatRef W{buf.bytes.data() + size_t(i) * mbytes, dt, rows, cols, cols};
+                if (layout == 0) ops::linear(pool, W, X.data(), b, Y.data());
+                else ops::linear_in_out(pool, W, X.data(), b, Y.data());
+              },
+              copies, o.seconds_per_point, &cursor);
+          pts.emplace_back(double(mbytes), s);
+        }
+        auto [a, slope] = fit_relative(pts);
+        if (slope <= 0) slope = pts.back().second / pts.back().first;
+        packed.push_back(std::max(0.0, a));
+        packed.push_back(slope);
+      }
+      say("  " + dt_name + (layout == 0 ? " linear" : " linear_in_out") + " measured for batches 1.." +
+          std::to_string(max_batch));
+    }
+    // One expert at batch 1, as the engine runs it: gate, up, silu·mul, down.
+    {
+      comm.barrier();
+      const int64_t d = o.expert_d_model, f = o.expert_ffn;
+      const int64_t copies = std::max<int64_t>(1, int64_t(buf.bytes.size() / expert_bytes));
+      std::vector<float> x(static_cast<size_t>(d), 0.01f), g(static_cast<size_t>(f)), u(static_cast<size_t>(f)), y(static_cast<size_t>(d));
+      int64_t cursor = 0;
+      const double s = time_calls(
+          [&](int64_t i) {
+            const uint8_t* base = buf.bytes.data() + size_t(i) * expert_bytes;
+            MatRef gate{base, dt, f, d, d}, up{base + size_t(f * d) * esz, dt, f, d, d};
+            MatRef down{base + size_t(2 * f * d) * esz, dt, d, f, f};
+            ops::linear(pool, gate, x.data(), 1, g.data());
+            ops::linear(pool, up, x.data(), 1, u.data());
+            ops::silu_mul(g.data(), u.data(), f);
+            ops::linear(pool, down, g.data(), 1, y.data());
+          },
+          copies, o.seconds_per_point * 3, &cursor);
+      packed.push_back(s);
+    }
+  }
+  // 3. Attention inner loop.
+  comm.barrier();
+  packed.push_back(time_attention(pool, o.seconds_per_point * 3));
+  const std::vector<double> avg = mean_over_ranks(comm, packed);
+  size_t k = 0;
+  for (const std::string& dt_name : o.dtypes) {
+    for (int layout = 0; layout < 2; ++layout) {
+      std::vector<LinearPoint> pts;
+      for (int64_t b : o.batches) {
+        LinearPoint p;
+        p.batch = b;
+        p.overhead_us = avg[k++] * 1e6;
+        p.ns_per_byte = avg[k++] * 1e9;
+        pts.push_back(p);
+      }
+      std::sort(pts.begin(), pts.end(), [](const LinearPoint& x, const LinearPoint& y) { return x.batch < y.batch; });
+      (layout == 0 ? hm.linear : hm.linear_in_out)[parse_dtype(dt_name) == DType::BF16 ? "bf16"
+                                                   : parse_dtype(dt_name) == DType::F16 ? "f16"
+                                                                                        : "f32"] = pts;
+    }
+    hm.expert_us[dtype_name(parse_dtype(dt_name))] = avg[k++] * 1e6;
+  }
+  hm.attention_ns_per_mac = avg[k++];
+  hm.expert_d_model = o.expert_d_model;
+  hm.expert_ffn = o.expert_ffn;
+
+  hw.name = o.name;
+  hw.description = o.description;
+  hw.memory_bandwidth_gbs = Figure{hm.membw_gbs, where, "read bandwidth per rank with all ranks of the host reading", false, true};
+  const double phys = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  hw.memory_gb = Figure{phys * 1e-9 / double(hm.info.ranks_per_host),
+                        "physical memory from sysconf on " + o.info.host + ", divided among the " +
+                            std::to_string(hm.info.ranks_per_host) + " rank(s) of the host",
+                        "", false, true};
+  hw.usable_memory_fraction = Figure{0.9, "default: 10% of memory left to the OS and other processes", "", true, true};
+  hw.measured = hm;
+
+  // 4. All-reduce over the job's ranks.
+  if (comm.size() > 1) {
+    const int N = comm.size();
+    std::vector<float> buf(o.max_allreduce_bytes / sizeof(float) + 1, 1.0f);
+    AllreduceFit fit;
+    fit.nodes = N;
+    std::vector<std::pair<double, double>> pts;
+    for (size_t m = 4; m <= o.max_allreduce_bytes; m *= 4) {
+      const size_t count = m / sizeof(float);
+      comm.barrier();
+      for (int i = 0; i < 3; ++i) comm.allreduce_sum(buf.data(), count);
+      // Agree on a call count from rank 0's probe so that every rank makes the same calls.
+      auto t0 = Clock::now();
+      for (int i = 0; i < 3; ++i) comm.allreduce_sum(buf.data(), count);
+      int64_t calls = std::clamp<int64_t>(int64_t(o.seconds_per_point / std::max(1e-7, seconds_since(t0) / 3)), 5, 20000);
+      comm.broadcast(&calls, sizeof calls, 0);
+      double best = std::numeric_limits<double>::infinity();
+      for (int trial = 0; trial < 5; ++trial) {
+        comm.barrier();
+        t0 = Clock::now();
+        for (int64_t i = 0; i < calls; ++i) comm.allreduce_sum(buf.data(), count);
+        best = std::min(best, seconds_since(t0) / double(calls));
+      }
+      const double us = mean_over_ranks(comm, {best * 1e6})[0];
+      fit.points.emplace_back(double(m), us);
+      pts.emplace_back(double(m), us);
+      std::fill(buf.begin(), buf.end(), 1.0f);  // keep the values bounded
+    }
+    // A larger message cannot be faster than a smaller one: a point above a later one was slowed by something
+    // else on the machine (a rank descheduled), so each point is lowered to the fastest of the larger ones.
+    for (size_t i = pts.size() - 1; i-- > 0;) {
+      pts[i].second = std::min(pts[i].second, pts[i + 1].second);
+      fit.points[i].second = pts[i].second;
+    }
+    const auto [a, b] = fit_relative(pts);
+    fit.a_us = std::max(0.0, a);
+    fit.b_ns_per_byte = std::max(1e-6, b * 1e3);
+    say("  all-reduce over " + std::to_string(N) + " ranks: " + std::to_string(fit.a_us) + " us + " +
+        std::to_string(fit.b_ns_per_byte) + " ns/byte");
+    NetworkProfile& net = res.network;
+    net.name = o.name + "-net";
+    net.description = "the transport of this mpirun job (" + std::to_string(N) + " ranks, " +
+                      std::to_string(hm.info.ranks_per_host) + " per host), measured by moep calibrate";
+    const int steps = ceil_log2(N);
+    net.alpha_us = Figure{fit.a_us / steps, where, "fit a / ceil(log2 N), recursive doubling assumed", false, true};
+    net.beta_gbs = Figure{double(steps) / (fit.b_ns_per_byte * 1e-9) * 1e-9, where,
+                          "ceil(log2 N) / fit b, recursive doubling assumed", false, true};
+    net.algorithm = AllreduceAlgorithm::RecursiveDoubling;
+    net.measured_fits[N] = fit;
+    MeasuredInfo ni = hm.info;
+    net.measured = ni;
+    res.has_network = true;
+  }
+  return res;
+}
+
+}  // namespace moep::perf

@@ -1,0 +1,223 @@
+#include "perf/perf_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "moe/placement.h"
+
+namespace moep::perf {
+
+namespace {
+
+double kv_bytes_per_value(const std::string& kv_dtype) {
+  if (kv_dtype == "f32") return 4.0;
+  if (kv_dtype == "bf16" || kv_dtype == "f16") return 2.0;
+  if (kv_dtype == "q8_0") return 34.0 / 32.0;
+  fail("KV cache dtype '", kv_dtype, "' is not known (f32, bf16, f16, q8_0)");
+}
+
+void check_scenario(const ModelShape& m, const Scenario& s) {
+  if (s.nodes < 1) fail("nodes must be 1 or more, got ", s.nodes);
+  if (s.nodes > 4096) fail("nodes: ", s.nodes, " is more than this model supports (4096)");
+  if (s.batch < 1) fail("batch must be 1 or more, got ", s.batch);
+  if (s.context < 1) fail("context must be 1 or more positions, got ", s.context);
+  if (s.prompt < 0) fail("prompt must be 0 or more tokens, got ", s.prompt);
+  if (s.prefill_chunk < 1) fail("prefill chunk must be 1 or more rows, got ", s.prefill_chunk);
+  if (s.emulate_latency_us < 0) fail("emulated latency must be 0 or more microseconds");
+  if (m.n_experts < 1 || m.top_k < 1) fail(m.name, ": has no experts; the model is for mixture-of-experts models");
+  if (s.routing) check_routing_matches(*s.routing, m);
+}
+
+// Whether every layer has the same placement as layer 0 (then uniform routing needs one E[max] only).
+bool placement_uniform_over_layers(const ExpertPlacement& p) {
+  for (int64_t l = 1; l < p.n_layers(); ++l)
+    for (int64_t e = 0; e < p.n_experts(); ++e)
+      if (p.replicas(l, e) != p.replicas(0, e)) return false;
+  return true;
+}
+
+}  // namespace
+
+StepTimes& StepTimes::operator+=(const StepTimes& o) {
+  attention += o.attention;
+  router += o.router;
+  dense += o.dense;
+  experts_mean += o.experts_mean;
+  experts_max += o.experts_max;
+  allreduce += o.allreduce;
+  head += o.head;
+  return *this;
+}
+
+Predictor::Predictor(const ModelShape& model, const HardwareProfile& hw) : model_(model), hw_(hw) {}
+
+double Predictor::lin(const Scenario& s, double elems, double rows, bool in_out) const {
+  return hw_.linear_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight, elems, rows, in_out);
+}
+
+const Predictor::PlacementInfo& Predictor::placement(const std::string& spec, int nodes) {
+  const auto key = std::make_pair(spec, nodes);
+  auto it = placements_.find(key);
+  if (it != placements_.end()) return it->second;
+  PlacementInfo info{ExpertPlacement::from_spec(spec, model_.n_layers, model_.n_experts, nodes), true};
+  info.same_every_layer = placement_uniform_over_layers(info.placement);
+  return placements_.emplace(key, std::move(info)).first->second;
+}
+
+ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_t rows) {
+  const ModelShape& m = model_;
+  const PlacementInfo& info = placement(s.placement, s.nodes);
+  const ExpertPlacement& pl = info.placement;
+  // Layers with the same placement and distribution share one result.
+  const bool shared = info.same_every_layer && (!s.routing || s.routing->counts[size_t(layer)].empty());
+  const int64_t key_layer = shared ? -1 : layer;
+  const auto key = std::make_tuple(s.dtype, s.nodes, rows, key_layer, s.placement, s.kv_dtype,
+                                   static_cast<const void*>(s.routing), s.seed, s.samples);
+  auto it = cache_.find(key);
+  if (it != cache_.end()) return it->second;
+  const std::vector<double> pi = inclusion_probabilities(s.routing, layer, m.n_experts, m.top_k);
+
+  const int64_t k = m.top_k, n_pairs = rows * k;
+  std::vector<double> cost(size_t(n_pairs + 1), 0.0);
+  const double fd = double(m.expert_ffn) * double(m.d_model);
+  for (int64_t n = 1; n <= n_pairs; ++n)
+    cost[size_t(n)] = 2.0 * lin(s, fd, double(n)) + lin(s, fd, double(n), m.expert_down_in_out);
+  // Routings: one set per distribution (uniform, or each recorded layer), sampled once.
+  const bool recorded = s.routing && !s.routing->counts[size_t(layer)].empty();
+  const int64_t dist = recorded ? layer : -1;
+  int64_t samples = s.samples;
+  if (samples <= 0) {
+    // Sampling a token costs O(k) (uniform) or O(E) (recorded): keep the whole plan well under a second.
+    int64_t classes = 1;
+    if (s.routing)
+      for (const auto& c : s.routing->counts) classes += !c.empty();
+    const double per_token = recorded ? double(m.n_experts) : double(k);
+    samples = std::clamp<int64_t>(int64_t(4e6 / (double(rows) * per_token * double(classes))), 30, 2000);
+  }
+  const auto rkey = std::make_tuple(dist, rows, s.seed, s.samples);
+  auto rit = routings_.find(rkey);
+  if (rit == routings_.end())
+    rit = routings_.emplace(rkey, make_routings(pi, rows, k, samples, s.seed + uint64_t(rows) * 7919u + uint64_t(dist + 1) * 104729u)).first;
+  const ExpertTimeStats st = evaluate_routings(pl, shared ? 0 : layer, rit->second, cost);
+  cache_[key] = st;
+  return st;
+}
+
+StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t rows, double attended_positions,
+                          int64_t logit_rows, double* weight_bytes, AllreduceAlgorithm* alg, bool* exact,
+                          int64_t* samples) {
+  const ModelShape& m = model_;
+  const double wb = weight_type(s.dtype).bytes_per_weight;
+  const double kvb = kv_bytes_per_value(s.kv_dtype);
+  const double R = double(rows), d = double(m.d_model);
+  StepTimes t;
+  double bytes = 0;
+  const double ar_bytes = R * d * 4.0;  // the [rows × d_model] f32 buffer
+  const double t_ar = allreduce_seconds(net, s.nodes, ar_bytes, alg) + emulated_latency_seconds(s.emulate_latency_us, s.nodes);
+  *exact = true;
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    for (int64_t w : m.attn_matrices) {
+      t.attention += lin(s, double(w), R);
+      bytes += double(w) * wb;
+    }
+    t.attention += hw_.attention_seconds(attended_positions * double(m.attn_macs_per_pos),
+                                         attended_positions * double(m.kv_elems_per_pos) * kvb);
+    if (m.layer_is_moe[size_t(l)]) {
+      t.router += lin(s, double(m.router_elems), R);
+      bytes += double(m.router_elems) * wb;
+      if (m.shared_elems > 0) {
+        const double sf = double(m.shared_elems - m.d_model) / 3.0;  // one of its three matrices
+        t.dense += 3.0 * lin(s, sf, R) + lin(s, d, R);
+        bytes += double(m.shared_elems) * wb;
+      }
+      const ExpertTimeStats st = expert_stats(s, l, rows);
+      t.experts_mean += st.mean_rank_s;
+      t.experts_max += st.max_rank_s;
+      bytes += st.mean_rank_experts * double(m.expert_elems) * wb;
+      *exact = *exact && st.exact;
+      *samples = st.samples;
+      t.allreduce += t_ar;
+    } else {
+      t.dense += 3.0 * lin(s, double(m.dense_elems) / 3.0, R);
+      bytes += double(m.dense_elems) * wb;
+    }
+  }
+  if (logit_rows > 0) {
+    t.head += lin(s, double(m.head_elems), double(logit_rows));
+    bytes += double(m.head_elems) * wb;
+  }
+  bytes += R * d * wb;  // embedding rows
+  *weight_bytes = bytes;
+  return t;
+}
+
+Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
+  check_scenario(model_, s);
+  Prediction p;
+  bool exact = true;
+  int64_t samples = 0;
+  // Decode: batch rows, each attending over `context` positions.
+  p.decode = step(net, s, s.batch, double(s.batch) * double(s.context), s.batch, &p.weight_bytes_per_step,
+                  &p.algorithm, &exact, &samples);
+  p.decode_tokens_per_s = double(s.batch) / p.decode.total();
+  p.experts_exact = exact;
+  p.expert_samples = samples;
+  p.allreduce_bytes = double(s.batch) * double(model_.d_model) * 4.0;
+  // Prefill: one sequence's prompt in chunks; row i of the prompt attends over i + 1 positions; logits for
+  // the last row only.
+  if (s.prompt > 0) {
+    for (int64_t p0 = 0; p0 < s.prompt; p0 += s.prefill_chunk) {
+      const int64_t r = std::min(s.prefill_chunk, s.prompt - p0);
+      const double attended = double(r) * double(p0) + double(r) * double(r + 1) / 2.0;
+      double wbytes;
+      AllreduceAlgorithm a;
+      bool ex;
+      int64_t smp;
+      p.prefill += step(net, s, r, attended, p0 + r == s.prompt ? 1 : 0, &wbytes, &a, &ex, &smp);
+    }
+    p.prefill_tokens_per_s = double(s.prompt) / p.prefill.total();
+  }
+  p.memory = memory_use(model_, hw_, s);
+  const double net_price = s.nodes > 1 && net.price_per_node_usd.present ? net.price_per_node_usd.value : 0.0;
+  p.price_usd = s.nodes * ((hw_.price_usd.present ? hw_.price_usd.value : 0.0) + net_price);
+  p.power_w = s.nodes * (hw_.power_w.present ? hw_.power_w.value : 0.0);
+  return p;
+}
+
+Prediction predict(const ModelShape& model, const HardwareProfile& hw, const NetworkProfile& net, const Scenario& s) {
+  Predictor pr(model, hw);
+  return pr.predict(net, s);
+}
+
+MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scenario& s) {
+  check_scenario(m, s);
+  const double wb = weight_type(s.dtype).bytes_per_weight;
+  MemoryUse u;
+  u.replicated = double(m.replicated_elems()) * wb;
+  const ExpertPlacement pl = ExpertPlacement::from_spec(s.placement, m.n_layers, m.n_experts, s.nodes);
+  int64_t held = 0;
+  for (int r = 0; r < s.nodes; ++r) {
+    // experts_held counts every layer's slots; only MoE layers have experts.
+    int64_t h = 0;
+    for (int64_t l = 0; l < m.n_layers; ++l)
+      if (m.layer_is_moe[size_t(l)])
+        for (int64_t e = 0; e < m.n_experts; ++e) h += pl.holds(r, l, e);
+    held = std::max(held, h);
+  }
+  u.experts_held = held;
+  u.experts = double(held) * double(m.expert_elems) * wb;
+  u.kv_cache = double(m.n_layers) * double(s.batch) * double(s.context) * double(m.kv_elems_per_pos) *
+               kv_bytes_per_value(s.kv_dtype);
+  // Scratch sized for the largest step: the residual stream and its copies, q/k/v/attention output, the
+  // experts' per-pair buffers (input, gate, up, output) and the logits.
+  const double rows = double(std::max(s.batch, s.prefill_chunk));
+  const double d = double(m.d_model), qd = double(m.n_heads * m.head_dim), kvd = double(m.n_kv_heads * m.head_dim);
+  const double per_row = 6 * d + 2 * qd + 2 * kvd + double(m.top_k) * (2 * d + 2 * double(m.expert_ffn)) +
+                         double(m.top_k) * 4 + double(m.vocab);
+  u.activations = rows * per_row * 4.0;
+  u.capacity = hw.usable_bytes();
+  return u;
+}
+
+}  // namespace moep::perf

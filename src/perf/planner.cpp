@@ -1,0 +1,365 @@
+#include "perf/planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moep::perf {
+
+using nlohmann::json;
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string money(double usd) {
+  if (usd <= 0) return "-";
+  const long long v = std::llround(usd);
+  std::string s = std::to_string(v), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return "$" + out;
+}
+
+std::string pad(const std::string& s, size_t w, bool right = true) {
+  if (s.size() >= w) return s;
+  return right ? std::string(w - s.size(), ' ') + s : s + std::string(w - s.size(), ' ');
+}
+
+std::string routing_label(const Scenario& s) {
+  return s.routing ? "recorded routing (" + s.routing->source + ")" : "uniform routing";
+}
+
+// Why nothing fits: the smallest node count that would, or why none can (contiguous placement).
+std::string explain_no_fit(const ModelShape& m, const HardwareProfile& hw, const Scenario& base) {
+  Scenario s = base;
+  s.nodes = 1;
+  const MemoryUse one = memory_use(m, hw, s);
+  const double fixed = one.replicated + one.kv_cache + one.activations;
+  const double per_expert = one.experts / double(std::max<int64_t>(1, one.experts_held));
+  std::ostringstream o;
+  o.precision(4);
+  if (fixed >= one.capacity) {
+    o << "cannot fit on " << hw.name << " at any node count: every node must hold the non-expert weights ("
+      << one.replicated * 1e-9 << " GB) and its KV cache and buffers (" << (one.kv_cache + one.activations) * 1e-9
+      << " GB), together more than its usable " << one.capacity * 1e-9 << " GB";
+    return o.str();
+  }
+  for (int n = 1; n <= std::max<int64_t>(1, m.n_experts); ++n) {
+    const int64_t per_node = (m.n_experts + n - 1) / n * m.n_moe_layers();
+    if (fixed + double(per_node) * per_expert <= one.capacity) {
+      o << "needs at least " << n << " nodes of " << hw.name << " (" << (fixed + double(per_node) * per_expert) * 1e-9
+        << " GB per node of " << one.capacity * 1e-9 << " GB usable)";
+      return o.str();
+    }
+  }
+  o << "cannot fit on " << hw.name << " even with one expert per node (" << (fixed + m.n_moe_layers() * per_expert) * 1e-9
+    << " GB per node, " << one.capacity * 1e-9 << " GB usable)";
+  return o.str();
+}
+
+// A copy of `net` with α and β set and no measured fits (for the sweeps).
+NetworkProfile with_alpha_beta(const NetworkProfile& net, double alpha_us, double beta_gbs) {
+  NetworkProfile n = net;
+  n.measured_fits.clear();
+  n.alpha_us.value = alpha_us;
+  n.beta_gbs.value = beta_gbs;
+  return n;
+}
+
+std::vector<int> sweep_nodes(const PlanRequest& req) {
+  std::set<int> s;
+  for (int n : req.nodes)
+    if (n >= 2) s.insert(n);
+  std::vector<int> v(s.begin(), s.end());
+  if (v.size() > 3) v = {v.front(), v[v.size() / 2], v.back()};
+  if (v.empty()) v = {2};
+  return v;
+}
+
+}  // namespace
+
+double PlanRow::tps_per_kusd() const { return p.price_usd > 0 ? p.decode_tokens_per_s / (p.price_usd / 1000.0) : 0.0; }
+
+PlanResult make_plan(const PlanRequest& req) {
+  if (!req.model) fail("plan: no model");
+  if (req.hardware.empty()) fail("plan: no hardware profile given (--hardware)");
+  if (req.networks.empty()) fail("plan: no network profile given (--network)");
+  if (req.nodes.empty()) fail("--nodes: no node counts given (e.g. 1..8 or 2,4)");
+  for (int n : req.nodes)
+    if (n < 1) fail("--nodes: node counts must be 1 or more, got ", n);
+  if (req.target_tps < 0) fail("--target-tps must not be negative");
+  PlanResult res;
+  for (const HardwareProfile* hw : req.hardware) {
+    Predictor pred(*req.model, *hw);
+    for (int n : req.nodes) {
+      for (size_t ni = 0; ni < req.networks.size(); ++ni) {
+        if (n == 1 && ni > 0) break;  // one node: the network plays no part
+        Scenario s = req.base;
+        s.nodes = n;
+        PlanRow row;
+        row.hardware = hw;
+        row.network = n == 1 ? nullptr : req.networks[ni];
+        row.nodes = n;
+        row.p = pred.predict(*req.networks[ni], s);
+        res.rows.push_back(row);
+      }
+    }
+  }
+  bool any_fit = false;
+  for (size_t i = 0; i < res.rows.size(); ++i) {
+    const PlanRow& r = res.rows[i];
+    if (!r.p.memory.fits()) continue;
+    any_fit = true;
+    if (res.fastest < 0 || r.p.decode_tokens_per_s > res.rows[size_t(res.fastest)].p.decode_tokens_per_s)
+      res.fastest = int(i);
+    if (r.p.price_usd > 0 &&
+        (res.best_value < 0 || r.tps_per_kusd() > res.rows[size_t(res.best_value)].tps_per_kusd()))
+      res.best_value = int(i);
+    if (req.target_tps > 0 && r.p.decode_tokens_per_s >= req.target_tps) {
+      const int c = res.cheapest_meeting_target;
+      if (c < 0 || r.p.price_usd < res.rows[size_t(c)].p.price_usd ||
+          (r.p.price_usd == res.rows[size_t(c)].p.price_usd &&
+           r.p.decode_tokens_per_s > res.rows[size_t(c)].p.decode_tokens_per_s))
+        res.cheapest_meeting_target = int(i);
+    }
+  }
+  if (!any_fit) {
+    std::string why;
+    for (const HardwareProfile* hw : req.hardware) why += (why.empty() ? "" : "; ") + explain_no_fit(*req.model, *hw, req.base);
+    int lo = *std::min_element(req.nodes.begin(), req.nodes.end());
+    int hi = *std::max_element(req.nodes.begin(), req.nodes.end());
+    fail(req.model->name, " in ", req.base.dtype, " fits on none of the configurations asked for (", lo, "..", hi,
+         " nodes): ", why);
+  }
+  return res;
+}
+
+std::string format_plan(const PlanRequest& req, const PlanResult& res) {
+  const Scenario& b = req.base;
+  std::ostringstream o;
+  o << "model     " << req.model->summary() << "\n";
+  if (!req.model->approximations.empty()) o << "          approximations: " << req.model->approximations << "\n";
+  o << "scenario  " << b.dtype << " weights, batch " << b.batch << ", context " << b.context << " (KV " << b.kv_dtype
+    << "), prompt " << b.prompt << ", " << routing_label(b) << ", " << b.placement << " placement";
+  if (b.emulate_latency_us > 0) o << ", emulated latency " << b.emulate_latency_us << " us/step";
+  o << "\n";
+  for (const HardwareProfile* hw : req.hardware) {
+    o << "hardware  " << hw->name << ": " << hw->description << "; " << fmt("%.0f", hw->memory_bandwidth_gbs.value)
+      << " GB/s";
+    if (hw->measured) o << " (measured: " << fmt("%.1f", hw->measured->membw_gbs) << " GB/s read, streaming "
+                        << fmt("%.1f", hw->streaming_bandwidth_bps(b.dtype) * 1e-9) << " GB/s)";
+    else if (hw->bandwidth_efficiency.present) o << " x " << hw->bandwidth_efficiency.value << " efficiency";
+    o << ", " << fmt("%.0f", hw->memory_gb.value) << " GB (" << fmt("%.0f", hw->usable_bytes() * 1e-9) << " usable), "
+      << money(hw->price_usd.value) << ", " << fmt("%.0f", hw->power_w.value) << " W\n";
+  }
+  for (const NetworkProfile* n : req.networks) {
+    o << "network   " << n->name << ": alpha " << fmt("%.3g", n->alpha_us.value) << " us, beta "
+      << fmt("%.3g", n->beta_gbs.value) << " GB/s, " << algorithm_name(n->algorithm);
+    if (!n->measured_fits.empty()) o << " (measured all-reduce for";
+    for (const auto& [k, f] : n->measured_fits) o << " " << k;
+    if (!n->measured_fits.empty()) o << " nodes)";
+    o << "\n";
+  }
+  o << "\n";
+  o << pad("hardware", 18, false) << pad("network", 16, false) << pad("nodes", 5) << pad("fits", 5) << pad("GB/node", 9)
+    << pad("tok/s", 9) << pad("ms/tok", 8) << pad("compute", 9) << pad("comm", 8) << pad("imbal", 8)
+    << pad("prefill", 9) << pad("price", 11) << pad("tok/s/$1k", 10) << pad("W", 7) << "\n";
+  for (size_t i = 0; i < res.rows.size(); ++i) {
+    const PlanRow& r = res.rows[i];
+    const StepTimes& d = r.p.decode;
+    const double step_ms = d.total() * 1e3;
+    o << pad(r.hardware->name, 18, false) << pad(r.network ? r.network->name : "-", 16, false)
+      << pad(std::to_string(r.nodes), 5) << pad(r.p.memory.fits() ? "yes" : "NO", 5)
+      << pad(fmt("%.1f", r.p.memory.total() * 1e-9), 9) << pad(fmt("%.2f", r.p.decode_tokens_per_s), 9)
+      << pad(fmt("%.2f", step_ms / double(b.batch)), 8)
+      << pad(fmt("%.0f%%", 100 * d.compute() / d.total()), 9) << pad(fmt("%.0f%%", 100 * d.communication() / d.total()), 8)
+      << pad(fmt("%.0f%%", 100 * d.imbalance() / d.total()), 8)
+      << pad(b.prompt > 0 ? fmt("%.1f", r.p.prefill_tokens_per_s) : "-", 9) << pad(money(r.p.price_usd), 11)
+      << pad(r.p.price_usd > 0 ? fmt("%.3f", r.tps_per_kusd()) : "-", 10)
+      << pad(r.p.power_w > 0 ? fmt("%.0f", r.p.power_w) : "-", 7);
+    if (int(i) == res.cheapest_meeting_target) o << "  <- cheapest meeting target";
+    o << "\n";
+  }
+  o << "\ncolumns: tok/s = decode tokens/s (all sequences); ms/tok = step time / batch; compute, comm (all-reduce),\n"
+       "imbal (busiest rank's experts beyond the mean) as shares of the step; prefill = prompt tokens/s of one\n"
+       "sequence; GB/node = weights + KV cache + buffers on the fullest node.\n";
+  if (req.target_tps > 0) {
+    if (res.cheapest_meeting_target >= 0) {
+      const PlanRow& r = res.rows[size_t(res.cheapest_meeting_target)];
+      o << "target " << req.target_tps << " tok/s: cheapest is " << r.nodes << " x " << r.hardware->name
+        << (r.network ? " over " + r.network->name : std::string()) << " at " << money(r.p.price_usd) << " ("
+        << fmt("%.2f", r.p.decode_tokens_per_s) << " tok/s)\n";
+    } else {
+      o << "target " << req.target_tps << " tok/s: no configuration asked for reaches it";
+      if (res.fastest >= 0) {
+        const PlanRow& r = res.rows[size_t(res.fastest)];
+        o << " (fastest: " << r.nodes << " x " << r.hardware->name << (r.network ? " over " + r.network->name : std::string())
+          << ", " << fmt("%.2f", r.p.decode_tokens_per_s) << " tok/s)";
+      }
+      o << "\n";
+    }
+  }
+  if (res.best_value >= 0) {
+    const PlanRow& r = res.rows[size_t(res.best_value)];
+    o << "most tokens/s per $1,000: " << r.nodes << " x " << r.hardware->name
+      << (r.network ? " over " + r.network->name : std::string()) << " (" << fmt("%.3f", r.tps_per_kusd()) << ")\n";
+  }
+  bool exact = true;
+  int64_t samples = 0;
+  for (const auto& r : res.rows) exact = exact && r.p.experts_exact, samples = std::max(samples, r.p.expert_samples);
+  o << "busiest-rank expert time: " << (exact ? "exact enumeration of all routings" : "Monte Carlo, up to " + std::to_string(samples) + " routings per layer, seed " + std::to_string(b.seed)) << "\n";
+  return o.str();
+}
+
+json plan_to_json(const PlanRequest& req, const PlanResult& res) {
+  const Scenario& b = req.base;
+  json j;
+  j["model"] = {{"name", req.model->name},
+                {"summary", req.model->summary()},
+                {"approximations", req.model->approximations},
+                {"parameters", req.model->total_elems()},
+                {"non_expert_parameters", req.model->replicated_elems()}};
+  j["scenario"] = {{"dtype", b.dtype},         {"kv_dtype", b.kv_dtype},   {"batch", b.batch},
+                   {"context", b.context},     {"prompt", b.prompt},       {"prefill_chunk", b.prefill_chunk},
+                   {"placement", b.placement}, {"routing", b.routing ? b.routing->source : "uniform"},
+                   {"emulate_latency_us", b.emulate_latency_us}, {"seed", b.seed}, {"target_tps", req.target_tps}};
+  json rows = json::array();
+  auto times = [](const StepTimes& t) {
+    return json{{"attention_ms", t.attention * 1e3},       {"router_ms", t.router * 1e3},
+                {"dense_ms", t.dense * 1e3},               {"experts_mean_ms", t.experts_mean * 1e3},
+                {"experts_max_ms", t.experts_max * 1e3},   {"allreduce_ms", t.allreduce * 1e3},
+                {"head_ms", t.head * 1e3},                 {"compute_ms", t.compute() * 1e3},
+                {"communication_ms", t.communication() * 1e3}, {"imbalance_ms", t.imbalance() * 1e3},
+                {"total_ms", t.total() * 1e3}};
+  };
+  for (size_t i = 0; i < res.rows.size(); ++i) {
+    const PlanRow& r = res.rows[i];
+    rows.push_back({{"hardware", r.hardware->name},
+                    {"network", r.network ? r.network->name : ""},
+                    {"nodes", r.nodes},
+                    {"fits", r.p.memory.fits()},
+                    {"memory_per_node_gb", r.p.memory.total() * 1e-9},
+                    {"memory",
+                     {{"replicated_gb", r.p.memory.replicated * 1e-9},
+                      {"experts_gb", r.p.memory.experts * 1e-9},
+                      {"kv_cache_gb", r.p.memory.kv_cache * 1e-9},
+                      {"activations_gb", r.p.memory.activations * 1e-9},
+                      {"usable_gb", r.p.memory.capacity * 1e-9}}},
+                    {"decode_tokens_per_s", r.p.decode_tokens_per_s},
+                    {"prefill_tokens_per_s", r.p.prefill_tokens_per_s},
+                    {"decode_step", times(r.p.decode)},
+                    {"prefill", times(r.p.prefill)},
+                    {"weight_bytes_per_step", r.p.weight_bytes_per_step},
+                    {"allreduce_bytes", r.p.allreduce_bytes},
+                    {"allreduce_algorithm", algorithm_name(r.p.algorithm)},
+                    {"experts_exact", r.p.experts_exact},
+                    {"expert_samples", r.p.expert_samples},
+                    {"price_usd", r.p.price_usd},
+                    {"power_w", r.p.power_w},
+                    {"tokens_per_s_per_kusd", r.tps_per_kusd()},
+                    {"cheapest_meeting_target", int(i) == res.cheapest_meeting_target}});
+  }
+  j["rows"] = rows;
+  j["cheapest_meeting_target"] = res.cheapest_meeting_target;
+  j["fastest"] = res.fastest;
+  j["best_value"] = res.best_value;
+  return j;
+}
+
+Chart chart_nodes(const PlanRequest& req, const PlanResult& res) {
+  Chart c;
+  const HardwareProfile* hw = req.hardware.front();
+  c.title = "Decode tokens/s by node count: " + req.model->name + " on " + hw->name;
+  c.subtitle = req.base.dtype + ", batch " + std::to_string(req.base.batch) + ", context " +
+               std::to_string(req.base.context) + ", " + routing_label(req.base) + " (points only where it fits)";
+  c.x_label = "nodes";
+  c.y_label = "decode tokens/s";
+  const PlanRow* single = nullptr;
+  for (const auto& r : res.rows)
+    if (r.hardware == hw && r.nodes == 1) single = &r;
+  for (const NetworkProfile* net : req.networks) {
+    ChartSeries s;
+    s.name = net->name;
+    if (single && single->p.memory.fits()) s.points.emplace_back(1, single->p.decode_tokens_per_s);
+    for (const auto& r : res.rows)
+      if (r.hardware == hw && r.network == net)
+        s.points.emplace_back(r.nodes, r.p.memory.fits() ? r.p.decode_tokens_per_s : std::nan(""));
+    std::sort(s.points.begin(), s.points.end());
+    c.series.push_back(s);
+  }
+  return c;
+}
+
+Chart chart_latency(const PlanRequest& req) {
+  const HardwareProfile* hw = req.hardware.front();
+  const NetworkProfile* net = req.networks.front();
+  Predictor pred(*req.model, *hw);
+  Chart c;
+  c.title = "Decode tokens/s against link latency: " + req.model->name + " on " + hw->name;
+  c.subtitle = "beta " + fmt("%.3g", net->beta_gbs.value) + " GB/s (" + net->name + "), batch " +
+               std::to_string(req.base.batch) + "; dashed: alpha = m/beta, named networks";
+  c.x_label = "per-message latency alpha (microseconds, log scale)";
+  c.y_label = "decode tokens/s";
+  c.log_x = true;
+  for (int n : sweep_nodes(req)) {
+    ChartSeries s;
+    s.name = std::to_string(n) + " nodes";
+    s.dots = false;
+    for (double a = 0.5; a <= 5000 * 1.0001; a *= std::pow(10.0, 0.1)) {
+      Scenario sc = req.base;
+      sc.nodes = n;
+      sc.prompt = 0;
+      const Prediction p = pred.predict(with_alpha_beta(*net, a, net->beta_gbs.value), sc);
+      s.points.emplace_back(a, p.memory.fits() ? p.decode_tokens_per_s : std::nan(""));
+    }
+    c.series.push_back(s);
+  }
+  const double m = double(req.base.batch) * double(req.model->d_model) * 4.0;
+  c.markers.push_back({m / (net->beta_gbs.value * 1e9) * 1e6, "alpha = m/beta (" + fmt("%.3g", m / (net->beta_gbs.value * 1e3)) + " us)"});
+  for (const NetworkProfile* n : req.networks) c.markers.push_back({n->alpha_us.value, n->name});
+  return c;
+}
+
+Chart chart_bandwidth(const PlanRequest& req) {
+  const HardwareProfile* hw = req.hardware.front();
+  const NetworkProfile* net = req.networks.front();
+  Predictor pred(*req.model, *hw);
+  Chart c;
+  c.title = "Decode tokens/s against link bandwidth: " + req.model->name + " on " + hw->name;
+  c.subtitle = "alpha " + fmt("%.3g", net->alpha_us.value) + " us (" + net->name + "), batch " +
+               std::to_string(req.base.batch) + "; dashed: beta = m/alpha";
+  c.x_label = "link bandwidth beta (GB/s, log scale)";
+  c.y_label = "decode tokens/s";
+  c.log_x = true;
+  for (int n : sweep_nodes(req)) {
+    ChartSeries s;
+    s.name = std::to_string(n) + " nodes";
+    s.dots = false;
+    for (double bw = 0.01; bw <= 1000 * 1.0001; bw *= std::pow(10.0, 0.1)) {
+      Scenario sc = req.base;
+      sc.nodes = n;
+      sc.prompt = 0;
+      const Prediction p = pred.predict(with_alpha_beta(*net, net->alpha_us.value, bw), sc);
+      s.points.emplace_back(bw, p.memory.fits() ? p.decode_tokens_per_s : std::nan(""));
+    }
+    c.series.push_back(s);
+  }
+  const double m = double(req.base.batch) * double(req.model->d_model) * 4.0;
+  if (net->alpha_us.value > 0)
+    c.markers.push_back({m / (net->alpha_us.value * 1e-6) * 1e-9, "beta = m/alpha"});
+  return c;
+}
+
+}  // namespace moep::perf

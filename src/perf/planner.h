@@ -1,0 +1,52 @@
+// The planner behind `moep plan`: predictions for every (hardware, network, node count) asked for, the
+// cheapest configuration that meets a target speed, a text table, JSON, and SVG plots.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "perf/perf_model.h"
+#include "perf/svg.h"
+
+namespace moep::perf {
+
+struct PlanRequest {
+  const ModelShape* model = nullptr;
+  std::vector<const HardwareProfile*> hardware;
+  std::vector<const NetworkProfile*> networks;
+  std::vector<int> nodes;      // node counts to consider, e.g. 1..8
+  Scenario base;               // everything but `nodes`
+  double target_tps = 0;       // decode tokens/s wanted (0: none)
+};
+
+struct PlanRow {
+  const HardwareProfile* hardware = nullptr;
+  const NetworkProfile* network = nullptr;  // null for a single node (no network)
+  int nodes = 1;
+  Prediction p;
+  double tps_per_kusd() const;  // decode tokens/s per $1,000 (0 without a price)
+};
+
+struct PlanResult {
+  std::vector<PlanRow> rows;
+  int cheapest_meeting_target = -1;  // index into rows, or -1
+  int fastest = -1;                  // fastest configuration that fits
+  int best_value = -1;               // most tokens/s per $1,000 among those that fit
+};
+
+// Throws moep::Error for nonsense (no node counts, a node count < 1, no hardware or network) and when the
+// model fits on none of the configurations asked for (saying how many nodes it would need, or why never).
+PlanResult make_plan(const PlanRequest& req);
+std::string format_plan(const PlanRequest& req, const PlanResult& res);
+nlohmann::json plan_to_json(const PlanRequest& req, const PlanResult& res);
+
+// The plots: tokens/s against node count (one line per network, first hardware); against link latency α
+// (β of the first network) and against bandwidth β (α of the first network), one line per node count, with
+// the point where the latency term equals the bandwidth term (α = m/β for the decode message m) marked.
+Chart chart_nodes(const PlanRequest& req, const PlanResult& res);
+Chart chart_latency(const PlanRequest& req);
+Chart chart_bandwidth(const PlanRequest& req);
+
+}  // namespace moep::perf

@@ -1,0 +1,133 @@
+// Hardware and network profiles: the figures the performance model runs on, each with its source. They live
+// in JSON files (data/profiles/*.json, or a user's --profiles DIR); `moep calibrate` writes measured ones.
+//
+// File format: one profile object, or {"profiles": [profile, ...]}. A profile:
+//   {"kind": "hardware" | "network", "name": "m2-ultra-192gb", "description": "...",
+//    "<figure>": {"value": 800, "source": "https://... or 'measured by moep calibrate on HOST, DATE'",
+//                 "estimate": true|false (default false), "note": "..."}, ...,
+//    "measured": {...}}                         // only in calibrated profiles, see HardwareMeasured below
+// Hardware figures: memory_bandwidth_gbs, memory_gb (required); usable_memory_fraction, bandwidth_efficiency,
+//   peak_tflops_16 (bf16/f16 matrix), peak_tflops_32, compute_efficiency, op_overhead_us, price_usd, power_w.
+// Network figures: alpha_us (per message, one exchange step), beta_gbs (payload bandwidth of one link)
+//   (required); price_per_node_usd; "algorithm": "auto" | "recursive-doubling" | "ring".
+// Every figure must name its source; a figure that is an estimate says so ("estimate": true).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace moep::perf {
+
+struct Figure {
+  double value = 0.0;
+  std::string source;
+  std::string note;
+  bool estimate = false;
+  bool present = false;
+};
+
+// Where and how a profile was measured (`moep calibrate`).
+struct MeasuredInfo {
+  std::string date, host, cpu, commit;
+  int ranks = 1;          // ranks of the job that measured (all on `host` when ranks_per_host == ranks)
+  int ranks_per_host = 1;
+  int threads = 1;        // threads per rank
+  bool present = false;
+};
+
+// Time of one ops::linear call at `batch` rows: overhead_us + weight bytes × ns_per_byte.
+struct LinearPoint {
+  int64_t batch = 1;
+  double overhead_us = 0.0;
+  double ns_per_byte = 0.0;
+};
+
+struct HardwareMeasured {
+  MeasuredInfo info;
+  double membw_gbs = 0.0;  // read bandwidth per rank, all ranks of the host reading together
+  // By dtype name ("bf16", ...): points sorted by batch, for W [out, in] (linear) and W [in, out] (in_out).
+  std::map<std::string, std::vector<LinearPoint>> linear, linear_in_out;
+  double attention_ns_per_mac = 0.0;  // the attention inner loop (scores and values), per multiply-add
+  // Informational: one expert (gate, up, down) at batch 1, by dtype, in microseconds, for `expert_shape`.
+  std::map<std::string, double> expert_us;
+  int64_t expert_d_model = 0, expert_ffn = 0;
+};
+
+struct HardwareProfile {
+  std::string name, description, file;
+  Figure memory_bandwidth_gbs, memory_gb, usable_memory_fraction, bandwidth_efficiency;
+  Figure peak_tflops_16, peak_tflops_32, compute_efficiency, op_overhead_us, price_usd, power_w;
+  std::optional<HardwareMeasured> measured;
+
+  double usable_bytes() const;
+  // Seconds for one matrix op of `elems` weights stored with `bytes_per_weight` at `rows` rows.
+  // From the measured linear table when there is one for `dtype` (interpolated in rows; beyond the last
+  // point the per-byte time grows in proportion to rows, the compute-bound regime), else the roofline
+  // max(bytes / (bandwidth × efficiency), 2·rows·elems / (peak × efficiency)) + op_overhead.
+  double linear_seconds(const std::string& dtype, double bytes_per_weight, double elems, double rows,
+                        bool in_out = false) const;
+  // Seconds for `macs` attention multiply-adds that read `kv_bytes` of KV cache.
+  double attention_seconds(double macs, double kv_bytes) const;
+  // Effective weight-streaming bandwidth at batch 1, bytes/s (for reports).
+  double streaming_bandwidth_bps(const std::string& dtype) const;
+};
+
+// A measured all-reduce: time = a_us + bytes × b_ns_per_byte, and the points it was fitted to.
+struct AllreduceFit {
+  int nodes = 2;
+  double a_us = 0.0;
+  double b_ns_per_byte = 0.0;
+  std::vector<std::pair<double, double>> points;  // (bytes, microseconds), sorted by bytes
+  // Microseconds for `bytes`: interpolated between measured points (log-log) inside their range, the fit
+  // outside it.
+  double micros(double bytes) const;
+};
+
+enum class AllreduceAlgorithm { Auto, RecursiveDoubling, Ring };
+
+struct NetworkProfile {
+  std::string name, description, file;
+  Figure alpha_us, beta_gbs, price_per_node_usd;
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
+  std::map<int, AllreduceFit> measured_fits;  // by node count
+  std::optional<MeasuredInfo> measured;
+};
+
+class ProfileSet {
+ public:
+  // Adds every *.json file of `dir` (not recursive). Throws moep::Error for a malformed file.
+  void load_dir(const std::string& dir);
+  void load_file(const std::string& path);
+  void add(const HardwareProfile& h);
+  void add(const NetworkProfile& n);
+
+  // By name, or by path of a profile file (its first profile of that kind). Throws moep::Error listing the
+  // known names for an unknown one.
+  const HardwareProfile& hardware(const std::string& name_or_path);
+  const NetworkProfile& network(const std::string& name_or_path);
+  std::vector<std::string> hardware_names() const;
+  std::vector<std::string> network_names() const;
+
+ private:
+  // Deques: references handed out stay valid when a profile file named on the command line is added.
+  std::deque<HardwareProfile> hardware_;
+  std::deque<NetworkProfile> networks_;
+};
+
+// The built-in profile directory (data/profiles of the source tree, or $MOEP_PROFILES).
+std::string default_profile_dir();
+
+// Parsing and writing, exposed for calibrate and tests. `source` names the file in messages.
+HardwareProfile parse_hardware_profile(const nlohmann::json& j, const std::string& source);
+NetworkProfile parse_network_profile(const nlohmann::json& j, const std::string& source);
+nlohmann::json hardware_profile_to_json(const HardwareProfile& h);
+nlohmann::json network_profile_to_json(const NetworkProfile& n);
+const char* algorithm_name(AllreduceAlgorithm a);
+
+}  // namespace moep::perf

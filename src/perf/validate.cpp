@@ -1,0 +1,140 @@
+#include "perf/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "perf/perf_model.h"
+
+namespace moep::perf {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+json read_json(const std::string& path, const char* what) {
+  std::ifstream f(path);
+  if (!f) fail("cannot read ", what, " ", path);
+  try {
+    return json::parse(f);
+  } catch (const json::exception& e) {
+    fail(path, ": malformed JSON (", e.what(), ")");
+  }
+}
+
+std::string resolve(const fs::path& base, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  const fs::path q = base / p;
+  return fs::exists(q) ? q.string() : p;  // a profile name is not a path
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string f(const char* fmt, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, fmt, v);
+  return b;
+}
+
+}  // namespace
+
+ValidationResult run_validation(const std::string& manifest_path, ProfileSet& profiles) {
+  const json man = read_json(manifest_path, "validation manifest");
+  const fs::path base = fs::path(manifest_path).parent_path();
+  if (!man.is_object() || !man.contains("cases") || !man["cases"].is_array() || man["cases"].empty())
+    fail(manifest_path, ": expected {\"cases\": [...]} with at least one case");
+  ValidationResult res;
+  res.machine = man.value("machine", "");
+  for (const json& c : man["cases"]) {
+    ValidationRow row;
+    try {
+      row.label = c.value("label", "");
+      row.model = resolve(base, c.at("model").get<std::string>());
+      const std::string bench_path = resolve(base, c.at("bench").get<std::string>());
+      const json bench = read_json(bench_path, "bench result");
+      row.measured_decode = bench.at("decode_tokens_per_s").get<double>();
+      row.measured_prefill = bench.value("prefill_tokens_per_s", 0.0);
+      row.batch = bench.value("batch", int64_t(1));
+      row.ranks = bench.value("ranks", 1);
+      row.threads = bench.value("threads", 1);
+      row.prompt = c.value("prompt", bench.value("prompt", int64_t(32)));
+      row.gen = c.value("gen", bench.value("gen", int64_t(32)));
+      row.emulate_latency_us = c.value("emulate_latency_us", bench.value("emulate_latency_us", 0.0));
+      const HardwareProfile& hw = profiles.hardware(resolve(base, c.at("hardware").get<std::string>()));
+      const std::string net_name = c.value("network", "");
+      NetworkProfile none;
+      none.name = "none";
+      none.alpha_us.value = 0;
+      none.beta_gbs.value = 1e9;
+      const NetworkProfile& net = net_name.empty() ? none : profiles.network(resolve(base, net_name));
+      const ModelShape shape = resolve_model(row.model);
+      Scenario s;
+      s.nodes = row.ranks;
+      s.batch = row.batch;
+      // moep bench decodes `warmup` untimed steps, then `gen` timed ones; timed step i (0-based) attends over
+      // prompt + warmup + i + 1 positions: the mean over the run. Its prefill runs each prompt as one step of
+      // up to max(batch, min(prompt, 512)) rows.
+      const int64_t warmup = c.value("warmup", bench.value("warmup", int64_t(2)));
+      s.context = row.prompt + warmup + (row.gen + 1) / 2;
+      s.prompt = row.prompt;
+      s.prefill_chunk = c.value("prefill_chunk", std::max(row.batch, std::min<int64_t>(row.prompt, 512)));
+      s.dtype = c.value("dtype", shape.stored_dtype);
+      s.emulate_latency_us = row.emulate_latency_us;
+      s.placement = c.value("placement", std::string("contiguous"));
+      const Prediction p = predict(shape, hw, net, s);
+      row.predicted_decode = p.decode_tokens_per_s;
+      row.predicted_prefill = p.prefill_tokens_per_s;
+      row.predicted_comm_share = p.decode.communication() / p.decode.total();
+    } catch (const json::exception& e) {
+      fail(manifest_path, ": case '", c.value("label", "?"), "' is malformed (", e.what(), ")");
+    }
+    row.decode_error = row.predicted_decode / row.measured_decode - 1.0;
+    if (row.measured_prefill > 0) row.prefill_error = row.predicted_prefill / row.measured_prefill - 1.0;
+    res.rows.push_back(row);
+  }
+  std::vector<double> d, pf;
+  for (const auto& r : res.rows) {
+    d.push_back(std::fabs(r.decode_error));
+    if (r.measured_prefill > 0) pf.push_back(std::fabs(r.prefill_error));
+  }
+  res.median_abs_error = median(d);
+  res.worst_abs_error = *std::max_element(d.begin(), d.end());
+  res.prefill_median_abs_error = median(pf);
+  res.prefill_worst_abs_error = pf.empty() ? 0 : *std::max_element(pf.begin(), pf.end());
+  return res;
+}
+
+std::string format_validation(const ValidationResult& r) {
+  std::ostringstream o;
+  if (!r.machine.empty()) o << "Machine: " << r.machine << "\n\n";
+  o << "| case | ranks × threads | batch | emulated latency (µs) | decode measured (tok/s) | decode predicted | error "
+       "| predicted comm share | prefill measured | prefill predicted | error |\n";
+  o << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& x : r.rows) {
+    o << "| " << x.label << " | " << x.ranks << " × " << x.threads << " | " << x.batch << " | "
+      << f("%.0f", x.emulate_latency_us) << " | " << f("%.2f", x.measured_decode) << " | "
+      << f("%.2f", x.predicted_decode) << " | " << f("%+.1f%%", 100 * x.decode_error) << " | "
+      << f("%.0f%%", 100 * x.predicted_comm_share) << " | "
+      << (x.measured_prefill > 0 ? f("%.1f", x.measured_prefill) : "-") << " | " << f("%.1f", x.predicted_prefill)
+      << " | " << (x.measured_prefill > 0 ? f("%+.1f%%", 100 * x.prefill_error) : "-") << " |\n";
+  }
+  o << "\nDecode: median absolute error " << f("%.1f%%", 100 * r.median_abs_error) << ", worst "
+    << f("%.1f%%", 100 * r.worst_abs_error) << " over " << r.rows.size() << " runs (target: median <= 10%, worst <= 20%: "
+    << (r.meets_target() ? "met" : "NOT met") << ").\n";
+  o << "Prefill (no target): median absolute error " << f("%.1f%%", 100 * r.prefill_median_abs_error) << ", worst "
+    << f("%.1f%%", 100 * r.prefill_worst_abs_error) << ".\n";
+  return o.str();
+}
+
+}  // namespace moep::perf

@@ -1,0 +1,47 @@
+// Validation: predicted against measured tokens/s for runs of `moep bench`, each predicted with the profile
+// calibrated for its rank count. Used by `moep plan --validate MANIFEST` (scripts/validate_perf_model.sh
+// writes the manifest).
+//
+// Manifest:
+//   {"machine": "what ran it", "cases": [
+//     {"label": "...", "model": "MODEL_DIR", "hardware": "PROFILE_FILE_OR_NAME", "network": "PROFILE_FILE_OR_NAME",
+//      "bench": "BENCH.json", "emulate_latency_us": 0, "prompt": 32, "gen": 32, "warmup": 2}, ...]}
+// (prompt, gen, emulate_latency_us default to the bench JSON's; warmup to 2, moep bench's default; an empty
+// "network" means a single rank.)
+// The bench JSON (`moep bench --json`) gives decode_tokens_per_s, prefill_tokens_per_s, batch, ranks, threads.
+// Relative paths are taken from the manifest's directory.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "perf/profiles.h"
+
+namespace moep::perf {
+
+struct ValidationRow {
+  std::string label, model;
+  int ranks = 1, threads = 1;
+  int64_t batch = 1, prompt = 0, gen = 0;
+  double emulate_latency_us = 0;
+  double measured_decode = 0, predicted_decode = 0, decode_error = 0;    // error = predicted/measured − 1
+  double measured_prefill = 0, predicted_prefill = 0, prefill_error = 0;
+  double predicted_comm_share = 0;  // share of the decode step spent in the all-reduce (predicted)
+};
+
+struct ValidationResult {
+  std::string machine;
+  std::vector<ValidationRow> rows;
+  double median_abs_error = 0, worst_abs_error = 0;                  // decode
+  double prefill_median_abs_error = 0, prefill_worst_abs_error = 0;  // prefill (reported, no target)
+  bool meets_target(double median_max = 0.10, double worst_max = 0.20) const {
+    return median_abs_error <= median_max && worst_abs_error <= worst_max;
+  }
+};
+
+// Throws moep::Error naming the manifest or bench file for a missing or malformed one.
+ValidationResult run_validation(const std::string& manifest_path, ProfileSet& profiles);
+// A Markdown table with the summary lines.
+std::string format_validation(const ValidationResult& r);
+
+}  // namespace moep::perf

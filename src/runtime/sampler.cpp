@@ -1,0 +1,98 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace moep {
+
+void SamplingParams::validate() const {
+  if (!(temperature >= 0.f) || temperature > 100.f) fail("temperature must be in [0, 100], got ", temperature);
+  if (top_k < 0) fail("top_k must be >= 0, got ", top_k);
+  if (!(top_p > 0.f && top_p <= 1.f)) fail("top_p must be in (0, 1], got ", top_p);
+  if (!(min_p >= 0.f && min_p <= 1.f)) fail("min_p must be in [0, 1], got ", min_p);
+  if (!(repetition_penalty > 0.f) || repetition_penalty > 100.f)
+    fail("repetition_penalty must be in (0, 100], got ", repetition_penalty);
+  if (max_tokens < 0) fail("max_tokens must be >= 0, got ", max_tokens);
+}
+
+Sampler::Sampler(int64_t vocab, const SamplingParams& params)
+    : p_(params),
+      vocab_(vocab),
+      seed_(params.seed ? params.seed : std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32)),
+      rng_(seed_),
+      idx_(size_t(vocab)),
+      prob_(size_t(vocab)),
+      seen_(size_t(vocab)) {
+  p_.validate();
+}
+
+int32_t Sampler::sample(float* logits, std::span<const int32_t> context) {
+  const int64_t V = vocab_;
+  if (p_.repetition_penalty != 1.f) {
+    std::fill(seen_.begin(), seen_.end(), 0);
+    for (int32_t t : context)
+      if (t >= 0 && t < V && !seen_[size_t(t)]) {
+        seen_[size_t(t)] = 1;
+        float& l = logits[t];
+        l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+      }
+  }
+  if (p_.temperature == 0.f) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < V; ++i)
+      if (logits[i] > logits[best]) best = i;
+    return int32_t(best);
+  }
+  for (int64_t i = 0; i < V; ++i) logits[i] /= p_.temperature;
+  // Candidates sorted by logit, descending (only the top-k part when top-k is on).
+  int64_t n = V;
+  std::iota(idx_.begin(), idx_.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  if (p_.top_k > 0 && p_.top_k < V) {
+    n = p_.top_k;
+    std::partial_sort(idx_.begin(), idx_.begin() + n, idx_.end(), by_logit);
+  } else {
+    std::sort(idx_.begin(), idx_.end(), by_logit);
+  }
+  const float mx = logits[idx_[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    prob_[size_t(i)] = std::exp(logits[idx_[size_t(i)]] - mx);
+    sum += prob_[size_t(i)];
+  }
+  for (int64_t i = 0; i < n; ++i) prob_[size_t(i)] = float(prob_[size_t(i)] / sum);
+  // top-p: the smallest prefix whose mass reaches top_p (at least one token).
+  if (p_.top_p < 1.f) {
+    double cum = 0;
+    int64_t keep = n;
+    for (int64_t i = 0; i < n; ++i) {
+      cum += prob_[size_t(i)];
+      if (cum >= p_.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    n = keep;
+  }
+  // min-p: drop tokens below min_p × the top probability.
+  if (p_.min_p > 0.f) {
+    const float floor = p_.min_p * prob_[0];
+    int64_t keep = 1;
+    while (keep < n && prob_[size_t(keep)] >= floor) ++keep;
+    n = keep;
+  }
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += prob_[size_t(i)];
+  std::uniform_real_distribution<double> u(0.0, total);
+  double r = u(rng_);
+  for (int64_t i = 0; i < n; ++i) {
+    r -= prob_[size_t(i)];
+    if (r <= 0) return idx_[size_t(i)];
+  }
+  return idx_[size_t(n - 1)];
+}
+
+}  // namespace moep

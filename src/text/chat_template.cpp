@@ -1,0 +1,170 @@
+#include "text/chat_template.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moep {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path.string(), ": cannot open for reading");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+nlohmann::ordered_json read_json(const fs::path& path) {
+  std::string text = read_text(path);
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path.string(), ": not valid JSON (", e.what(), ")");
+  }
+}
+
+std::shared_ptr<const jinja::Template> parse(const std::string& text, const std::string& name) {
+  return std::make_shared<const jinja::Template>(text, name);
+}
+
+// The content of a special token entry: "text" or {"content": "text", ...}; nullopt for null/absent.
+std::optional<std::string> token_content(const nlohmann::ordered_json& v, const std::string& what) {
+  if (v.is_null()) return std::nullopt;
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  fail(what, ": expected a string or an object with a string \"content\"");
+}
+
+}  // namespace
+
+ChatTemplate ChatTemplate::from_string(const std::string& jinja_source, const std::string& bos_token,
+                                       const std::string& eos_token, const std::string& name) {
+  ChatTemplate t;
+  t.source = name;
+  t.templates.emplace_back("default", parse(jinja_source, name));
+  if (!bos_token.empty()) t.special_tokens.emplace_back("bos_token", bos_token);
+  if (!eos_token.empty()) t.special_tokens.emplace_back("eos_token", eos_token);
+  return t;
+}
+
+ChatTemplate ChatTemplate::load(const std::string& model_dir) {
+  const fs::path dir(model_dir);
+  if (!fs::is_directory(dir)) fail(model_dir, ": not a directory (expected a model directory with tokenizer_config.json)");
+  ChatTemplate t;
+  t.source = model_dir;
+  const fs::path config_path = dir / "tokenizer_config.json";
+  nlohmann::ordered_json config = nlohmann::ordered_json::object();
+  if (fs::exists(config_path)) {
+    config = read_json(config_path);
+    if (!config.is_object()) fail(config_path.string(), ": expected a JSON object");
+  }
+
+  // Special tokens, as transformers' special_tokens_map exposes them to the template.
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+    if (!config.contains(key)) continue;
+    if (auto content = token_content(config[key], config_path.string() + ": \"" + key + "\""))
+      t.special_tokens.emplace_back(key, *content);
+  }
+
+  const fs::path jinja_path = dir / "chat_template.jinja";
+  if (fs::exists(jinja_path)) {
+    t.templates.emplace_back("default", parse(read_text(jinja_path), jinja_path.string()));
+    const fs::path extra_dir = dir / "additional_chat_templates";
+    if (fs::is_directory(extra_dir)) {
+      std::vector<fs::path> files;
+      for (const auto& e : fs::directory_iterator(extra_dir))
+        if (e.path().extension() == ".jinja") files.push_back(e.path());
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) t.templates.emplace_back(f.stem().string(), parse(read_text(f), f.string()));
+    }
+    return t;
+  }
+
+  nlohmann::ordered_json tmpl;
+  std::string where = config_path.string();
+  if (config.contains("chat_template") && !config["chat_template"].is_null()) {
+    tmpl = config["chat_template"];
+  } else if (fs::exists(dir / "chat_template.json")) {
+    where = (dir / "chat_template.json").string();
+    nlohmann::ordered_json j = read_json(dir / "chat_template.json");
+    if (j.is_object() && j.contains("chat_template")) tmpl = j["chat_template"];
+  }
+  if (tmpl.is_null())
+    fail(model_dir, ": no chat template (expected chat_template.jinja, or \"chat_template\" in tokenizer_config.json)");
+  if (tmpl.is_string()) {
+    t.templates.emplace_back("default", parse(tmpl.get<std::string>(), where + " chat_template"));
+  } else if (tmpl.is_array()) {
+    for (const auto& entry : tmpl) {
+      if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("template") ||
+          !entry["template"].is_string())
+        fail(where, ": \"chat_template\" list entries must be {\"name\": string, \"template\": string}");
+      std::string name = entry["name"].get<std::string>();
+      t.templates.emplace_back(name, parse(entry["template"].get<std::string>(), where + " chat_template '" + name + "'"));
+    }
+    if (t.templates.empty()) fail(where, ": \"chat_template\" is an empty list");
+  } else {
+    fail(where, ": \"chat_template\" must be a string or a list of {\"name\", \"template\"}");
+  }
+  return t;
+}
+
+const jinja::Template& ChatTemplate::select(const nlohmann::ordered_json& extra) const {
+  if (templates.empty()) fail(source, ": no chat template loaded");
+  if (templates.size() == 1) return *templates.front().second;
+  auto find = [&](const std::string& name) -> const jinja::Template* {
+    for (const auto& [n, t] : templates)
+      if (n == name) return t.get();
+    return nullptr;
+  };
+  bool has_tools = extra.is_object() && extra.contains("tools") && !extra["tools"].is_null();
+  if (has_tools)
+    if (const jinja::Template* t = find("tool_use")) return *t;
+  if (const jinja::Template* t = find("default")) return *t;
+  std::string names;
+  for (const auto& [n, t] : templates) names += (names.empty() ? "" : ", ") + n;
+  fail(source, ": several chat templates (", names, ") and none named \"default\"");
+}
+
+const std::string* ChatTemplate::special_token(const std::string& name) const {
+  for (const auto& [k, v] : special_tokens)
+    if (k == name) return &v;
+  return nullptr;
+}
+
+std::string render_chat(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                        const nlohmann::ordered_json& extra, const jinja::RenderOptions& options) {
+  if (!messages.is_array()) fail("render_chat: messages must be a JSON array of message objects");
+  for (const auto& m : messages)
+    if (!m.is_object()) fail("render_chat: every message must be a JSON object, got ", m.type_name());
+  if (!extra.is_null() && !extra.is_object()) fail("render_chat: extra variables must be a JSON object");
+  nlohmann::ordered_json vars = nlohmann::ordered_json::object();
+  vars["messages"] = messages;
+  vars["tools"] = nullptr;
+  vars["documents"] = nullptr;
+  vars["add_generation_prompt"] = add_generation_prompt;
+  for (const auto& [k, v] : tmpl.special_tokens) vars[k] = v;
+  if (extra.is_object())
+    for (auto it = extra.begin(); it != extra.end(); ++it) vars[it.key()] = it.value();
+  return tmpl.select(extra).render(vars, options);
+}
+
+std::string render_chat(const ChatTemplate& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
+                        const nlohmann::json& extra) {
+  // Converting through text keeps values exactly; object keys come out sorted, as nlohmann::json holds them.
+  nlohmann::ordered_json m, x = nlohmann::ordered_json::object();
+  try {
+    m = nlohmann::ordered_json::parse(messages.dump());
+    if (!extra.is_null()) x = nlohmann::ordered_json::parse(extra.dump());
+  } catch (const nlohmann::json::exception& e) {
+    fail("render_chat: messages or extra variables are not valid JSON text (", e.what(), ")");
+  }
+  return render_chat(tmpl, m, add_generation_prompt, x);
+}
+
+}  // namespace moep

@@ -1,0 +1,508 @@
+// The performance model: terms on hand-computable cases, all-reduce step counts, E[max] against brute force,
+// memory fit, nonsense input, and the planner's speed.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "perf/allreduce.h"
+#include "perf/calibrate.h"
+#include "perf/perf_model.h"
+#include "perf/planner.h"
+#include "perf/routing.h"
+#include "test_util.h"
+
+using namespace moep;
+using namespace moep::perf;
+
+namespace {
+
+// A roofline machine: bandwidth only (no compute limit, no overhead) unless asked.
+HardwareProfile roofline(double gbs, double mem_gb = 1000) {
+  HardwareProfile h;
+  h.name = "test-hw";
+  h.memory_bandwidth_gbs = {gbs, "test", "", false, true};
+  h.memory_gb = {mem_gb, "test", "", false, true};
+  h.usable_memory_fraction = {1.0, "test", "", false, true};
+  h.price_usd = {1000, "test", "", false, true};
+  h.power_w = {100, "test", "", false, true};
+  return h;
+}
+
+NetworkProfile network(double alpha_us, double beta_gbs) {
+  NetworkProfile n;
+  n.name = "test-net";
+  n.alpha_us = {alpha_us, "test", "", false, true};
+  n.beta_gbs = {beta_gbs, "test", "", false, true};
+  n.algorithm = AllreduceAlgorithm::RecursiveDoubling;
+  return n;
+}
+
+// One MoE layer, d = 64, 2 heads of 32 (1 KV head), E experts of ffn 128, vocab 100.
+ModelShape tiny(int64_t experts, int64_t top_k, int64_t layers = 1) {
+  ModelConfig c;
+  c.model_type = "mixtral";
+  c.d_model = 64;
+  c.n_layers = layers;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.head_dim = 32;
+  c.vocab_size = 100;
+  c.n_experts = experts;
+  c.top_k = top_k;
+  c.expert_ffn = 128;
+  c.layer_is_moe.assign(size_t(layers), true);
+  return shape_from_config(c, "tiny");
+}
+
+}  // namespace
+
+TEST(PerfAllreduce, StepCounts) {
+  const int rd[] = {0, 0, 1, 2, 2, 3, 3, 3, 3, 4};
+  for (int n = 1; n <= 9; ++n) {
+    EXPECT_EQ(allreduce_steps(AllreduceAlgorithm::RecursiveDoubling, n), rd[n]) << n;
+    EXPECT_EQ(allreduce_steps(AllreduceAlgorithm::Ring, n), n == 1 ? 0 : 2 * (n - 1)) << n;
+  }
+  EXPECT_THROW(allreduce_steps(AllreduceAlgorithm::Ring, 0), Error);
+}
+
+TEST(PerfAllreduce, HockneyTimesAndAutoChoice) {
+  const double a = 10e-6, b = 1e9;
+  AllreduceAlgorithm chosen;
+  // Large message on 4 nodes: ring 6·(α + m/4β) beats recursive doubling 2·(α + m/β).
+  EXPECT_NEAR(allreduce_seconds(AllreduceAlgorithm::RecursiveDoubling, 4, 1e6, a, b), 2 * (a + 1e-3), 1e-12);
+  EXPECT_NEAR(allreduce_seconds(AllreduceAlgorithm::Ring, 4, 1e6, a, b), 6 * (a + 2.5e-4), 1e-12);
+  EXPECT_NEAR(allreduce_seconds(AllreduceAlgorithm::Auto, 4, 1e6, a, b, &chosen), 6 * (a + 2.5e-4), 1e-12);
+  EXPECT_EQ(chosen, AllreduceAlgorithm::Ring);
+  // Small message: recursive doubling (fewer latencies).
+  EXPECT_NEAR(allreduce_seconds(AllreduceAlgorithm::Auto, 4, 4096, a, b, &chosen), 2 * (a + 4096e-9), 1e-12);
+  EXPECT_EQ(chosen, AllreduceAlgorithm::RecursiveDoubling);
+  EXPECT_EQ(allreduce_seconds(AllreduceAlgorithm::Auto, 1, 1e6, a, b), 0.0);
+  EXPECT_NEAR(emulated_latency_seconds(50, 3), 100e-6, 1e-15);
+  EXPECT_EQ(emulated_latency_seconds(50, 1), 0.0);
+}
+
+TEST(PerfAllreduce, MeasuredFitInterpolates) {
+  NetworkProfile n = network(1, 1);
+  AllreduceFit f;
+  f.nodes = 2;
+  f.a_us = 2;
+  f.b_ns_per_byte = 0.5;
+  f.points = {{4, 2.0}, {4096, 4.0}, {1 << 20, 500.0}};
+  n.measured_fits[2] = f;
+  EXPECT_NEAR(allreduce_seconds(n, 2, 4096) * 1e6, 4.0, 1e-9);
+  EXPECT_NEAR(allreduce_seconds(n, 2, 1) * 1e6, 2.0, 1e-9);  // below the first point: the first point
+  EXPECT_NEAR(allreduce_seconds(n, 2, 64) * 1e6, 2.0 * std::pow(2.0, std::log(16.0) / std::log(1024.0)), 1e-9);
+  EXPECT_NEAR(allreduce_seconds(n, 2, 2 << 20) * 1e6, 500 + (1 << 20) * 0.5e-3, 1e-6);
+  // 3 nodes were not measured: α/β by algorithm.
+  EXPECT_NEAR(allreduce_seconds(n, 3, 1000), 2 * (1e-6 + 1000 / 1e9), 1e-15);
+}
+
+TEST(PerfModelShape, BuiltinsMatchPublishedSizes) {
+  const std::map<std::string, double> billions = {{"dbrx", 132},          {"mixtral-8x7b", 46.7},
+                                                  {"mixtral-8x22b", 141},  {"qwen3-235b-a22b", 235},
+                                                  {"qwen3-30b-a3b", 30.5}, {"qwen1.5-moe-a2.7b", 14.3},
+                                                  {"olmoe-1b-7b", 6.9},    {"deepseek-v3", 671}};
+  for (const auto& name : builtin_model_names()) {
+    const ModelShape s = resolve_model(name);
+    ASSERT_TRUE(billions.count(name)) << name;
+    EXPECT_NEAR(double(s.total_elems()) * 1e-9, billions.at(name), billions.at(name) * 0.015) << s.summary();
+  }
+  try {
+    resolve_model("gpt-5");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dbrx"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("deepseek-v3"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(resolve_model("deepseek-v3").approximations.empty());
+  EXPECT_THROW(weight_type("int3"), Error);
+}
+
+TEST(PerfModelShape, FromFixtureConfig) {
+  const ModelShape s = resolve_model(test::fixture_dir("qwen2_moe_bf16"));
+  EXPECT_EQ(s.model_type, "qwen2_moe");
+  EXPECT_GT(s.shared_elems, 0);
+  EXPECT_EQ(int64_t(s.layer_is_moe.size()), s.n_layers);
+}
+
+// N = 1, batch 1, pure bandwidth: the step reads every non-expert matrix, top_k experts and the head once.
+TEST(PerfModel, SingleNodeDecodeIsBytesOverBandwidth) {
+  const ModelShape m = tiny(4, 2);
+  const HardwareProfile hw = roofline(100);
+  Scenario s;
+  s.batch = 1;
+  s.context = 10;
+  s.prompt = 0;
+  s.kv_dtype = "f32";
+  const Prediction p = predict(m, hw, network(10, 1), s);
+  const double bw = 100e9, wb = 2;
+  const double d = 64, q = 64, kv = 32;
+  const double attn = (d * q + 2 * d * kv + q * d) * wb / bw + 10 * (2 * kv) * 4 / bw;  // weights + KV reads
+  const double router = 4 * d * wb / bw;
+  const double expert = 3 * d * 128 * wb / bw;
+  const double head = 100 * d * wb / bw;
+  EXPECT_NEAR(p.decode.attention, attn, 1e-15);
+  EXPECT_NEAR(p.decode.router, router, 1e-15);
+  EXPECT_NEAR(p.decode.experts_max, 2 * expert, 1e-15);
+  EXPECT_NEAR(p.decode.experts_mean, 2 * expert, 1e-15);
+  EXPECT_NEAR(p.decode.head, head, 1e-15);
+  EXPECT_EQ(p.decode.allreduce, 0.0);
+  EXPECT_NEAR(p.decode_tokens_per_s, 1.0 / (attn + router + 2 * expert + head), 1e-6);
+  EXPECT_TRUE(p.experts_exact);
+}
+
+// Two nodes, two experts, top-1: one rank works, the other waits; one all-reduce of d floats per layer.
+TEST(PerfModel, TwoNodesImbalanceAndAllreduce) {
+  const ModelShape m = tiny(2, 1, 3);
+  const HardwareProfile hw = roofline(100);
+  Scenario s;
+  s.nodes = 2;
+  s.prompt = 0;
+  s.emulate_latency_us = 50;
+  const Prediction p = predict(m, hw, network(10, 1), s);
+  const double expert = 3 * 64 * 128 * 2 / 100e9;
+  EXPECT_NEAR(p.decode.experts_max, 3 * expert, 1e-15);
+  EXPECT_NEAR(p.decode.experts_mean, 3 * expert / 2, 1e-15);
+  EXPECT_NEAR(p.decode.imbalance(), 3 * expert / 2, 1e-15);
+  EXPECT_NEAR(p.decode.allreduce, 3 * (10e-6 + 64 * 4 / 1e9 + 50e-6), 1e-15);
+  EXPECT_NEAR(p.allreduce_bytes, 256, 0);
+  EXPECT_NEAR(p.price_usd, 2000, 0);
+  EXPECT_NEAR(p.power_w, 200, 0);
+}
+
+TEST(PerfModel, ComputeBoundAtLargeBatch) {
+  const ModelShape m = tiny(4, 4);
+  HardwareProfile hw = roofline(100);
+  hw.peak_tflops_16 = {0.001, "test", "", false, true};  // 1 GFLOP/s: compute-bound at any batch
+  Scenario s;
+  s.batch = 8;
+  s.prompt = 0;
+  s.context = 1;
+  const Prediction p = predict(m, hw, network(1, 1), s);
+  // Every token uses all 4 experts: each expert runs 8 rows, 2 flops per weight per row.
+  EXPECT_NEAR(p.decode.experts_max, 4 * 2.0 * 8 * (3 * 64 * 128) / 1e9, 1e-12);
+}
+
+TEST(PerfModel, MeasuredLinearTableInterpolation) {
+  HardwareProfile hw = roofline(100);
+  HardwareMeasured hm;
+  hm.membw_gbs = 10;
+  hm.linear["bf16"] = {{1, 2.0, 0.1}, {4, 2.0, 0.1}, {16, 4.0, 0.4}};
+  hw.measured = hm;
+  const double elems = 1e6, bytes = 2e6;
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, elems, 1), 2e-6 + bytes * 0.1e-9, 1e-15);
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, elems, 10), 3e-6 + bytes * 0.25e-9, 1e-15);
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, elems, 32), 4e-6 + bytes * 0.8e-9, 1e-15);
+  // No table for f32: the roofline on the measured read bandwidth.
+  EXPECT_NEAR(hw.linear_seconds("f32", 4, elems, 1), 4e6 / 10e9, 1e-15);
+}
+
+// Brute force: every routing of `rows` tokens (k-subsets, equally likely), moep's replica rule written out
+// again here, per-rank time Σ cost[n_e].
+static double brute_force_emax(const std::vector<std::vector<int>>& replicas, int n_ranks, int E, int k, int rows,
+                               const std::vector<double>& cost) {
+  std::vector<std::vector<int>> subsets;
+  for (int mask = 0; mask < (1 << E); ++mask) {
+    if (__builtin_popcount(unsigned(mask)) != k) continue;
+    std::vector<int> s;
+    for (int e = 0; e < E; ++e)
+      if (mask >> e & 1) s.push_back(e);
+    subsets.push_back(s);
+  }
+  double total = 0;
+  int outcomes = 0;
+  std::vector<int> idx(size_t(rows), 0);
+  for (;;) {
+    std::vector<int> load(size_t(n_ranks), 0);
+    std::map<std::pair<int, int>, int> count;
+    for (int t = 0; t < rows; ++t)
+      for (int e : subsets[size_t(idx[size_t(t)])]) {
+        int best = replicas[size_t(e)][0];
+        for (int r : replicas[size_t(e)])
+          if (load[size_t(r)] < load[size_t(best)]) best = r;
+        load[size_t(best)]++;
+        count[{best, e}]++;
+      }
+    std::vector<double> tr(size_t(n_ranks), 0);
+    for (auto& [re, c] : count) tr[size_t(re.first)] += cost[size_t(c)];
+    total += *std::max_element(tr.begin(), tr.end());
+    ++outcomes;
+    int t = rows - 1;
+    while (t >= 0 && ++idx[size_t(t)] == int(subsets.size())) idx[size_t(t--)] = 0;
+    if (t < 0) break;
+  }
+  return total / outcomes;
+}
+
+TEST(PerfRouting, ExpectedMaxMatchesBruteForce) {
+  const int E = 6, k = 2, rows = 2;
+  const std::vector<double> cost = {0, 1.0, 1.3, 1.6, 1.9};  // fixed cost per expert plus a little per row
+  const std::vector<double> pi(E, double(k) / E);
+  for (int n_ranks : {2, 3}) {
+    const ExpertPlacement pl = ExpertPlacement::contiguous(1, E, n_ranks);
+    std::vector<std::vector<int>> reps(E);
+    for (int e = 0; e < E; ++e) reps[size_t(e)] = pl.replicas(0, e);
+    const double bf = brute_force_emax(reps, n_ranks, E, k, rows, cost);
+    const ExpertTimeStats exact = expected_expert_time(pl, 0, pi, rows, k, cost, 0, 1);
+    EXPECT_TRUE(exact.exact);
+    EXPECT_EQ(exact.samples, 15 * 15);
+    EXPECT_NEAR(exact.max_rank_s, bf, 1e-12) << n_ranks;
+    const ExpertTimeStats mc = expected_expert_time(pl, 0, pi, rows, k, cost, 20000, 7, /*exact_limit=*/0);
+    EXPECT_FALSE(mc.exact);
+    EXPECT_NEAR(mc.max_rank_s, bf, bf * 0.01) << n_ranks;
+    // Mean over ranks is exactly computable: E[Σ_r time] / N.
+    EXPECT_LT(exact.mean_rank_s, exact.max_rank_s);
+  }
+}
+
+TEST(PerfRouting, ExpectedMaxWithReplicaMatchesBruteForce) {
+  test::TempDir dir;
+  const std::string path = dir.str() + "/placement.json";
+  std::ofstream(path) << R"({"experts": [[0, 1], [0], [0], [1], [1]]})";
+  const int E = 5, k = 2, rows = 2;
+  const ExpertPlacement pl = ExpertPlacement::from_json_file(path, 1, E, 2);
+  const std::vector<double> cost = {0, 1.0, 1.5, 2.0, 2.5};
+  const double bf = brute_force_emax({{0, 1}, {0}, {0}, {1}, {1}}, 2, E, k, rows, cost);
+  const ExpertTimeStats st = expected_expert_time(pl, 0, std::vector<double>(E, 0.4), rows, k, cost, 0, 1);
+  EXPECT_NEAR(st.max_rank_s, bf, 1e-12);
+}
+
+TEST(PerfRouting, SamplingHasTheRecordedInclusionProbabilities) {
+  const std::vector<double> pi = {0.9, 0.5, 0.3, 0.2, 0.05, 0.05};  // Σ = 2 = k
+  std::mt19937_64 rng(3);
+  std::vector<int32_t> order;
+  std::vector<double> freq(pi.size(), 0);
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    int32_t out[2];
+    sample_experts(pi, 2, rng, out, order);
+    ASSERT_NE(out[0], out[1]);
+    freq[size_t(out[0])] += 1.0 / n;
+    freq[size_t(out[1])] += 1.0 / n;
+  }
+  for (size_t e = 0; e < pi.size(); ++e) EXPECT_NEAR(freq[e], pi[e], 0.005) << e;
+}
+
+TEST(PerfRouting, RecordParsingAndErrors) {
+  const std::string good = R"({"format": "moep-routing-v1", "model": "tiny", "n_layers": 2, "n_experts": 4,
+    "top_k": 2, "tokens": 10, "counts": [[10, 5, 3, 2], null]})";
+  const RoutingRecord r = parse_routing_record(good, "good.json");
+  EXPECT_EQ(r.counts[0].size(), 4u);
+  EXPECT_TRUE(r.counts[1].empty());
+  const auto pi = inclusion_probabilities(&r, 0, 4, 2);
+  EXPECT_DOUBLE_EQ(pi[0], 1.0);
+  EXPECT_DOUBLE_EQ(pi[3], 0.2);
+  EXPECT_TRUE(is_uniform(inclusion_probabilities(&r, 1, 4, 2)));
+  auto expect_error = [](const std::string& text, const char* needle) {
+    try {
+      parse_routing_record(text, "bad.json");
+      FAIL() << "no error for " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(R"({"format": "x"})", "moep-routing-v1");
+  expect_error(R"({"format": "moep-routing-v1", "n_layers": 1, "n_experts": 4, "top_k": 2, "tokens": 10,
+                   "counts": [[10, 5, 3, 3]]})", "sum to");
+  expect_error(R"({"format": "moep-routing-v1", "n_layers": 1, "n_experts": 4, "top_k": 2, "tokens": 10,
+                   "counts": [[11, 5, 3, 1]]})", "more than");
+  expect_error(R"({"format": "moep-routing-v1", "n_layers": 2, "n_experts": 4, "top_k": 2, "tokens": 10,
+                   "counts": [[10, 5, 3, 2]]})", "2 entries");
+  // A record for another model is refused by the model.
+  const ModelShape m = tiny(4, 2, 3);
+  EXPECT_THROW(check_routing_matches(r, m), Error);
+}
+
+TEST(PerfModel, MemoryFit) {
+  const ModelShape m = tiny(8, 2, 4);
+  Scenario s;
+  s.batch = 2;
+  s.context = 100;
+  s.prefill_chunk = 1;
+  const double wb = 2;
+  const double replicated = double(m.replicated_elems()) * wb;
+  const double expert = double(m.expert_elems) * wb;
+  const double kv = 4.0 * 2 * 100 * (2 * 32) * 4;
+  for (int n : {1, 2, 3}) {
+    s.nodes = n;
+    const MemoryUse u = memory_use(m, roofline(100, 1), s);
+    const int64_t per_node = (8 + n - 1) / n * 4;  // contiguous: the first ranks take the remainder
+    EXPECT_EQ(u.experts_held, per_node);
+    EXPECT_NEAR(u.replicated, replicated, 0);
+    EXPECT_NEAR(u.experts, double(per_node) * expert, 1e-6);
+    EXPECT_NEAR(u.kv_cache, kv, 1e-6);
+    EXPECT_GT(u.activations, 0);
+  }
+  // Capacity between the 2-node and 1-node needs: fits on 2, not on 1.
+  s.nodes = 1;
+  const double need1 = memory_use(m, roofline(100, 1), s).total();
+  s.nodes = 2;
+  const double need2 = memory_use(m, roofline(100, 1), s).total();
+  HardwareProfile hw = roofline(100, (need1 + need2) / 2 * 1e-9);
+  s.nodes = 1;
+  EXPECT_FALSE(memory_use(m, hw, s).fits());
+  s.nodes = 2;
+  EXPECT_TRUE(memory_use(m, hw, s).fits());
+}
+
+TEST(PerfPlan, NonsenseInputGetsClearErrors) {
+  const ModelShape m = tiny(8, 2, 4);
+  const HardwareProfile hw = roofline(100);
+  const NetworkProfile net = network(10, 1);
+  PlanRequest req;
+  req.model = &m;
+  req.hardware = {&hw};
+  req.networks = {&net};
+  req.nodes = {0, 1};
+  auto expect_error = [&](const char* needle) {
+    try {
+      make_plan(req);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("1 or more");
+  req.nodes = {};
+  expect_error("no node counts");
+  req.nodes = {1, 2};
+  req.base.batch = 0;
+  expect_error("batch");
+  req.base.batch = 1;
+  // Cannot fit anywhere: the replicated part alone exceeds the memory.
+  const HardwareProfile small = roofline(100, double(m.replicated_elems()) * 2 * 1e-9 * 0.5);
+  req.hardware = {&small};
+  expect_error("at any node count");
+  // Fits only from 3 nodes on; 1..2 asked.
+  Scenario s = req.base;
+  s.nodes = 3;
+  const double need3 = memory_use(m, roofline(100), s).total();
+  s.nodes = 2;
+  const double need2 = memory_use(m, roofline(100), s).total();
+  const HardwareProfile mid = roofline(100, (need3 + need2) / 2 * 1e-9);
+  req.hardware = {&mid};
+  expect_error("needs at least 3 nodes");
+  req.nodes = {1, 2, 3, 4};
+  EXPECT_NO_THROW(make_plan(req));
+}
+
+TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
+  ProfileSet profiles;
+  profiles.load_dir(default_profile_dir());
+  const ModelShape dbrx = resolve_model("dbrx");
+  PlanRequest req;
+  req.model = &dbrx;
+  req.hardware = {&profiles.hardware("m2-ultra-192gb"), &profiles.hardware("m3-ultra-512gb")};
+  req.networks = {&profiles.network("10gbe-tcp"), &profiles.network("tb5-rdma"), &profiles.network("1gbe-tcp")};
+  for (int n = 1; n <= 8; ++n) req.nodes.push_back(n);
+  req.base.batch = 1;
+  req.base.context = 2048;
+  req.target_tps = 5;
+  const auto t0 = std::chrono::steady_clock::now();
+  const PlanResult res = make_plan(req);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 1.0);
+  ASSERT_GE(res.cheapest_meeting_target, 0);
+  const PlanRow& best = res.rows[size_t(res.cheapest_meeting_target)];
+  for (const auto& r : res.rows)
+    if (r.p.memory.fits() && r.p.decode_tokens_per_s >= 5) EXPECT_GE(r.p.price_usd, best.p.price_usd);
+  // DBRX bf16 (264 GB) does not fit one 192 GB M2 Ultra.
+  for (const auto& r : res.rows)
+    if (r.hardware->name == "m2-ultra-192gb" && r.nodes == 1) EXPECT_FALSE(r.p.memory.fits());
+  EXPECT_FALSE(format_plan(req, res).empty());
+
+  // A large batch on a many-expert model with a recorded routing also plans in well under a second.
+  const ModelShape ds = resolve_model("deepseek-v3");
+  RoutingRecord rec;
+  rec.n_layers = ds.n_layers, rec.n_experts = ds.n_experts, rec.top_k = ds.top_k, rec.tokens = 1000;
+  rec.source = "synthetic";
+  rec.counts.resize(size_t(ds.n_layers));
+  std::mt19937_64 rng(1);
+  for (int64_t l = 3; l < ds.n_layers; ++l) {
+    std::vector<double> c(size_t(ds.n_experts), 0);
+    for (int t = 0; t < 1000; ++t) {
+      std::vector<int32_t> order(static_cast<size_t>(ds.n_experts));
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int j = 0; j < 8; ++j) c[size_t(order[size_t(j)])] += 1;
+    }
+    rec.counts[size_t(l)] = c;
+  }
+  PlanRequest req2;
+  req2.model = &ds;
+  req2.hardware = {&profiles.hardware("m3-ultra-512gb")};
+  req2.networks = {&profiles.network("tb5-rdma")};
+  req2.nodes = {2, 4, 8};
+  req2.base.batch = 8;
+  req2.base.routing = &rec;
+  req2.base.dtype = "q4_0";
+  const auto t1 = std::chrono::steady_clock::now();
+  const PlanResult res2 = make_plan(req2);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), 1.0);
+  EXPECT_FALSE(res2.rows.front().p.experts_exact);
+}
+
+TEST(PerfPlan, ChartsRender) {
+  ProfileSet profiles;
+  profiles.load_dir(default_profile_dir());
+  const ModelShape m = resolve_model("mixtral-8x7b");
+  PlanRequest req;
+  req.model = &m;
+  req.hardware = {&profiles.hardware("m2-ultra-192gb")};
+  req.networks = {&profiles.network("10gbe-tcp"), &profiles.network("tb5-rdma")};
+  req.nodes = {1, 2, 4, 8};
+  const PlanResult res = make_plan(req);
+  for (const Chart& c : {chart_nodes(req, res), chart_latency(req), chart_bandwidth(req)}) {
+    const std::string svg = render_svg(c);
+    EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+    EXPECT_NE(svg.find("</svg>"), std::string::npos);
+    EXPECT_EQ(svg.find("nan"), std::string::npos);
+    EXPECT_EQ(svg.find("inf"), std::string::npos);
+  }
+  EXPECT_NE(render_svg(chart_nodes(req, res)).find("tb5-rdma"), std::string::npos);
+}
+
+TEST(PerfCalibrate, RelativeFitRecoversALine) {
+  std::vector<std::pair<double, double>> pts;
+  for (double x : {4.0, 64.0, 1024.0, 65536.0, 1048576.0}) pts.emplace_back(x, 3e-6 + x * 2e-10);
+  const auto [a, b] = fit_relative(pts);
+  EXPECT_NEAR(a, 3e-6, 1e-12);
+  EXPECT_NEAR(b, 2e-10, 1e-16);
+  EXPECT_THROW(fit_relative({{1.0, 1.0}}), Error);
+}
+
+TEST(PerfRouting, CounterWritesARecordThePlannerReads) {
+  const ModelShape m = tiny(4, 2, 3);
+  std::vector<bool> kinds = {true, false, true};
+  RoutingCounter counter(3, 4, 2, kinds, "tiny");
+  const int32_t step1[] = {0, 1, 0, 2, 3, 0};  // 3 rows
+  const int32_t step2[] = {1, 2};              // 1 row
+  for (int64_t l : {0, 2}) {
+    counter.add(l, step1, 3);
+    counter.add(l, step2, 1);
+  }
+  test::TempDir dir;
+  counter.write(dir.str() + "/routing.json");
+  const RoutingRecord r = load_routing_record(dir.str() + "/routing.json");
+  EXPECT_EQ(r.tokens, 4);
+  ASSERT_EQ(r.counts[0].size(), 4u);
+  EXPECT_EQ(r.counts[0][0], 3);
+  EXPECT_EQ(r.counts[0][1], 2);
+  EXPECT_EQ(r.counts[0][2], 2);
+  EXPECT_EQ(r.counts[0][3], 1);
+  EXPECT_TRUE(r.counts[1].empty());
+  ModelShape m3 = m;
+  m3.layer_is_moe = kinds;
+  EXPECT_NO_THROW(check_routing_matches(r, m3));
+  Scenario s;
+  s.nodes = 2;
+  s.routing = &r;
+  s.prompt = 0;
+  EXPECT_GT(predict(m3, roofline(100), network(10, 1), s).decode_tokens_per_s, 0);
+}

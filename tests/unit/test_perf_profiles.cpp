@@ -1,0 +1,151 @@
+// Hardware and network profiles: parsing, sources, errors, the shipped files, and a quick calibration.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "perf/calibrate.h"
+#include "perf/perf_model.h"
+#include "perf/profiles.h"
+#include "test_util.h"
+
+using namespace moep;
+using namespace moep::perf;
+using nlohmann::json;
+
+namespace {
+
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+    FAIL() << "expected an error containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+json hw_json() {
+  return json::parse(R"({"kind": "hardware", "name": "box", "description": "a box",
+    "memory_bandwidth_gbs": {"value": 100, "source": "https://example.org/spec"},
+    "memory_gb": {"value": 64, "source": "https://example.org/spec"},
+    "price_usd": {"value": 2000, "source": "estimate: a guess", "estimate": true, "note": "2024"}})");
+}
+
+}  // namespace
+
+TEST(PerfProfiles, ParsesFiguresWithSources) {
+  const HardwareProfile h = parse_hardware_profile(hw_json(), "box.json");
+  EXPECT_EQ(h.name, "box");
+  EXPECT_DOUBLE_EQ(h.memory_bandwidth_gbs.value, 100);
+  EXPECT_EQ(h.memory_bandwidth_gbs.source, "https://example.org/spec");
+  EXPECT_TRUE(h.price_usd.estimate);
+  EXPECT_EQ(h.price_usd.note, "2024");
+  EXPECT_FALSE(h.power_w.present);
+  EXPECT_DOUBLE_EQ(h.usable_memory_fraction.value, 0.9);  // default, marked as such
+  EXPECT_TRUE(h.usable_memory_fraction.estimate);
+  EXPECT_NEAR(h.usable_bytes(), 64e9 * 0.9, 1);
+  // Round trip.
+  const HardwareProfile again = parse_hardware_profile(hardware_profile_to_json(h), "again");
+  EXPECT_DOUBLE_EQ(again.price_usd.value, 2000);
+  EXPECT_EQ(again.price_usd.source, h.price_usd.source);
+}
+
+TEST(PerfProfiles, RejectsFiguresWithoutSourceAndNonsense) {
+  json j = hw_json();
+  j["memory_gb"].erase("source");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "source");
+  j = hw_json();
+  j.erase("memory_bandwidth_gbs");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "memory_bandwidth_gbs");
+  j = hw_json();
+  j["memory_gb"]["value"] = -1;
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "non-negative");
+  j = hw_json();
+  j["bandwidth_efficiency"] = {{"value", 1.5}, {"source", "x"}};
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "(0, 1]");
+  json n = json::parse(R"({"kind": "network", "name": "wire", "alpha_us": {"value": 5, "source": "s"},
+                           "beta_gbs": {"value": 1, "source": "s"}, "algorithm": "butterfly"})");
+  expect_error([&] { parse_network_profile(n, "wire.json"); }, "butterfly");
+  n["algorithm"] = "ring";
+  EXPECT_EQ(parse_network_profile(n, "wire.json").algorithm, AllreduceAlgorithm::Ring);
+}
+
+TEST(PerfProfiles, UnknownNamesListTheKnownOnes) {
+  ProfileSet set;
+  set.load_dir(default_profile_dir());
+  expect_error([&] { set.hardware("cray-1"); }, "m2-ultra-192gb");
+  expect_error([&] { set.network("carrier-pigeon"); }, "10gbe-tcp");
+  expect_error([&] { set.load_dir("/nonexistent/profiles"); }, "does not exist");
+}
+
+TEST(PerfProfiles, ShippedProfilesAreCompleteAndSourced) {
+  ProfileSet set;
+  set.load_dir(default_profile_dir());  // parsing already refuses a figure without a source
+  for (const char* name : {"m2-ultra-192gb", "m3-ultra-512gb", "h100-sxm", "epyc-genoa-1s-384gb"}) {
+    const HardwareProfile& h = set.hardware(name);
+    EXPECT_TRUE(h.price_usd.present) << name;
+    EXPECT_TRUE(h.power_w.present) << name;
+    EXPECT_FALSE(h.price_usd.source.empty()) << name;
+  }
+  for (const char* name : {"1gbe-tcp", "10gbe-tcp", "25gbe-tcp", "100gbe-tcp", "tb5-tcp", "tb5-rdma",
+                           "infiniband-ndr", "nvlink4-h100"}) {
+    const NetworkProfile& n = set.network(name);
+    EXPECT_GT(n.alpha_us.value, 0) << name;
+    EXPECT_GT(n.beta_gbs.value, 0) << name;
+  }
+  // RDMA over Thunderbolt has a far lower latency than TCP over the same cable.
+  EXPECT_LT(set.network("tb5-rdma").alpha_us.value * 10, set.network("tb5-tcp").alpha_us.value);
+}
+
+TEST(PerfProfiles, UserDirectoryAndFilePaths) {
+  test::TempDir dir;
+  json file = {{"profiles", json::array({hw_json()})}};
+  file["profiles"][0]["name"] = "my-box";
+  std::ofstream(dir.str() + "/mine.json") << file.dump();
+  ProfileSet set;
+  set.load_dir(default_profile_dir());
+  set.load_dir(dir.str());
+  EXPECT_DOUBLE_EQ(set.hardware("my-box").memory_gb.value, 64);
+  ProfileSet other;
+  EXPECT_DOUBLE_EQ(other.hardware(dir.str() + "/mine.json").memory_gb.value, 64);  // by path
+  std::ofstream(dir.str() + "/broken.json") << "{\"profiles\": [";
+  expect_error([&] { ProfileSet s; s.load_dir(dir.str()); }, "malformed JSON");
+}
+
+TEST(PerfCalibrate, QuickLocalCalibrationGivesAUsableProfile) {
+  LocalCommunicator comm;
+  ThreadPool pool(1);
+  CalibrateOptions o;
+  o.name = "test";
+  o.batches = {1, 4};
+  o.expert_d_model = 256;
+  o.expert_ffn = 512;
+  o.membw_bytes = size_t(32) << 20;
+  o.rotation_bytes = size_t(16) << 20;
+  o.seconds_per_point = 0.002;
+  o.info.host = "test";
+  o.info.date = "today";
+  const CalibrationResult r = calibrate(pool, comm, o, {});
+  EXPECT_FALSE(r.has_network);
+  ASSERT_TRUE(r.hardware.measured.has_value());
+  const HardwareMeasured& m = *r.hardware.measured;
+  EXPECT_GT(m.membw_gbs, 0.1);
+  ASSERT_EQ(m.linear.at("bf16").size(), 2u);
+  ASSERT_EQ(m.linear_in_out.at("bf16").size(), 2u);
+  for (const auto& p : m.linear.at("bf16")) EXPECT_GT(p.ns_per_byte, 0);
+  EXPECT_GT(m.attention_ns_per_mac, 0);
+  EXPECT_GT(m.expert_us.at("bf16"), 0);
+  // The profile survives a round trip through JSON and drives the model.
+  const HardwareProfile h = parse_hardware_profile(hardware_profile_to_json(r.hardware), "calibrated");
+  ASSERT_TRUE(h.measured.has_value());
+  EXPECT_EQ(h.measured->linear.at("bf16").size(), 2u);
+  const ModelShape s = resolve_model("olmoe-1b-7b");
+  NetworkProfile none;
+  none.beta_gbs.value = 1;
+  Scenario sc;
+  sc.prompt = 0;
+  EXPECT_GT(predict(s, h, none, sc).decode_tokens_per_s, 0);
+}

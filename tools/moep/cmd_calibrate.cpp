@@ -1,0 +1,130 @@
+// moep calibrate [--out FILE] [--name NAME] [--threads T] [--dtype bf16,f32] [--expert-shape D,FFN] [--quick]
+// Measures this machine, or every rank of the mpirun job it runs in, and writes a profile for `moep plan`.
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "comm/communicator.h"
+#include "commands.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "perf/calibrate.h"
+#include "runtime/stats.h"
+
+namespace moep::cli {
+
+namespace {
+
+std::vector<int64_t> parse_ints(const std::string& s, const char* flag) {
+  std::vector<int64_t> v;
+  std::string cur;
+  auto flush = [&] {
+    if (cur.empty()) return;
+    char* end = nullptr;
+    const long long x = std::strtoll(cur.c_str(), &end, 10);
+    if (*end != '\0' || x < 1) fail(flag, ": '", cur, "' is not a positive whole number");
+    v.push_back(x);
+    cur.clear();
+  };
+  for (char ch : s) {
+    if (ch == ',' || ch == 'x' || ch == ' ') flush();
+    else cur += ch;
+  }
+  flush();
+  return v;
+}
+
+std::string today() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+void register_calibrate(CLI::App& app) {
+  struct Opts {
+    std::string out, name, dtypes = "bf16", expert_shape = "1024,2816", batches = "1,2,4,8,16,32,64";
+    int threads = 0;
+    int64_t membw_mb = 512, max_allreduce_bytes = 4 << 20;
+    bool quick = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand(
+      "calibrate", "Measure this machine (or each rank of an mpirun job) and write a profile for `moep plan`");
+  cmd->add_option("--out", o->out, "Write the profile here (default: print it)");
+  cmd->add_option("--name", o->name, "Profile name (default: measured-HOST-<ranks>x<threads>)");
+  cmd->add_option("--threads,-t", o->threads, "Threads per rank (default: the cores this process may use)")
+      ->check(CLI::Range(0, 4096));
+  cmd->add_option("--dtype", o->dtypes, "Weight dtypes to measure: bf16, f16, f32, comma-separated, or all");
+  cmd->add_option("--expert-shape", o->expert_shape, "d_model,ffn of the expert whose batch-1 time is reported");
+  cmd->add_option("--batches", o->batches, "Batch sizes of the linear-time table");
+  cmd->add_option("--membw-mb", o->membw_mb, "Buffer for the read-bandwidth test (MB)")->check(CLI::Range(16, 1 << 20));
+  cmd->add_option("--max-allreduce-bytes", o->max_allreduce_bytes, "Largest all-reduce message timed")
+      ->check(CLI::Range(64, 1 << 30));
+  cmd->add_flag("--quick", o->quick, "Shorter timings and fewer batch sizes (less accurate)");
+  cmd->callback([o] {
+    auto comm = make_communicator();
+    ThreadPool pool(o->threads > 0 ? o->threads : default_thread_count());
+    perf::CalibrateOptions co;
+    co.dtypes.clear();
+    {
+      std::string cur;
+      auto push = [&] {
+        if (cur == "all") co.dtypes = {"bf16", "f16", "f32"};
+        else if (!cur.empty()) co.dtypes.push_back(cur);
+        cur.clear();
+      };
+      for (char ch : o->dtypes) ch == ',' ? push() : void(cur += ch);
+      push();
+    }
+    const auto shape = parse_ints(o->expert_shape, "--expert-shape");
+    if (shape.size() != 2) fail("--expert-shape: expected D,FFN (two positive numbers), got '", o->expert_shape, "'");
+    co.expert_d_model = shape[0];
+    co.expert_ffn = shape[1];
+    co.batches = parse_ints(o->batches, "--batches");
+    if (co.batches.empty()) fail("--batches: expected batch sizes such as 1,2,4,8");
+    co.membw_bytes = size_t(o->membw_mb) << 20;
+    co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
+    if (o->quick) {
+      co.seconds_per_point = 0.01;
+      co.rotation_bytes = size_t(128) << 20;
+      co.membw_bytes = std::min(co.membw_bytes, size_t(256) << 20);
+    }
+    co.info.host = host_name();
+    co.info.cpu = cpu_model_name();
+    co.info.commit = MOEP_GIT_COMMIT;
+    co.info.date = today();
+    co.info.threads = pool.size();
+    co.name = o->name.empty() ? "measured-" + co.info.host + "-" + std::to_string(comm->size()) + "x" +
+                                    std::to_string(pool.size())
+                              : o->name;
+    co.description = co.info.cpu + ", " + std::to_string(comm->size()) + " rank(s) x " + std::to_string(pool.size()) +
+                     " thread(s), measured by moep calibrate (commit " + co.info.commit + ")";
+    const auto t0 = std::chrono::steady_clock::now();
+    const perf::CalibrationResult r = perf::calibrate(pool, *comm, co, [](const std::string& s) {
+      std::fprintf(stderr, "calibrate: %s\n", s.c_str());
+    });
+    if (comm->rank() != 0) return;
+    nlohmann::json j;
+    j["profiles"] = nlohmann::json::array({perf::hardware_profile_to_json(r.hardware)});
+    if (r.has_network) j["profiles"].push_back(perf::network_profile_to_json(r.network));
+    const std::string text = j.dump(2) + "\n";
+    if (o->out.empty()) {
+      std::fputs(text.c_str(), stdout);
+    } else {
+      std::ofstream f(o->out);
+      if (!f) fail("--out: cannot write ", o->out);
+      f << text;
+      if (!f) fail("--out: cannot write ", o->out);
+      std::fprintf(stderr, "calibrate: wrote %s (hardware '%s'%s) in %.1f s\n", o->out.c_str(), r.hardware.name.c_str(),
+                   r.has_network ? (", network '" + r.network.name + "'").c_str() : "",
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  });
+}
+
+}  // namespace moep::cli

@@ -1,0 +1,187 @@
+// moep plan --model CONFIG_OR_NAME --hardware H --network NET --nodes 1..8 [--batch B] [--routing FILE] ...
+// moep plan --validate MANIFEST [--out FILE]
+// Predicts tokens/s, time split, memory per node and cost for each configuration (no weights needed).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "perf/planner.h"
+#include "perf/validate.h"
+
+namespace moep::cli {
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::string cur;
+  for (char ch : s) {
+    if (ch == ',') {
+      if (!cur.empty()) v.push_back(cur);
+      cur.clear();
+    } else if (ch != ' ') {
+      cur += ch;
+    }
+  }
+  if (!cur.empty()) v.push_back(cur);
+  return v;
+}
+
+int parse_count(const std::string& tok, const char* flag) {
+  char* end = nullptr;
+  const long v = std::strtol(tok.c_str(), &end, 10);
+  if (tok.empty() || *end != '\0') fail(flag, ": '", tok, "' is not a whole number");
+  if (v < 1) fail(flag, ": node counts must be 1 or more, got ", v);
+  if (v > 4096) fail(flag, ": ", v, " nodes is more than the planner considers (4096)");
+  return int(v);
+}
+
+// "1..8", "2,4,8", "4" or a mix ("1,2..4").
+std::vector<int> parse_nodes(const std::string& s) {
+  std::vector<int> out;
+  for (const std::string& part : split_list(s)) {
+    const size_t dots = part.find("..");
+    if (dots == std::string::npos) {
+      out.push_back(parse_count(part, "--nodes"));
+      continue;
+    }
+    const int lo = parse_count(part.substr(0, dots), "--nodes"), hi = parse_count(part.substr(dots + 2), "--nodes");
+    if (hi < lo) fail("--nodes: range '", part, "' runs backwards");
+    for (int n = lo; n <= hi; ++n) out.push_back(n);
+  }
+  if (out.empty()) fail("--nodes: expected node counts such as 1..8 or 2,4");
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+void register_plan(CLI::App& app) {
+  struct Opts {
+    std::string model, hardware, network, nodes = "1..8", routing, dtype, kv_dtype = "f32", placement = "contiguous";
+    std::string svg, validate, out;
+    std::vector<std::string> profile_dirs;
+    int64_t batch = 1, context = 1024, prompt = 512, prefill_chunk = 64, samples = 0;
+    uint64_t seed = 1;
+    double target_tps = 0, emulate_latency_us = 0;
+    bool json = false, list = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand(
+      "plan", "Predict tokens/s, time split, memory per node and cost for node counts, hardware and networks");
+  cmd->add_option("--model", o->model,
+                  "A model directory or config.json, or a built-in: " + join(perf::builtin_model_names()));
+  cmd->add_option("--hardware", o->hardware, "Hardware profile name(s) or file(s), comma-separated");
+  cmd->add_option("--network", o->network, "Network profile name(s) or file(s), comma-separated");
+  cmd->add_option("--nodes", o->nodes, "Node counts: 1..8, 2,4,8 or 4 (default 1..8)");
+  cmd->add_option("--batch", o->batch, "Sequences decoded together (rows per decode step)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--context", o->context, "Positions each sequence attends over while decoding (and KV capacity)")
+      ->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--prompt", o->prompt, "Prompt tokens per sequence, for prefill (0: skip)")->check(CLI::Range(0, 1 << 24));
+  cmd->add_option("--prefill-chunk", o->prefill_chunk, "Rows per forward step in prefill")->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--dtype", o->dtype, "Weight dtype: " + join(perf::weight_type_names()) +
+                                           " (default: the checkpoint's, bf16 for built-ins)");
+  cmd->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype (moep keeps f32)");
+  cmd->add_option("--placement", o->placement, "contiguous, round-robin or a placement JSON file");
+  cmd->add_option("--routing", o->routing, "Routing record (JSON, see docs/PERFORMANCE_MODEL.md); default uniform");
+  cmd->add_option("--emulate-latency-us", o->emulate_latency_us,
+                  "Add moep's emulated latency (microseconds per exchange step, as --emulate-latency-us)")
+      ->check(CLI::Range(0.0, 1e7));
+  cmd->add_option("--target-tps", o->target_tps, "Decode tokens/s wanted: report the cheapest configuration reaching it")
+      ->check(CLI::Range(0.0, 1e12));
+  cmd->add_option("--samples", o->samples, "Random routings per layer for the busiest rank (0: automatic)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("--seed", o->seed, "Seed of the routing samples");
+  cmd->add_flag("--json", o->json, "Print JSON instead of the table");
+  cmd->add_option("--svg", o->svg, "Write plots PREFIX-nodes.svg, PREFIX-latency.svg, PREFIX-bandwidth.svg");
+  cmd->add_option("--profiles", o->profile_dirs, "Another directory of profile files (repeatable)");
+  cmd->add_flag("--list", o->list, "List the known profiles and built-in models");
+  cmd->add_option("--validate", o->validate, "Compare predictions with measured runs listed in a manifest (JSON)");
+  cmd->add_option("--out", o->out, "With --validate: also write the table (Markdown) to this file");
+  cmd->callback([o] {
+    const auto t0 = std::chrono::steady_clock::now();
+    perf::ProfileSet profiles;
+    profiles.load_dir(perf::default_profile_dir());
+    for (const auto& d : o->profile_dirs) profiles.load_dir(d);
+
+    if (o->list) {
+      std::printf("hardware: %s\nnetworks: %s\nmodels:   %s\n", join(profiles.hardware_names()).c_str(),
+                  join(profiles.network_names()).c_str(), join(perf::builtin_model_names()).c_str());
+      return;
+    }
+    if (!o->validate.empty()) {
+      const perf::ValidationResult r = perf::run_validation(o->validate, profiles);
+      const std::string text = perf::format_validation(r);
+      std::fputs(text.c_str(), stdout);
+      if (!o->out.empty()) {
+        std::ofstream f(o->out);
+        if (!f) fail("--out: cannot write ", o->out);
+        f << text;
+      }
+      if (!r.meets_target()) throw Error("validation: the model missed its accuracy target (see the table above)");
+      return;
+    }
+    if (o->model.empty()) fail("--model: required (a model directory, a config.json or a built-in name)");
+    if (o->hardware.empty()) fail("--hardware: required (known: ", join(profiles.hardware_names()), ")");
+    const perf::ModelShape shape = perf::resolve_model(o->model);
+    perf::PlanRequest req;
+    req.model = &shape;
+    for (const auto& h : split_list(o->hardware)) req.hardware.push_back(&profiles.hardware(h));
+    req.nodes = parse_nodes(o->nodes);
+    bool multi = false;
+    for (int n : req.nodes) multi |= n > 1;
+    perf::NetworkProfile none;
+    none.name = "none";
+    none.beta_gbs.value = 1;
+    if (o->network.empty()) {
+      if (multi) fail("--network: required for more than one node (known: ", join(profiles.network_names()), ")");
+      req.networks.push_back(&none);
+    } else {
+      for (const auto& n : split_list(o->network)) req.networks.push_back(&profiles.network(n));
+    }
+    perf::RoutingRecord routing;
+    perf::Scenario& s = req.base;
+    if (!o->routing.empty()) {
+      routing = perf::load_routing_record(o->routing);
+      s.routing = &routing;
+    }
+    s.batch = o->batch;
+    s.context = o->context;
+    s.prompt = o->prompt;
+    s.prefill_chunk = o->prefill_chunk;
+    s.dtype = o->dtype.empty() ? shape.stored_dtype : perf::weight_type(o->dtype).name;
+    s.kv_dtype = o->kv_dtype;
+    s.placement = o->placement;
+    s.emulate_latency_us = o->emulate_latency_us;
+    s.samples = o->samples;
+    s.seed = o->seed;
+    req.target_tps = o->target_tps;
+    const perf::PlanResult res = perf::make_plan(req);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (o->json) {
+      nlohmann::json j = perf::plan_to_json(req, res);
+      j["planner_seconds"] = secs;
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::fputs(perf::format_plan(req, res).c_str(), stdout);
+      std::printf("planned in %.3f s\n", secs);
+    }
+    if (!o->svg.empty()) {
+      perf::write_svg(perf::chart_nodes(req, res), o->svg + "-nodes.svg");
+      perf::write_svg(perf::chart_latency(req), o->svg + "-latency.svg");
+      perf::write_svg(perf::chart_bandwidth(req), o->svg + "-bandwidth.svg");
+      if (!o->json) std::printf("wrote %s-nodes.svg, %s-latency.svg, %s-bandwidth.svg\n", o->svg.c_str(), o->svg.c_str(), o->svg.c_str());
+    }
+  });
+}
+
+}  // namespace moep::cli
