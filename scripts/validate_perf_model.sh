@@ -16,7 +16,10 @@
 #   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; see below)
 #   --prompt P --gen G  tokens per run (default 32, 32)
 #   --repeat R          run each bench R times and keep the fastest (default 3; noise only ever slows a run)
-#   --nice N            run calibrate and bench at this nice level (e.g. -10 on a shared machine; needs root)
+#   --nice N            run calibrate and bench at this nice level (e.g. -15 on a shared machine; needs root).
+#                       Linux groups the processes of a session (autogroup), and nice only ranks processes
+#                       within a group, so the script also sets its session's autogroup nice: start it with
+#                       setsid so that only its own processes are in that group.
 #   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
 #   --out FILE          where to write the table (default: WORK/validation.md)
 #
@@ -58,12 +61,16 @@ while [[ $# -gt 0 ]]; do
     --repeat) REPEAT="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
     --out) OUT="$(realpath -m "$2")"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "validate_perf_model.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 OUT="${OUT:-$WORK/validation.md}"
 mkdir -p "$WORK"
+if [[ "$NICE" -lt 0 && -w /proc/self/autogroup ]]; then
+  echo "$NICE" > /proc/self/autogroup || true
+  echo "== this session's scheduling group: $(cat /proc/self/autogroup)" >&2
+fi
 
 if [[ $DO_BUILD -eq 1 ]]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -91,11 +98,12 @@ launch() {
   fi
 }
 
-# The fastest of several bench JSON files (decode tokens/s), with the fastest prefill of them.
+# The fastest of several bench JSON files (decode tokens/s), with the fastest prefill and median step of them.
 best_of() {
   local out="$1"; shift
   jq -s 'sort_by(.decode_tokens_per_s) | last as $b | ($b + {prefill_tokens_per_s: (map(.prefill_tokens_per_s) | max),
-         runs: length, decode_runs_tokens_per_s: (map(.decode_tokens_per_s))})' "$@" > "$out"
+         decode_step_ms_p50: (map(.decode_step_ms_p50) | min), runs: length,
+         decode_runs_tokens_per_s: (map(.decode_tokens_per_s))})' "$@" > "$out"
 }
 
 # Synthetic shapes: a Mixtral-like (8 experts, top-2), a DBRX-like (16 experts, top-4, DBRX's expert layout)

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace moep {
 
@@ -22,6 +23,13 @@ constexpr int kSpinRounds = 20000;
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  // Take every code path of the pool once now (yield, futex wait and wake), so that their pages are mapped
+  // before the first token rather than during decoding.
+  std::this_thread::yield();
+  for (int round = 0; round < 2; ++round) {
+    parallel_for(n_threads_, [](int64_t) { std::this_thread::yield(); });
+    if (n_threads_ > 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // workers go to futex wait
+  }
 }
 
 ThreadPool::~ThreadPool() {

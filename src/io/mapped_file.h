@@ -29,4 +29,8 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Touches every page of this process's executable mappings (its own code and its libraries' code), so that
+// a code path used for the first time in the middle of decoding takes no page fault. Returns the bytes touched.
+size_t prefault_code_pages();
+
 }  // namespace moep

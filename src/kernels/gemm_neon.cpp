@@ -91,9 +91,10 @@ inline void transpose4(float32x4_t (&a)[4]) {
 
 // ---- tuning -------------------------------------------------------------------------------------------------
 
-// Token counts from which the packed (compute-bound) path is used.
-constexpr int64_t kPackMinTnt = 12;
-constexpr int64_t kPackMinTnn = 9;
+// Token counts from which the packed (compute-bound) path is used: as for AVX-512, which has the same
+// register budget and blocking (not measured on Arm hardware; qemu tests correctness only).
+constexpr int64_t kPackMinTnt = 24;
+constexpr int64_t kPackMinTnn = 16;
 // Packed path: kM tokens × kNV vectors (kNR = 16 outputs): 24 accumulators + 4 weight vectors + 1 broadcast of
 // 32 registers. Panels [kKC][kNR] f32 = 16 KiB; kNC outputs packed per reduction block.
 constexpr int kM = 6;

@@ -50,6 +50,12 @@ double allreduce_seconds(const NetworkProfile& net, int nodes, double bytes, All
   return allreduce_seconds(net.algorithm, nodes, bytes, net.alpha_us.value * 1e-6, net.beta_gbs.value * 1e9, chosen);
 }
 
+double jitter_fraction(const NetworkProfile& net, int nodes) {
+  if (nodes <= 1) return 0.0;
+  auto it = net.measured_fits.find(nodes);
+  return it == net.measured_fits.end() ? 0.0 : it->second.jitter_fraction;
+}
+
 double emulated_latency_seconds(double us, int nodes) {
   if (nodes <= 1 || us <= 0) return 0.0;
   return us * 1e-6 * ceil_log2(nodes);

@@ -20,6 +20,9 @@ double allreduce_seconds(AllreduceAlgorithm a, int nodes, double bytes, double a
                          AllreduceAlgorithm* chosen = nullptr);
 // From a network profile: its measured fit for this node count when it has one, else α/β by algorithm.
 double allreduce_seconds(const NetworkProfile& net, int nodes, double bytes, AllreduceAlgorithm* chosen = nullptr);
+// The measured skew-and-jitter cost of synchronizing `nodes` ranks, as a fraction of the work between
+// all-reduces (0 without a measurement for this node count).
+double jitter_fraction(const NetworkProfile& net, int nodes);
 // What moep's --emulate-latency-us adds to each all-reduce: us · ⌈log2 N⌉ of busy-waiting (N > 1).
 double emulated_latency_seconds(double us, int nodes);
 

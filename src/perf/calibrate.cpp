@@ -310,6 +310,56 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     fit.b_ns_per_byte = std::max(1e-6, b * 1e3);
     say("  all-reduce over " + std::to_string(N) + " ranks: " + std::to_string(fit.a_us) + " us + " +
         std::to_string(fit.b_ns_per_byte) + " ns/byte");
+    // 5. What synchronizing costs when ranks arrive from work of their own: every rank runs the same stretch of
+    // matrix work (about one expert) between all-reduces, as in decode. Against the same work without the
+    // all-reduces (slowest rank), the extra beyond the all-reduce itself is skew and jitter: a rank that is
+    // descheduled or slowed holds up all others at the next all-reduce. Kept as a fraction of the work.
+    {
+      const DType dt = parse_dtype(o.dtypes.front());
+      const size_t esz = dtype_size(dt);
+      const int64_t rows = o.expert_ffn, cols = o.expert_d_model;
+      const size_t mbytes = size_t(rows * cols) * esz;
+      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes));
+      const int64_t copies = int64_t(wbuf.bytes.size() / mbytes);
+      std::vector<float> X(static_cast<size_t>(cols), 0.01f), Y(static_cast<size_t>(rows));
+      const size_t count = size_t(cols);  // one decode row of d_model floats
+      int64_t cursor = 0;
+      auto work = [&] {
+        for (int j = 0; j < 3; ++j) {
+          MatRef W{wbuf.bytes.data() + size_t(cursor) * mbytes, dt, rows, cols, cols};
+          ops::linear(pool, W, X.data(), 1, Y.data());
+          cursor = (cursor + 1) % copies;
+        }
+      };
+      comm.barrier();
+      auto t0 = Clock::now();
+      for (int i = 0; i < 5; ++i) work();
+      int64_t iters = std::clamp<int64_t>(int64_t(0.4 / std::max(1e-6, seconds_since(t0) / 5)), 20, 20000);
+      comm.broadcast(&iters, sizeof iters, 0);
+      std::vector<double> fractions;
+      for (int rep = 0; rep < 3; ++rep) {
+        comm.barrier();
+        t0 = Clock::now();
+        for (int64_t i = 0; i < iters; ++i) work();
+        const double alone = seconds_since(t0) / double(iters);
+        std::vector<double> all(static_cast<size_t>(N));
+        comm.allgather(&alone, sizeof alone, all.data());
+        const double slowest = *std::max_element(all.begin(), all.end());
+        comm.barrier();
+        t0 = Clock::now();
+        for (int64_t i = 0; i < iters; ++i) {
+          work();
+          comm.allreduce_sum(buf.data(), count);
+        }
+        const double together = mean_over_ranks(comm, {seconds_since(t0) / double(iters)})[0];
+        const double extra = together - slowest - fit.micros(double(count * sizeof(float))) * 1e-6;
+        fractions.push_back(std::max(0.0, extra / slowest));
+      }
+      std::sort(fractions.begin(), fractions.end());
+      fit.jitter_fraction = fractions[1];
+      say("  synchronizing after independent work costs " + std::to_string(100 * fit.jitter_fraction) +
+          "% of the work (skew and jitter)");
+    }
     NetworkProfile& net = res.network;
     net.name = o.name + "-net";
     net.description = "the transport of this mpirun job (" + std::to_string(N) + " ranks, " +

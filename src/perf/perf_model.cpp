@@ -47,6 +47,7 @@ StepTimes& StepTimes::operator+=(const StepTimes& o) {
   experts_max += o.experts_max;
   allreduce += o.allreduce;
   head += o.head;
+  sync += o.sync;
   return *this;
 }
 
@@ -149,6 +150,7 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
   }
   bytes += R * d * wb;  // embedding rows
   *weight_bytes = bytes;
+  t.sync = jitter_fraction(net, s.nodes) * t.compute();
   return t;
 }
 

@@ -8,7 +8,8 @@
 //   t_dense  = shared expert (MoE layers) or the dense MLP (dense layers): Σ t_lin(W, R)          (every rank)
 //   t_exp    = E_routing[ max_r Σ_{e on r, n_e>0} t_expert(n_e) ],  t_expert(n) = 2·t_lin(f·d, n) + t_lin(d·f, n)
 //   t_ar     = allreduce(N, R·d·4 bytes) + emulated latency·⌈log2 N⌉                                (MoE layers)
-// and once per step t_head = t_lin(V·d, rows wanting logits). t_lin(W, n) is the hardware's time for one
+// and once per step t_head = t_lin(V·d, rows wanting logits); with a calibrated network, also the measured
+// cost of synchronizing ranks that arrive from work of their own: t_sync = jitter fraction × compute. t_lin(W, n) is the hardware's time for one
 // matrix op (measured table or roofline, see HardwareProfile::linear_seconds).
 // Time split: compute = everything at the mean rank's expert time; imbalance = E[max] − E[mean] of the
 // experts; communication = t_ar. Decode tokens/s = R / step; prefill tokens/s = prompt / Σ chunks.
@@ -44,9 +45,10 @@ struct Scenario {
 
 struct StepTimes {  // seconds
   double attention = 0, router = 0, dense = 0, experts_mean = 0, experts_max = 0, allreduce = 0, head = 0;
+  double sync = 0;  // skew and jitter of synchronized ranks (measured networks only)
   double compute() const { return attention + router + dense + experts_mean + head; }
   double imbalance() const { return experts_max - experts_mean; }
-  double communication() const { return allreduce; }
+  double communication() const { return allreduce + sync; }
   double total() const { return compute() + imbalance() + communication(); }
   StepTimes& operator+=(const StepTimes& o);
 };

@@ -240,7 +240,8 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
     return json{{"attention_ms", t.attention * 1e3},       {"router_ms", t.router * 1e3},
                 {"dense_ms", t.dense * 1e3},               {"experts_mean_ms", t.experts_mean * 1e3},
                 {"experts_max_ms", t.experts_max * 1e3},   {"allreduce_ms", t.allreduce * 1e3},
-                {"head_ms", t.head * 1e3},                 {"compute_ms", t.compute() * 1e3},
+                {"head_ms", t.head * 1e3},                 {"sync_ms", t.sync * 1e3},
+                {"compute_ms", t.compute() * 1e3},
                 {"communication_ms", t.communication() * 1e3}, {"imbalance_ms", t.imbalance() * 1e3},
                 {"total_ms", t.total() * 1e3}};
   };

@@ -282,6 +282,8 @@ NetworkProfile parse_network_profile(const json& j, const std::string& source) {
         if (fit.nodes < 2) fail(where, ": measured all-reduce for '", key, "' nodes (expected 2 or more)");
         fit.a_us = f.at("a_us").get<double>();
         fit.b_ns_per_byte = f.at("b_ns_per_byte").get<double>();
+        fit.jitter_fraction = f.value("jitter_fraction", 0.0);
+        if (fit.jitter_fraction < 0) fail(where, ": jitter_fraction must not be negative");
         if (f.contains("points"))
           for (const auto& p : f["points"]) fit.points.emplace_back(p.at(0).get<double>(), p.at(1).get<double>());
         std::sort(fit.points.begin(), fit.points.end());
@@ -332,7 +334,8 @@ json network_profile_to_json(const NetworkProfile& n) {
     for (const auto& [nodes, f] : n.measured_fits) {
       json pts = json::array();
       for (const auto& [b, us] : f.points) pts.push_back({b, us});
-      ar[std::to_string(nodes)] = {{"a_us", f.a_us}, {"b_ns_per_byte", f.b_ns_per_byte}, {"points", pts}};
+      ar[std::to_string(nodes)] = {{"a_us", f.a_us}, {"b_ns_per_byte", f.b_ns_per_byte},
+                                   {"jitter_fraction", f.jitter_fraction}, {"points", pts}};
     }
     mj["allreduce"] = ar;
     j["measured"] = mj;

@@ -84,6 +84,10 @@ struct AllreduceFit {
   double a_us = 0.0;
   double b_ns_per_byte = 0.0;
   std::vector<std::pair<double, double>> points;  // (bytes, microseconds), sorted by bytes
+  // Synchronizing ranks that arrive from work of their own costs more than the all-reduce alone: arrival
+  // skew and jitter (a descheduled or slowed rank holds up the others). Measured as a fraction of the work
+  // between all-reduces; the model adds it to the communication time.
+  double jitter_fraction = 0.0;
   // Microseconds for `bytes`: interpolated between measured points (log-log) inside their range, the fit
   // outside it.
   double micros(double bytes) const;

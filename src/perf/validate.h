@@ -8,7 +8,10 @@
 //      "bench": "BENCH.json", "emulate_latency_us": 0, "prompt": 32, "gen": 32, "warmup": 2}, ...]}
 // (prompt, gen, emulate_latency_us default to the bench JSON's; warmup to 2, moep bench's default; an empty
 // "network" means a single rank.)
-// The bench JSON (`moep bench --json`) gives decode_tokens_per_s, prefill_tokens_per_s, batch, ranks, threads.
+// The bench JSON (`moep bench --json`) gives decode_tokens_per_s, decode_step_ms_p50, prefill_tokens_per_s,
+// batch, ranks, threads. The accuracy target is judged on the median-step rate (batch / median step time):
+// the model predicts the steady state, and on a machine shared with other work a few preempted steps inflate
+// the mean; errors against the mean rate are reported too.
 // Relative paths are taken from the manifest's directory.
 #pragma once
 
@@ -25,6 +28,9 @@ struct ValidationRow {
   int64_t batch = 1, prompt = 0, gen = 0;
   double emulate_latency_us = 0;
   double measured_decode = 0, predicted_decode = 0, decode_error = 0;    // error = predicted/measured − 1
+  // batch / median step time: the steady-state rate without the heavy tail that other processes' preemption
+  // adds to some steps on a shared machine (0 when the bench JSON has no decode_step_ms_p50).
+  double measured_decode_median = 0, decode_median_error = 0;
   double measured_prefill = 0, predicted_prefill = 0, prefill_error = 0;
   double predicted_comm_share = 0;  // share of the decode step spent in the all-reduce (predicted)
 };
@@ -32,7 +38,8 @@ struct ValidationRow {
 struct ValidationResult {
   std::string machine;
   std::vector<ValidationRow> rows;
-  double median_abs_error = 0, worst_abs_error = 0;                  // decode
+  double median_abs_error = 0, worst_abs_error = 0;                  // decode, against the median-step rate
+  double mean_median_abs_error = 0, mean_worst_abs_error = 0;        // decode, against the mean rate
   double prefill_median_abs_error = 0, prefill_worst_abs_error = 0;  // prefill (reported, no target)
   bool meets_target(double median_max = 0.10, double worst_max = 0.20) const {
     return median_abs_error <= median_max && worst_abs_error <= worst_max;

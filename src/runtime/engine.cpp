@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "kernels/kernels.h"
 
 namespace moep {
@@ -107,6 +108,7 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   std::strncpy(mine.weights_dtype, dtype_name(e->model_->weights().embed.dtype), sizeof(mine.weights_dtype) - 1);
   run_collectively(c, [&] { check_agreement(c, mine); });
 
+  if (opts.prefault) prefault_code_pages();
   const int threads = opts.threads > 0 ? opts.threads : default_thread_count();
   e->pool_ = std::make_unique<ThreadPool>(threads);
   e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);

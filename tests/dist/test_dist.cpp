@@ -141,6 +141,30 @@ TEST_F(DistributedJob, OnlyOneAllReducePerMoeLayerOfTokensTimesDModel) {
   }
 }
 
+// --emulate-latency-us adds the given delay to every exchange step: an all-reduce over 2 ranks (one step)
+// takes at least that long, and the added time shows up as all-reduce time, not as compute.
+TEST_F(DistributedJob, EmulatedLatencyIsAddedToEveryExchange) {
+  const std::string fx = "olmoe_f32";
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  test::TempDir d;
+  const std::string js = d.str() + "/stats.json";
+  std::string text;
+  const int tokens = 6;
+  const std::string cmd = test::mpirun_prefix(2) + test::moep_binary() + " logits " + test::fixture_dir(fx) +
+                          " --ids 1,2,3,4,5,6 --incremental --out " + d.str() +
+                          "/l.npy --threads 1 --emulate-latency-us 3000 --stats-json " + js;
+  ASSERT_EQ(test::run_command(cmd, &text), 0) << text;
+  std::ifstream f(js);
+  const auto j = nlohmann::json::parse(f);
+  for (const auto& r : j["ranks"]) {
+    double allreduce_ms = 0;
+    for (const auto& l : r["layers"]) allreduce_ms += l["allreduce_ms"].get<double>() + l["wait_ms"].get<double>();
+    const double calls = double(cfg.n_moe_layers() * tokens);
+    EXPECT_EQ(r["allreduce_calls"].get<double>(), calls);
+    EXPECT_GE(allreduce_ms / calls, 3.0) << "each all-reduce must take at least the emulated 3 ms";
+  }
+}
+
 TEST_F(DistributedJob, DisagreeingModelsRefuseToStart) {
   test::TempDir d;
   std::string text;

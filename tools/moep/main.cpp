@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   moep::cli::register_synth(app);
   moep::cli::register_bench(app);
   moep::cli::register_run(app);
+  moep::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,287 @@
+#include "runtime/batch_scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+#include "runtime/generate.h"
+
+namespace moep {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+struct BatchScheduler::Sequence {
+  uint64_t id = 0;
+  int32_t slot = 0;
+  GenerationRequest req;
+  Sampler sampler;
+  StreamDecoder stream;
+  std::vector<int32_t> context;  // prompt + generated (for the repetition penalty)
+  size_t prefilled = 0;          // prompt tokens already in the KV cache
+  int32_t pos = 0;               // next position to write
+  int32_t pending_token = -1;    // sampled, not yet fed
+  int64_t generated = 0;
+  std::string text;              // shown so far
+  std::string held;              // decoded but held back (may start a stop string)
+  double submitted_at = 0;
+  double first_token_at = 0;
+  bool done = false;
+
+  Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok)
+      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, true), context(req.prompt) {}
+};
+
+BatchScheduler::BatchScheduler(StepDriver& driver, const Tokenizer& tokenizer, std::vector<int32_t> eos_ids)
+    : driver_(driver), tok_(tokenizer), eos_(std::move(eos_ids)) {
+  const auto& lim = driver.engine().transformer().limits();
+  slots_.resize(size_t(lim.n_slots));
+  rows_.reserve(size_t(lim.max_rows));
+  row_slot_.reserve(size_t(lim.max_rows));
+  logits_.resize(size_t(lim.max_rows * driver.engine().config().vocab_size));
+}
+
+BatchScheduler::~BatchScheduler() = default;
+
+int64_t BatchScheduler::max_context() const { return driver_.engine().transformer().limits().max_ctx; }
+int64_t BatchScheduler::slots() const { return int64_t(slots_.size()); }
+
+uint64_t BatchScheduler::submit(GenerationRequest req) {
+  const int64_t V = driver_.engine().config().vocab_size;
+  if (req.prompt.empty()) fail("the prompt is empty");
+  for (int32_t t : req.prompt)
+    if (t < 0 || t >= V) fail("prompt token id ", t, " is outside the vocabulary [0, ", V, ")");
+  req.params.validate();
+  const int64_t need = int64_t(req.prompt.size()) + req.params.max_tokens;
+  if (need > max_context())
+    fail("the prompt (", req.prompt.size(), " tokens) plus max_tokens (", req.params.max_tokens,
+         ") exceeds the context of ", max_context(), " tokens");
+  std::lock_guard<std::mutex> lk(mu_);
+  if (stopping_) fail("the server is shutting down");
+  const uint64_t id = next_id_++;
+  queue_.emplace_back(id, std::move(req));
+  stats_.requests_submitted++;
+  cv_.notify_all();
+  return id;
+}
+
+void BatchScheduler::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  cancelled_.push_back(id);
+  cv_.notify_all();
+}
+
+void BatchScheduler::stop() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = true;
+  cv_.notify_all();
+}
+
+SchedulerStats BatchScheduler::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  SchedulerStats s = stats_;
+  s.queued = queue_.size();
+  s.active = 0;
+  for (const auto& q : slots_) s.active += q != nullptr;
+  return s;
+}
+
+void BatchScheduler::finish(Sequence& s, const std::string& reason, const std::string& error) {
+  if (s.done) return;
+  s.done = true;
+  // Whatever was held back for a possible stop string is output after all.
+  if (reason != "cancelled" && reason != "error") {
+    if (reason != "stop-string") s.held += s.stream.finish();
+    if (!s.held.empty() && reason != "stop-string") {
+      RequestEvent ev;
+      ev.text = s.held;
+      if (s.req.on_event) s.req.on_event(ev);
+    }
+  }
+  RequestEvent ev;
+  ev.kind = RequestEvent::Done;
+  ev.finish_reason = reason == "stop-string" ? "stop" : reason;
+  ev.error = error;
+  ev.prompt_tokens = int64_t(s.req.prompt.size());
+  ev.completion_tokens = s.generated;
+  ev.time_to_first_token_s = s.first_token_at > 0 ? s.first_token_at - s.submitted_at : 0;
+  if (s.req.on_event) s.req.on_event(ev);
+}
+
+// With mu_ held: moves queued requests into free slots and drops cancelled ones.
+void BatchScheduler::admit_locked() {
+  const int64_t V = driver_.engine().config().vocab_size;
+  for (uint64_t id : cancelled_) {
+    for (auto& s : slots_)
+      if (s && s->id == id) {
+        finish(*s, "cancelled");
+        s.reset();
+        stats_.requests_cancelled++;
+      }
+    for (auto it = queue_.begin(); it != queue_.end(); ++it)
+      if (it->first == id) {
+        Sequence tmp(id, -1, std::move(it->second), V, tok_);
+        finish(tmp, "cancelled");
+        queue_.erase(it);
+        stats_.requests_cancelled++;
+        break;
+      }
+  }
+  cancelled_.clear();
+  for (size_t i = 0; i < slots_.size() && !queue_.empty(); ++i) {
+    if (slots_[i]) continue;
+    auto [id, req] = std::move(queue_.front());
+    queue_.pop_front();
+    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_);
+    slots_[i]->submitted_at = now_s();
+    stats_.prompt_tokens += slots_[i]->req.prompt.size();
+  }
+}
+
+void BatchScheduler::run() {
+  Engine& engine = driver_.engine();
+  Transformer& tr = engine.transformer();
+  const int64_t V = engine.config().vocab_size;
+  const int64_t max_rows = tr.limits().max_rows;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      auto any_active = [&] {
+        for (const auto& s : slots_)
+          if (s) return true;
+        return false;
+      };
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty() || !cancelled_.empty() || any_active(); });
+      if (stopping_) {
+        for (auto& s : slots_)
+          if (s) {
+            finish(*s, "cancelled");
+            s.reset();
+          }
+        while (!queue_.empty()) {
+          Sequence tmp(queue_.front().first, -1, std::move(queue_.front().second), V, tok_);
+          finish(tmp, "cancelled");
+          queue_.pop_front();
+        }
+        break;
+      }
+      admit_locked();
+    }
+    // Build the step: every decoding sequence feeds its pending token; prefilling sequences fill the rest of
+    // the row budget with prompt chunks (oldest slot first).
+    rows_.clear();
+    row_slot_.clear();
+    for (auto& sp : slots_) {
+      if (!sp || sp->prefilled < sp->req.prompt.size()) continue;
+      if (int64_t(rows_.size()) >= max_rows) break;
+      rows_.push_back({sp->pending_token, sp->slot, sp->pos, true});
+      row_slot_.push_back(sp->slot);
+    }
+    for (auto& sp : slots_) {
+      if (!sp || sp->prefilled >= sp->req.prompt.size()) continue;
+      const int64_t room = max_rows - int64_t(rows_.size());
+      if (room <= 0) break;
+      const size_t n = std::min<size_t>(size_t(room), sp->req.prompt.size() - sp->prefilled);
+      for (size_t i = 0; i < n; ++i) {
+        const size_t k = sp->prefilled + i;
+        const bool last = k + 1 == sp->req.prompt.size();
+        rows_.push_back({sp->req.prompt[k], sp->slot, int32_t(k), last});
+        if (last) row_slot_.push_back(sp->slot);
+      }
+    }
+    if (rows_.empty()) continue;
+
+    tr.reset_stats();
+    const double t0 = now_s();
+    driver_.lead(rows_, logits_.data());
+    const double t1 = now_s();
+    double comm = 0, compute = 0;
+    for (const auto& l : tr.layer_stats()) {
+      comm += double(l.allreduce_ns) * 1e-9;
+      compute += double(l.attention_ns + l.router_ns + l.experts_ns + l.dense_ns) * 1e-9;
+    }
+    compute += double(tr.head_ns()) * 1e-9;
+
+    // Advance positions, then sample for every row that produced logits.
+    for (const auto& r : rows_) {
+      Sequence& s = *slots_[size_t(r.slot)];
+      if (s.prefilled < s.req.prompt.size()) {
+        s.prefilled++;
+        s.pos = int32_t(s.prefilled);
+      } else {
+        s.pos++;
+      }
+    }
+    uint64_t new_tokens = 0;
+    for (size_t i = 0; i < row_slot_.size(); ++i) {
+      Sequence& s = *slots_[size_t(row_slot_[i])];
+      if (s.req.params.max_tokens == 0) {
+        finish(s, "length");
+        continue;
+      }
+      const int32_t tok = s.sampler.sample(&logits_[i * size_t(V)], s.context);
+      if (s.first_token_at == 0) s.first_token_at = now_s();
+      const bool eos = !s.req.params.ignore_eos && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
+      if (eos) {
+        finish(s, "stop");
+        continue;
+      }
+      s.generated++;
+      new_tokens++;
+      s.context.push_back(tok);
+      s.held += s.stream.step(tok);
+      bool stopped = false;
+      for (const auto& stop : s.req.params.stop) {
+        if (stop.empty()) continue;
+        const size_t at = s.held.find(stop);
+        if (at != std::string::npos) {
+          RequestEvent ev;
+          ev.text = s.held.substr(0, at);
+          if (!ev.text.empty() && s.req.on_event) s.req.on_event(ev);
+          s.held.clear();
+          finish(s, "stop-string");
+          stopped = true;
+          break;
+        }
+      }
+      if (stopped) continue;
+      const size_t safe = stop_safe_prefix(s.held, s.req.params.stop);
+      if (safe > 0) {
+        RequestEvent ev;
+        ev.text = s.held.substr(0, safe);
+        s.held.erase(0, safe);
+        if (s.req.on_event) s.req.on_event(ev);
+      }
+      if (s.generated >= s.req.params.max_tokens || s.pos >= tr.limits().max_ctx) {
+        finish(s, "length");
+        continue;
+      }
+      s.pending_token = tok;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.steps++;
+      stats_.step_seconds += t1 - t0;
+      stats_.compute_seconds += compute;
+      stats_.comm_seconds += comm;
+      stats_.completion_tokens += new_tokens;
+      recent_.emplace_back(t1, new_tokens);
+      while (!recent_.empty() && t1 - recent_.front().first > 5.0) recent_.pop_front();
+      uint64_t sum = 0;
+      for (const auto& [t, n] : recent_) sum += n;
+      const double span = recent_.empty() ? 0 : std::max(1e-3, t1 - recent_.front().first + (t1 - t0));
+      stats_.recent_tokens_per_s = span > 0 ? double(sum) / span : 0;
+      for (auto& sp : slots_)
+        if (sp && sp->done) {
+          stats_.requests_finished++;
+          sp.reset();
+        }
+    }
+  }
+  driver_.release();
+}
+
+}  // namespace moep

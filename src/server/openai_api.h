@@ -1,0 +1,105 @@
+// The OpenAI wire format of /v1/chat/completions and /v1/completions: request bodies parsed and checked into what
+// the scheduler needs, and the JSON of responses, stream chunks and errors. Pure functions of JSON and strings: no
+// HTTP, no engine, so that they can be tested alone (tests/unit/test_server_api.cpp).
+//
+// Every refusal is an ApiError carrying the HTTP status and OpenAI's error object
+// {"error": {"message", "type", "param", "code"}}; the message names the field and what was expected.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/sampler.h"
+
+namespace moep::server {
+
+// A request refused: HTTP status + OpenAI's error fields (param and code may be empty: null in the JSON).
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string type = "invalid_request_error", std::string param = "",
+           std::string code = "")
+      : std::runtime_error(message), status_(status), type_(std::move(type)), param_(std::move(param)),
+        code_(std::move(code)) {}
+  int status() const { return status_; }
+  const std::string& type() const { return type_; }
+  const std::string& param() const { return param_; }
+  const std::string& code() const { return code_; }
+
+ private:
+  int status_;
+  std::string type_, param_, code_;
+};
+
+// {"error": {"message": ..., "type": ..., "param": ... | null, "code": ... | null}}
+nlohmann::ordered_json error_json(const ApiError& e);
+// error_json(e) as text, ready to send.
+std::string error_body(const ApiError& e);
+
+enum class Endpoint { Chat, Completion };
+
+// What the server allows and what it assumes when a request says nothing.
+struct RequestLimits {
+  std::string model_id;            // the one model served; "model" must name it (or be absent)
+  int64_t max_context = 4096;      // prompt + max_tokens must fit (the engine's context per sequence)
+  int32_t max_tokens_cap = 4096;   // largest max_tokens a request may ask for
+  int32_t default_max_tokens = 256;  // when a request gives none (then cut to the context left)
+  size_t max_stop_strings = 16;
+  size_t max_stop_length = 256;    // bytes per stop string
+  SamplingParams defaults;         // temperature, top_k, top_p, min_p, repetition_penalty when absent
+};
+
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::Chat;
+  std::string model;                  // as the server names it (the request's, or model_id when absent)
+  nlohmann::ordered_json messages;    // Chat: [{"role", "content" (string or null), ...}], content parts joined
+  std::string prompt;                 // Completion
+  SamplingParams params;              // max_tokens: as asked; decided by fit_to_context when absent
+  bool max_tokens_given = false;
+  bool stream = false;
+  bool include_usage = false;         // stream_options.include_usage: a last chunk with usage and no choices
+};
+
+// Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
+// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, logprobs, tools,
+// non-text response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
+// Unknown fields are ignored.
+ApiRequest parse_request(Endpoint endpoint, std::string_view body, const RequestLimits& limits);
+
+// Once the prompt is tokenized: sets params.max_tokens when the request gave none (default_max_tokens, cut to the
+// context left) and checks prompt + max_tokens against the context. Throws ApiError 400 with code
+// context_length_exceeded when it does not fit.
+void fit_to_context(ApiRequest& req, int64_t prompt_tokens, const RequestLimits& limits);
+
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+// One whole (non-streamed) answer: "chat.completion" or "text_completion".
+nlohmann::ordered_json completion_json(Endpoint endpoint, const std::string& id, int64_t created,
+                                       const std::string& model, const std::string& text,
+                                       const std::string& finish_reason, const Usage& usage);
+// One stream chunk with text (Chat: {"delta": {"content": text}}; first_chunk adds "role": "assistant").
+// finish_reason empty: null.
+nlohmann::ordered_json chunk_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
+                                  const std::string& text, const std::string& finish_reason, bool first_chunk);
+// The chunk after the last one when stream_options.include_usage: "choices": [] and "usage".
+nlohmann::ordered_json usage_chunk_json(Endpoint endpoint, const std::string& id, int64_t created,
+                                        const std::string& model, const Usage& usage);
+// GET /v1/models and GET /v1/models/{id}.
+nlohmann::ordered_json model_json(const std::string& model_id, int64_t created, int64_t max_context);
+nlohmann::ordered_json models_json(const std::string& model_id, int64_t created, int64_t max_context);
+
+// "data: <json>\n\n" (a server-sent event); invalid UTF-8 is replaced, never thrown on.
+std::string sse_event(const nlohmann::ordered_json& j);
+// JSON text for a response body; invalid UTF-8 is replaced, never thrown on.
+std::string dump_json(const nlohmann::ordered_json& j);
+
+// Constant-time comparison of an "Authorization" header value with "Bearer <key>" (scheme case-insensitive).
+bool bearer_matches(std::string_view authorization, std::string_view key);
+
+}  // namespace moep::server

@@ -1,0 +1,497 @@
+#include "server/server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "server/metrics.h"
+#include "text/jinja.h"
+
+namespace moep::server {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using ojson = nlohmann::ordered_json;
+
+constexpr auto kPollInterval = std::chrono::milliseconds(250);  // how often a waiting handler looks around
+constexpr double kKeepAliveCommentS = 15.0;  // an idle stream gets an SSE comment this often
+constexpr double kCancelGraceS = 30.0;       // after cancelling, how long to wait for the scheduler's Done
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Events of one request, from the engine thread (push) to its HTTP handler (take).
+struct Generation {
+  uint64_t id = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<RequestEvent> events;
+
+  void push(const RequestEvent& e) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      events.push_back(e);
+    }
+    cv.notify_one();
+  }
+  // Waits up to `timeout` for at least one event; returns all there are (maybe none).
+  std::vector<RequestEvent> take(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait_for(lk, timeout, [&] { return !events.empty(); });
+    std::vector<RequestEvent> out(std::make_move_iterator(events.begin()), std::make_move_iterator(events.end()));
+    events.clear();
+    return out;
+  }
+};
+
+// Counts a request in flight for as long as it lives.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>& n) : n_(n) { n_++; }
+  ~InFlight() { n_--; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  std::atomic<int>& n_;
+};
+
+const char* route_of(const std::string& path) {
+  for (const char* r : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
+    if (path == r) return r;
+  if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{id}";
+  return "other";
+}
+
+ApiError server_error(int status, const std::string& message, const std::string& code = "") {
+  return ApiError(status, message, "server_error", "", code);
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  ServerOptions opt;
+  BatchScheduler& sched;
+  const Tokenizer& tok;
+  const ChatTemplate* tmpl;
+  std::string template_error;
+  httplib::Server svr;
+  Metrics metrics;
+  const Clock::time_point started = Clock::now();
+  const int64_t created = int64_t(std::time(nullptr));
+  std::atomic<bool> stopping{false};
+  std::atomic<int> in_flight{0};
+  std::once_flag shutdown_once;
+  std::mutex listen_mu;
+  bool listen_started = false;   // listen() was entered (and not refused)
+  bool listen_refused = false;   // shutdown() came first: listen() must not start
+  std::mutex rng_mu;
+  std::mt19937_64 rng{std::random_device{}()};
+
+  Impl(ServerOptions o, BatchScheduler& s, const Tokenizer& t, const ChatTemplate* ct, std::string te)
+      : opt(std::move(o)), sched(s), tok(t), tmpl(ct), template_error(std::move(te)) {}
+
+  std::string new_id(const char* prefix) {
+    std::lock_guard<std::mutex> lk(rng_mu);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%016llx%08x", (unsigned long long)rng(), unsigned(rng() & 0xffffffffu));
+    return std::string(prefix) + buf;
+  }
+
+  static void send_error(httplib::Response& res, const ApiError& e) {
+    res.status = e.status();
+    res.set_content(error_body(e), "application/json");
+    if (e.status() == 401) res.set_header("WWW-Authenticate", "Bearer");
+  }
+
+  void check_auth(const httplib::Request& req) const {
+    if (opt.api_key.empty()) return;
+    if (!req.has_header("Authorization"))
+      throw ApiError(401, "You didn't provide an API key: send the header 'Authorization: Bearer <key>'",
+                     "invalid_request_error", "", "invalid_api_key");
+    if (!bearer_matches(req.get_header_value("Authorization"), opt.api_key))
+      throw ApiError(401, "Incorrect API key provided", "invalid_request_error", "", "invalid_api_key");
+  }
+
+  // Reads the body, at most max_body_bytes (whatever the transfer encoding). Throws ApiError 413 or 400.
+  std::string read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    if (req.is_multipart_form_data()) {
+      res.set_header("Connection", "close");  // the body stays unread
+      throw ApiError(415, "multipart/form-data bodies are not accepted; send JSON");
+    }
+    std::string body;
+    bool too_large = false;
+    const bool ok = reader([&](const char* data, size_t n) {
+      if (body.size() + n > opt.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_large || res.status == 413) {
+      res.set_header("Connection", "close");
+      throw ApiError(413, "The request body is larger than this server accepts (" +
+                              std::to_string(opt.max_body_bytes) + " bytes, --max-body-bytes)",
+                     "invalid_request_error", "", "request_too_large");
+    }
+    if (!ok) {
+      res.set_header("Connection", "close");
+      throw ApiError(400, "The request body could not be read", "invalid_request_error");
+    }
+    return body;
+  }
+
+  // Wraps a handler: API errors become OpenAI-shaped JSON answers, anything else a 500.
+  template <class F>
+  void guarded(httplib::Response& res, F&& f) {
+    try {
+      f();
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    } catch (const std::exception& e) {
+      send_error(res, server_error(500, std::string("internal error: ") + e.what()));
+    }
+  }
+
+  std::vector<int32_t> tokenize(ApiRequest& r) {
+    std::string text;
+    if (r.endpoint == Endpoint::Chat) {
+      if (!tmpl) throw ApiError(400, "This model has no chat template (" + template_error + "); use /v1/completions");
+      try {
+        text = render_chat(*tmpl, r.messages, true);
+      } catch (const jinja::TemplateRaised& e) {
+        throw ApiError(400, "The chat template refused the messages: " + e.message(), "invalid_request_error",
+                       "messages");
+      } catch (const moep::Error& e) {
+        throw ApiError(400, std::string("The chat template could not render the messages: ") + e.what(),
+                       "invalid_request_error", "messages");
+      }
+    }
+    try {
+      // Chat: the template already wrote the special tokens. Completions: as the tokenizer's post-processor says.
+      return r.endpoint == Endpoint::Chat ? tok.encode(text, false) : tok.encode(r.prompt, true);
+    } catch (const moep::Error& e) {
+      throw ApiError(400, std::string("The prompt could not be tokenized: ") + e.what(), "invalid_request_error",
+                     r.endpoint == Endpoint::Chat ? "messages" : "prompt");
+    }
+  }
+
+  // The error a generation that ended without "stop"/"length" is answered with.
+  ApiError ended_badly(const RequestEvent& done, bool timed_out) const {
+    if (done.finish_reason == "error") return server_error(500, "generation failed: " + done.error);
+    if (timed_out)
+      return server_error(503, "generation ran longer than the server allows (--request-timeout)", "timeout");
+    return server_error(503, "the server is shutting down", "shutting_down");
+  }
+
+  void handle_generation(Endpoint ep, const httplib::Request& req, httplib::Response& res,
+                         const httplib::ContentReader& reader) {
+    try {
+      check_auth(req);
+    } catch (const ApiError&) {
+      try {
+        read_body(req, res, reader);  // keep the connection usable: the body is drained, then refused
+      } catch (const ApiError&) {
+        // Too large or unreadable: the connection closes; the answer is still 401.
+      }
+      throw;
+    }
+    const std::string body = read_body(req, res, reader);
+    if (stopping) throw server_error(503, "the server is shutting down", "shutting_down");
+    ApiRequest r = parse_request(ep, body, opt.limits);
+    std::vector<int32_t> ids = tokenize(r);
+    fit_to_context(r, int64_t(ids.size()), opt.limits);
+    const SchedulerStats load = sched.stats();
+    if (load.queued >= opt.max_queued && load.queued + load.active >= size_t(sched.slots()))
+      throw server_error(503, "The server is busy (" + std::to_string(opt.max_queued) +
+                                  " requests are waiting already); try again later",
+                         "server_overloaded");
+
+    auto gen = std::make_shared<Generation>();
+    GenerationRequest g;
+    g.prompt = std::move(ids);
+    g.params = r.params;
+    g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
+    auto in_flight_token = std::make_shared<InFlight>(in_flight);
+    try {
+      gen->id = sched.submit(std::move(g));
+    } catch (const moep::Error& e) {
+      if (stopping) throw server_error(503, "the server is shutting down", "shutting_down");
+      throw ApiError(400, e.what(), "invalid_request_error");
+    }
+    const std::string id = new_id(ep == Endpoint::Chat ? "chatcmpl-" : "cmpl-");
+    const int64_t created_at = int64_t(std::time(nullptr));
+    if (r.stream)
+      stream_response(ep, r, gen, std::move(in_flight_token), id, created_at, res);
+    else
+      whole_response(ep, r, *gen, id, created_at, res);
+  }
+
+  void whole_response(Endpoint ep, const ApiRequest& r, Generation& gen, const std::string& id, int64_t created_at,
+                      httplib::Response& res) {
+    const Clock::time_point t0 = Clock::now();
+    std::string text;
+    std::optional<RequestEvent> done;
+    bool timed_out = false;
+    // Bounded: the scheduler ends every request (max_tokens, context); past the timeout it is cancelled, and past
+    // the grace after that the handler gives up.
+    while (!done) {
+      for (RequestEvent& e : gen.take(kPollInterval)) {
+        if (e.kind == RequestEvent::Text)
+          text += e.text;
+        else
+          done = std::move(e);
+      }
+      if (done) break;
+      const double waited = seconds_since(t0);
+      if (!timed_out && waited > opt.request_timeout_s) {
+        sched.cancel(gen.id);
+        timed_out = true;
+      }
+      if (timed_out && waited > opt.request_timeout_s + kCancelGraceS)
+        throw server_error(500, "the scheduler did not end a cancelled request");
+    }
+    metrics.count_generation(done->finish_reason, done->time_to_first_token_s);
+    if (done->finish_reason != "stop" && done->finish_reason != "length") throw ended_badly(*done, timed_out);
+    res.status = 200;
+    res.set_content(dump_json(completion_json(ep, id, created_at, r.model, text, done->finish_reason,
+                                              Usage{done->prompt_tokens, done->completion_tokens})),
+                    "application/json");
+  }
+
+  // Server-sent events: a chunk per text piece, a last chunk with finish_reason, optionally a usage chunk, then
+  // "data: [DONE]". A generation that ends badly sends {"error": {...}} instead (the openai client raises it).
+  struct StreamState {
+    bool started = false;
+    bool finished = false;  // Done received
+    bool timed_out = false;
+    Clock::time_point t0 = Clock::now();
+    Clock::time_point last_write = Clock::now();
+  };
+
+  void stream_response(Endpoint ep, const ApiRequest& r, std::shared_ptr<Generation> gen,
+                       std::shared_ptr<InFlight> in_flight_token, const std::string& id, int64_t created_at,
+                       httplib::Response& res) {
+    auto st = std::make_shared<StreamState>();
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    const std::string model = r.model;
+    const bool include_usage = r.include_usage;
+    auto provider = [this, ep, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
+      auto write = [&](const std::string& s) {
+        if (s.empty()) return true;  // an empty write would end httplib's chunked stream
+        st->last_write = Clock::now();
+        return sink.write(s.data(), s.size());
+      };
+      if (!st->started) {
+        st->started = true;
+        if (ep == Endpoint::Chat && !write(sse_event(chunk_json(ep, id, created_at, model, "", "", true))))
+          return false;
+      }
+      const std::vector<RequestEvent> events = gen->take(kPollInterval);
+      for (const RequestEvent& e : events) {
+        if (e.kind == RequestEvent::Text) {
+          if (!write(sse_event(chunk_json(ep, id, created_at, model, e.text, "", false)))) return false;
+          continue;
+        }
+        st->finished = true;
+        metrics.count_generation(e.finish_reason, e.time_to_first_token_s);
+        std::string out;
+        if (e.finish_reason == "stop" || e.finish_reason == "length") {
+          out += sse_event(chunk_json(ep, id, created_at, model, "", e.finish_reason, false));
+          if (include_usage)
+            out += sse_event(usage_chunk_json(ep, id, created_at, model, Usage{e.prompt_tokens, e.completion_tokens}));
+        } else {
+          out += sse_event(error_json(ended_badly(e, st->timed_out)));
+        }
+        out += "data: [DONE]\n\n";
+        if (!write(out)) return false;
+        sink.done();
+        return true;
+      }
+      if (!events.empty()) return true;
+      // Nothing new: is the client still there? (A closed socket reads as end-of-file.)
+      if (!sink.is_writable()) return false;
+      if (seconds_since(st->last_write) > kKeepAliveCommentS && !write(": keep-alive\n\n")) return false;
+      const double waited = seconds_since(st->t0);
+      if (!st->timed_out && waited > opt.request_timeout_s) {
+        sched.cancel(gen->id);
+        st->timed_out = true;
+      }
+      if (st->timed_out && waited > opt.request_timeout_s + kCancelGraceS) return false;
+      return true;
+    };
+    // Runs when the response is done with, however it ended: a request that did not finish is cancelled (the
+    // client went away, or a write failed), which frees its slot.
+    auto releaser = [this, gen, st, in_flight_token](bool) {
+      if (!st->finished) sched.cancel(gen->id);
+    };
+    res.set_chunked_content_provider("text/event-stream", std::move(provider), std::move(releaser));
+  }
+
+  void handle_models(const httplib::Request& req, httplib::Response& res) {
+    check_auth(req);
+    res.status = 200;
+    res.set_content(dump_json(models_json(opt.limits.model_id, created, opt.limits.max_context)), "application/json");
+  }
+
+  void handle_model(const httplib::Request& req, httplib::Response& res) {
+    check_auth(req);
+    const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "";
+    if (name != opt.limits.model_id)
+      throw ApiError(404, "The model '" + name + "' does not exist", "invalid_request_error", "model",
+                     "model_not_found");
+    res.status = 200;
+    res.set_content(dump_json(model_json(opt.limits.model_id, created, opt.limits.max_context)), "application/json");
+  }
+
+  void handle_metrics(const httplib::Request& req, httplib::Response& res) {
+    check_auth(req);
+    ServerInfo info;
+    info.model_id = opt.limits.model_id;
+    info.n_ranks = opt.n_ranks;
+    info.slots = sched.slots();
+    info.max_context = sched.max_context();
+    info.uptime_seconds = seconds_since(started);
+    res.status = 200;
+    res.set_content(metrics.render(sched.stats(), info), "text/plain; version=0.0.4; charset=utf-8");
+  }
+
+  void handle_health(httplib::Response& res) {
+    // Open without a key (for liveness probes); says nothing but whether the server takes requests.
+    ojson j = ojson::object();
+    j["status"] = stopping ? "shutting_down" : "ok";
+    res.status = stopping ? 503 : 200;
+    res.set_content(dump_json(j), "application/json");
+  }
+
+  void setup() {
+    const int threads =
+        opt.http_threads > 0 ? opt.http_threads : int(std::max<int64_t>(32, 4 * sched.slots() + 16));
+    svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+    svr.set_tcp_nodelay(true);  // stream chunks go out at once (no Nagle delay per token)
+    svr.set_payload_max_length(opt.max_body_bytes);
+    svr.set_keep_alive_max_count(1000);
+
+    auto gen_handler = [this](Endpoint ep) {
+      return [this, ep](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+        guarded(res, [&] { handle_generation(ep, req, res, reader); });
+      };
+    };
+    svr.Post("/v1/chat/completions", gen_handler(Endpoint::Chat));
+    svr.Post("/v1/completions", gen_handler(Endpoint::Completion));
+    svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(res, [&] { handle_models(req, res); });
+    });
+    svr.Get("/v1/models/(.+)", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(res, [&] { handle_model(req, res); });
+    });
+    svr.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(res, [&] { handle_metrics(req, res); });
+    });
+    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
+    for (const char* path : {"/v1/chat/completions", "/v1/completions"})
+      svr.Get(path, [](const httplib::Request& req, httplib::Response& res) {
+        send_error(res, ApiError(405, "Use POST for " + req.path, "invalid_request_error"));
+        res.set_header("Allow", "POST");
+      });
+
+    // Answers that httplib makes itself (404 unknown path, 413 body too large, 400 bad request line, ...) get
+    // OpenAI-shaped JSON bodies too.
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      std::string message;
+      switch (res.status) {
+        case 404: message = "Unknown request URL: " + req.method + " " + req.path; break;
+        case 413: message = "The request body is larger than this server accepts"; break;
+        case 414: message = "The request URL is too long"; break;
+        case 400: message = "Bad request: the HTTP request could not be parsed"; break;
+        default: message = "HTTP status " + std::to_string(res.status);
+      }
+      const ApiError e(res.status, message, res.status >= 500 ? "server_error" : "invalid_request_error");
+      res.set_content(error_body(e), "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+      std::string what = "unknown error";
+      try {
+        if (ep) std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      send_error(res, server_error(500, "internal error: " + what));
+    });
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      metrics.count_http(route_of(req.path), res.status);
+      if (opt.log_requests)
+        std::fprintf(stderr, "moep serve: %s:%d \"%s %s\" %d\n", req.remote_addr.c_str(), req.remote_port,
+                     req.method.c_str(), req.path.c_str(), res.status);
+    });
+  }
+};
+
+HttpServer::HttpServer(ServerOptions options, BatchScheduler& scheduler, const Tokenizer& tokenizer,
+                       const ChatTemplate* chat_template, std::string template_error)
+    : impl_(std::make_unique<Impl>(std::move(options), scheduler, tokenizer, chat_template,
+                                   std::move(template_error))) {
+  impl_->setup();
+}
+
+HttpServer::~HttpServer() { shutdown(0); }
+
+int HttpServer::bind() {
+  const ServerOptions& o = impl_->opt;
+  if (o.port == 0) {
+    const int port = impl_->svr.bind_to_any_port(o.host);
+    if (port <= 0) fail("serve: cannot listen on ", o.host, " (any port)");
+    return port;
+  }
+  if (!impl_->svr.bind_to_port(o.host, o.port))
+    fail("serve: cannot listen on ", o.host, ":", o.port, " (address in use, or not an address of this machine?)");
+  return o.port;
+}
+
+void HttpServer::listen() {
+  {
+    std::lock_guard<std::mutex> lk(impl_->listen_mu);
+    if (impl_->listen_refused) return;
+    impl_->listen_started = true;
+  }
+  impl_->svr.listen_after_bind();
+}
+
+void HttpServer::shutdown(double drain_s) {
+  std::call_once(impl_->shutdown_once, [&] {
+    Impl& m = *impl_;
+    m.stopping = true;
+    m.sched.stop();  // every queued and active request ends ("cancelled"): their handlers answer and return
+    const Clock::time_point t0 = Clock::now();
+    while (m.in_flight > 0 && seconds_since(t0) < drain_s) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    bool started = false;
+    {
+      std::lock_guard<std::mutex> lk(m.listen_mu);
+      m.listen_refused = true;
+      started = m.listen_started;
+    }
+    if (!started) return;
+    // httplib's stop() acts only once its loop runs (and must be called once): wait for that, briefly.
+    for (int i = 0; i < 500 && !m.svr.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    m.svr.stop();
+  });
+}
+
+}  // namespace moep::server
