@@ -16,6 +16,9 @@
 #   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; see below)
 #   --prompt P --gen G  tokens per run (default 32, 32)
 #   --repeat R          run each bench R times and keep the fastest (default 3; noise only ever slows a run)
+#   --guard             keep the cores this run does not use busy with an idle spinner (no memory traffic),
+#                       so that other work on a shared machine cannot use them and disturb the measurement
+#                       (with --nice, the spinners get that priority too); pointless on a dedicated machine
 #   --nice N            run calibrate and bench at this nice level (e.g. -15 on a shared machine; needs root).
 #                       Linux groups the processes of a session (autogroup), and nice only ranks processes
 #                       within a group, so the script also sets its session's autogroup nice: start it with
@@ -44,6 +47,7 @@ WORK=/tmp/moep-validate
 OUT=""
 REPEAT=3
 NICE=0
+GUARD=0
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -60,8 +64,9 @@ while [[ $# -gt 0 ]]; do
     --work) WORK="$(realpath -m "$2")"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
+    --guard) GUARD=1; shift ;;
     --out) OUT="$(realpath -m "$2")"; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "validate_perf_model.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -87,8 +92,23 @@ for n in $RANKS; do
   fi
 done
 
-# Launches N ranks, each pinned to THREADS cores of its own (one rank runs under taskset).
+# Launches N ranks, each pinned to THREADS cores of its own (one rank runs under taskset). With --guard, the
+# other cores (up to --cores) run idle spinners for the duration.
 launch() {
+  local n="$1"; shift
+  local guards=()
+  if [[ $GUARD -eq 1 ]]; then
+    for ((c = n * THREADS; c < CORES; ++c)); do
+      nice -n "$NICE" taskset -c "$c" bash -c 'while :; do :; done' &
+      guards+=($!)
+    done
+  fi
+  local status=0
+  launch_ranks "$n" "$@" || status=$?
+  for g in "${guards[@]}"; do kill "$g" 2>/dev/null; wait "$g" 2>/dev/null; done
+  return $status
+}
+launch_ranks() {
   local n="$1"; shift
   if [[ "$n" -eq 1 ]]; then
     nice -n "$NICE" taskset -c "0-$((THREADS - 1))" "$@"
@@ -167,7 +187,7 @@ machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(
 
 echo "== predicted vs measured (table also in $OUT)" >&2
 {
-  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE"
+  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE$([[ $GUARD -eq 1 ]] && echo " --guard")"
   echo
 } > "$OUT.head"
 set +e

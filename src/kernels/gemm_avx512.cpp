@@ -128,24 +128,41 @@ constexpr int64_t kNNTileFloats = 4096;
 
 enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
 
-// This thread's scratch buffer `slot`, at least `floats` f32, 64-byte aligned. It grows only when a call needs
-// more than any call before it on this thread, so steady-state calls allocate nothing; freed when the thread
-// ends.
-float* scratch(ScratchSlot slot, size_t floats) {
-  struct Buf {
-    float* p = nullptr;
-    size_t cap = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[kSlots];
-  Buf& b = bufs[slot];
-  if (b.cap < floats) {
-    std::free(b.p);
-    b.cap = (floats + 15) / 16 * 16;
-    b.p = static_cast<float*>(std::aligned_alloc(64, b.cap * sizeof(float)));
-    if (!b.p) std::abort();
+// Initial sizes of the slots, in f32. Staged activations: up to 23 tokens × 10752 columns (the largest input
+// width of the DBRX-size matrices) fit in 1 MiB; the others are fixed by the blocking constants.
+constexpr size_t kScratchInitial[kSlots] = {size_t(1) << 18, size_t(kNC / kNR) * kKC * kNR, 2 * kNNTileFloats};
+
+// This thread's scratch buffers: created on the thread's first kernel call (see gemm_nt / gemm_nn) and written
+// through once, so that the decode loop neither allocates nor takes a page fault for them (a call needing more
+// than a slot holds grows it, once). Freed when the thread ends.
+struct Scratch {
+  float* p[kSlots] = {};
+  size_t cap[kSlots] = {};
+  Scratch() {
+    for (int s = 0; s < kSlots; ++s) grow(ScratchSlot(s), kScratchInitial[s]);
   }
-  return b.p;
+  ~Scratch() {
+    for (float* q : p) std::free(q);
+  }
+  void grow(ScratchSlot s, size_t floats) {
+    std::free(p[s]);
+    cap[s] = (floats + 15) / 16 * 16;
+    p[s] = static_cast<float*>(std::aligned_alloc(64, cap[s] * sizeof(float)));
+    if (!p[s]) std::abort();
+    std::memset(p[s], 0, cap[s] * sizeof(float));
+  }
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// This thread's buffer `slot`, at least `floats` f32, 64-byte aligned.
+float* scratch(ScratchSlot slot, size_t floats) {
+  Scratch& s = thread_scratch();
+  if (s.cap[slot] < floats) s.grow(slot, floats);
+  return s.p[slot];
 }
 
 // A row stride (in f32) for n values per row that is an odd number of cache lines. Rows of activations are
@@ -524,6 +541,7 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
 void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
              int64_t r1) {
   if (T <= 0 || r0 >= r1) return;
+  thread_scratch();
   switch (W.dtype) {
     case DType::F32: gemm_nt_d<DType::F32>(W, X, ldx, T, Y, ldy, r0, r1); break;
     case DType::BF16: gemm_nt_d<DType::BF16>(W, X, ldx, T, Y, ldy, r0, r1); break;
@@ -558,6 +576,7 @@ void gemm_nn_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
 void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
              int64_t c1) {
   if (T <= 0 || c0 >= c1) return;
+  thread_scratch();
   switch (W.dtype) {
     case DType::F32: gemm_nn_d<DType::F32>(W, X, ldx, T, Y, ldy, c0, c1); break;
     case DType::BF16: gemm_nn_d<DType::BF16>(W, X, ldx, T, Y, ldy, c0, c1); break;

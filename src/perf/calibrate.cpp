@@ -81,9 +81,10 @@ double time_calls(F&& call, int64_t copies, double target, int64_t* cursor) {
 }
 
 // The engine's attention inner loop (transformer.cpp): per (row, head) an online softmax over `ctx`
-// positions, dot products of head_dim for the scores and an axpy for the values.
-double time_attention(ThreadPool& pool, double target) {
-  const int64_t rows = 4, H = 16, KVH = 4, hd = 128, ctx = 1024, group = H / KVH;
+// positions, dot products of head_dim for the scores and an axpy for the values. Returns nanoseconds per
+// (row, head, position).
+double time_attention(ThreadPool& pool, double target, int64_t hd) {
+  const int64_t rows = 4, H = 16, KVH = 4, ctx = 256, group = H / KVH;
   std::vector<float> q(size_t(rows * H * hd)), out(q.size()), kc(size_t(ctx * KVH * hd)), vc(kc.size());
   for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i % 97) - 48) / 480.f;
   for (size_t i = 0; i < kc.size(); ++i) kc[i] = float(int(i % 89) - 44) / 440.f, vc[i] = float(int(i % 83) - 41) / 410.f;
@@ -92,7 +93,7 @@ double time_attention(ThreadPool& pool, double target) {
     pool.parallel_for(rows * H, [&](int64_t task) {
       const int64_t t = task / H, h = task % H, g = h / group;
       const float* qq = &q[size_t((t * H + h) * hd)];
-      float acc[128];
+      float acc[256];
       std::fill(acc, acc + hd, 0.f);
       float m = -std::numeric_limits<float>::infinity(), l = 0.f;
       for (int64_t j = 0; j < ctx; ++j) {
@@ -116,7 +117,7 @@ double time_attention(ThreadPool& pool, double target) {
   };
   int64_t cursor = 0;
   const double s = time_calls([&](int64_t) { run(); }, 1, target, &cursor);
-  return s * 1e9 / double(rows * H * ctx * 2 * hd);
+  return s * 1e9 / double(rows * H * ctx);
 }
 
 }  // namespace
@@ -234,9 +235,11 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
       packed.push_back(s);
     }
   }
-  // 3. Attention inner loop.
+  // 3. Attention inner loop at two head dimensions: a fixed part per (head, position) and a part per
+  // multiply-add (2 · head_dim of them: scores and values).
   comm.barrier();
-  packed.push_back(time_attention(pool, o.seconds_per_point * 3));
+  packed.push_back(time_attention(pool, o.seconds_per_point * 3, 64));
+  packed.push_back(time_attention(pool, o.seconds_per_point * 3, 128));
   const std::vector<double> avg = mean_over_ranks(comm, packed);
   size_t k = 0;
   for (const std::string& dt_name : o.dtypes) {
@@ -256,7 +259,11 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     }
     hm.expert_us[dtype_name(parse_dtype(dt_name))] = avg[k++] * 1e6;
   }
-  hm.attention_ns_per_mac = avg[k++];
+  {
+    const double t64 = avg[k++], t128 = avg[k++];  // ns per (row, head, position)
+    hm.attention_ns_per_mac = std::max(1e-3, (t128 - t64) / double(2 * (128 - 64)));
+    hm.attention_ns_per_head_pos = std::max(0.0, t64 - hm.attention_ns_per_mac * 2 * 64);
+  }
   hm.expert_d_model = o.expert_d_model;
   hm.expert_ffn = o.expert_ffn;
 

@@ -74,7 +74,7 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
   const bool shared = info.same_every_layer && (!s.routing || s.routing->counts[size_t(layer)].empty());
   const int64_t key_layer = shared ? -1 : layer;
   const auto key = std::make_tuple(s.dtype, s.nodes, rows, key_layer, s.placement, s.kv_dtype,
-                                   static_cast<const void*>(s.routing), s.seed, s.samples);
+                                   static_cast<const void*>(s.routing), s.seed, s.samples, s.identical_rows);
   auto it = cache_.find(key);
   if (it != cache_.end()) return it->second;
   const std::vector<double> pi = inclusion_probabilities(s.routing, layer, m.n_experts, m.top_k);
@@ -96,10 +96,17 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
     const double per_token = recorded ? double(m.n_experts) : double(k);
     samples = std::clamp<int64_t>(int64_t(4e6 / (double(rows) * per_token * double(classes))), 30, 2000);
   }
-  const auto rkey = std::make_tuple(dist, rows, s.seed, s.samples);
+  const auto rkey = std::make_tuple(dist, rows, s.seed, s.samples, s.identical_rows);
   auto rit = routings_.find(rkey);
-  if (rit == routings_.end())
-    rit = routings_.emplace(rkey, make_routings(pi, rows, k, samples, s.seed + uint64_t(rows) * 7919u + uint64_t(dist + 1) * 104729u)).first;
+  if (rit == routings_.end()) {
+    // Recorded steps of this many rows are replayed as they happened; otherwise routings are drawn.
+    RoutingSet set;
+    if (recorded) set = recorded_routings(*s.routing, layer, rows);
+    if (set.count == 0)
+      set = make_routings(pi, rows, k, samples, s.seed + uint64_t(rows) * 7919u + uint64_t(dist + 1) * 104729u,
+                          200000, s.identical_rows);
+    rit = routings_.emplace(rkey, std::move(set)).first;
+  }
   const ExpertTimeStats st = evaluate_routings(pl, shared ? 0 : layer, rit->second, cost);
   cache_[key] = st;
   return st;
@@ -107,13 +114,13 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
 
 StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t rows, double attended_positions,
                           int64_t logit_rows, double* weight_bytes, AllreduceAlgorithm* alg, bool* exact,
-                          int64_t* samples) {
+                          int64_t* samples, double* experts_per_layer) {
   const ModelShape& m = model_;
   const double wb = weight_type(s.dtype).bytes_per_weight;
   const double kvb = kv_bytes_per_value(s.kv_dtype);
   const double R = double(rows), d = double(m.d_model);
   StepTimes t;
-  double bytes = 0;
+  double bytes = 0, runs = 0;
   const double ar_bytes = R * d * 4.0;  // the [rows × d_model] f32 buffer
   const double t_ar = allreduce_seconds(net, s.nodes, ar_bytes, alg) + emulated_latency_seconds(s.emulate_latency_us, s.nodes);
   *exact = true;
@@ -122,7 +129,7 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       t.attention += lin(s, double(w), R);
       bytes += double(w) * wb;
     }
-    t.attention += hw_.attention_seconds(attended_positions * double(m.attn_macs_per_pos),
+    t.attention += hw_.attention_seconds(attended_positions * double(m.n_heads), attended_positions * double(m.attn_macs_per_pos),
                                          attended_positions * double(m.kv_elems_per_pos) * kvb);
     if (m.layer_is_moe[size_t(l)]) {
       t.router += lin(s, double(m.router_elems), R);
@@ -136,6 +143,7 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       t.experts_mean += st.mean_rank_s;
       t.experts_max += st.max_rank_s;
       bytes += st.mean_rank_experts * double(m.expert_elems) * wb;
+      runs += st.mean_rank_experts * double(s.nodes);
       *exact = *exact && st.exact;
       *samples = st.samples;
       t.allreduce += t_ar;
@@ -150,6 +158,7 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
   }
   bytes += R * d * wb;  // embedding rows
   *weight_bytes = bytes;
+  if (experts_per_layer) *experts_per_layer = runs / double(std::max<int64_t>(1, m.n_moe_layers()));
   t.sync = jitter_fraction(net, s.nodes) * t.compute();
   return t;
 }
@@ -161,7 +170,7 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
   int64_t samples = 0;
   // Decode: batch rows, each attending over `context` positions.
   p.decode = step(net, s, s.batch, double(s.batch) * double(s.context), s.batch, &p.weight_bytes_per_step,
-                  &p.algorithm, &exact, &samples);
+                  &p.algorithm, &exact, &samples, &p.experts_per_layer);
   p.decode_tokens_per_s = double(s.batch) / p.decode.total();
   p.experts_exact = exact;
   p.expert_samples = samples;
@@ -169,6 +178,8 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
   // Prefill: one sequence's prompt in chunks; row i of the prompt attends over i + 1 positions; logits for
   // the last row only.
   if (s.prompt > 0) {
+    Scenario sp = s;
+    sp.identical_rows = false;  // the rows of a prompt are different tokens
     for (int64_t p0 = 0; p0 < s.prompt; p0 += s.prefill_chunk) {
       const int64_t r = std::min(s.prefill_chunk, s.prompt - p0);
       const double attended = double(r) * double(p0) + double(r) * double(r + 1) / 2.0;
@@ -176,7 +187,7 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
       AllreduceAlgorithm a;
       bool ex;
       int64_t smp;
-      p.prefill += step(net, s, r, attended, p0 + r == s.prompt ? 1 : 0, &wbytes, &a, &ex, &smp);
+      p.prefill += step(net, sp, r, attended, p0 + r == s.prompt ? 1 : 0, &wbytes, &a, &ex, &smp);
     }
     p.prefill_tokens_per_s = double(s.prompt) / p.prefill.total();
   }

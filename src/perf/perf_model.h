@@ -38,6 +38,7 @@ struct Scenario {
   std::string kv_dtype = "f32";  // moep keeps its KV cache in f32
   std::string placement = "contiguous";  // contiguous, round-robin or a placement JSON file
   const RoutingRecord* routing = nullptr;  // null: uniform routing
+  bool identical_rows = false;  // rows of a step route alike (each step's choice still uniform or recorded)
   double emulate_latency_us = 0.0;  // moep's --emulate-latency-us
   int64_t samples = 0;         // random routings per layer (0: chosen from the problem size)
   uint64_t seed = 1;
@@ -68,6 +69,7 @@ struct Prediction {
   double prefill_tokens_per_s = 0;
   MemoryUse memory;
   double weight_bytes_per_step = 0;  // weights a (mean) rank reads per decode step
+  double experts_per_layer = 0;      // distinct (rank, expert) runs per MoE layer per decode step, all ranks
   double allreduce_bytes = 0;        // per MoE layer per decode step
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // chosen for the decode message
   bool experts_exact = false;        // E[max] by exact enumeration (else Monte Carlo)
@@ -87,7 +89,8 @@ class Predictor {
  private:
   ExpertTimeStats expert_stats(const Scenario& s, int64_t layer_class, int64_t rows);
   StepTimes step(const NetworkProfile& net, const Scenario& s, int64_t rows, double attended_positions,
-                 int64_t logit_rows, double* weight_bytes, AllreduceAlgorithm* alg, bool* exact, int64_t* samples);
+                 int64_t logit_rows, double* weight_bytes, AllreduceAlgorithm* alg, bool* exact, int64_t* samples,
+                 double* experts_per_layer = nullptr);
   double lin(const Scenario& s, double elems, double rows, bool in_out = false) const;
 
   struct PlacementInfo {
@@ -101,8 +104,8 @@ class Predictor {
   std::map<std::pair<std::string, int>, PlacementInfo> placements_;
   // Sampled routings by (distribution: -1 uniform or the layer, rows, seed, samples asked): shared by every
   // node count, placement and network.
-  std::map<std::tuple<int64_t, int64_t, uint64_t, int64_t>, RoutingSet> routings_;
-  std::map<std::tuple<std::string, int, int64_t, int64_t, std::string, std::string, const void*, uint64_t, int64_t>,
+  std::map<std::tuple<int64_t, int64_t, uint64_t, int64_t, bool>, RoutingSet> routings_;
+  std::map<std::tuple<std::string, int, int64_t, int64_t, std::string, std::string, const void*, uint64_t, int64_t, bool>,
            ExpertTimeStats>
       cache_;
 };

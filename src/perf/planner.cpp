@@ -38,7 +38,9 @@ std::string pad(const std::string& s, size_t w, bool right = true) {
 }
 
 std::string routing_label(const Scenario& s) {
-  return s.routing ? "recorded routing (" + s.routing->source + ")" : "uniform routing";
+  std::string l = s.routing ? "recorded routing (" + s.routing->source + ")" : "uniform routing";
+  if (s.identical_rows) l += ", rows of a step alike";
+  return l;
 }
 
 // Why nothing fits: the smallest node count that would, or why none can (contiguous placement).
@@ -182,17 +184,18 @@ std::string format_plan(const PlanRequest& req, const PlanResult& res) {
     const double step_ms = d.total() * 1e3;
     o << pad(r.hardware->name, 18, false) << pad(r.network ? r.network->name : "-", 16, false)
       << pad(std::to_string(r.nodes), 5) << pad(r.p.memory.fits() ? "yes" : "NO", 5)
-      << pad(fmt("%.1f", r.p.memory.total() * 1e-9), 9) << pad(fmt("%.2f", r.p.decode_tokens_per_s), 9)
+      << pad(fmt("%.1f", r.p.memory.total() * 1e-9), 9)
+      << pad(r.p.memory.fits() ? fmt("%.2f", r.p.decode_tokens_per_s) : "(" + fmt("%.2f", r.p.decode_tokens_per_s) + ")", 9)
       << pad(fmt("%.2f", step_ms / double(b.batch)), 8)
       << pad(fmt("%.0f%%", 100 * d.compute() / d.total()), 9) << pad(fmt("%.0f%%", 100 * d.communication() / d.total()), 8)
       << pad(fmt("%.0f%%", 100 * d.imbalance() / d.total()), 8)
       << pad(b.prompt > 0 ? fmt("%.1f", r.p.prefill_tokens_per_s) : "-", 9) << pad(money(r.p.price_usd), 11)
-      << pad(r.p.price_usd > 0 ? fmt("%.3f", r.tps_per_kusd()) : "-", 10)
+      << pad(r.p.price_usd > 0 && r.p.memory.fits() ? fmt("%.3f", r.tps_per_kusd()) : "-", 10)
       << pad(r.p.power_w > 0 ? fmt("%.0f", r.p.power_w) : "-", 7);
     if (int(i) == res.cheapest_meeting_target) o << "  <- cheapest meeting target";
     o << "\n";
   }
-  o << "\ncolumns: tok/s = decode tokens/s (all sequences); ms/tok = step time / batch; compute, comm (all-reduce),\n"
+  o << "\ncolumns: tok/s = decode tokens/s (all sequences; in parentheses where it does not fit); ms/tok = step time / batch; compute, comm (all-reduce),\n"
        "imbal (busiest rank's experts beyond the mean) as shares of the step; prefill = prompt tokens/s of one\n"
        "sequence; GB/node = weights + KV cache + buffers on the fullest node.\n";
   if (req.target_tps > 0) {
@@ -234,6 +237,7 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
   j["scenario"] = {{"dtype", b.dtype},         {"kv_dtype", b.kv_dtype},   {"batch", b.batch},
                    {"context", b.context},     {"prompt", b.prompt},       {"prefill_chunk", b.prefill_chunk},
                    {"placement", b.placement}, {"routing", b.routing ? b.routing->source : "uniform"},
+                   {"identical_rows", b.identical_rows},
                    {"emulate_latency_us", b.emulate_latency_us}, {"seed", b.seed}, {"target_tps", req.target_tps}};
   json rows = json::array();
   auto times = [](const StepTimes& t) {

@@ -170,11 +170,12 @@ double HardwareProfile::linear_seconds(const std::string& dtype, double bytes_pe
   return overhead + std::max(t_mem, t_flop);
 }
 
-double HardwareProfile::attention_seconds(double macs, double kv_bytes) const {
+double HardwareProfile::attention_seconds(double head_positions, double macs, double kv_bytes) const {
   if (macs <= 0) return 0.0;
   if (measured && measured->attention_ns_per_mac > 0) {
     const double bw = measured->membw_gbs > 0 ? measured->membw_gbs * 1e9 : memory_bandwidth_gbs.value * 1e9;
-    return std::max(macs * measured->attention_ns_per_mac * 1e-9, kv_bytes / bw);
+    const double compute = macs * measured->attention_ns_per_mac + head_positions * measured->attention_ns_per_head_pos;
+    return std::max(compute * 1e-9, kv_bytes / bw);
   }
   const double eff = bandwidth_efficiency.present ? bandwidth_efficiency.value : 1.0;
   const double t_mem = kv_bytes / (memory_bandwidth_gbs.value * 1e9 * eff);
@@ -240,6 +241,7 @@ HardwareProfile parse_hardware_profile(const json& j, const std::string& source)
     hm.info = read_info(m);
     hm.membw_gbs = m.value("membw_gbs", 0.0);
     hm.attention_ns_per_mac = m.value("attention_ns_per_mac", 0.0);
+    hm.attention_ns_per_head_pos = m.value("attention_ns_per_head_pos", 0.0);
     if (m.contains("linear"))
       for (auto& [dt, tab] : m["linear"].items()) {
         if (tab.contains("nt")) hm.linear[dt] = read_points(tab["nt"], where);
@@ -310,6 +312,7 @@ json hardware_profile_to_json(const HardwareProfile& h) {
     json mj = info_json(m.info);
     mj["membw_gbs"] = m.membw_gbs;
     mj["attention_ns_per_mac"] = m.attention_ns_per_mac;
+    mj["attention_ns_per_head_pos"] = m.attention_ns_per_head_pos;
     json lin = json::object();
     for (const auto& [dt, pts] : m.linear) lin[dt]["nt"] = points_json(pts);
     for (const auto& [dt, pts] : m.linear_in_out) lin[dt]["in_out"] = points_json(pts);

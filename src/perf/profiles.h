@@ -53,7 +53,10 @@ struct HardwareMeasured {
   double membw_gbs = 0.0;  // read bandwidth per rank, all ranks of the host reading together
   // By dtype name ("bf16", ...): points sorted by batch, for W [out, in] (linear) and W [in, out] (in_out).
   std::map<std::string, std::vector<LinearPoint>> linear, linear_in_out;
-  double attention_ns_per_mac = 0.0;  // the attention inner loop (scores and values), per multiply-add
+  // The attention inner loop: per (position, head) a fixed part (softmax bookkeeping, exp) and per multiply-add
+  // of the scores and values (fitted over two head dimensions).
+  double attention_ns_per_mac = 0.0;
+  double attention_ns_per_head_pos = 0.0;
   // Informational: one expert (gate, up, down) at batch 1, by dtype, in microseconds, for `expert_shape`.
   std::map<std::string, double> expert_us;
   int64_t expert_d_model = 0, expert_ffn = 0;
@@ -72,8 +75,9 @@ struct HardwareProfile {
   // max(bytes / (bandwidth × efficiency), 2·rows·elems / (peak × efficiency)) + op_overhead.
   double linear_seconds(const std::string& dtype, double bytes_per_weight, double elems, double rows,
                         bool in_out = false) const;
-  // Seconds for `macs` attention multiply-adds that read `kv_bytes` of KV cache.
-  double attention_seconds(double macs, double kv_bytes) const;
+  // Seconds for attention over `head_positions` (row, head, attended position) triples with `macs`
+  // multiply-adds in all, reading `kv_bytes` of KV cache.
+  double attention_seconds(double head_positions, double macs, double kv_bytes) const;
   // Effective weight-streaming bandwidth at batch 1, bytes/s (for reports).
   double streaming_bandwidth_bps(const std::string& dtype) const;
 };

@@ -59,13 +59,38 @@ RoutingRecord parse_routing_record(const std::string& text, const std::string& s
         fail(source, ": layer ", l, " expert ", e, " was chosen ", row[size_t(e)], " times, more than the ", r.tokens,
              " tokens (a token picks distinct experts)");
   }
+  if (j.contains("steps") && !j["steps"].is_null()) {
+    if (!j["steps"].is_array()) fail(source, ": \"steps\" must be a list");
+    for (const json& st : j["steps"]) {
+      RoutingRecord::Step step;
+      if (!st.is_object() || !st.contains("rows") || !st["rows"].is_number_integer() || !st.contains("ids") ||
+          !st["ids"].is_array() || int64_t(st["ids"].size()) != r.n_layers)
+        fail(source, ": step ", r.steps.size(), " needs \"rows\" and \"ids\" with one entry per layer");
+      step.rows = st["rows"].get<int64_t>();
+      if (step.rows < 1) fail(source, ": step ", r.steps.size(), " has no rows");
+      step.ids.resize(size_t(r.n_layers));
+      for (int64_t l = 0; l < r.n_layers; ++l) {
+        const json& ids = st["ids"][size_t(l)];
+        if (ids.is_null() || (ids.is_array() && ids.empty())) continue;
+        if (!ids.is_array() || int64_t(ids.size()) != step.rows * r.top_k)
+          fail(source, ": step ", r.steps.size(), " layer ", l, " must list rows × top_k = ", step.rows * r.top_k,
+               " expert ids");
+        for (const auto& e : ids) {
+          if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= r.n_experts)
+            fail(source, ": step ", r.steps.size(), " layer ", l, " has an expert id outside [0, ", r.n_experts, ")");
+          step.ids[size_t(l)].push_back(e.get<int32_t>());
+        }
+      }
+      r.steps.push_back(std::move(step));
+    }
+  }
   return r;
 }
 
 RoutingCounter::RoutingCounter(int64_t n_layers, int64_t n_experts, int64_t top_k, const std::vector<bool>& layer_is_moe,
-                               std::string model)
+                               std::string model, int64_t max_steps)
     : n_layers_(n_layers), n_experts_(n_experts), top_k_(top_k), is_moe_(layer_is_moe), model_(std::move(model)),
-      counts_(static_cast<size_t>(n_layers)), rows_(static_cast<size_t>(n_layers), 0) {
+      counts_(static_cast<size_t>(n_layers)), rows_(static_cast<size_t>(n_layers), 0), max_steps_(max_steps) {
   if (int64_t(is_moe_.size()) != n_layers) fail("RoutingCounter: layer kinds must list every layer");
   for (int64_t l = 0; l < n_layers; ++l)
     if (is_moe_[size_t(l)]) counts_[size_t(l)].assign(size_t(n_experts), 0);
@@ -81,6 +106,22 @@ void RoutingCounter::add(int64_t layer, const int32_t* ids, int64_t rows) {
   rows_[size_t(layer)] += rows;
 }
 
+void RoutingCounter::add_step(const std::vector<std::vector<int32_t>>& routing, int64_t rows) {
+  MOEP_ASSERT(int64_t(routing.size()) == n_layers_, "routing of ", routing.size(), " layers, expected ", n_layers_);
+  RoutingRecord::Step step;
+  step.rows = rows;
+  step.ids.resize(size_t(n_layers_));
+  for (int64_t l = 0; l < n_layers_; ++l) {
+    if (!is_moe_[size_t(l)]) continue;
+    const auto& ids = routing[size_t(l)];
+    MOEP_ASSERT(int64_t(ids.size()) == rows * top_k_, "layer ", l, " routed ", ids.size(), " pairs, expected ",
+                rows * top_k_);
+    add(l, ids.data(), rows);
+    if (int64_t(steps_.size()) < max_steps_) step.ids[size_t(l)] = ids;
+  }
+  if (int64_t(steps_.size()) < max_steps_) steps_.push_back(std::move(step));
+}
+
 RoutingRecord RoutingCounter::record() const {
   RoutingRecord r;
   r.model = model_;
@@ -93,6 +134,7 @@ RoutingRecord RoutingCounter::record() const {
     if (r.tokens == 0) r.tokens = rows_[size_t(l)];
     for (int64_t v : counts_[size_t(l)]) r.counts[size_t(l)].push_back(double(v));
   }
+  r.steps = steps_;
   return r;
 }
 
@@ -111,6 +153,15 @@ std::string RoutingCounter::to_json() const {
   }
   j["tokens"] = tokens;
   j["counts"] = counts;
+  if (!steps_.empty()) {
+    json steps = json::array();
+    for (const auto& st : steps_) {
+      json ids = json::array();
+      for (const auto& l : st.ids) ids.push_back(l.empty() ? json(nullptr) : json(l));
+      steps.push_back({{"rows", st.rows}, {"ids", ids}});
+    }
+    j["steps"] = steps;
+  }
   return j.dump() + "\n";
 }
 
@@ -214,13 +265,23 @@ double choose(int64_t n, int64_t r) {
 }  // namespace
 
 RoutingSet make_routings(const std::vector<double>& pi, int64_t rows, int64_t k, int64_t samples, uint64_t seed,
-                         int64_t exact_limit) {
+                         int64_t exact_limit, bool identical_rows) {
   const int64_t E = int64_t(pi.size());
   if (rows < 1 || k < 1 || k > E) fail("make_routings: need rows >= 1 and 1 <= k <= E");
   RoutingSet set;
   set.rows = rows;
   set.k = k;
   const int64_t per = rows * k;
+  if (identical_rows && rows > 1) {
+    // One row's routings, each repeated over all rows.
+    const RoutingSet one = make_routings(pi, 1, k, samples, seed, exact_limit, false);
+    set.count = one.count;
+    set.exact = one.exact;
+    set.ids.reserve(size_t(one.count * per));
+    for (int64_t c = 0; c < one.count; ++c)
+      for (int64_t t = 0; t < rows; ++t) set.ids.insert(set.ids.end(), one.ids.begin() + c * k, one.ids.begin() + (c + 1) * k);
+    return set;
+  }
   const double outcomes = std::pow(choose(E, k), double(rows));
   if (is_uniform(pi) && outcomes <= double(exact_limit) && outcomes * double(per) <= 4e6) {
     // Every token's k-subset is equally likely: enumerate the subsets, then all rows-tuples of them.
@@ -254,6 +315,18 @@ RoutingSet make_routings(const std::vector<double>& pi, int64_t rows, int64_t k,
   set.ids.resize(size_t(set.count * per));
   for (int64_t s = 0; s < set.count; ++s)
     for (int64_t t = 0; t < rows; ++t) sample_experts(pi, k, rng, &set.ids[size_t(s * per + t * k)], order);
+  return set;
+}
+
+RoutingSet recorded_routings(const RoutingRecord& rec, int64_t layer, int64_t rows) {
+  RoutingSet set;
+  set.rows = rows;
+  set.k = rec.top_k;
+  for (const auto& st : rec.steps) {
+    if (st.rows != rows || layer >= int64_t(st.ids.size()) || st.ids[size_t(layer)].empty()) continue;
+    set.ids.insert(set.ids.end(), st.ids[size_t(layer)].begin(), st.ids[size_t(layer)].end());
+    ++set.count;
+  }
   return set;
 }
 

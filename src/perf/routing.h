@@ -5,14 +5,20 @@
 //    "model": "<ModelConfig::summary() or name>",      (informational)
 //    "n_layers": L, "n_experts": E, "top_k": k,
 //    "tokens": T,                                       (tokens routed per MoE layer, summed over the run)
-//    "counts": [[c_0, ..., c_{E-1}], ..., null, ...]}   (per layer: how often each expert was among a token's
+//    "counts": [[c_0, ..., c_{E-1}], ..., null, ...],  (per layer: how often each expert was among a token's
 //                                                        top-k; null or [] for dense layers)
-// For every MoE layer, Σ_e counts[l][e] = T · k. Rows that the engine ran more than once (none today) count
-// each time they were routed.
+//    "steps": [{"rows": R, "ids": [[e, e, ...] or null, ...]}, ...]}
+//                                                       (optional: the routing of individual forward steps,
+//                                                        per layer R·k expert ids in row-major [row][k] order as
+//                                                        Transformer::last_routing() holds them; null for dense
+//                                                        layers; the first few thousand steps are enough)
+// For every MoE layer, Σ_e counts[l][e] = T · k (T counts every row of every step, steps recorded or not).
 //
-// From a record, expert e of layer l is chosen by a token with probability π_e = counts[l][e] / T (Σ π = k);
+// From the counts, expert e of layer l is chosen by a token with probability π_e = counts[l][e] / T (Σ π = k);
 // the model draws each token's k distinct experts with exactly these inclusion probabilities (systematic
-// sampling over a random order of the experts). Uniform routing is π_e = k / E.
+// sampling over a random order of the experts), tokens independently. Uniform routing is π_e = k / E.
+// Where the record has steps with as many rows as the step being predicted, the model replays them instead:
+// that keeps what counts cannot (rows of one step choosing the same experts, as identical tokens do).
 #pragma once
 
 #include <cstdint>
@@ -29,15 +35,24 @@ struct RoutingRecord {
   std::string model, source;
   int64_t n_layers = 0, n_experts = 0, top_k = 0, tokens = 0;
   std::vector<std::vector<double>> counts;  // [n_layers][n_experts], empty for layers without data
+  struct Step {
+    int64_t rows = 0;
+    std::vector<std::vector<int32_t>> ids;  // [n_layers][rows · top_k], empty for dense layers
+  };
+  std::vector<Step> steps;  // recorded forward steps (may be empty)
 };
 
 // Counts routing decisions and writes the record above (for the engine's --record-routing FILE).
 // Not thread-safe; add() allocates nothing.
 class RoutingCounter {
  public:
+  // Keeps the routing of the first `max_steps` steps given to add_step (0: counts only).
   RoutingCounter(int64_t n_layers, int64_t n_experts, int64_t top_k, const std::vector<bool>& layer_is_moe,
-                 std::string model);
-  // expert_ids: [rows × top_k] of one forward step of MoE layer `layer` (Transformer::last_routing()).
+                 std::string model, int64_t max_steps = 4096);
+  // After each forward step: Transformer::last_routing() ([n_layers][rows × top_k], empty for dense layers)
+  // and the step's rows. Counts every layer; keeps the step while fewer than max_steps are kept.
+  void add_step(const std::vector<std::vector<int32_t>>& routing, int64_t rows);
+  // Counts only: expert_ids [rows × top_k] of MoE layer `layer` for one step.
   void add(int64_t layer, const int32_t* expert_ids, int64_t rows);
   RoutingRecord record() const;  // tokens = rows added to the first MoE layer
   std::string to_json() const;
@@ -49,6 +64,8 @@ class RoutingCounter {
   std::string model_;
   std::vector<std::vector<int64_t>> counts_;
   std::vector<int64_t> rows_;
+  int64_t max_steps_;
+  std::vector<RoutingRecord::Step> steps_;
 };
 
 // Throws moep::Error naming the file for a malformed record.
@@ -75,8 +92,12 @@ struct RoutingSet {
 // Exact enumeration when pi is uniform and there are at most `exact_limit` routings; otherwise `samples`
 // random routings from a generator seeded with `seed`. The sampled routings do not depend on the placement or
 // the node count, so one set serves every configuration.
+// identical_rows: every row of a routing chooses what its first row chooses (perfectly correlated rows, as
+// when all sequences of a batch feed the same token).
 RoutingSet make_routings(const std::vector<double>& pi, int64_t rows, int64_t k, int64_t samples, uint64_t seed,
-                         int64_t exact_limit = 200000);
+                         int64_t exact_limit = 200000, bool identical_rows = false);
+// The recorded steps of `rec` with `rows` rows, for `layer` (count 0 when there are none).
+RoutingSet recorded_routings(const RoutingRecord& rec, int64_t layer, int64_t rows);
 
 struct ExpertTimeStats {
   double max_rank_s = 0.0;   // E[max over ranks of the rank's expert time]

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "perf/perf_model.h"
+#include "perf/routing.h"
 
 namespace moep::perf {
 
@@ -32,6 +33,22 @@ std::string resolve(const fs::path& base, const std::string& p) {
   if (p.empty() || fs::path(p).is_absolute()) return p;
   const fs::path q = base / p;
   return fs::exists(q) ? q.string() : p;  // a profile name is not a path
+}
+
+// Distinct experts run per MoE layer per decode step, all ranks, from what moep bench says it read: its
+// weight bytes per token count, per rank and step, the attention, router, dense/shared MLP and head
+// matrices, and each local expert that had work.
+double measured_experts(const ModelShape& shape, const std::string& dtype, const json& bench, int64_t batch, int ranks) {
+  const double bytes_per_token = bench.value("weight_bytes_per_token", 0.0);
+  if (bytes_per_token <= 0 || shape.n_moe_layers() == 0) return 0;
+  const double wb = weight_type(dtype).bytes_per_weight;
+  double replicated = double(shape.head_elems);
+  for (int64_t l = 0; l < shape.n_layers; ++l) {
+    for (int64_t w : shape.attn_matrices) replicated += double(w);
+    replicated += shape.layer_is_moe[size_t(l)] ? double(shape.router_elems + shape.shared_elems) : double(shape.dense_elems);
+  }
+  return (bytes_per_token * double(batch) - double(ranks) * replicated * wb) /
+         (double(shape.expert_elems) * wb * double(shape.n_moe_layers()));
 }
 
 double median(std::vector<double> v) {
@@ -94,10 +111,28 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       s.dtype = c.value("dtype", shape.stored_dtype);
       s.emulate_latency_us = row.emulate_latency_us;
       s.placement = c.value("placement", std::string("contiguous"));
+      // Routing: a record of the run (file), "uniform", "identical" (rows of a step route alike), or "auto":
+      // identical when the run read only top_k experts per layer per step at batch > 1 (greedy decoding of a
+      // random-weight model feeds every sequence the same token), else uniform.
+      RoutingRecord routing;
+      row.routing = c.value("routing", std::string("auto"));
+      if (row.routing == "identical") {
+        s.identical_rows = true;
+      } else if (row.routing == "auto") {
+        row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks);
+        s.identical_rows = row.batch > 1 && row.measured_experts > 0 && row.measured_experts <= 1.02 * double(shape.top_k);
+        row.routing = s.identical_rows ? "identical (auto)" : "uniform (auto)";
+      } else if (row.routing != "uniform") {
+        routing = load_routing_record(resolve(base, row.routing));
+        s.routing = &routing;
+        row.routing = "recorded";
+      }
       const Prediction p = predict(shape, hw, net, s);
       row.predicted_decode = p.decode_tokens_per_s;
       row.predicted_prefill = p.prefill_tokens_per_s;
       row.predicted_comm_share = p.decode.communication() / p.decode.total();
+      row.predicted_experts = p.experts_per_layer;
+      row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks);
     } catch (const json::exception& e) {
       fail(manifest_path, ": case '", c.value("label", "?"), "' is malformed (", e.what(), ")");
     }
@@ -125,14 +160,16 @@ std::string format_validation(const ValidationResult& r) {
   std::ostringstream o;
   if (!r.machine.empty()) o << "Machine: " << r.machine << "\n\n";
   o << "| case | ranks × threads | batch | emulated latency (µs) | decode predicted (tok/s) | measured, median step "
-       "| error | measured, mean | error | predicted comm share | prefill predicted | measured | error |\n";
-  o << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+       "| error | measured, mean | error | predicted comm share | routing | experts/layer/step predicted | measured "
+       "| prefill predicted | measured | error |\n";
+  o << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& x : r.rows) {
     o << "| " << x.label << " | " << x.ranks << " × " << x.threads << " | " << x.batch << " | "
       << f("%.0f", x.emulate_latency_us) << " | " << f("%.2f", x.predicted_decode) << " | "
       << f("%.2f", x.measured_decode_median) << " | " << f("%+.1f%%", 100 * x.decode_median_error) << " | "
       << f("%.2f", x.measured_decode) << " | " << f("%+.1f%%", 100 * x.decode_error) << " | "
-      << f("%.0f%%", 100 * x.predicted_comm_share) << " | " << f("%.1f", x.predicted_prefill) << " | "
+      << f("%.0f%%", 100 * x.predicted_comm_share) << " | " << x.routing << " | " << f("%.2f", x.predicted_experts) << " | "
+      << (x.measured_experts > 0 ? f("%.2f", x.measured_experts) : "-") << " | " << f("%.1f", x.predicted_prefill) << " | "
       << (x.measured_prefill > 0 ? f("%.1f", x.measured_prefill) : "-") << " | "
       << (x.measured_prefill > 0 ? f("%+.1f%%", 100 * x.prefill_error) : "-") << " |\n";
   }

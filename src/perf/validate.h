@@ -7,7 +7,9 @@
 //     {"label": "...", "model": "MODEL_DIR", "hardware": "PROFILE_FILE_OR_NAME", "network": "PROFILE_FILE_OR_NAME",
 //      "bench": "BENCH.json", "emulate_latency_us": 0, "prompt": 32, "gen": 32, "warmup": 2}, ...]}
 // (prompt, gen, emulate_latency_us default to the bench JSON's; warmup to 2, moep bench's default; an empty
-// "network" means a single rank.)
+// "network" means a single rank; "routing": a routing record of the run (see routing.h), "uniform",
+// "identical", or "auto" (the default: identical rows when the run read only top_k experts per layer per step
+// at batch > 1, as greedy decoding of a random-weight model does; else uniform).)
 // The bench JSON (`moep bench --json`) gives decode_tokens_per_s, decode_step_ms_p50, prefill_tokens_per_s,
 // batch, ranks, threads. The accuracy target is judged on the median-step rate (batch / median step time):
 // the model predicts the steady state, and on a machine shared with other work a few preempted steps inflate
@@ -33,6 +35,11 @@ struct ValidationRow {
   double measured_decode_median = 0, decode_median_error = 0;
   double measured_prefill = 0, predicted_prefill = 0, prefill_error = 0;
   double predicted_comm_share = 0;  // share of the decode step spent in the all-reduce (predicted)
+  // Distinct experts run per MoE layer per decode step (all ranks): predicted from the routing used, and what
+  // the run read (from the bench's weight bytes per token). A large gap means the run's routing differed from
+  // the one predicted (e.g. greedy decoding of a random-weight model, where all sequences pick the same token).
+  double predicted_experts = 0, measured_experts = 0;
+  std::string routing;  // the routing the prediction used
 };
 
 struct ValidationResult {

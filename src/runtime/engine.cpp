@@ -1,6 +1,10 @@
 #include "runtime/engine.h"
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstring>
+#include <iomanip>
 
 #include "core/error.h"
 #include "io/mapped_file.h"
@@ -113,8 +117,34 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   e->pool_ = std::make_unique<ThreadPool>(threads);
   e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);
   if (opts.trace_events) e->transformer_->tracer().enable(opts.trace_events);
+  // Memory per rank, for the user (experts divided over ranks shrink each rank's share).
+  uint64_t mem[2] = {uint64_t(e->model_->bytes_mapped_for_use()), resident_set_bytes()};
+  std::vector<uint64_t> all(size_t(2 * c.size()));
+  c.allgather(mem, sizeof(mem), all.data());
+  for (int r = 0; r < c.size(); ++r) {
+    e->rank_weight_bytes_.push_back(all[size_t(2 * r)]);
+    e->rank_rss_bytes_.push_back(all[size_t(2 * r + 1)]);
+  }
   e->rows_.reserve(size_t(opts.limits.max_rows));
   return e;
+}
+
+uint64_t resident_set_bytes() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  unsigned long size = 0, rss = 0;
+  const int n = std::fscanf(f, "%lu %lu", &size, &rss);
+  std::fclose(f);
+  return n == 2 ? uint64_t(rss) * uint64_t(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+std::string Engine::memory_summary() const {
+  std::string s;
+  for (size_t r = 0; r < rank_weight_bytes_.size(); ++r)
+    s += str_cat(r ? ", " : "", "rank ", r, ": ", std::fixed, std::setprecision(2), double(rank_weight_bytes_[r]) / 1e9,
+                 " GB weights (RSS ", double(rank_rss_bytes_[r]) / 1e9, " GB)");
+  return str_cat(s, " of a ", std::fixed, std::setprecision(2), double(model_->checkpoint_bytes()) / 1e9,
+                 " GB checkpoint");
 }
 
 void Engine::run_sequence(const std::vector<int32_t>& tokens, int32_t slot, int32_t start_pos, bool all_logits,

@@ -45,6 +45,11 @@ class Engine {
   ThreadPool& pool() { return *pool_; }
   Transformer& transformer() { return *transformer_; }
   int rank() const { return comm_->rank(); }
+  // Per rank (gathered at start): weight bytes it reads and its resident set size after loading.
+  const std::vector<uint64_t>& rank_weight_bytes() const { return rank_weight_bytes_; }
+  const std::vector<uint64_t>& rank_rss_bytes() const { return rank_rss_bytes_; }
+  // "rank 0: 7.9 GB weights (RSS 8.1 GB), rank 1: ..." of a checkpoint of N GB.
+  std::string memory_summary() const;
   bool is_root() const { return comm_->rank() == 0; }
 
   // Runs `tokens` through slot `slot` starting at position `start_pos`, in chunks of at most limits.max_rows.
@@ -61,7 +66,11 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Transformer> transformer_;
   std::vector<BatchRow> rows_;
+  std::vector<uint64_t> rank_weight_bytes_, rank_rss_bytes_;
 };
+
+// This process's resident set size in bytes (0 where unknown).
+uint64_t resident_set_bytes();
 
 // Runs `fn` on every rank and then agrees on the outcome: if it threw moep::Error on any rank, every rank
 // throws moep::Error with the first failing rank's message (prefixed with that rank when size > 1).

@@ -267,6 +267,7 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
   }
   const int64_t te = now_ns();
   head_ns_ += te - th;
+  if (routing_observer_) routing_observer_(routing_, T);
   tracer_.record(TracePhase::Head, -1, th, te);
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -52,8 +53,14 @@ class Transformer {
   double weight_bytes_per_token() const;
   size_t kv_cache_bytes() const { return k_cache_.size() * sizeof(float) * 2; }
   // Routing of the last forward, per MoE layer: [n_layers][rows × top_k] (empty for dense layers);
-  // filled only when record_routing(true).
+  // filled only when record_routing(true). The observer, if set, is called after every forward with it and
+  // the number of rows (for --record-routing).
   void record_routing(bool on) { record_routing_ = on; }
+  using RoutingObserver = std::function<void(const std::vector<std::vector<int32_t>>& routing, int64_t rows)>;
+  void set_routing_observer(RoutingObserver f) {
+    routing_observer_ = std::move(f);
+    record_routing_ = routing_observer_ != nullptr;
+  }
   Tracer& tracer() { return tracer_; }
   const std::vector<std::vector<int32_t>>& last_routing() const { return routing_; }
 
@@ -83,6 +90,7 @@ class Transformer {
   std::vector<LayerStats> stats_;
   int64_t head_ns_ = 0;
   bool record_routing_ = false;
+  RoutingObserver routing_observer_;
   Tracer tracer_;
   std::vector<std::vector<int32_t>> routing_;
 };

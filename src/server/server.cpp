@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -74,6 +75,14 @@ const char* route_of(const std::string& path) {
   return "other";
 }
 
+// `s` with control characters replaced, at most 200 bytes (for the log: a client cannot forge log lines).
+std::string printable(const std::string& s) {
+  std::string out = s.substr(0, 200);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
+}
+
 ApiError server_error(int status, const std::string& message, const std::string& code = "") {
   return ApiError(status, message, "server_error", "", code);
 }
@@ -90,6 +99,7 @@ struct HttpServer::Impl {
   Metrics metrics;
   const Clock::time_point started = Clock::now();
   const int64_t created = int64_t(std::time(nullptr));
+  std::atomic<int> listen_fd{-1};  // the listening socket (set while binding)
   std::atomic<bool> stopping{false};
   std::atomic<int> in_flight{0};
   std::once_flag shutdown_once;
@@ -302,14 +312,14 @@ struct HttpServer::Impl {
           return false;
       }
       const std::vector<RequestEvent> events = gen->take(kPollInterval);
+      std::string out;  // everything that came, in one write
       for (const RequestEvent& e : events) {
         if (e.kind == RequestEvent::Text) {
-          if (!write(sse_event(chunk_json(ep, id, created_at, model, e.text, "", false)))) return false;
+          out += sse_event(chunk_json(ep, id, created_at, model, e.text, "", false));
           continue;
         }
         st->finished = true;
         metrics.count_generation(e.finish_reason, e.time_to_first_token_s);
-        std::string out;
         if (e.finish_reason == "stop" || e.finish_reason == "length") {
           out += sse_event(chunk_json(ep, id, created_at, model, "", e.finish_reason, false));
           if (include_usage)
@@ -318,26 +328,31 @@ struct HttpServer::Impl {
           out += sse_event(error_json(ended_badly(e, st->timed_out)));
         }
         out += "data: [DONE]\n\n";
-        if (!write(out)) return false;
+        break;
+      }
+      if (!write(out)) return false;
+      if (st->finished) {
         sink.done();
         return true;
       }
+      const double waited = seconds_since(st->t0);
+      if (!st->timed_out && waited > opt.request_timeout_s) {
+        sched.cancel(gen->id);  // its Done ("cancelled") comes next and ends the stream with an error event
+        st->timed_out = true;
+      }
+      if (st->timed_out && waited > opt.request_timeout_s + kCancelGraceS) return false;
       if (!events.empty()) return true;
       // Nothing new: is the client still there? (A closed socket reads as end-of-file.)
       if (!sink.is_writable()) return false;
       if (seconds_since(st->last_write) > kKeepAliveCommentS && !write(": keep-alive\n\n")) return false;
-      const double waited = seconds_since(st->t0);
-      if (!st->timed_out && waited > opt.request_timeout_s) {
-        sched.cancel(gen->id);
-        st->timed_out = true;
-      }
-      if (st->timed_out && waited > opt.request_timeout_s + kCancelGraceS) return false;
       return true;
     };
     // Runs when the response is done with, however it ended: a request that did not finish is cancelled (the
     // client went away, or a write failed), which frees its slot.
     auto releaser = [this, gen, st, in_flight_token](bool) {
-      if (!st->finished) sched.cancel(gen->id);
+      if (st->finished) return;
+      sched.cancel(gen->id);
+      metrics.count_generation("cancelled", 0);
     };
     res.set_chunked_content_provider("text/event-stream", std::move(provider), std::move(releaser));
   }
@@ -383,6 +398,13 @@ struct HttpServer::Impl {
         opt.http_threads > 0 ? opt.http_threads : int(std::max<int64_t>(32, 4 * sched.slots() + 16));
     svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
     svr.set_tcp_nodelay(true);  // stream chunks go out at once (no Nagle delay per token)
+    // httplib's default sets SO_REUSEPORT, which would let a second server bind the same port and silently take
+    // half the connections; SO_REUSEADDR alone allows a quick restart and still refuses a port in use.
+    svr.set_socket_options([this](int sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      listen_fd = sock;
+    });
     svr.set_payload_max_length(opt.max_body_bytes);
     svr.set_keep_alive_max_count(1000);
 
@@ -439,7 +461,7 @@ struct HttpServer::Impl {
       metrics.count_http(route_of(req.path), res.status);
       if (opt.log_requests)
         std::fprintf(stderr, "moep serve: %s:%d \"%s %s\" %d\n", req.remote_addr.c_str(), req.remote_port,
-                     req.method.c_str(), req.path.c_str(), res.status);
+                     printable(req.method).c_str(), printable(req.path).c_str(), res.status);
     });
   }
 };
@@ -455,14 +477,17 @@ HttpServer::~HttpServer() { shutdown(0); }
 
 int HttpServer::bind() {
   const ServerOptions& o = impl_->opt;
+  int port = o.port;
   if (o.port == 0) {
-    const int port = impl_->svr.bind_to_any_port(o.host);
+    port = impl_->svr.bind_to_any_port(o.host);
     if (port <= 0) fail("serve: cannot listen on ", o.host, " (any port)");
-    return port;
-  }
-  if (!impl_->svr.bind_to_port(o.host, o.port))
+  } else if (!impl_->svr.bind_to_port(o.host, o.port)) {
     fail("serve: cannot listen on ", o.host, ":", o.port, " (address in use, or not an address of this machine?)");
-  return o.port;
+  }
+  // httplib (0.11) listens with a backlog of 5: a burst of clients connecting at once overflows it and their
+  // connections wait for a SYN retransmit (1 s and more). Listening again on the same socket raises it.
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
+  return port;
 }
 
 void HttpServer::listen() {

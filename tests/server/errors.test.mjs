@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
-import { makeModel, startServer, fetchT, metrics } from './helpers.mjs';
+import { makeModel, startServer, fetchT, metrics, waitFor } from './helpers.mjs';
 
 const KEY = 'sk-test-0123456789';
 const AUTH = { Authorization: `Bearer ${KEY}` };
@@ -219,4 +219,37 @@ test('a stream runs on while bad requests come and go; the counters see them', a
   const m = await metrics(server, AUTH);
   assert.ok(m['moep_http_requests_total{route="/v1/chat/completions",code="400"}'] >= 5);
   assert.ok(m['moep_http_requests_total{route="/v1/chat/completions",code="401"}'] >= 5);
+});
+
+test('a full queue is 503 server_overloaded; a generation past --request-timeout ends with 503 timeout', async () => {
+  const s = await startServer({
+    model: model.model,
+    args: ['--threads', '1', '--parallel', '1', '--max-queued', '1', '--request-timeout', '2', '--quiet'],
+  });
+  try {
+    const c = new OpenAI({ baseURL: s.baseURL, apiKey: 'none', maxRetries: 0, timeout: 60_000 });
+    const long = { model: 'demo', prompt: 'Hello', max_tokens: 4000, ignore_eos: true };
+    // A takes the only slot (it has streamed a chunk), B waits for it, C finds the queue full.
+    const a = await c.completions.create({ ...long, stream: true });
+    const it = a[Symbol.asyncIterator]();
+    await it.next();
+    const b = fetchT(`${s.url}/v1/completions`, { method: 'POST', body: JSON.stringify(long) });
+    assert.ok(await waitFor(async () => (await metrics(s)).moep_queue_length === 1, 20_000));
+    const cRes = await fetchT(`${s.url}/v1/completions`, { method: 'POST', body: JSON.stringify(long) });
+    assert.equal(cRes.status, 503);
+    assert.equal((await cRes.json()).error.code, 'server_overloaded');
+    // A runs past 2 s: its stream ends with an error event, which the client raises.
+    await assert.rejects(async () => {
+      for (let r = await it.next(); !r.done; r = await it.next());
+    }, (e) => e instanceof OpenAI.APIError && /request-timeout/.test(e.message));
+    // B, counted from its own submission, times out too.
+    const bRes = await b;
+    assert.equal(bRes.status, 503);
+    assert.equal((await bRes.json()).error.code, 'timeout');
+    const m = await metrics(s);
+    assert.equal(m.moep_active_sequences, 0);
+    assert.equal(m.moep_queue_length, 0);
+  } finally {
+    assert.equal(await s.stop('SIGTERM'), 0, s.log());
+  }
 });

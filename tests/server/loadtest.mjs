@@ -11,7 +11,8 @@
 // demo, plus the --synth flags, e.g. "--d-model 1024 --ffn 2048 --layers 8").
 // A time to first token counts from sending the request to the first chunk with text (queueing included); a
 // time between tokens is the gap between successive text chunks (one token each, except where a multi-byte
-// character spans tokens).
+// character spans tokens; chunks the client reads together show as near-zero gaps); a time per output token
+// (TPOT) is one request's decode time over its tokens after the first, which such bunching does not distort.
 import OpenAI from 'openai';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -51,7 +52,9 @@ async function oneStream(client, req, timeoutMs) {
       if (c.finish_reason) finish = c.finish_reason;
     }
   }
-  return { ttft_ms: first === null ? NaN : first - t0, gaps_ms: gaps, tokens, finish };
+  // Time per output token of this request: its decode time over the tokens after the first.
+  const tpot = tokens > 1 && last !== null ? (last - first) / (tokens - 1) : NaN;
+  return { ttft_ms: first === null ? NaN : first - t0, gaps_ms: gaps, tpot_ms: tpot, tokens, finish };
 }
 
 // Runs `clients` concurrent clients, each sending `requests` streamed requests one after another.
@@ -77,12 +80,14 @@ async function phase(client, { modelId, clients, requests, maxTokens, timeoutMs,
   const tokens = results.reduce((a, r) => a + (r.tokens ?? 0), 0);
   const ttft = results.map((r) => r.ttft_ms);
   const gaps = results.flatMap((r) => r.gaps_ms);
+  const tpot = results.map((r) => r.tpot_ms).filter(Number.isFinite);
   return {
     clients, requests_per_client: requests, sent: clients * requests, answered: results.length,
     complete: results.filter((r) => r.finish === 'length' && r.tokens === maxTokens).length,
     failures, wall_s, tokens, tokens_per_s: tokens / wall_s,
     ttft_p50_ms: percentile(ttft, 50), ttft_p95_ms: percentile(ttft, 95),
     tbt_p50_ms: percentile(gaps, 50), tbt_p95_ms: percentile(gaps, 95),
+    tpot_p50_ms: percentile(tpot, 50), tpot_p95_ms: percentile(tpot, 95),
   };
 }
 
@@ -101,7 +106,8 @@ function fmt(p) {
   const f = (x) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
   return `${String(p.clients).padStart(3)} x ${p.requests_per_client}  answered ${p.answered}/${p.sent} ` +
     `(complete ${p.complete})  ${f(p.tokens_per_s).padStart(7)} tok/s  ` +
-    `TTFT p50 ${f(p.ttft_p50_ms)} ms p95 ${f(p.ttft_p95_ms)} ms  TBT p50 ${f(p.tbt_p50_ms)} ms p95 ${f(p.tbt_p95_ms)} ms`;
+    `TTFT p50 ${f(p.ttft_p50_ms)} ms p95 ${f(p.ttft_p95_ms)} ms  TBT p50 ${f(p.tbt_p50_ms)} ms p95 ${f(p.tbt_p95_ms)} ms  ` +
+    `TPOT p50 ${f(p.tpot_p50_ms)} ms p95 ${f(p.tpot_p95_ms)} ms`;
 }
 
 export function report(r) {

@@ -506,3 +506,36 @@ TEST(PerfRouting, CounterWritesARecordThePlannerReads) {
   s.prompt = 0;
   EXPECT_GT(predict(m3, roofline(100), network(10, 1), s).decode_tokens_per_s, 0);
 }
+
+TEST(PerfRouting, RecordedStepsAreReplayed) {
+  // Two experts, top-1, two ranks: if every row of a step chose the same expert, the busy rank does all the
+  // work; independent uniform rows would often split it.
+  ModelShape m = tiny(2, 1, 1);
+  RoutingCounter counter(1, 2, 1, {true}, "tiny");
+  for (int i = 0; i < 10; ++i) {
+    const int32_t e = i % 2;
+    counter.add_step({{e, e, e, e}}, 4);
+  }
+  test::TempDir dir;
+  counter.write(dir.str() + "/r.json");
+  const RoutingRecord r = load_routing_record(dir.str() + "/r.json");
+  ASSERT_EQ(r.steps.size(), 10u);
+  EXPECT_EQ(r.tokens, 40);
+  const RoutingSet set = recorded_routings(r, 0, 4);
+  EXPECT_EQ(set.count, 10);
+  EXPECT_EQ(recorded_routings(r, 0, 3).count, 0);
+  Scenario s;
+  s.nodes = 2;
+  s.batch = 4;
+  s.prompt = 0;
+  s.routing = &r;
+  const Prediction replayed = predict(m, roofline(100), network(10, 1), s);
+  s.routing = nullptr;
+  const Prediction uniform = predict(m, roofline(100), network(10, 1), s);
+  // Replayed: one rank runs one expert over 4 rows, the other nothing: mean is half the max.
+  EXPECT_NEAR(replayed.decode.experts_mean * 2, replayed.decode.experts_max, 1e-15);
+  EXPECT_GT(replayed.decode.imbalance(), uniform.decode.imbalance());
+  const std::string bad = R"({"format": "moep-routing-v1", "n_layers": 1, "n_experts": 2, "top_k": 1, "tokens": 1,
+    "counts": [[1, 0]], "steps": [{"rows": 1, "ids": [[5]]}]})";
+  EXPECT_THROW(parse_routing_record(bad, "bad.json"), Error);
+}

@@ -105,6 +105,7 @@ void register_bench(CLI::App& app) {
     eo.limits.max_ctx = int64_t(o->prompt) + o->gen + o->warmup + 1;
     eo.limits.max_rows = std::max<int64_t>(o->batch, std::min(o->prompt, 512));
     auto engine = Engine::create(eo, make_communicator());
+    start_run(*engine, o->engine);
     Communicator& comm = engine->comm();
     Transformer& tr = engine->transformer();
     const ModelConfig& cfg = engine->config();
@@ -182,6 +183,7 @@ void register_bench(CLI::App& app) {
     } mine{my_bytes, membw, peak};
     std::vector<RankFig> figs(static_cast<size_t>(comm.size()));
     comm.allgather(&mine, sizeof(mine), figs.data());
+    finish_run(*engine, o->engine);
     if (!engine->is_root()) return;
 
     std::sort(step_ms.begin(), step_ms.end());

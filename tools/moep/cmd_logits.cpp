@@ -36,6 +36,7 @@ void register_logits(CLI::App& app) {
     eo.limits.max_rows = std::min<int64_t>(int64_t(ids.size()), 256);
     eo.limits.n_slots = 1;
     auto engine = Engine::create(eo, make_communicator());
+    start_run(*engine, o->engine);
     const int64_t vocab = engine->config().vocab_size;
     std::vector<float> logits(ids.size() * size_t(vocab));
     engine->run_sequence(ids, 0, 0, /*all_logits=*/true, o->incremental, logits.data());

@@ -2,6 +2,7 @@
 // moep plan --validate MANIFEST [--out FILE]
 // Predicts tokens/s, time split, memory per node and cost for each configuration (no weights needed).
 #include <chrono>
+#include <deque>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -73,6 +74,7 @@ void register_plan(CLI::App& app) {
     int64_t batch = 1, context = 1024, prompt = 512, prefill_chunk = 64, samples = 0;
     uint64_t seed = 1;
     double target_tps = 0, emulate_latency_us = 0;
+    double bandwidth_efficiency = 0, alpha_us = -1, beta_gbs = 0;
     bool json = false, list = false;
   };
   auto o = std::make_shared<Opts>();
@@ -92,10 +94,18 @@ void register_plan(CLI::App& app) {
                                            " (default: the checkpoint's, bf16 for built-ins)");
   cmd->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype (moep keeps f32)");
   cmd->add_option("--placement", o->placement, "contiguous, round-robin or a placement JSON file");
-  cmd->add_option("--routing", o->routing, "Routing record (JSON, see docs/PERFORMANCE_MODEL.md); default uniform");
+  cmd->add_option("--routing", o->routing,
+                  "uniform (default), identical (all rows of a step route alike), or a routing record (JSON, see "
+                  "docs/PERFORMANCE_MODEL.md)");
   cmd->add_option("--emulate-latency-us", o->emulate_latency_us,
                   "Add moep's emulated latency (microseconds per exchange step, as --emulate-latency-us)")
       ->check(CLI::Range(0.0, 1e7));
+  cmd->add_option("--bandwidth-efficiency", o->bandwidth_efficiency,
+                  "What-if: replace the hardware profiles' bandwidth efficiency (0..1; roofline profiles only)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--alpha-us", o->alpha_us, "What-if: replace the networks' per-message latency (microseconds)")
+      ->check(CLI::Range(0.0, 1e7));
+  cmd->add_option("--beta-gbs", o->beta_gbs, "What-if: replace the networks' bandwidth (GB/s)")->check(CLI::Range(0.0, 1e6));
   cmd->add_option("--target-tps", o->target_tps, "Decode tokens/s wanted: report the cheapest configuration reaching it")
       ->check(CLI::Range(0.0, 1e12));
   cmd->add_option("--samples", o->samples, "Random routings per layer for the busiest rank (0: automatic)")
@@ -135,7 +145,18 @@ void register_plan(CLI::App& app) {
     const perf::ModelShape shape = perf::resolve_model(o->model);
     perf::PlanRequest req;
     req.model = &shape;
-    for (const auto& h : split_list(o->hardware)) req.hardware.push_back(&profiles.hardware(h));
+    // What-if overrides work on copies (kept alive here) of the named profiles.
+    std::deque<perf::HardwareProfile> hw_copies;
+    std::deque<perf::NetworkProfile> net_copies;
+    for (const auto& h : split_list(o->hardware)) {
+      const perf::HardwareProfile* hp = &profiles.hardware(h);
+      if (o->bandwidth_efficiency > 0) {
+        hw_copies.push_back(*hp);
+        hw_copies.back().bandwidth_efficiency = {o->bandwidth_efficiency, "--bandwidth-efficiency (what-if)", "", true, true};
+        hp = &hw_copies.back();
+      }
+      req.hardware.push_back(hp);
+    }
     req.nodes = parse_nodes(o->nodes);
     bool multi = false;
     for (int n : req.nodes) multi |= n > 1;
@@ -146,11 +167,25 @@ void register_plan(CLI::App& app) {
       if (multi) fail("--network: required for more than one node (known: ", join(profiles.network_names()), ")");
       req.networks.push_back(&none);
     } else {
-      for (const auto& n : split_list(o->network)) req.networks.push_back(&profiles.network(n));
+      for (const auto& n : split_list(o->network)) {
+        const perf::NetworkProfile* np = &profiles.network(n);
+        if (o->alpha_us >= 0 || o->beta_gbs > 0) {
+          net_copies.push_back(*np);
+          perf::NetworkProfile& c = net_copies.back();
+          c.measured_fits.clear();  // the what-if replaces the measurement
+          if (o->alpha_us >= 0) c.alpha_us = {o->alpha_us, "--alpha-us (what-if)", "", true, true};
+          if (o->beta_gbs > 0) c.beta_gbs = {o->beta_gbs, "--beta-gbs (what-if)", "", true, true};
+          c.name += "*";
+          np = &c;
+        }
+        req.networks.push_back(np);
+      }
     }
     perf::RoutingRecord routing;
     perf::Scenario& s = req.base;
-    if (!o->routing.empty()) {
+    if (o->routing == "identical") {
+      s.identical_rows = true;
+    } else if (!o->routing.empty() && o->routing != "uniform") {
       routing = perf::load_routing_record(o->routing);
       s.routing = &routing;
     }

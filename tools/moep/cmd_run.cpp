@@ -117,15 +117,18 @@ void register_run(CLI::App& app) {
     auto engine = Engine::create(eo, std::move(comm));
     bar.finish();
     StepDriver driver(*engine);
+    start_run(*engine, o->engine);
     if (!root) {
       driver.follow();
+      finish_run(*engine, o->engine);
       return;
     }
     try {
-      if (tty)
-        std::fprintf(stderr, "moep: %s on %d rank(s), %d threads; loaded in %.1f s\n",
+      if (tty || engine->comm().size() > 1)
+        std::fprintf(stderr, "moep: %s on %d rank(s), %d threads; loaded in %.1f s; %s\n",
                      engine->config().summary().c_str(), engine->comm().size(), engine->pool().size(),
-                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count());
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count(),
+                     engine->memory_summary().c_str());
       if (is_synthetic(o->model))
         std::fprintf(stderr, "moep: note: this model has RANDOM weights (made by moep synth): its text is meaningless\n");
       std::optional<Tokenizer> tok;
@@ -183,6 +186,7 @@ void register_run(CLI::App& app) {
       throw;
     }
     driver.release();
+    finish_run(*engine, o->engine);
   });
 }
 

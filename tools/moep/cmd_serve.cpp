@@ -1,6 +1,7 @@
 // moep serve MODEL_DIR [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--parallel 4] [--ctx 4096] ...
 // A private OpenAI-compatible HTTP server (docs/SERVER.md). Under mpirun, rank 0 serves HTTP and leads every
-// batched step from its main thread; the other ranks follow. SIGINT/SIGTERM end it cleanly on every rank.
+// batched step from its main thread; the other ranks follow. SIGINT/SIGTERM (to rank 0, or to a process run
+// without mpirun) and SIGUSR1 (to mpirun, which forwards it) end it cleanly: every rank exits 0.
 #include "commands.h"
 
 #ifdef MOEP_WITH_SERVER
@@ -155,37 +156,51 @@ void register_serve(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API (see docs/SERVER.md)");
   cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json)")->required();
-  cmd->add_option("--host", o->server.host, "Address to listen on (default 127.0.0.1: this machine only)");
-  cmd->add_option("--port", o->server.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
+  cmd->add_option("--host", o->server.host, "Address to listen on (default 127.0.0.1: this machine only)")
+      ->capture_default_str();
+  cmd->add_option("--port", o->server.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535))
+      ->capture_default_str();
   cmd->add_option("--api-key", o->server.api_key,
                   "Require 'Authorization: Bearer KEY' on every request but GET /health")
       ->envname("MOEP_API_KEY");
   cmd->add_option("--model-name", o->model_name, "Model id clients use (default: the model directory's name)");
-  cmd->add_option("--parallel", o->parallel, "Sequences decoded together (slots)")->check(CLI::Range(1, 1024));
+  cmd->add_option("--parallel", o->parallel, "Sequences decoded together (slots)")->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   cmd->add_option("--ctx", o->ctx, "Context per sequence, tokens (prompt + completion; at most the model's)")
-      ->check(CLI::Range(16, 1 << 22));
+      ->check(CLI::Range(16, 1 << 22))
+      ->capture_default_str();
   cmd->add_option("--max-rows", o->max_rows, "Rows per batched step (decode rows + prefill chunks)")
-      ->check(CLI::Range(1, 1 << 16));
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
   cmd->add_option("--max-tokens-cap", o->max_tokens_cap, "Largest max_tokens a request may ask for (default: --ctx)")
       ->check(CLI::Range(1, 1 << 22));
   cmd->add_option("--default-max-tokens", o->default_max_tokens,
                   "max_tokens of a request that gives none (cut to the context left)")
-      ->check(CLI::Range(1, 1 << 22));
+      ->check(CLI::Range(1, 1 << 22))
+      ->capture_default_str();
   cmd->add_option("--max-body-bytes", o->server.max_body_bytes, "Largest request body accepted (413 beyond)")
-      ->check(CLI::Range(size_t(1024), size_t(1) << 30));
-  cmd->add_option("--max-queued", o->server.max_queued, "Requests waiting for a slot beyond which new ones get 503")
-      ->check(CLI::Range(size_t(0), size_t(1) << 20));
+      ->check(CLI::Range(size_t(1024), size_t(1) << 30))
+      ->capture_default_str();
+  cmd->add_option("--max-queued", o->server.max_queued, "With this many requests waiting for a slot, new ones get 503")
+      ->check(CLI::Range(size_t(0), size_t(1) << 20))
+      ->capture_default_str();
   cmd->add_option("--http-threads", o->server.http_threads,
                   "Connections served at once (0: max(32, 4 * parallel + 16))")
       ->check(CLI::Range(0, 4096));
   cmd->add_option("--request-timeout", o->server.request_timeout_s, "Seconds after which a generation is cancelled")
-      ->check(CLI::Range(1.0, 1e6));
+      ->check(CLI::Range(1.0, 1e6))
+      ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "Do not log one line per request");
-  cmd->add_option("--temp,--temperature", o->sp.temperature, "Default temperature of requests that give none");
-  cmd->add_option("--top-k", o->sp.top_k, "Default top_k (0: off)");
-  cmd->add_option("--top-p", o->sp.top_p, "Default top_p (1: off)");
-  cmd->add_option("--min-p", o->sp.min_p, "Default min_p (0: off)");
-  cmd->add_option("--repeat-penalty", o->sp.repetition_penalty, "Default repetition_penalty (1: off)");
+  cmd->add_option("--temp,--temperature", o->sp.temperature, "Default temperature of requests that give none")
+      ->capture_default_str();
+  cmd->add_option("--top-k", o->sp.top_k, "Default top_k (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--top-p", o->sp.top_p, "Default top_p (1: off)")
+      ->capture_default_str();
+  cmd->add_option("--min-p", o->sp.min_p, "Default min_p (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--repeat-penalty", o->sp.repetition_penalty, "Default repetition_penalty (1: off)")
+      ->capture_default_str();
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {
     if (o->engine.stats || !o->engine.stats_json.empty() || !o->engine.trace.empty())

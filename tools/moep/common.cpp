@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "perf/routing.h"
 #include "runtime/stats.h"
 
 namespace moep::cli {
@@ -20,6 +21,8 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_flag("--stats", f.stats, "Print the per-layer time split (attention, router, experts, all-reduce, wait)");
   cmd->add_option("--stats-json", f.stats_json, "Write per-layer, per-rank statistics as JSON");
   cmd->add_option("--trace", f.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of the run");
+  cmd->add_option("--record-routing", f.record_routing,
+                  "Write the experts chosen per layer (JSON, for `moep plan --routing`)");
 }
 
 EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f) {
@@ -53,7 +56,24 @@ std::vector<int32_t> parse_id_list(const std::string& s, const char* flag) {
   return ids;
 }
 
+namespace {
+std::unique_ptr<perf::RoutingCounter> g_routing;  // --record-routing, rank 0
+}
+
+void start_run(Engine& engine, const EngineFlags& f) {
+  if (f.record_routing.empty() || !engine.is_root()) return;
+  const ModelConfig& c = engine.config();
+  g_routing = std::make_unique<perf::RoutingCounter>(c.n_layers, c.n_experts, c.top_k, c.layer_is_moe, c.summary());
+  engine.transformer().set_routing_observer(
+      [](const std::vector<std::vector<int32_t>>& routing, int64_t rows) { g_routing->add_step(routing, rows); });
+}
+
 void finish_run(Engine& engine, const EngineFlags& f) {
+  if (g_routing && engine.is_root()) {
+    engine.transformer().set_routing_observer(nullptr);
+    g_routing->write(f.record_routing);
+    g_routing.reset();
+  }
   if (!f.stats && f.stats_json.empty() && f.trace.empty()) return;
   const RunStats stats = gather_run_stats(engine);
   if (engine.is_root()) {

@@ -19,13 +19,17 @@ struct EngineFlags {
   std::string stats_json;  // per-layer/per-rank timing as JSON
   std::string trace;       // Chrome trace
   bool stats = false;      // print the summary table
+  std::string record_routing;  // write the routing decisions (moep-routing-v1) for `moep plan --routing`
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& f);
 EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f);
 // "1,2,3" -> {1,2,3}; throws moep::Error naming `flag` for anything else.
 std::vector<int32_t> parse_id_list(const std::string& s, const char* flag);
-// Prints/writes what the flags ask for at the end of a run (summary table, --stats-json, --trace).
+// Installs what the flags ask for once the engine exists (--record-routing). Call before running.
+void start_run(Engine& engine, const EngineFlags& f);
+// Prints/writes what the flags ask for at the end of a run (summary table, --stats-json, --trace,
+// --record-routing). Collective: every rank calls it.
 void finish_run(Engine& engine, const EngineFlags& f);
 
 }  // namespace moep::cli
