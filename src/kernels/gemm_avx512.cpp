@@ -122,7 +122,7 @@ constexpr int64_t kNC = 2 * kNR;
 // The hardware prefetchers alone track several concurrent streams across 4 KiB pages poorly.
 constexpr int64_t kPrefetchInFlight = 8192;
 // Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
-constexpr int64_t kNNTileFloats = 4096;
+constexpr int64_t kNNTileFloats = 8192;
 
 // ---- per-thread scratch ---------------------------------------------------------------------------------
 
