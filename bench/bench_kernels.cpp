@@ -1,6 +1,6 @@
 // Micro-benchmarks of the matrix kernels at DBRX's dimensions (Google Benchmark).
 //
-//   moep_microbench [--threads=N] [--benchmark_filter=REGEX] [--benchmark_repetitions=K] ...
+//   moep_microbench [--threads=N] [--bf16_dot] [--benchmark_filter=REGEX] [--benchmark_repetitions=K] ...
 //
 // Decode (T = 1..8) is memory-bound: the figure of merit is GB/s of weights streamed, to be compared with
 // `membw` (the machine's read bandwidth, measured here the same way as `moep bench --membw`). Prefill
@@ -32,6 +32,7 @@
 #include "kernels/membw.h"
 #include "kernels/ops.h"
 
+#include "moep_commit.h"
 #ifndef MOEP_GIT_COMMIT
 #define MOEP_GIT_COMMIT "unknown"
 #endif
@@ -272,11 +273,14 @@ void register_all() {
 }  // namespace moep
 
 int main(int argc, char** argv) {
-  // --threads=N is ours; everything else goes to Google Benchmark.
+  // --threads=N and --bf16_dot (the ops/* benchmarks on kernels::set_bf16_dot(true)) are ours; everything else
+  // goes to Google Benchmark.
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       moep::g_threads = std::atoi(argv[i] + 10);
+    } else if (std::strcmp(argv[i], "--bf16_dot") == 0) {
+      moep::kernels::set_bf16_dot(true);  // throws (uncaught: aborts with the reason) where unsupported
     } else {
       args.push_back(argv[i]);
     }

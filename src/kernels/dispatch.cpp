@@ -1,3 +1,4 @@
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -11,8 +12,10 @@ namespace moep::kernels {
 // its instructions.
 #if MOEP_HAVE_GEMM_AVX512
 const KernelTable* avx512_kernels();
+const KernelTable* avx512_bf16dot_kernels();
 #else
 constexpr const KernelTable* (*avx512_kernels)() = nullptr;
+constexpr const KernelTable* (*avx512_bf16dot_kernels)() = nullptr;
 #endif
 #if MOEP_HAVE_GEMM_AVX2
 const KernelTable* avx2_kernels();
@@ -39,7 +42,15 @@ int available_kernel_tables(const KernelTable** out, int max) {
   return n;
 }
 
-const KernelTable& best_kernels() {
+namespace {
+
+// f(), or nullptr for a table this build lacks.
+const KernelTable* get(const KernelTable* (*f)()) { return f ? f() : nullptr; }
+
+// The bf16-dot table while set_bf16_dot(true) is in effect, else nullptr.
+std::atomic<const KernelTable*> g_bf16_dot{nullptr};
+
+const KernelTable& chosen_kernels() {
   static const KernelTable* chosen = [] {
     const KernelTable* tables[8];
     const int n = available_kernel_tables(tables, 8);
@@ -52,5 +63,35 @@ const KernelTable& best_kernels() {
   }();
   return *chosen;
 }
+
+}  // namespace
+
+const KernelTable& best_kernels() {
+  if (const KernelTable* t = g_bf16_dot.load(std::memory_order_relaxed)) return *t;
+  return chosen_kernels();
+}
+
+const KernelTable* bf16_dot_kernels() { return get(avx512_bf16dot_kernels); }
+
+void set_bf16_dot(bool on) {
+  if (!on) {
+    g_bf16_dot.store(nullptr, std::memory_order_relaxed);
+    return;
+  }
+  const KernelTable& base = chosen_kernels();
+  const KernelTable* avx512 = get(avx512_kernels);
+  if (&base != avx512) {
+    if (avx512 && std::getenv("MOEP_KERNELS"))
+      fail("bf16 dot products (--bf16-dot) need the avx512 kernels, but MOEP_KERNELS=", std::getenv("MOEP_KERNELS"),
+           " selects the '", base.name, "' kernels");
+    fail("bf16 dot products (--bf16-dot) need the avx512 kernels and AVX512_BF16; this CPU or build has only the '",
+         base.name, "' kernels");
+  }
+  const KernelTable* t = bf16_dot_kernels();
+  if (!t) fail("bf16 dot products (--bf16-dot) need AVX512_BF16 (vdpbf16ps), which this CPU lacks");
+  g_bf16_dot.store(t, std::memory_order_relaxed);
+}
+
+bool bf16_dot() { return g_bf16_dot.load(std::memory_order_relaxed) != nullptr; }
 
 }  // namespace moep::kernels

@@ -1,6 +1,8 @@
 // AVX-512 kernels: f32 arithmetic (FMA), weights widened to f32 as they are loaded (bf16 by a 16-bit shift,
 // f16 by vcvtph2ps). No bf16 dot products: activations are never rounded, so results match the scalar
-// reference to f32 rounding (only the order of the additions differs).
+// reference to f32 rounding (only the order of the additions differs). The exception is the opt-in
+// "avx512+bf16dot" table (set_bf16_dot, see the packed bf16-dot section below), which rounds activations to
+// bf16 in the packed path of bf16 weights.
 //
 // Two regimes (see gemm_nt / gemm_nn below):
 //  - few tokens (decode, T below kPackMinT*): memory-bound. Weights stream from memory once and each loaded
@@ -8,8 +10,8 @@
 //  - many tokens (prefill): compute-bound. A block of weights is widened once into an f32 panel that stays in
 //    L1/L2, and a register-blocked micro-kernel (kM tokens × kNR outputs) reuses it for every token.
 //
-// Built with -mavx512f -mavx512bw -mavx512vl -mavx512dq (see CMakeLists.txt); avx512_kernels() checks the same
-// extensions at run time before handing out the table.
+// Built with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 (see CMakeLists.txt); avx512_kernels()
+// checks the first four at run time before handing out the table, avx512_bf16dot_kernels() avx512bf16 too.
 // GCC 12's own intrinsics (_mm512_cvtepu16_epi32 and others start from an undefined register) trip
 // -Wmaybe-uninitialized at every inlining site (GCC bug 105593, fixed in 12.3/13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -489,6 +491,165 @@ void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, i
   }
 }
 
+// ---- packed path with bf16 dot products (opt-in, bf16 weights only) ---------------------------------------
+//
+// The "avx512+bf16dot" table (see avx512_bf16dot_kernels): for the packed path only, activations are rounded
+// to bf16 (round to nearest even, vcvtne2ps2bf16) and multiplied with vdpbf16ps: each instruction takes pairs
+// of bf16 (two consecutive reductions k, k + 1 in one 32-bit lane) and adds both exact products to an f32
+// accumulator. Panels hold such pairs ([kc / 2][kNR] 32-bit words); the activations are staged once per call as
+// pairs too, with a zero in the high half of the last pair when the reduction length is odd (the weight panel
+// has a zero there as well, so padding never multiplies garbage). The streaming (few-token) paths and f32/f16
+// weights are computed exactly as in the plain avx512 table.
+
+// Reduction pairs per packed block: the panel is [kKP][kNR] 32-bit words = 48 KiB (as the f32 panel).
+constexpr int64_t kKP = 256;
+
+// dst[t, p] = bf16(X[t, 2p]) | bf16(X[t, 2p + 1]) << 16 for p < ceil(K / 2) (RNE; element K, if any, is 0).
+void stage_bf16_pairs(const float* X, int64_t ldx, int64_t T, int64_t K, uint32_t* dst, int64_t ld) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = X + t * ldx;
+    uint32_t* d = dst + t * ld;
+    int64_t c = 0;
+    for (; c + 2 * kL <= K; c += 2 * kL) {
+      const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + kL), _mm512_loadu_ps(x + c));
+      _mm512_storeu_si512(d + c / 2, (__m512i)h);
+    }
+    if (c < K) {
+      const int64_t n = K - c;
+      const __m512 lo = _mm512_maskz_loadu_ps(lanes(n), x + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(lanes(std::max<int64_t>(0, n - kL)), x + c + kL);
+      _mm512_mask_storeu_epi32(d + c / 2, lanes((n + 1) / 2), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// Y[t, j] = (accumulate ? Y[t, j] : 0) + Σ_{p<kp} dot(X[t, p], P[p, j]) for t < M and the lanes j in mask[]:
+// micro<M> with bf16 pairs (P: [kp][kNR] pairs, 64-byte aligned; X: pairs, row t at X + t·ldx).
+template <int M>
+void micro_dot(const uint32_t* P, int64_t kp, const uint32_t* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+               const __mmask16 (&mask)[kNV]) {
+  __m512 acc[M][kNV];
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v)
+      acc[t][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], Y + t * ldy + v * kL) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < kp; ++k) {
+    __m512bh p[kNV];
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) p[v] = (__m512bh)_mm512_load_si512(P + k * kNR + v * kL);
+    MOEP_UNROLL
+    for (int t = 0; t < M; ++t) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(X[t * ldx + k]));
+      MOEP_UNROLL
+      for (int v = 0; v < kNV; ++v) acc[t][v] = _mm512_dpbf16_ps(acc[t][v], p[v], x);
+    }
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < M; ++t)
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) _mm512_mask_storeu_ps(Y + t * ldy + v * kL, mask[v], acc[t][v]);
+}
+
+template <int M>
+void micro_dot_tail(int m, const uint32_t* P, int64_t kp, const uint32_t* X, int64_t ldx, float* Y, int64_t ldy,
+                    bool accumulate, const __mmask16 (&mask)[kNV]) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      micro_dot<M>(P, kp, X, ldx, Y, ldy, accumulate, mask);
+    } else {
+      micro_dot_tail<M - 1>(m, P, kp, X, ldx, Y, ldy, accumulate, mask);
+    }
+  }
+}
+
+// P[p][j] = W[jb + j, k0 + 2p] | W[jb + j, k0 + 2p + 1] << 16 (bf16 bits) for p < ceil(kc / 2), j < kNR; zero
+// for rows at or past je and for the element past kc. k0 is even. (gemm_nt: the pair is the 32-bit word at
+// element k0 + 2p of the row, so the 16×16 transpose of 32-bit lanes packs it.)
+void pack_nt_dot(uint32_t* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  MOEP_UNROLL
+  for (int v = 0; v < kNV; ++v) {
+    const int64_t gb = jb + v * kL;
+    const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+    for (int64_t kk = 0; kk < kc; kk += 2 * kL) {
+      const int64_t ne = std::min<int64_t>(2 * kL, kc - kk);  // elements (bf16) of this block
+      const __mmask32 m = ne == 2 * kL ? __mmask32(0xffffffffu) : __mmask32((1u << ne) - 1u);
+      __m512 a[16];
+      MOEP_UNROLL
+      for (int i = 0; i < 16; ++i) {
+        const uint8_t* src = W.row_ptr(gb + i) + 2 * (k0 + kk);
+        if (i >= n_rows) {
+          a[i] = _mm512_setzero_ps();
+        } else if (ne == 2 * kL) {
+          a[i] = _mm512_castsi512_ps(_mm512_loadu_si512(src));
+        } else {
+          a[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, src));
+        }
+      }
+      transpose16(a);
+      const int64_t np = (ne + 1) / 2;
+      for (int64_t i = 0; i < np; ++i)
+        _mm512_store_si512(P + (kk / 2 + i) * kNR + v * kL, _mm512_castps_si512(a[i]));
+    }
+  }
+}
+
+// P[p][j] = W[k0 + 2p, jb + j] | W[k0 + 2p + 1, jb + j] << 16 for p < ceil(kc / 2), j < kNR; zero for columns
+// at or past je and for the row past kc. (gemm_nn: rows 2p and 2p + 1 interleaved.)
+void pack_nn_dot(uint32_t* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+  __mmask16 m[kNV];
+  MOEP_UNROLL
+  for (int v = 0; v < kNV; ++v) m[v] = lanes(std::clamp<int64_t>(je - jb - v * kL, 0, kL));
+  auto load = [](const uint8_t* row, __mmask16 mk) {
+    return mk == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)) : _mm256_maskz_loadu_epi16(mk, row);
+  };
+  for (int64_t p = 0; 2 * p < kc; ++p) {
+    const uint8_t* ra = W.row_ptr(k0 + 2 * p) + 2 * jb;
+    const bool has_b = 2 * p + 1 < kc;
+    const uint8_t* rb = has_b ? W.row_ptr(k0 + 2 * p + 1) + 2 * jb : nullptr;
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) {
+      const __m512i a = _mm512_cvtepu16_epi32(load(ra + 2 * v * kL, m[v]));
+      const __m512i b = has_b ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(load(rb + 2 * v * kL, m[v])), 16)
+                              : _mm512_setzero_si512();
+      _mm512_store_si512(P + p * kNR + v * kL, _mm512_or_si512(a, b));
+    }
+  }
+}
+
+// packed_gemm with bf16 pairs: Y[t, j] = Σ_{k<K} bf16(X[t, k]) · B[k, j] for t < T, j in [j0, j1).
+template <class Pack>
+void packed_gemm_dot(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y,
+                     int64_t ldy, Pack pack) {
+  const int64_t ldb = spread_stride((K + 1) / 2);
+  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  stage_bf16_pairs(X, ldx, T, K, xb, ldb);
+  auto* buf = reinterpret_cast<uint32_t*>(scratch(kPackedW, size_t(kNC / kNR) * kKP * kNR));
+  for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
+    const int64_t je0 = std::min(j1, jb0 + kNC);
+    const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
+    for (int64_t k0 = 0; k0 < K; k0 += 2 * kKP) {
+      const int64_t kc = std::min(2 * kKP, K - k0);
+      const int64_t kp = (kc + 1) / 2;
+      const bool acc = k0 > 0;
+      for (int p = 0; p < n_panels; ++p)
+        pack(buf + p * kKP * kNR, jb0 + p * kNR, std::min(je0, jb0 + (p + 1) * kNR), k0, kc);
+      for (int p = 0; p < n_panels; ++p) {
+        const int64_t jb = jb0 + p * kNR;
+        __mmask16 mask[kNV];
+        MOEP_UNROLL
+        for (int v = 0; v < kNV; ++v) mask[v] = lanes(std::clamp<int64_t>(je0 - jb - v * kL, 0, kL));
+        const uint32_t* P = buf + p * kKP * kNR;
+        const uint32_t* x = xb + k0 / 2;
+        float* y = Y + jb;
+        int64_t t = 0;
+        for (; t + kM <= T; t += kM) micro_dot<kM>(P, kp, x + t * ldb, ldb, y + t * ldy, ldy, acc, mask);
+        if (t < T) micro_dot_tail<kM - 1>(int(T - t), P, kp, x + t * ldb, ldb, y + t * ldy, ldy, acc, mask);
+      }
+    }
+  }
+}
+
 // ---- entry points ---------------------------------------------------------------------------------------
 
 template <DType D>
@@ -603,12 +764,50 @@ void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
   }
 }
 
+// The bf16-dot table's entry points: bf16 weights with enough tokens for the packed path take bf16 dot
+// products; everything else is the plain avx512 path.
+void gemm_nt_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                 int64_t r1) {
+  if (W.dtype == DType::BF16 && T >= kPackMinTnt && W.cols > 0 && r0 < r1) {
+    thread_scratch();
+    packed_gemm_dot(T, W.cols, r0, r1, X, ldx, Y, ldy,
+                    [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt_dot(P, W, jb, je, k0, kc); });
+    return;
+  }
+  gemm_nt(W, X, ldx, T, Y, ldy, r0, r1);
+}
+
+void gemm_nn_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+                 int64_t c1) {
+  if (W.dtype == DType::BF16 && T >= kPackMinTnn && W.rows > 0 && c0 < c1) {
+    thread_scratch();
+    packed_gemm_dot(T, W.rows, c0, c1, X, ldx, Y, ldy,
+                    [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn_dot(P, W, jb, je, k0, kc); });
+    return;
+  }
+  gemm_nn(W, X, ldx, T, Y, ldy, c0, c1);
+}
+
+// Packing the panels costs about as much as the dot products at 8 tokens: measured with the packed dot path
+// from T = 2 on (10752×6144 bf16, 2 threads, Zen 4), T = 2..8 were slower than the plain streaming paths
+// (gemm_nn up to 2x), so the dot path starts where the plain packed path does.
+static_assert(kPackMinTnt <= kBf16DotAlwaysFromT && kPackMinTnn <= kBf16DotAlwaysFromT);
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table{"avx512", gemm_nt, gemm_nn, to_f32};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return supported ? &table : nullptr;
+}
+
+// The same table with the packed path of bf16 weights on bf16 dot products (vdpbf16ps); only where the CPU has
+// AVX512_BF16 as well. Not among available_kernel_tables(): it does not compute the reference's function (the
+// activations are rounded); set_bf16_dot() (dispatch.cpp) selects it.
+const KernelTable* avx512_bf16dot_kernels() {
+  static const KernelTable table{"avx512+bf16dot", gemm_nt_dot, gemm_nn_dot, to_f32};
+  static const bool supported = avx512_kernels() != nullptr && __builtin_cpu_supports("avx512bf16");
   return supported ? &table : nullptr;
 }
 

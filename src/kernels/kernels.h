@@ -29,7 +29,7 @@ using GemmNN = void (*)(const MatRef& W, const float* X, int64_t ldx, int64_t T,
 using ToF32 = void (*)(const void* src, DType dtype, float* dst, int64_t n);
 
 struct KernelTable {
-  const char* name;  // "scalar", "avx2", "avx512", "neon"
+  const char* name;  // "scalar", "avx2", "avx512", "neon"; "avx512+bf16dot" (see set_bf16_dot)
   GemmNT gemm_nt;
   GemmNN gemm_nn;
   ToF32 to_f32;
@@ -38,8 +38,25 @@ struct KernelTable {
 // The scalar reference versions.
 const KernelTable& reference_kernels();
 // The fastest table this CPU supports (chosen once). MOEP_KERNELS=scalar|avx2|avx512|neon forces one.
+// While set_bf16_dot(true) is in effect: the "avx512+bf16dot" table instead.
 const KernelTable& best_kernels();
-// All tables this CPU can run (for tests and benchmarks).
+// All tables this CPU can run (for tests and benchmarks). The bf16-dot table is not among them (it computes a
+// different function); see bf16_dot_kernels().
 int available_kernel_tables(const KernelTable** out, int max);
+
+// Opt-in reduced precision for prefill (process-wide, off by default). When on, best_kernels() is the
+// "avx512+bf16dot" table: gemm_nt / gemm_nn on bf16 weights with many tokens (the compute-bound packed path)
+// round X to bf16 (round to nearest even; f32 denormals become zero) and multiply with bf16 dot products
+// (vdpbf16ps: exact products, f32 accumulation). A call either rounds all of X or none of it; calls of at least
+// kBf16DotAlwaysFromT tokens always round. Few tokens (decode), f32 and f16 weights are computed as by the
+// plain avx512 table. Results are not those of the reference: relative to the exact products the error is that
+// of rounding X (2^-9 per element), not of f32 summation.
+// set_bf16_dot(true) throws moep::Error (naming why) unless best_kernels() would be the avx512 table and the CPU
+// has AVX512_BF16; set_bf16_dot(false) always succeeds. Set it before running anything on other threads.
+constexpr int64_t kBf16DotAlwaysFromT = 32;
+void set_bf16_dot(bool on);
+bool bf16_dot();
+// The bf16-dot table, or nullptr where the build or the CPU cannot run it (for tests and benchmarks).
+const KernelTable* bf16_dot_kernels();
 
 }  // namespace moep::kernels

@@ -57,6 +57,11 @@ double Predictor::lin(const Scenario& s, double elems, double rows, bool in_out)
   return hw_.linear_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight, elems, rows, in_out);
 }
 
+double Predictor::lin_replicated(const Scenario& s, double elems, double rows) const {
+  const HardwareProfile& hw = rep_hw_ ? *rep_hw_ : hw_;
+  return hw.linear_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight, elems, rows, false);
+}
+
 const Predictor::PlacementInfo& Predictor::placement(const std::string& spec, int nodes) {
   const auto key = std::make_pair(spec, nodes);
   auto it = placements_.find(key);
@@ -126,17 +131,17 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
   *exact = true;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     for (int64_t w : m.attn_matrices) {
-      t.attention += lin(s, double(w), R);
+      t.attention += lin_replicated(s, double(w), R);
       bytes += double(w) * wb;
     }
-    t.attention += hw_.attention_seconds(attended_positions * double(m.n_heads), attended_positions * double(m.attn_macs_per_pos),
+    t.attention += (rep_hw_ ? *rep_hw_ : hw_).attention_seconds(attended_positions * double(m.n_heads), attended_positions * double(m.attn_macs_per_pos),
                                          attended_positions * double(m.kv_elems_per_pos) * kvb);
     if (m.layer_is_moe[size_t(l)]) {
-      t.router += lin(s, double(m.router_elems), R);
+      t.router += lin_replicated(s, double(m.router_elems), R);
       bytes += double(m.router_elems) * wb;
       if (m.shared_elems > 0) {
         const double sf = double(m.shared_elems - m.d_model) / 3.0;  // one of its three matrices
-        t.dense += 3.0 * lin(s, sf, R) + lin(s, d, R);
+        t.dense += 3.0 * lin_replicated(s, sf, R) + lin_replicated(s, d, R);
         bytes += double(m.shared_elems) * wb;
       }
       const ExpertTimeStats st = expert_stats(s, l, rows);
@@ -148,12 +153,12 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       *samples = st.samples;
       t.allreduce += t_ar;
     } else {
-      t.dense += 3.0 * lin(s, double(m.dense_elems) / 3.0, R);
+      t.dense += 3.0 * lin_replicated(s, double(m.dense_elems) / 3.0, R);
       bytes += double(m.dense_elems) * wb;
     }
   }
   if (logit_rows > 0) {
-    t.head += lin(s, double(m.head_elems), double(logit_rows));
+    t.head += lin_replicated(s, double(m.head_elems), double(logit_rows));
     bytes += double(m.head_elems) * wb;
   }
   bytes += R * d * wb;  // embedding rows

@@ -85,6 +85,11 @@ class Predictor {
   Prediction predict(const NetworkProfile& net, const Scenario& s);
   const ModelShape& model() const { return model_; }
   const HardwareProfile& hardware() const { return hw_; }
+  // Where the ranks share one host, they map the same checkpoint pages: the weights every rank holds
+  // (attention, router, shared expert, dense layers, head) are read from one copy in memory, and each rank
+  // reads them about as fast as one rank alone. `hw` (for example the 1-rank calibration of that host) then
+  // times those ops; the experts, which are not shared, keep the N-rank profile. Null: off (separate nodes).
+  void set_replicated_hardware(const HardwareProfile* hw) { rep_hw_ = hw; }
 
  private:
   ExpertTimeStats expert_stats(const Scenario& s, int64_t layer_class, int64_t rows);
@@ -92,6 +97,7 @@ class Predictor {
                  int64_t logit_rows, double* weight_bytes, AllreduceAlgorithm* alg, bool* exact, int64_t* samples,
                  double* experts_per_layer = nullptr);
   double lin(const Scenario& s, double elems, double rows, bool in_out = false) const;
+  double lin_replicated(const Scenario& s, double elems, double rows) const;  // rep_hw_ when set
 
   struct PlacementInfo {
     ExpertPlacement placement;
@@ -101,6 +107,7 @@ class Predictor {
 
   const ModelShape& model_;
   const HardwareProfile& hw_;
+  const HardwareProfile* rep_hw_ = nullptr;
   std::map<std::pair<std::string, int>, PlacementInfo> placements_;
   // Sampled routings by (distribution: -1 uniform or the layer, rows, seed, samples asked): shared by every
   // node count, placement and network.

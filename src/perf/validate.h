@@ -40,6 +40,7 @@ struct ValidationRow {
   // the one predicted (e.g. greedy decoding of a random-weight model, where all sequences pick the same token).
   double predicted_experts = 0, measured_experts = 0;
   std::string routing;  // the routing the prediction used
+  bool shared_host = false;  // ranks on one host: replicated weights timed with the 1-rank profile
 };
 
 struct ValidationResult {

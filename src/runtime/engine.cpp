@@ -69,7 +69,8 @@ void check_agreement(Communicator& comm, const Agreement& mine) {
     if (std::strncmp(a.weights_dtype, b.weights_dtype, sizeof(a.weights_dtype)) != 0)
       diff("weight dtype", a.weights_dtype, b.weights_dtype);
     if (std::strncmp(a.kernels, b.kernels, sizeof(a.kernels)) != 0)
-      diff("kernel set (set MOEP_KERNELS to one every rank supports)", a.kernels, b.kernels);
+      diff("kernel set (set MOEP_KERNELS to one every rank supports, and --bf16-dot on all ranks or none)",
+           a.kernels, b.kernels);
     if (a.max_rows != b.max_rows || a.n_slots != b.n_slots || a.max_ctx != b.max_ctx)
       diff("engine limits (rows/slots/context)", str_cat(a.max_rows, "/", a.n_slots, "/", a.max_ctx),
            str_cat(b.max_rows, "/", b.n_slots, "/", b.max_ctx));
@@ -84,6 +85,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   Communicator& c = *e->comm_;
   c.set_emulated_latency_us(opts.emulate_latency_us);
   run_collectively(c, [&] {
+    // Before the kernel set's name goes into the agreement: "avx512+bf16dot" while on, so all ranks must agree.
+    kernels::set_bf16_dot(opts.bf16_dot);
     const ModelConfig cfg = load_model_config(opts.model_dir);
     e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
                                                c.size());

@@ -27,6 +27,7 @@ struct EngineOptions {
   bool prefault = true;
   bool mlock = false;
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
+  bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
   size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)
   std::function<void(size_t, size_t)> load_progress;  // (bytes done, total) while prefaulting
 };

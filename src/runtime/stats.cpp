@@ -1,4 +1,5 @@
 #include "runtime/stats.h"
+#include "moep_commit.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,5 @@
 #include "server/metrics.h"
+#include "moep_commit.h"
 
 #include <cmath>
 #include <cstdio>

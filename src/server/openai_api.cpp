@@ -1,4 +1,5 @@
 #include "server/openai_api.h"
+#include "moep_commit.h"
 
 #include <algorithm>
 #include <cctype>

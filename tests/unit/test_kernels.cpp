@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
@@ -107,7 +108,7 @@ std::vector<float> random_activations(int64_t T, int64_t n, int64_t ld, uint32_t
 // summations in different orders each err by a few eps·Σ|terms| times a random walk over n_terms). Every other
 // position of `got` must still hold the poison. Returns the number of failures (and reports the first few).
 int check_outputs(const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& abs_sum,
-                  int64_t T, int64_t ldy, int64_t j0, int64_t j1, int64_t n_terms) {
+                  int64_t T, int64_t ldy, int64_t j0, int64_t j1, int64_t n_terms, bool report = true) {
   const double k = 2.0 * std::sqrt(double(n_terms)) + 2.0;
   int failures = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -115,7 +116,7 @@ int check_outputs(const std::vector<float>& got, const std::vector<float>& want,
       const size_t i = size_t(t * ldy + j);
       if (j < j0 || j >= j1) {
         if (!is_poison(got[i])) {
-          if (++failures <= 5) ADD_FAILURE() << "output [" << t << ", " << j << "] outside [" << j0 << ", " << j1
+          if (++failures <= 5 && report) ADD_FAILURE() << "output [" << t << ", " << j << "] outside [" << j0 << ", " << j1
                                               << ") was written: " << got[i];
         }
         continue;
@@ -123,7 +124,7 @@ int check_outputs(const std::vector<float>& got, const std::vector<float>& want,
       const double tol = k * abs_sum[i] * kEps;
       const double err = std::fabs(double(got[i]) - double(want[i]));
       if (!(err <= tol)) {
-        if (++failures <= 5) ADD_FAILURE() << "output [" << t << ", " << j << "]: got " << got[i] << ", reference "
+        if (++failures <= 5 && report) ADD_FAILURE() << "output [" << t << ", " << j << "]: got " << got[i] << ", reference "
                                             << want[i] << ", |diff| " << err << " > tol " << tol;
       }
     }
@@ -315,6 +316,144 @@ TEST(Kernels, ToF32MatchesReferenceExhaustively) {
     EXPECT_EQ(std::memcmp(got.data(), f32.data(), f32.size() * 4), 0) << k->name;
     EXPECT_TRUE(is_poison(got.back()));
   }
+}
+
+// ---- bf16 dot products (opt-in, set_bf16_dot) ---------------------------------------------------------------
+
+// X rounded to bf16 (round to nearest even), as the bf16-dot table's packed path does.
+std::vector<float> round_to_bf16(std::vector<float> x) {
+  for (float& v : x)
+    if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+  return x;
+}
+
+// want[t, j] = Σ_k x[t, k]·w[k, j] accumulated in double (ref_nt: w[j, k]); abs[t, j] = Σ|terms|. Outputs in
+// [j0, j1) only, the rest of want keeps the poison.
+void double_ref(bool nt, const RandomWeights& w, int64_t rows, int64_t cols, const std::vector<float>& x,
+                int64_t ldx, int64_t T, int64_t ldy, int64_t j0, int64_t j1, std::vector<float>& want,
+                std::vector<double>& abs_sum) {
+  const int64_t K = nt ? cols : rows;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = j0; j < j1; ++j) {
+      double s = 0, a = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = double(x[size_t(t * ldx + k)]) *
+                         double(nt ? w.values[size_t(j * cols + k)] : w.values[size_t(k * cols + j)]);
+        s += p;
+        a += std::fabs(p);
+      }
+      want[size_t(t * ldy + j)] = float(s);
+      abs_sum[size_t(t * ldy + j)] = a;
+    }
+}
+
+// One gemm_nt (nt) or gemm_nn call of the bf16-dot table on bf16 weights [rows, cols]. The outputs must all
+// match the reference on bf16-rounded X (round-to-nearest-even) or all match the one on exact X (a call rounds
+// all of X or none: the streaming paths do not round); from kBf16DotAlwaysFromT tokens on, the rounded one.
+// Both references accumulate in double; the products of bf16 values are exact in f32, so the kernel's only
+// error is f32 accumulation: check_outputs' bound k·eps·Σ|terms|, k = 2·sqrt(n) + 2 (below 1e-5·Σ|terms| for
+// every n ≤ 1500 used here).
+int run_bf16_dot(const KernelTable& k, bool nt, int64_t rows, int64_t cols, int64_t pad, int64_t T, int64_t j0,
+                 int64_t j1, uint32_t seed) {
+  const RandomWeights w(DType::BF16, rows, cols, cols + pad, seed);
+  const int64_t K = nt ? cols : rows, N = nt ? rows : cols;
+  const int64_t ldx = K + 3, ldy = N + 2;
+  const std::vector<float> x = random_activations(T, K, ldx, seed ^ 0x3c3c3c3cu);
+  const std::vector<float> xr = round_to_bf16(x);
+  std::vector<float> got(size_t(T * ldy), poison()), want_r(got.size(), poison()), want_x(got.size(), poison());
+  std::vector<double> abs_r(got.size(), 0.0), abs_x(got.size(), 0.0);
+  double_ref(nt, w, rows, cols, xr, ldx, T, ldy, j0, j1, want_r, abs_r);
+  double_ref(nt, w, rows, cols, x, ldx, T, ldy, j0, j1, want_x, abs_x);
+  if (nt) {
+    k.gemm_nt(w.mat, x.data(), ldx, T, got.data(), ldy, j0, j1);
+  } else {
+    k.gemm_nn(w.mat, x.data(), ldx, T, got.data(), ldy, j0, j1);
+  }
+  if (T < kernels::kBf16DotAlwaysFromT && check_outputs(got, want_x, abs_x, T, ldy, j0, j1, K, false) == 0) return 0;
+  return check_outputs(got, want_r, abs_r, T, ldy, j0, j1, K);
+}
+
+bool cpu_has_bf16_dot() {
+#if defined(MOEP_X86)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") && kernels::bf16_dot_kernels() != nullptr;
+#else
+  return false;
+#endif
+}
+
+TEST(Bf16Dot, OffByDefaultAndRefusedWhereUnsupported) {
+  EXPECT_FALSE(kernels::bf16_dot());
+  EXPECT_EQ(std::strstr(kernels::best_kernels().name, "bf16dot"), nullptr) << kernels::best_kernels().name;
+  EXPECT_NO_THROW(kernels::set_bf16_dot(false));
+  if (!cpu_has_bf16_dot() || std::strcmp(kernels::best_kernels().name, "avx512") != 0) {
+    EXPECT_THROW(kernels::set_bf16_dot(true), Error);
+    EXPECT_FALSE(kernels::bf16_dot());
+    GTEST_SKIP() << "no avx512+bf16dot here: setting it must fail, and did";
+  }
+}
+
+TEST(Bf16Dot, GemmMatchesBf16RoundedReference) {
+  if (!cpu_has_bf16_dot()) GTEST_SKIP() << "CPU lacks avx512bf16";
+  const KernelTable& k = *kernels::bf16_dot_kernels();
+  EXPECT_STREQ(k.name, "avx512+bf16dot");
+  struct Shape {
+    int64_t rows, cols, pad, j0, j1_from_end;
+  };
+  // Odd and even reductions (odd: the zero-padded last pair), reductions past one packed block (512) with an
+  // odd remainder, output counts with tails of the vector (16) and the panel (48) and sub-ranges.
+  const Shape shapes[] = {{5, 7, 0, 0, 0},     {17, 33, 3, 0, 0},    {49, 1, 1, 2, 1},    {61, 131, 0, 13, 1},
+                          {97, 64, 2, 0, 0},   {205, 513, 1, 1, 1},  {1, 1201, 0, 0, 0},  {100, 1029, 5, 3, 2},
+                          {33, 257, 0, 0, 0}};
+  std::mt19937 gen(seed_for(400000));
+  uint32_t id = 400000;
+  for (bool nt : {true, false}) {
+    for (const Shape& s : shapes) {
+      for (int64_t T : {9, 17, 32, 45}) {
+        // Also one random shape per case: odd or even reduction and output counts.
+        for (int rep = 0; rep < 2; ++rep) {
+          int64_t rows = s.rows, cols = s.cols, pad = s.pad, j0 = s.j0, j1e = s.j1_from_end;
+          if (rep == 1) {
+            rows = std::uniform_int_distribution<int64_t>(1, 300)(gen);
+            cols = std::uniform_int_distribution<int64_t>(1, 700)(gen);
+            pad = std::uniform_int_distribution<int64_t>(0, 3)(gen);
+            j0 = 0;
+            j1e = 0;
+          }
+          const int64_t N = nt ? rows : cols;
+          if (j0 + j1e >= N) j0 = j1e = 0;
+          SCOPED_TRACE(testing::Message() << (nt ? "gemm_nt" : "gemm_nn") << " rows=" << rows << " cols=" << cols
+                                          << " stride=" << cols + pad << " T=" << T << " j=[" << j0 << ","
+                                          << N - j1e << ")");
+          ASSERT_EQ(run_bf16_dot(k, nt, rows, cols, pad, T, j0, N - j1e, seed_for(++id)), 0);
+        }
+      }
+    }
+  }
+}
+
+TEST(Bf16Dot, SwitchSelectsTableAndOffIsUnchanged) {
+  if (!cpu_has_bf16_dot() || std::strcmp(kernels::best_kernels().name, "avx512") != 0)
+    GTEST_SKIP() << "no avx512+bf16dot here";
+  const KernelTable* before = &kernels::best_kernels();
+  const RandomWeights w(DType::BF16, 150, 301, 301, seed_for(410000));
+  const std::vector<float> x = random_activations(40, 301, 301, seed_for(410001));
+  auto run = [&] {
+    std::vector<float> y(size_t(40 * 150));
+    kernels::best_kernels().gemm_nt(w.mat, x.data(), 301, 40, y.data(), 150, 0, 150);
+    return y;
+  };
+  const std::vector<float> plain = run();
+  kernels::set_bf16_dot(true);
+  EXPECT_TRUE(kernels::bf16_dot());
+  EXPECT_STREQ(kernels::best_kernels().name, "avx512+bf16dot");
+  const std::vector<float> dot = run();
+  EXPECT_NE(std::memcmp(plain.data(), dot.data(), plain.size() * 4), 0);  // the activations were rounded
+  kernels::set_bf16_dot(false);
+  EXPECT_FALSE(kernels::bf16_dot());
+  EXPECT_EQ(&kernels::best_kernels(), before);
+  const std::vector<float> again = run();
+  EXPECT_EQ(std::memcmp(plain.data(), again.data(), plain.size() * 4), 0);
 }
 
 // ---- ops: the threaded splitting over the fastest table --------------------------------------------------

@@ -2,6 +2,7 @@
 // Prefill and decode speed, weight bytes read per token, achieved bandwidth against the machine's measured
 // read bandwidth, and prefill FLOP rate against the measured FMA peak. Under mpirun, per rank too.
 #include <algorithm>
+#include "moep_commit.h"
 #include <chrono>
 #include <cstdio>
 #include <fstream>

@@ -1,6 +1,7 @@
 // moep calibrate [--out FILE] [--name NAME] [--threads T] [--dtype bf16,f32] [--expert-shape D,FFN] [--quick]
 // Measures this machine, or every rank of the mpirun job it runs in, and writes a profile for `moep plan`.
 #include <chrono>
+#include "moep_commit.h"
 #include <cstdio>
 #include <ctime>
 #include <fstream>

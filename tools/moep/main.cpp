@@ -1,5 +1,6 @@
 // moep: run Mixture-of-Experts models spread over several machines.
 #include <cstdio>
+#include "moep_commit.h"
 #include <cstdlib>
 #include <string>
 #include <exception>
