@@ -32,7 +32,9 @@
 #include "kernels/membw.h"
 #include "kernels/ops.h"
 
+#if __has_include("moep_commit.h")
 #include "moep_commit.h"
+#endif
 #ifndef MOEP_GIT_COMMIT
 #define MOEP_GIT_COMMIT "unknown"
 #endif
