@@ -16,4 +16,13 @@ namespace moep::kernels {
 // the duration of the call; not for the decode loop. Throws moep::Error if the memory cannot be had.
 double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps);
 
+// Reads the given ranges of existing memory (e.g. the mapped weights of a model) with every thread of `pool`,
+// each range split into one contiguous share per thread, `reps` times; returns the best pass in GB/s. The
+// ranges' pages should be resident (a pass over pages that are not is a page-in test). Allocates nothing.
+struct ReadSpan {
+  const void* data;
+  size_t bytes;
+};
+double measure_span_read_gbs(ThreadPool& pool, const ReadSpan* spans, size_t n_spans, int reps);
+
 }  // namespace moep::kernels

@@ -17,6 +17,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   arch->bind(m->config_, binder, opts.is_local ? opts.is_local : all, m->weights_);
   binder.finish();
   m->bytes_used_ = binder.bytes_read();
+  for (const auto& r : binder.read_ranges()) m->spans_.push_back({r.file->data() + r.offset, r.bytes});
   if (opts.prefault || opts.mlock) {
     size_t done = 0;
     bool locked = true;

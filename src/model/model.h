@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -32,6 +33,12 @@ class Model {
   size_t bytes_mapped_for_use() const { return bytes_used_; }  // weight bytes this rank reads
   size_t checkpoint_bytes() const { return index_.total_bytes(); }
   bool locked() const { return locked_; }
+  // The byte ranges of the mapping that hold the weights this rank uses (one per tensor, in load order).
+  struct Span {
+    const uint8_t* data;
+    size_t bytes;
+  };
+  const std::vector<Span>& weight_spans() const { return spans_; }
 
  private:
   std::string dir_;
@@ -40,6 +47,7 @@ class Model {
   ModelWeights weights_;
   size_t bytes_used_ = 0;
   bool locked_ = false;
+  std::vector<Span> spans_;
 };
 
 }  // namespace moep
