@@ -152,13 +152,17 @@ for m in $MODELS; do
   fi
 done
 
-# Per rank count: calibrate, then run the benches right after (the machine's state drifts on a shared host).
+# Per rank count and model: calibrate, then run the benches right after (the machine's state drifts on a shared host).
 cases=()
 for n in $RANKS; do
-  prof="$WORK/profile-${n}x${THREADS}.json"
-  echo "== calibrate: $n rank(s) x $THREADS thread(s)" >&2
-  launch "$n" "$MOEP" calibrate --threads "$THREADS" --name "validate-${n}x${THREADS}" --out "$prof" >&2
   for m in $MODELS; do
+    # Calibrated per model shape: the kernels' speed per byte depends on the matrices' row length, and
+    # `--expert-shape` makes the calibration's matrices as wide as the model's (d_model columns).
+    read -r d_model ffn < <(synth_args "$m" | sed -E 's/.*--d-model ([0-9]+).*--ffn ([0-9]+).*/\1 \2/')
+    prof="$WORK/profile-$m-${n}x${THREADS}.json"
+    echo "== calibrate: $n rank(s) x $THREADS thread(s), matrices of $m ($d_model x $ffn)" >&2
+    launch "$n" "$MOEP" calibrate --threads "$THREADS" --dtype bf16 --expert-shape "$d_model,$ffn" \
+      --name "validate-$m-${n}x${THREADS}" --out "$prof" >&2
     lats="0"
     [[ "$n" -gt 1 ]] && lats="$LATENCIES"
     for b in $BATCHES; do
@@ -172,13 +176,12 @@ for n in $RANKS; do
           runs+=("$bj.run$r")
         done
         best_of "$bj" "${runs[@]}"
-        prof="$WORK/profile-${n}x${THREADS}.json"
         net="\"$prof\""
         [[ "$n" -eq 1 ]] && net="\"\""
         # The ranks share this host's page cache: weights every rank holds are read from one copy, about as
         # fast as by one rank alone, so they are timed with the 1-rank profile (when this run made one).
         rep=""
-        [[ "$n" -gt 1 && -f "$WORK/profile-1x${THREADS}.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-1x${THREADS}.json\""
+        [[ "$n" -gt 1 && -f "$WORK/profile-$m-1x${THREADS}.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}.json\""
         cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": \"$prof\", \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
       done
     done

@@ -1,8 +1,8 @@
 // AVX-512 kernels: f32 arithmetic (FMA), weights widened to f32 as they are loaded (bf16 by a 16-bit shift,
 // f16 by vcvtph2ps). No bf16 dot products: activations are never rounded, so results match the scalar
 // reference to f32 rounding (only the order of the additions differs). The exception is the opt-in
-// "avx512+bf16dot" table (set_bf16_dot, see the packed bf16-dot section below), which rounds activations to
-// bf16 in the packed path of bf16 weights.
+// "avx512+bf16dot" table (set_bf16_dot, see the bf16-dot sections below), which rounds activations to bf16
+// for bf16 weights from 2 tokens on (packed and streaming paths); 1 token (decode) stays exact.
 //
 // Two regimes (see gemm_nt / gemm_nn below):
 //  - few tokens (decode, T below kPackMinT*): memory-bound. Weights stream from memory once and each loaded
@@ -498,8 +498,9 @@ void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, i
 // of bf16 (two consecutive reductions k, k + 1 in one 32-bit lane) and adds both exact products to an f32
 // accumulator. Panels hold such pairs ([kc / 2][kNR] 32-bit words); the activations are staged once per call as
 // pairs too, with a zero in the high half of the last pair when the reduction length is odd (the weight panel
-// has a zero there as well, so padding never multiplies garbage). The streaming (few-token) paths and f32/f16
-// weights are computed exactly as in the plain avx512 table.
+// has a zero there as well, so padding never multiplies garbage). Below the packed thresholds, 2 or more tokens
+// take the streaming bf16-dot paths (next section); 1 token (decode) and f32/f16 weights are computed exactly
+// as in the plain avx512 table.
 
 // Reduction pairs per packed block: the panel is [kKP][kNR] 32-bit words = 48 KiB (as the f32 panel).
 constexpr int64_t kKP = 256;
@@ -650,6 +651,210 @@ void packed_gemm_dot(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* 
   }
 }
 
+// ---- streaming paths with bf16 dot products (opt-in, bf16 weights, 2 ≤ T below the packed thresholds) -----
+//
+// Few tokens (a prefill whose tokens are spread over many experts gives each about 8) leave the streaming paths
+// compute-bound: 16 f32 FMAs per weight vector and token, plus the widening. These take the weights as they are
+// stored (32 bf16 in a 64-byte vector, no widening) against activations rounded to bf16 pairs once per call
+// (stage_bf16_pairs), so each vdpbf16ps does 32 multiply-adds.
+
+// Tokens per register block of the streaming gemm_nt: R·TB accumulators + R weight vectors + 1 ≤ 32.
+constexpr int kDotNtR = 4;
+constexpr int kDotNtMaxTB = 6;
+// With several token blocks, the columns go in blocks of about this many bytes of staged activations (all T
+// tokens), so that a block of the R weight rows and the activations stay in L1 while every token block passes
+// over them: the weights are read from memory once, in one sequential run per row, and memory stays busy
+// (a token block re-reading whole rows from L2 while no new weights are requested measured ~30% slower).
+constexpr int64_t kDotNtXBlockBytes = 24576;
+
+// acc[i][t] += Σ_{c in [c0, c1)} W[r + i, c] · Xb[t, c] for i < R, t < TB (acc held in accm[i·TB + t] between
+// column blocks: zero before the first, `first`; reduced into Y[t, r + i] after the last, `last`). Xb holds X
+// rounded to bf16 pairs (word p of row t = elements 2p, 2p + 1; zero past the end, see stage_bf16_pairs); in
+// pair space, one 32-bit lane of a 64-byte weight vector holds elements 2p, 2p + 1 of the row, as in Xb. c0 is a
+// multiple of 32; c1 is one too or the row's end, whose partial chunk has both operands masked (zero-filled:
+// Xb's words past the staged ones are stale scratch, W's elements past the row are padding).
+template <int R, int TB>
+void nt_dot_block(const MatRef& W, const uint32_t* Xb, int64_t ldb, int64_t r, int64_t c0, int64_t c1, __m512* accm,
+                  bool first, bool last, float* Y, int64_t ldy) {
+  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const uint8_t* w[R];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);
+  __m512 acc[R][TB];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i)
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[i][t] = first ? _mm512_setzero_ps() : accm[i * TB + t];
+  int64_t c = c0;
+  for (; c + 2 * kL <= c1; c += 2 * kL) {  // 32 elements = 64 bytes of each row
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i] + 2 * c + kAhead), _MM_HINT_T0);
+    __m512bh wv[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(w[i] + 2 * c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const __m512bh x = (__m512bh)_mm512_loadu_si512(Xb + t * ldb + c / 2);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], x);
+    }
+  }
+  if (c < c1) {
+    const int64_t ne = c1 - c;  // 1..31 elements
+    const __mmask32 m = __mmask32((1u << ne) - 1u);
+    __m512bh wv[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, w[i] + 2 * c);
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      // Whole words (the staged pair past an odd end is zero in its high half).
+      const __m512bh x = (__m512bh)_mm512_maskz_loadu_epi32(lanes((ne + 1) / 2), Xb + t * ldb + c / 2);
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], x);
+    }
+  }
+  if (last) {
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t)
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) Y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+  } else {
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i)
+      MOEP_UNROLL
+      for (int t = 0; t < TB; ++t) accm[i * TB + t] = acc[i][t];
+  }
+}
+
+// Rows [r, r + R) for all T < kPackMinTnt tokens, in token blocks of at most kDotNtMaxTB, as even as possible
+// (7 tokens: 4 + 3, not 6 + 1, whose block would do R + 1 loads for R dot products), and column blocks of cb.
+template <int R>
+void nt_dot_group(const MatRef& W, const uint32_t* Xb, int64_t ldb, int64_t T, float* Y, int64_t ldy, int64_t r,
+                  int64_t cb) {
+  alignas(64) __m512 accm[R * (kPackMinTnt - 1)];
+  const int64_t n_blocks = (T + kDotNtMaxTB - 1) / kDotNtMaxTB;
+  const int64_t n = W.cols;
+  for (int64_t c0 = 0; c0 < n; c0 += cb) {
+    const int64_t c1 = std::min(n, c0 + cb);
+    int64_t t0 = 0;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t tb = (T - t0 + (n_blocks - b) - 1) / (n_blocks - b);
+      const uint32_t* x = Xb + t0 * ldb;
+      float* y = Y + t0 * ldy;
+      __m512* a = accm + R * t0;
+      const bool first = c0 == 0, last = c1 == n;
+      switch (tb) {
+        case 1: nt_dot_block<R, 1>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+        case 2: nt_dot_block<R, 2>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+        case 3: nt_dot_block<R, 3>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+        case 4: nt_dot_block<R, 4>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+        case 5: nt_dot_block<R, 5>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+        case 6: nt_dot_block<R, 6>(W, x, ldb, r, c0, c1, a, first, last, y, ldy); break;
+      }
+      t0 += tb;
+    }
+  }
+}
+static_assert(kDotNtMaxTB == 6);
+
+void nt_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                   int64_t r1) {
+  const int64_t ldb = spread_stride((W.cols + 1) / 2);
+  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  stage_bf16_pairs(X, ldx, T, W.cols, xb, ldb);
+  // One token block: no reuse, a single pass over the columns.
+  const int64_t cb = T <= kDotNtMaxTB ? W.cols : std::max<int64_t>(2 * kL, kDotNtXBlockBytes / (2 * T) / (2 * kL) * (2 * kL));
+  int64_t r = r0;
+  for (; r + kDotNtR <= r1; r += kDotNtR) nt_dot_group<kDotNtR>(W, xb, ldb, T, Y, ldy, r, cb);
+  for (; r < r1; ++r) nt_dot_group<1>(W, xb, ldb, T, Y, ldy, r, cb);
+}
+
+// Streaming gemm_nn: weight rows 2p and 2p + 1 are interleaved into bf16 pairs (vpunpcklwd / vpunpckhwd) as they
+// stream past, against the broadcast pair (X[t, 2p], X[t, 2p + 1]). The unpacks work within 128-bit lanes: for
+// 32 columns starting at c, the "lo" vector holds columns c + 8L + j and the "hi" vector c + 8L + 4 + j
+// (lane L < 4, j < 4). The output tile keeps that order (32 floats: lo then hi) and is put back in column order
+// when it is copied out (kUnLo, kUnHi), so the weights need no further permutes.
+constexpr int kDotNnPairs = 4;  // row pairs streamed side by side
+// Output tile of the streaming dot gemm_nn (T·columns f32, in L1): all T tokens in one pass over the weights.
+constexpr int64_t kDotNnTileFloats = 8192;
+
+// Y[t, c] += Σ_{i<P} Xb[t, p + i] · (W[2(p + i), c], W[2(p + i) + 1, c]) for the 32-column chunks of [0, n),
+// t < T, Y in the tile's permuted order. Row 2(p + i) + 1 is zero where it is past the matrix (odd row count).
+template <int P>
+void nn_dot_rows(const MatRef& W, const uint32_t* Xb, int64_t ldb, int64_t T, float* Y, int64_t ldy, int64_t n,
+                 int64_t p, int64_t ahead) {
+  const uint8_t* wa[P];
+  const uint8_t* wb[P];
+  bool has_b[P];
+  MOEP_UNROLL
+  for (int i = 0; i < P; ++i) {
+    wa[i] = W.row_ptr(2 * (p + i));
+    has_b[i] = 2 * (p + i) + 1 < W.rows;
+    wb[i] = has_b[i] ? W.row_ptr(2 * (p + i) + 1) : wa[i];
+  }
+  for (int64_t c = 0; c < n; c += 2 * kL) {
+    const int64_t ne = n - c;
+    const __mmask32 m = ne >= 2 * kL ? __mmask32(0xffffffffu) : __mmask32((1u << ne) - 1u);
+    __m512bh lo[P], hi[P];
+    MOEP_UNROLL
+    for (int i = 0; i < P; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(wa[i] + 2 * c + ahead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wb[i] + 2 * c + ahead), _MM_HINT_T0);
+      const __m512i a = _mm512_maskz_loadu_epi16(m, wa[i] + 2 * c);
+      const __m512i b = has_b[i] ? _mm512_maskz_loadu_epi16(m, wb[i] + 2 * c) : _mm512_setzero_si512();
+      lo[i] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+      hi[i] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      float* y = Y + t * ldy + c;
+      __m512 ylo = _mm512_load_ps(y), yhi = _mm512_load_ps(y + kL);
+      MOEP_UNROLL
+      for (int i = 0; i < P; ++i) {
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(int(Xb[t * ldb + p + i]));
+        ylo = _mm512_dpbf16_ps(ylo, lo[i], x);
+        yhi = _mm512_dpbf16_ps(yhi, hi[i], x);
+      }
+      _mm512_store_ps(y, ylo);
+      _mm512_store_ps(y + kL, yhi);
+    }
+  }
+}
+
+void nn_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
+                   int64_t c1) {
+  const int64_t K = W.rows, n_pairs = (K + 1) / 2;
+  const int64_t ldb = spread_stride(n_pairs);
+  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  stage_bf16_pairs(X, ldx, T, K, xb, ldb);
+  const int64_t tile = std::max<int64_t>(2 * kL, kDotNnTileFloats / T / (2 * kL) * (2 * kL));
+  const int64_t ld = spread_stride(tile);
+  float* acc = scratch(kOutTile, size_t(T * ld));
+  // Prefetch the same columns of the rows read next. (Prefetching along each row, as nn_stream does for long
+  // segments, leaves the start of every row segment unrequested; with 8 rows side by side that measured up to
+  // 1.5x slower from memory at 2..4 tokens.)
+  const int64_t ahead = 2 * kDotNnPairs * W.row_stride * 2;
+  const __m512i un_lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i un_hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t cb = c0; cb < c1; cb += tile) {
+    const int64_t n = std::min(c1, cb + tile) - cb;
+    const int64_t n_up = (n + 2 * kL - 1) / (2 * kL) * (2 * kL);
+    for (int64_t t = 0; t < T; ++t) std::memset(acc + t * ld, 0, size_t(n_up) * sizeof(float));
+    const MatRef Wt{W.row_ptr(0) + size_t(cb) * 2, DType::BF16, W.rows, n, W.row_stride};
+    int64_t p = 0;
+    for (; p + kDotNnPairs <= n_pairs; p += kDotNnPairs) nn_dot_rows<kDotNnPairs>(Wt, xb, ldb, T, acc, ld, n, p, ahead);
+    for (; p < n_pairs; ++p) nn_dot_rows<1>(Wt, xb, ldb, T, acc, ld, n, p, ahead);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* a = acc + t * ld;
+      float* y = Y + t * ldy + cb;
+      for (int64_t c = 0; c < n; c += 2 * kL) {
+        const __m512 lo = _mm512_load_ps(a + c), hi = _mm512_load_ps(a + c + kL);
+        _mm512_mask_storeu_ps(y + c, lanes(n - c), _mm512_permutex2var_ps(lo, un_lo, hi));
+        if (n - c > kL) _mm512_mask_storeu_ps(y + c + kL, lanes(n - c - kL), _mm512_permutex2var_ps(lo, un_hi, hi));
+      }
+    }
+  }
+}
+
 // ---- entry points ---------------------------------------------------------------------------------------
 
 template <DType D>
@@ -764,14 +969,19 @@ void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
   }
 }
 
-// The bf16-dot table's entry points: bf16 weights with enough tokens for the packed path take bf16 dot
-// products; everything else is the plain avx512 path.
+// The bf16-dot table's entry points: bf16 weights with 2 or more tokens take bf16 dot products (packed from
+// the plain packed thresholds on, streaming below); 1 token and f32/f16 weights are the plain avx512 path.
 void gemm_nt_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                  int64_t r1) {
   if (W.dtype == DType::BF16 && T >= kPackMinTnt && W.cols > 0 && r0 < r1) {
     thread_scratch();
     packed_gemm_dot(T, W.cols, r0, r1, X, ldx, Y, ldy,
                     [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt_dot(P, W, jb, je, k0, kc); });
+    return;
+  }
+  if (W.dtype == DType::BF16 && T >= kBf16DotAlwaysFromT && W.cols > 0 && r0 < r1) {
+    thread_scratch();
+    nt_stream_dot(W, X, ldx, T, Y, ldy, r0, r1);
     return;
   }
   gemm_nt(W, X, ldx, T, Y, ldy, r0, r1);
@@ -785,13 +995,20 @@ void gemm_nn_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float*
                     [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn_dot(P, W, jb, je, k0, kc); });
     return;
   }
+  if (W.dtype == DType::BF16 && T >= kBf16DotAlwaysFromT && W.rows > 0 && c0 < c1) {
+    thread_scratch();
+    nn_stream_dot(W, X, ldx, T, Y, ldy, c0, c1);
+    return;
+  }
   gemm_nn(W, X, ldx, T, Y, ldy, c0, c1);
 }
 
 // Packing the panels costs about as much as the dot products at 8 tokens: measured with the packed dot path
 // from T = 2 on (10752×6144 bf16, 2 threads, Zen 4), T = 2..8 were slower than the plain streaming paths
-// (gemm_nn up to 2x), so the dot path starts where the plain packed path does.
-static_assert(kPackMinTnt <= kBf16DotAlwaysFromT && kPackMinTnn <= kBf16DotAlwaysFromT);
+// (gemm_nn up to 2x), so the packed dot path starts where the plain packed path does, and fewer tokens stream
+// (nt_stream_dot, nn_stream_dot).
+// One token (decode) stays on the exact kernels, bit for bit.
+static_assert(kBf16DotAlwaysFromT == 2 && kBf16DotAlwaysFromT <= kPackMinTnn && kPackMinTnn <= kPackMinTnt);
 
 }  // namespace
 

@@ -45,15 +45,15 @@ const KernelTable& best_kernels();
 int available_kernel_tables(const KernelTable** out, int max);
 
 // Opt-in reduced precision for prefill (process-wide, off by default). When on, best_kernels() is the
-// "avx512+bf16dot" table: gemm_nt / gemm_nn on bf16 weights with many tokens (the compute-bound packed path)
-// round X to bf16 (round to nearest even; f32 denormals become zero) and multiply with bf16 dot products
-// (vdpbf16ps: exact products, f32 accumulation). A call either rounds all of X or none of it; calls of at least
-// kBf16DotAlwaysFromT tokens always round. Few tokens (decode), f32 and f16 weights are computed as by the
-// plain avx512 table. Results are not those of the reference: relative to the exact products the error is that
-// of rounding X (2^-9 per element), not of f32 summation.
+// "avx512+bf16dot" table: gemm_nt / gemm_nn on bf16 weights with at least kBf16DotAlwaysFromT (2) tokens round
+// X to bf16 (round to nearest even; f32 denormals become zero) and multiply with bf16 dot products (vdpbf16ps:
+// exact products, f32 accumulation), in the packed (many tokens) and the streaming (few tokens) paths alike. A
+// call rounds all of X or none of it. One token (decode), f32 and f16 weights are computed as by the plain
+// avx512 table, bit for bit. Results are not those of the reference: relative to the exact products the error
+// is that of rounding X (2^-9 per element), not of f32 summation.
 // set_bf16_dot(true) throws moep::Error (naming why) unless best_kernels() would be the avx512 table and the CPU
 // has AVX512_BF16; set_bf16_dot(false) always succeeds. Set it before running anything on other threads.
-constexpr int64_t kBf16DotAlwaysFromT = 32;
+constexpr int64_t kBf16DotAlwaysFromT = 2;
 void set_bf16_dot(bool on);
 bool bf16_dot();
 // The bf16-dot table, or nullptr where the build or the CPU cannot run it (for tests and benchmarks).

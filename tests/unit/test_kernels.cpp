@@ -347,29 +347,48 @@ void double_ref(bool nt, const RandomWeights& w, int64_t rows, int64_t cols, con
     }
 }
 
-// One gemm_nt (nt) or gemm_nn call of the bf16-dot table on bf16 weights [rows, cols]. The outputs must all
-// match the reference on bf16-rounded X (round-to-nearest-even) or all match the one on exact X (a call rounds
-// all of X or none: the streaming paths do not round); from kBf16DotAlwaysFromT tokens on, the rounded one.
-// Both references accumulate in double; the products of bf16 values are exact in f32, so the kernel's only
-// error is f32 accumulation: check_outputs' bound k·eps·Σ|terms|, k = 2·sqrt(n) + 2 (below 1e-5·Σ|terms| for
-// every n ≤ 1500 used here).
+// One gemm_nt (nt) or gemm_nn call of the bf16-dot table on bf16 weights [rows, cols]. From 2 tokens on (the
+// streaming bf16-dot paths below the packed thresholds, the packed path above) the outputs must match the
+// reference on bf16-rounded X (round-to-nearest-even); with 1 token (decode) they must be bit-identical to the
+// plain avx512 table's. The reference accumulates in double; the products of bf16 values are exact in f32, so
+// the kernel's only error is f32 accumulation: check_outputs' bound k·eps·Σ|terms|, k = 2·sqrt(n) + 2 (below
+// 1e-5·Σ|terms| for every n ≤ 1500 used here). That bound is far below the effect of rounding X (2^-9 per
+// element), so a call that did not round (or rounded differently) fails it.
 int run_bf16_dot(const KernelTable& k, bool nt, int64_t rows, int64_t cols, int64_t pad, int64_t T, int64_t j0,
                  int64_t j1, uint32_t seed) {
   const RandomWeights w(DType::BF16, rows, cols, cols + pad, seed);
   const int64_t K = nt ? cols : rows, N = nt ? rows : cols;
   const int64_t ldx = K + 3, ldy = N + 2;
   const std::vector<float> x = random_activations(T, K, ldx, seed ^ 0x3c3c3c3cu);
-  const std::vector<float> xr = round_to_bf16(x);
-  std::vector<float> got(size_t(T * ldy), poison()), want_r(got.size(), poison()), want_x(got.size(), poison());
-  std::vector<double> abs_r(got.size(), 0.0), abs_x(got.size(), 0.0);
-  double_ref(nt, w, rows, cols, xr, ldx, T, ldy, j0, j1, want_r, abs_r);
-  double_ref(nt, w, rows, cols, x, ldx, T, ldy, j0, j1, want_x, abs_x);
-  if (nt) {
-    k.gemm_nt(w.mat, x.data(), ldx, T, got.data(), ldy, j0, j1);
-  } else {
-    k.gemm_nn(w.mat, x.data(), ldx, T, got.data(), ldy, j0, j1);
+  std::vector<float> got(size_t(T * ldy), poison());
+  auto call = [&](const KernelTable& table, std::vector<float>& y) {
+    if (nt) {
+      table.gemm_nt(w.mat, x.data(), ldx, T, y.data(), ldy, j0, j1);
+    } else {
+      table.gemm_nn(w.mat, x.data(), ldx, T, y.data(), ldy, j0, j1);
+    }
+  };
+  call(k, got);
+  if (T == 1) {
+    const KernelTable* tabs[8];
+    const int n = kernels::available_kernel_tables(tabs, 8);
+    const KernelTable* plain = nullptr;
+    for (int i = 0; i < n; ++i)
+      if (std::strcmp(tabs[i]->name, "avx512") == 0) plain = tabs[i];
+    if (!plain) {
+      ADD_FAILURE() << "bf16-dot table without the avx512 table";
+      return 1;
+    }
+    std::vector<float> want(got.size(), poison());
+    call(*plain, want);
+    if (std::memcmp(got.data(), want.data(), got.size() * 4) == 0) return 0;
+    ADD_FAILURE() << "T = 1: not bit-identical to the avx512 table";
+    return 1;
   }
-  if (T < kernels::kBf16DotAlwaysFromT && check_outputs(got, want_x, abs_x, T, ldy, j0, j1, K, false) == 0) return 0;
+  const std::vector<float> xr = round_to_bf16(x);
+  std::vector<float> want_r(got.size(), poison());
+  std::vector<double> abs_r(got.size(), 0.0);
+  double_ref(nt, w, rows, cols, xr, ldx, T, ldy, j0, j1, want_r, abs_r);
   return check_outputs(got, want_r, abs_r, T, ldy, j0, j1, K);
 }
 
@@ -401,15 +420,20 @@ TEST(Bf16Dot, GemmMatchesBf16RoundedReference) {
     int64_t rows, cols, pad, j0, j1_from_end;
   };
   // Odd and even reductions (odd: the zero-padded last pair), reductions past one packed block (512) with an
-  // odd remainder, output counts with tails of the vector (16) and the panel (48) and sub-ranges.
+  // odd remainder, output counts with tails of the vector (16) and the panel (48) and sub-ranges. Streaming
+  // paths: row counts with tails of the row block (4 rows, gemm_nt; 4 pairs = 8 rows, gemm_nn, where an odd
+  // count leaves the last pair of a block half empty: 7, 9), column tails of the 32-element chunk, and gemm_nn
+  // outputs past one tile (4096 columns at T = 2, 544 at T = 15).
   const Shape shapes[] = {{5, 7, 0, 0, 0},     {17, 33, 3, 0, 0},    {49, 1, 1, 2, 1},    {61, 131, 0, 13, 1},
                           {97, 64, 2, 0, 0},   {205, 513, 1, 1, 1},  {1, 1201, 0, 0, 0},  {100, 1029, 5, 3, 2},
-                          {33, 257, 0, 0, 0}};
+                          {33, 257, 0, 0, 0},  {7, 4133, 1, 5, 3},   {64, 95, 0, 0, 0},   {9, 600, 2, 0, 1}};
   std::mt19937 gen(seed_for(400000));
   uint32_t id = 400000;
   for (bool nt : {true, false}) {
     for (const Shape& s : shapes) {
-      for (int64_t T : {9, 17, 32, 45}) {
+      // T = 1: decode (exact kernels); 2..23 (gemm_nt) and 2..15 (gemm_nn): streaming bf16-dot paths; from 24
+      // and 16 on: packed.
+      for (int64_t T : {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 23, 24, 32, 45}) {
         // Also one random shape per case: odd or even reduction and output counts.
         for (int rep = 0; rep < 2; ++rep) {
           int64_t rows = s.rows, cols = s.cols, pad = s.pad, j0 = s.j0, j1e = s.j1_from_end;
