@@ -6,9 +6,7 @@
 #include <numeric>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <string>
 #include <limits>
 
 #include "core/dtype.h"
@@ -128,38 +126,6 @@ double time_attention(ThreadPool& pool, double target, int64_t hd) {
   return s * 1e9 / double(rows * H * ctx);
 }
 
-// The last-level cache of this CPU in bytes (0 if unknown): buffers that stand for weights in memory must be
-// several times larger, or the timings measure the cache (server CPUs have hundreds of MB of L3).
-size_t last_level_cache_bytes() {
-  size_t best = 0;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  if (l3 > 0) best = size_t(l3);
-#endif
-  for (int idx = 0; idx < 8; ++idx) {
-    std::FILE* f = std::fopen(("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(idx) + "/size").c_str(), "r");
-    if (!f) continue;
-    unsigned long v = 0;
-    char unit = 0;
-    if (std::fscanf(f, "%lu%c", &v, &unit) >= 1) {
-      size_t b = v;
-      if (unit == 'K') b <<= 10;
-      else if (unit == 'M') b <<= 20;
-      best = std::max(best, b);
-    }
-    std::fclose(f);
-  }
-  return best;
-}
-
-// At least 4x the last-level cache, at most an eighth of physical memory.
-size_t past_the_cache(size_t want) {
-  size_t bytes = std::max(want, 4 * last_level_cache_bytes());
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0) bytes = std::min(bytes, std::max(want, size_t(pages) * size_t(page) / 8));
-  return bytes;
-}
-
 }  // namespace
 
 std::pair<double, double> fit_relative(const std::vector<std::pair<double, double>>& pts) {
@@ -183,8 +149,6 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     if (comm.rank() == 0 && progress) progress(s);
   };
   if (o.dtypes.empty()) fail("calibrate: no dtype to measure");
-  const size_t membw_bytes = past_the_cache(o.membw_bytes);
-  const size_t rotation_bytes = past_the_cache(o.rotation_bytes);
   if (o.batches.empty()) fail("calibrate: no batch sizes to measure");
   for (int64_t b : o.batches)
     if (b < 1 || b > 4096) fail("calibrate: batch sizes must be in 1..4096, got ", b);
@@ -214,7 +178,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   // 1. Memory read bandwidth, every rank at once.
   comm.barrier();
   say("memory read bandwidth ...");
-  const double bw = kernels::measure_read_bandwidth_gbs(pool, membw_bytes, 5);
+  const double bw = kernels::measure_read_bandwidth_gbs(pool, o.membw_bytes, 5);
   hm.membw_gbs = mean_over_ranks(comm, {bw})[0];
   say("  " + std::to_string(hm.membw_gbs) + " GB/s per rank");
 
@@ -227,7 +191,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     const DType dt = parse_dtype(dt_name);
     const size_t esz = dtype_size(dt);
     const size_t expert_bytes = size_t(3 * o.expert_d_model * o.expert_ffn) * esz;
-    WeightBuffer buf(dt, std::max(rotation_bytes, 2 * expert_bytes));
+    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes));
     for (int layout = 0; layout < 2; ++layout) {
       for (int64_t b : o.batches) {
         comm.barrier();
@@ -368,7 +332,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
       const size_t esz = dtype_size(dt);
       const int64_t rows = o.expert_ffn, cols = o.expert_d_model;
       const size_t mbytes = size_t(rows * cols) * esz;
-      WeightBuffer wbuf(dt, std::max(rotation_bytes, 4 * mbytes));
+      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes));
       const int64_t copies = int64_t(wbuf.bytes.size() / mbytes);
       std::vector<float> X(static_cast<size_t>(cols), 0.01f), Y(static_cast<size_t>(rows));
       const size_t count = size_t(cols);  // one decode row of d_model floats
