@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/scratch.h"
 #include "kernels/kernels.h"
 
 namespace moep::kernels {
@@ -134,38 +135,12 @@ enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
 // width of the DBRX-size matrices) fit in 1 MiB; the others are fixed by the blocking constants.
 constexpr size_t kScratchInitial[kSlots] = {size_t(1) << 18, size_t(kNC / kNR) * kKC * kNR, 2 * kNNTileFloats};
 
-// This thread's scratch buffers: created on the thread's first kernel call (see gemm_nt / gemm_nn) and written
-// through once, so that the decode loop neither allocates nor takes a page fault for them (a call needing more
-// than a slot holds grows it, once). Freed when the thread ends.
-struct Scratch {
-  float* p[kSlots] = {};
-  size_t cap[kSlots] = {};
-  Scratch() {
-    for (int s = 0; s < kSlots; ++s) grow(ScratchSlot(s), kScratchInitial[s]);
-  }
-  ~Scratch() {
-    for (float* q : p) std::free(q);
-  }
-  void grow(ScratchSlot s, size_t floats) {
-    std::free(p[s]);
-    cap[s] = (floats + 15) / 16 * 16;
-    p[s] = static_cast<float*>(std::aligned_alloc(64, cap[s] * sizeof(float)));
-    if (!p[s]) std::abort();
-    std::memset(p[s], 0, cap[s] * sizeof(float));
-  }
-};
-
-Scratch& thread_scratch() {
-  thread_local Scratch s;
-  return s;
-}
+// This thread's scratch buffers (kernels/scratch.h): created on the thread's first kernel call (see gemm_nt /
+// gemm_nn), so that the decode loop neither allocates nor takes a page fault for them.
+void thread_scratch() { scratch_prepare(kScratchAvx512, kScratchInitial, kSlots); }
 
 // This thread's buffer `slot`, at least `floats` f32, 64-byte aligned.
-float* scratch(ScratchSlot slot, size_t floats) {
-  Scratch& s = thread_scratch();
-  if (s.cap[slot] < floats) s.grow(slot, floats);
-  return s.p[slot];
-}
+float* scratch(ScratchSlot slot, size_t floats) { return scratch_buffer(kScratchAvx512, slot, floats); }
 
 // A row stride (in f32) for n values per row that is an odd number of cache lines. Rows of activations are
 // often a multiple of 4 KiB apart (6144 f32 = 24 KiB), which maps the same column of every row to one L1 set;
