@@ -33,6 +33,22 @@ class ThreadPool {
         [](void* ctx, int64_t i) { (*static_cast<Fn*>(ctx))(i); });
   }
 
+  // Calls fn() once on each of the pool's threads (the caller's included), e.g. to set up thread-local state
+  // before it is needed. Every thread waits until all have arrived, so no thread takes two of the calls.
+  template <class F>
+  void on_every_thread(F&& fn) {
+    if (n_threads_ == 1) {
+      fn();
+      return;
+    }
+    std::atomic<int> arrived{0};
+    parallel_for(n_threads_, [&](int64_t) {
+      arrived.fetch_add(1);
+      while (arrived.load() < n_threads_) std::this_thread::yield();
+      fn();
+    });
+  }
+
   // Splits [0, n) into about `size()` contiguous chunks aligned to `align` and calls fn(begin, end) for each.
   template <class F>
   void parallel_range(int64_t n, int64_t align, F&& fn) {

@@ -94,4 +94,12 @@ void set_bf16_dot(bool on) {
 
 bool bf16_dot() { return g_bf16_dot.load(std::memory_order_relaxed) != nullptr; }
 
+void warm_thread_scratch() {
+  const KernelTable& k = best_kernels();
+  alignas(64) float w[16 * 16] = {}, x[16] = {}, y[16] = {};
+  const MatRef W{w, DType::F32, 16, 16, 16};
+  k.gemm_nt(W, x, 16, 1, y, 16, 0, 16);
+  k.gemm_nn(W, x, 16, 1, y, 16, 0, 16);
+}
+
 }  // namespace moep::kernels

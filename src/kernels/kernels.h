@@ -35,6 +35,11 @@ struct KernelTable {
   ToF32 to_f32;
 };
 
+// Runs a tiny product through best_kernels() on the calling thread, so that the thread's kernel scratch
+// (kernels/scratch.h) exists before the first real step. Call it on every thread of a pool
+// (ThreadPool::on_every_thread) at start-up.
+void warm_thread_scratch();
+
 // The scalar reference versions.
 const KernelTable& reference_kernels();
 // The fastest table this CPU supports (chosen once). MOEP_KERNELS=scalar|avx2|avx512|neon forces one.

@@ -118,6 +118,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   if (opts.prefault) prefault_code_pages();
   const int threads = opts.threads > 0 ? opts.threads : default_thread_count();
   e->pool_ = std::make_unique<ThreadPool>(threads);
+  // Every thread's kernel scratch now, not on whichever later step first hands that thread a task.
+  e->pool_->on_every_thread([] { kernels::warm_thread_scratch(); });
   e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);
   if (opts.trace_events) e->transformer_->tracer().enable(opts.trace_events);
   // Memory per rank, for the user (experts divided over ranks shrink each rank's share).
