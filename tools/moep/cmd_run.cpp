@@ -26,38 +26,6 @@ namespace moep::cli {
 
 namespace {
 
-// End-of-sequence ids: config.json, generation_config.json and tokenizer_config.json's eos_token.
-std::vector<int32_t> eos_ids(const std::string& dir, const ModelConfig& cfg, const Tokenizer* tok) {
-  std::vector<int32_t> ids = cfg.eos_token_ids;
-  auto add_json = [&](const nlohmann::json& v) {
-    if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
-    if (v.is_array())
-      for (const auto& x : v)
-        if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
-  };
-  namespace fs = std::filesystem;
-  try {
-    if (fs::exists(fs::path(dir) / "generation_config.json")) {
-      std::ifstream f(fs::path(dir) / "generation_config.json");
-      const auto j = nlohmann::json::parse(f);
-      if (j.contains("eos_token_id")) add_json(j["eos_token_id"]);
-    }
-    if (tok && fs::exists(fs::path(dir) / "tokenizer_config.json")) {
-      std::ifstream f(fs::path(dir) / "tokenizer_config.json");
-      const auto j = nlohmann::json::parse(f);
-      if (j.contains("eos_token")) {
-        const auto& e = j["eos_token"];
-        const std::string s = e.is_string() ? e.get<std::string>() : e.is_object() ? e.value("content", "") : "";
-        if (!s.empty() && tok->token_to_id(s) >= 0) ids.push_back(tok->token_to_id(s));
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail(dir, ": malformed generation_config.json or tokenizer_config.json (", e.what(), ")");
-  }
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  return ids;
-}
 
 bool is_synthetic(const std::string& dir) {
   std::ifstream f(std::filesystem::path(dir) / "config.json");
@@ -133,7 +101,7 @@ void register_run(CLI::App& app) {
         std::fprintf(stderr, "moep: note: this model has RANDOM weights (made by moep synth): its text is meaningless\n");
       std::optional<Tokenizer> tok;
       if (o->prompt_ids.empty() || !o->print_ids) tok = Tokenizer::load(o->model);
-      const auto eos = eos_ids(o->model, engine->config(), tok ? &*tok : nullptr);
+      const auto eos = eos_token_ids(o->model, engine->config(), tok ? &*tok : nullptr);
       SequenceGenerator gen(driver, tok ? &*tok : nullptr, eos);
       auto print = [](const std::string& s) {
         std::fwrite(s.data(), 1, s.size(), stdout);

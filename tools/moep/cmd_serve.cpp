@@ -40,39 +40,6 @@ namespace moep::cli {
 
 namespace {
 
-// End-of-sequence ids: config.json, generation_config.json and tokenizer_config.json's eos_token.
-// (The same rule as `moep run`; kept here until it moves to a shared place.)
-std::vector<int32_t> serve_eos_ids(const std::string& dir, const ModelConfig& cfg, const Tokenizer& tok) {
-  std::vector<int32_t> ids = cfg.eos_token_ids;
-  auto add_json = [&](const nlohmann::json& v) {
-    if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
-    if (v.is_array())
-      for (const auto& x : v)
-        if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
-  };
-  namespace fs = std::filesystem;
-  try {
-    if (fs::exists(fs::path(dir) / "generation_config.json")) {
-      std::ifstream f(fs::path(dir) / "generation_config.json");
-      const auto j = nlohmann::json::parse(f);
-      if (j.contains("eos_token_id")) add_json(j["eos_token_id"]);
-    }
-    if (fs::exists(fs::path(dir) / "tokenizer_config.json")) {
-      std::ifstream f(fs::path(dir) / "tokenizer_config.json");
-      const auto j = nlohmann::json::parse(f);
-      if (j.contains("eos_token")) {
-        const auto& e = j["eos_token"];
-        const std::string s = e.is_string() ? e.get<std::string>() : e.is_object() ? e.value("content", "") : "";
-        if (!s.empty() && tok.token_to_id(s) >= 0) ids.push_back(tok.token_to_id(s));
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail(dir, ": malformed generation_config.json or tokenizer_config.json (", e.what(), ")");
-  }
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  return ids;
-}
 
 // SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to every rank, unlike the other two: it ends the job with
 // exit status 0), taken by one thread with sigtimedwait (no async-signal-safety concerns). Call block_signals()
@@ -271,7 +238,7 @@ void register_serve(CLI::App& app) {
         std::fprintf(stderr, "moep serve: note: no chat template (%s): /v1/chat/completions will refuse requests\n",
                      e.what());
       }
-      sched = std::make_unique<BatchScheduler>(driver, *tok, serve_eos_ids(o->model, engine->config(), *tok));
+      sched = std::make_unique<BatchScheduler>(driver, *tok, eos_token_ids(o->model, engine->config(), &*tok));
 
       server::ServerOptions so = o->server;
       so.log_requests = !o->quiet;

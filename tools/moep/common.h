@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "runtime/engine.h"
+#include "text/tokenizer.h"
 
 namespace moep::cli {
 
@@ -32,5 +33,9 @@ void start_run(Engine& engine, const EngineFlags& f);
 // Prints/writes what the flags ask for at the end of a run (summary table, --stats-json, --trace,
 // --record-routing). Collective: every rank calls it.
 void finish_run(Engine& engine, const EngineFlags& f);
+
+// End-of-sequence ids of the model in `dir`: config.json's, generation_config.json's eos_token_id and
+// tokenizer_config.json's eos_token (when a tokenizer is given). Throws moep::Error for a malformed file.
+std::vector<int32_t> eos_token_ids(const std::string& dir, const ModelConfig& cfg, const Tokenizer* tok);
 
 }  // namespace moep::cli
