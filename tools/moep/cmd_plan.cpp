@@ -2,6 +2,7 @@
 // moep plan --validate MANIFEST [--out FILE]
 // Predicts tokens/s, time split, memory per node and cost for each configuration (no weights needed).
 #include <chrono>
+#include <filesystem>
 #include <deque>
 #include <cstdio>
 #include <fstream>
@@ -120,7 +121,15 @@ void register_plan(CLI::App& app) {
   cmd->callback([o] {
     const auto t0 = std::chrono::steady_clock::now();
     perf::ProfileSet profiles;
-    profiles.load_dir(perf::default_profile_dir());
+    // The built-in profiles live in the source tree (or $MOEP_PROFILES). A binary copied elsewhere can still
+    // plan with profile files given by path; a name then fails as unknown, with this note to explain why.
+    const std::string builtin = perf::default_profile_dir();
+    if (std::filesystem::is_directory(builtin)) {
+      profiles.load_dir(builtin);
+    } else {
+      std::fprintf(stderr, "moep: note: no built-in profiles at %s (set MOEP_PROFILES to a copy of data/profiles)\n",
+                   builtin.c_str());
+    }
     for (const auto& d : o->profile_dirs) profiles.load_dir(d);
 
     if (o->list) {
