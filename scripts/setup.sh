@@ -10,7 +10,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
-  python3
+  python3 jq
 )
 missing=()
 for p in "${packages[@]}"; do
