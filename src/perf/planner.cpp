@@ -307,6 +307,25 @@ Chart chart_nodes(const PlanRequest& req, const PlanResult& res) {
   return c;
 }
 
+// One series per node count: decode tokens/s as a link property x sweeps [lo, hi] in steps of 10^0.1 (log
+// scale); `link(x)` gives the network at x.
+template <class Link>
+void add_link_sweep(Chart& c, const PlanRequest& req, Predictor& pred, double lo, double hi, Link&& link) {
+  for (int n : sweep_nodes(req)) {
+    ChartSeries s;
+    s.name = std::to_string(n) + " nodes";
+    s.dots = false;
+    for (double x = lo; x <= hi * 1.0001; x *= std::pow(10.0, 0.1)) {
+      Scenario sc = req.base;
+      sc.nodes = n;
+      sc.prompt = 0;
+      const Prediction p = pred.predict(link(x), sc);
+      s.points.emplace_back(x, p.memory.fits() ? p.decode_tokens_per_s : std::nan(""));
+    }
+    c.series.push_back(s);
+  }
+}
+
 Chart chart_latency(const PlanRequest& req) {
   const HardwareProfile* hw = req.hardware.front();
   const NetworkProfile* net = req.networks.front();
@@ -318,19 +337,7 @@ Chart chart_latency(const PlanRequest& req) {
   c.x_label = "per-message latency alpha (microseconds, log scale)";
   c.y_label = "decode tokens/s";
   c.log_x = true;
-  for (int n : sweep_nodes(req)) {
-    ChartSeries s;
-    s.name = std::to_string(n) + " nodes";
-    s.dots = false;
-    for (double a = 0.5; a <= 5000 * 1.0001; a *= std::pow(10.0, 0.1)) {
-      Scenario sc = req.base;
-      sc.nodes = n;
-      sc.prompt = 0;
-      const Prediction p = pred.predict(with_alpha_beta(*net, a, net->beta_gbs.value), sc);
-      s.points.emplace_back(a, p.memory.fits() ? p.decode_tokens_per_s : std::nan(""));
-    }
-    c.series.push_back(s);
-  }
+  add_link_sweep(c, req, pred, 0.5, 5000, [&](double a) { return with_alpha_beta(*net, a, net->beta_gbs.value); });
   const double m = double(req.base.batch) * double(req.model->d_model) * 4.0;
   c.markers.push_back({m / (net->beta_gbs.value * 1e9) * 1e6, "alpha = m/beta (" + fmt("%.3g", m / (net->beta_gbs.value * 1e3)) + " us)"});
   for (const NetworkProfile* n : req.networks) c.markers.push_back({n->alpha_us.value, n->name});
@@ -348,19 +355,7 @@ Chart chart_bandwidth(const PlanRequest& req) {
   c.x_label = "link bandwidth beta (GB/s, log scale)";
   c.y_label = "decode tokens/s";
   c.log_x = true;
-  for (int n : sweep_nodes(req)) {
-    ChartSeries s;
-    s.name = std::to_string(n) + " nodes";
-    s.dots = false;
-    for (double bw = 0.01; bw <= 1000 * 1.0001; bw *= std::pow(10.0, 0.1)) {
-      Scenario sc = req.base;
-      sc.nodes = n;
-      sc.prompt = 0;
-      const Prediction p = pred.predict(with_alpha_beta(*net, net->alpha_us.value, bw), sc);
-      s.points.emplace_back(bw, p.memory.fits() ? p.decode_tokens_per_s : std::nan(""));
-    }
-    c.series.push_back(s);
-  }
+  add_link_sweep(c, req, pred, 0.01, 1000, [&](double bw) { return with_alpha_beta(*net, net->alpha_us.value, bw); });
   const double m = double(req.base.batch) * double(req.model->d_model) * 4.0;
   if (net->alpha_us.value > 0)
     c.markers.push_back({m / (net->alpha_us.value * 1e-6) * 1e-9, "beta = m/alpha"});
