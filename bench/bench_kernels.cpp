@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/page_buffer.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/membw.h"
@@ -69,8 +70,8 @@ class WeightRing {
     matrix_bytes_ = size_t(rows * cols) * dtype_size(dtype);
     copies_ = std::max<size_t>(2, (size_t(1) << 30) / matrix_bytes_ + 1);
     bytes_ = matrix_bytes_ * copies_;
-    mem_ = static_cast<uint8_t*>(mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (mem_ == MAP_FAILED) std::abort();
+    buf_ = PageBuffer(bytes_, true);  // 2 MiB pages, like the engine's copied weights (--weights copy)
+    mem_ = buf_.data();
     // Filled by all threads: one copy (rows × cols elements) per task.
     pool().parallel_for(int64_t(copies_), [&](int64_t i) {
       uint32_t s = uint32_t(i) * 2654435761u + 1u;
@@ -88,7 +89,6 @@ class WeightRing {
       }
     });
   }
-  ~WeightRing() { munmap(mem_, bytes_); }
   bool matches(DType d, int64_t r, int64_t c) const { return d == dtype_ && r == rows_ && c == cols_; }
   MatRef next() {
     MatRef m{mem_ + next_ * matrix_bytes_, dtype_, rows_, cols_, cols_};
@@ -100,6 +100,7 @@ class WeightRing {
   DType dtype_;
   int64_t rows_, cols_;
   size_t matrix_bytes_ = 0, copies_ = 0, bytes_ = 0, next_ = 0;
+  PageBuffer buf_;
   uint8_t* mem_ = nullptr;
 };
 

@@ -24,6 +24,9 @@
 #                       Linux groups the processes of a session (autogroup), and nice only ranks processes
 #                       within a group, so the script also sets its session's autogroup nice: start it with
 #                       setsid so that only its own processes are in that group.
+#   --weights MODE      where the runs keep the weights (moep's --weights; default map): with map, ranks on
+#                       this host share the page cache as the model assumes (replicated_hardware below), and
+#                       calibration measures 4 KiB pages to match; copy puts each rank's weights on 2 MiB pages
 #   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
 #   --out FILE          where to write the table (default: WORK/validation.md)
 #
@@ -49,11 +52,13 @@ OUT=""
 REPEAT=3
 NICE=0
 GUARD=0
+WEIGHTS=map
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build-dir) BUILD_DIR="$(realpath -m "$2")"; shift 2 ;;
     --build) DO_BUILD=1; shift ;;
+    --weights) WEIGHTS="$2"; shift 2 ;;
     --ranks) RANKS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --cores) CORES="$2"; shift 2 ;;
@@ -161,7 +166,7 @@ for n in $RANKS; do
     read -r d_model ffn < <(synth_args "$m" | sed -E 's/.*--d-model ([0-9]+).*--ffn ([0-9]+).*/\1 \2/')
     prof="$WORK/profile-$m-${n}x${THREADS}.json"
     echo "== calibrate: $n rank(s) x $THREADS thread(s), matrices of $m ($d_model x $ffn)" >&2
-    launch "$n" "$MOEP" calibrate --threads "$THREADS" --dtype bf16 --expert-shape "$d_model,$ffn" \
+    launch "$n" "$MOEP" calibrate --threads "$THREADS" --dtype bf16 --expert-shape "$d_model,$ffn" --weights "$WEIGHTS" \
       --name "validate-$m-${n}x${THREADS}" --out "$prof" >&2
     lats="0"
     [[ "$n" -gt 1 ]] && lats="$LATENCIES"
@@ -171,7 +176,7 @@ for n in $RANKS; do
         echo "== bench $m: $n rank(s), batch $b, emulated latency $lat us, best of $REPEAT" >&2
         runs=()
         for r in $(seq 1 "$REPEAT"); do
-          launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" \
+          launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" --weights "$WEIGHTS" \
             --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
           runs+=("$bj.run$r")
         done
@@ -181,7 +186,7 @@ for n in $RANKS; do
         # The ranks share this host's page cache: weights every rank holds are read from one copy, about as
         # fast as by one rank alone, so they are timed with the 1-rank profile (when this run made one).
         rep=""
-        [[ "$n" -gt 1 && -f "$WORK/profile-$m-1x${THREADS}.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}.json\""
+        [[ "$n" -gt 1 && "$WEIGHTS" == map && -f "$WORK/profile-$m-1x${THREADS}.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}.json\""
         cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": \"$prof\", \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
       done
     done

@@ -70,4 +70,7 @@ std::unique_ptr<Communicator> make_communicator();
 // True when the environment says this process is one rank of an mpirun job.
 bool launched_by_mpirun();
 
+// How many ranks of `comm` run on this rank's host (compared by host name). Collective.
+int ranks_on_this_host(Communicator& comm);
+
 }  // namespace moep

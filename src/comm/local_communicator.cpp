@@ -1,6 +1,10 @@
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <vector>
 
 #include "comm/communicator.h"
 
@@ -22,6 +26,17 @@ void LocalCommunicator::abort(int code, const std::string& msg) {
 bool launched_by_mpirun() {
   return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr ||
          std::getenv("PMIX_RANK") != nullptr;
+}
+
+int ranks_on_this_host(Communicator& comm) {
+  char mine[64] = {0};
+  ::gethostname(mine, sizeof mine - 1);
+  std::vector<char> all(sizeof mine * size_t(comm.size()));
+  comm.allgather(mine, sizeof mine, all.data());
+  int n = 0;
+  for (int r = 0; r < comm.size(); ++r)
+    n += std::strncmp(all.data() + sizeof mine * size_t(r), mine, sizeof mine) == 0;
+  return n;
 }
 
 #if !defined(MOEP_WITH_MPI)

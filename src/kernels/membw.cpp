@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/page_buffer.h"
 
 namespace moep::kernels {
 
@@ -36,13 +37,12 @@ uint64_t sum_words(const uint64_t* p, size_t n) {
 
 }  // namespace
 
-double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps) {
+double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps, bool huge_pages) {
   constexpr size_t kLine = 64;
   const size_t words = std::max<size_t>(bytes, kLine * 1024) / 8 / 8 * 8;  // whole multiples of one line
   const size_t len = words * 8;
-  void* mem = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) fail("measure_read_bandwidth_gbs: cannot map ", len, " bytes");
-  auto* buf = static_cast<uint64_t*>(mem);
+  PageBuffer mem(len, huge_pages);
+  auto* buf = reinterpret_cast<uint64_t*>(mem.data());
   const int n_threads = pool.size();
   // One contiguous share per thread, in units of cache lines (8 words).
   const size_t lines = words / 8;
@@ -72,7 +72,6 @@ double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, double(len) / s * 1e-9);
   }
-  munmap(mem, len);
   return best;
 }
 

@@ -11,10 +11,11 @@ namespace moep::kernels {
 // Streams a buffer of `bytes` (make it several times the last-level cache) with every thread of `pool`, each
 // reading its own contiguous share, `reps` times after one untimed pass that faults the pages in and warms the
 // TLB. Returns the best repetition in GB/s (1e9 bytes per second), the STREAM convention: noise from other
-// processes only ever lowers a repetition. The buffer is ordinary anonymous memory with the kernel's default
-// page size policy (no MADV_HUGEPAGE), like the file mappings that weights live in. Allocates `bytes` for
-// the duration of the call; not for the decode loop. Throws moep::Error if the memory cannot be had.
-double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps);
+// processes only ever lowers a repetition. The buffer is anonymous memory, on transparent huge pages with
+// huge_pages (like weights copied by `--weights copy`), else with the kernel's default page size policy (like
+// weights read in place from the file mappings). Allocates `bytes` for the duration of the call; not for the
+// decode loop. Throws moep::Error if the memory cannot be had.
+double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps, bool huge_pages = true);
 
 // Reads the given ranges of existing memory (e.g. the mapped weights of a model) with every thread of `pool`,
 // each range split into one contiguous share per thread, `reps` times; returns the best pass in GB/s. The

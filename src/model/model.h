@@ -1,12 +1,14 @@
 // A loaded model: its config, the mapped checkpoint and the weight views. Weights stay in the dtype the
-// checkpoint stores, inside the mapping (zero-copy), and are prefaulted at load so that no page fault
-// happens while generating.
+// checkpoint stores, either inside the file mapping (zero-copy; ranks on one host share the pages) or copied
+// once into anonymous memory on 2 MiB pages (faster to stream: see core/page_buffer.h). Either way every page
+// is resident before the first token, so that no page fault happens while generating.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/page_buffer.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -17,7 +19,13 @@ struct LoadOptions {
   ExpertFilter is_local;  // which experts to read; empty: all
   bool prefault = true;   // touch every page this rank will read before returning
   bool mlock = false;     // also lock them in memory (needs RLIMIT_MEMLOCK; a failure is reported, not fatal)
-  // Called with (bytes done, bytes total) while prefaulting (a progress bar); may be empty.
+  // Copy the weights this rank uses into anonymous memory on huge pages instead of reading them in place.
+  bool copy = false;
+  // With copy: when the copy would not fit in the memory available (MemAvailable less 1 GiB), throw moep::Error
+  // (copy_required) or keep the mapping and say so in Model::residence().
+  bool copy_required = false;
+  size_t memory_available = 0;  // bytes the copy may use; 0: MemAvailable of /proc/meminfo (tests set it)
+  // Called with (bytes done, bytes total) while prefaulting or copying (a progress bar); may be empty.
   std::function<void(size_t, size_t)> progress;
 };
 
@@ -39,6 +47,10 @@ class Model {
     size_t bytes;
   };
   const std::vector<Span>& weight_spans() const { return spans_; }
+  bool weights_copied() const { return !arena_.empty(); }
+  // Where the weights live, for the user: "mapped from the checkpoint files", "copied into anonymous memory
+  // (2 MiB pages requested)", or why a requested copy was not made.
+  const std::string& residence() const { return residence_; }
 
  private:
   std::string dir_;
@@ -48,6 +60,8 @@ class Model {
   size_t bytes_used_ = 0;
   bool locked_ = false;
   std::vector<Span> spans_;
+  PageBuffer arena_;  // the copies (empty when the weights are read in place)
+  std::string residence_;
 };
 
 }  // namespace moep

@@ -29,11 +29,17 @@ const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<i
   return *t;
 }
 
+const void* WeightBinder::placed(const void* mapped) const {
+  if (dest_.empty()) return mapped;
+  MOEP_ASSERT(ranges_.size() <= dest_.size());  // bound like the binding the copies were made from
+  return dest_[ranges_.size() - 1];
+}
+
 MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols) {
   if (record(name, {rows, cols})) return {};
   const TensorInfo& t = get(name, {rows, cols});
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
-  return MatRef{t.data, t.dtype, rows, cols, cols};
+  return MatRef{placed(t.data), t.dtype, rows, cols, cols};
 }
 
 MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0,
@@ -44,14 +50,16 @@ MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, in
   const size_t row_bytes = size_t(cols) * dtype_size(t.dtype);
   ranges_.push_back({t.file, t.file_offset + size_t(row0) * row_bytes, size_t(n) * row_bytes});
   MatRef m{t.data, t.dtype, total_rows, cols, cols};
-  return m.row_block(row0, n);
+  m = m.row_block(row0, n);
+  m.data = placed(m.data);
+  return m;
 }
 
 VecRef WeightBinder::vector(const std::string& name, int64_t n) {
   if (record(name, {n})) return {};
   const TensorInfo& t = get(name, {n});
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
-  return VecRef{t.data, t.dtype, n};
+  return VecRef{placed(t.data), t.dtype, n};
 }
 
 VecRef WeightBinder::optional_vector(const std::string& name, int64_t n) {

@@ -91,6 +91,10 @@ class WeightBinder {
   const std::vector<Range>& read_ranges() const { return ranges_; }
   size_t bytes_read() const;
 
+  // Relocation: the k-th range read (in the order of read_ranges() of an earlier binding of the same model
+  // with the same filter) lives at dest[k] instead of in the mapping; views point there. Set before binding.
+  void relocate_to(std::vector<const uint8_t*> dest) { dest_ = std::move(dest); }
+
  private:
   const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape);
   bool record(const std::string& name, const std::vector<int64_t>& shape);
@@ -98,6 +102,9 @@ class WeightBinder {
   std::vector<Recorded> recorded_;
   std::set<std::string> used_;
   std::vector<Range> ranges_;
+  std::vector<const uint8_t*> dest_;
+  // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
+  const void* placed(const void* mapped) const;
 };
 
 }  // namespace moep

@@ -12,6 +12,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "core/page_buffer.h"
 #include "kernels/membw.h"
 #include "kernels/ops.h"
 #include "perf/allreduce.h"
@@ -24,20 +25,23 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// A buffer of weights of one dtype with valid, varied values (no NaN, no denormals).
+// A buffer of weights of one dtype with valid, varied values (no NaN, no denormals), on the pages the engine's
+// weights would have (huge: copied weights on 2 MiB pages; else 4 KiB pages, like the file mappings).
 struct WeightBuffer {
   DType dtype;
-  std::vector<uint8_t> bytes;
-  WeightBuffer(DType dt, size_t n_bytes) : dtype(dt), bytes(n_bytes) {
+  PageBuffer mem;
+  size_t size;
+  uint8_t* data() const { return mem.data(); }
+  WeightBuffer(DType dt, size_t n_bytes, bool huge) : dtype(dt), mem(n_bytes, huge), size(n_bytes) {
     uint64_t s = 0x9e3779b97f4a7c15ull;
     const size_t esz = dtype_size(dt);
     for (size_t i = 0; i + esz <= n_bytes; i += esz) {
       s = s * 6364136223846793005ull + 1442695040888963407ull;
       const float v = float(int32_t(s >> 40) - (1 << 23)) / float(1 << 25);  // about [-0.25, 0.25)
-      if (dt == DType::F32) std::memcpy(&bytes[i], &v, 4);
+      if (dt == DType::F32) std::memcpy(data() + i, &v, 4);
       else {
         const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-        std::memcpy(&bytes[i], &h, 2);
+        std::memcpy(data() + i, &h, 2);
       }
     }
   }
@@ -178,7 +182,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   // 1. Memory read bandwidth, every rank at once.
   comm.barrier();
   say("memory read bandwidth ...");
-  const double bw = kernels::measure_read_bandwidth_gbs(pool, o.membw_bytes, 5);
+  const double bw = kernels::measure_read_bandwidth_gbs(pool, o.membw_bytes, 5, o.huge_pages);
   hm.membw_gbs = mean_over_ranks(comm, {bw})[0];
   say("  " + std::to_string(hm.membw_gbs) + " GB/s per rank");
 
@@ -191,7 +195,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     const DType dt = parse_dtype(dt_name);
     const size_t esz = dtype_size(dt);
     const size_t expert_bytes = size_t(3 * o.expert_d_model * o.expert_ffn) * esz;
-    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes));
+    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes), o.huge_pages);
     for (int layout = 0; layout < 2; ++layout) {
       for (int64_t b : o.batches) {
         comm.barrier();
@@ -199,13 +203,13 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
         for (double sz : sizes) {
           const int64_t rows = std::max<int64_t>(16, int64_t(sz) / (cols * int64_t(esz)));
           const size_t mbytes = size_t(rows * cols) * esz;
-          const int64_t copies = std::max<int64_t>(1, int64_t(buf.bytes.size() / mbytes));
+          const int64_t copies = std::max<int64_t>(1, int64_t(buf.size / mbytes));
           // nt: W [rows, cols], X [b, cols] -> Y [b, rows]. in_out: W [rows, cols] as [in, out], X [b, rows].
           std::vector<float> X(size_t(b * std::max(rows, cols)), 0.01f), Y(size_t(b * std::max(rows, cols)));
           int64_t cursor = 0;
           const double s = time_calls(
               [&](int64_t i) {
-                MatRef W{buf.bytes.data() + size_t(i) * mbytes, dt, rows, cols, cols};
+                MatRef W{buf.data() + size_t(i) * mbytes, dt, rows, cols, cols};
                 if (layout == 0) ops::linear(pool, W, X.data(), b, Y.data());
                 else ops::linear_in_out(pool, W, X.data(), b, Y.data());
               },
@@ -224,12 +228,12 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     {
       comm.barrier();
       const int64_t d = o.expert_d_model, f = o.expert_ffn;
-      const int64_t copies = std::max<int64_t>(1, int64_t(buf.bytes.size() / expert_bytes));
+      const int64_t copies = std::max<int64_t>(1, int64_t(buf.size / expert_bytes));
       std::vector<float> x(static_cast<size_t>(d), 0.01f), g(static_cast<size_t>(f)), u(static_cast<size_t>(f)), y(static_cast<size_t>(d));
       int64_t cursor = 0;
       const double s = time_calls(
           [&](int64_t i) {
-            const uint8_t* base = buf.bytes.data() + size_t(i) * expert_bytes;
+            const uint8_t* base = buf.data() + size_t(i) * expert_bytes;
             MatRef gate{base, dt, f, d, d}, up{base + size_t(f * d) * esz, dt, f, d, d};
             MatRef down{base + size_t(2 * f * d) * esz, dt, d, f, f};
             ops::linear(pool, gate, x.data(), 1, g.data());
@@ -332,14 +336,14 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
       const size_t esz = dtype_size(dt);
       const int64_t rows = o.expert_ffn, cols = o.expert_d_model;
       const size_t mbytes = size_t(rows * cols) * esz;
-      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes));
-      const int64_t copies = int64_t(wbuf.bytes.size() / mbytes);
+      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes), o.huge_pages);
+      const int64_t copies = int64_t(wbuf.size / mbytes);
       std::vector<float> X(static_cast<size_t>(cols), 0.01f), Y(static_cast<size_t>(rows));
       const size_t count = size_t(cols);  // one decode row of d_model floats
       int64_t cursor = 0;
       auto work = [&] {
         for (int j = 0; j < 3; ++j) {
-          MatRef W{wbuf.bytes.data() + size_t(cursor) * mbytes, dt, rows, cols, cols};
+          MatRef W{wbuf.data() + size_t(cursor) * mbytes, dt, rows, cols, cols};
           ops::linear(pool, W, X.data(), 1, Y.data());
           cursor = (cursor + 1) % copies;
         }

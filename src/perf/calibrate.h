@@ -31,6 +31,9 @@ struct CalibrateOptions {
   int64_t expert_d_model = 1024;         // the expert shape whose batch-1 time is reported
   int64_t expert_ffn = 2816;
   size_t membw_bytes = size_t(512) << 20;
+  // Weights (and the bandwidth test) on 2 MiB pages, as `--weights copy` keeps them, or on 4 KiB pages, as
+  // the file mappings of `--weights map` are.
+  bool huge_pages = true;
   size_t rotation_bytes = size_t(256) << 20;  // weights cycled through per timed matrix size
   size_t max_allreduce_bytes = size_t(4) << 20;
   double seconds_per_point = 0.03;       // timing target per measured point and trial

@@ -84,6 +84,7 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   e->comm_ = std::move(comm);
   Communicator& c = *e->comm_;
   c.set_emulated_latency_us(opts.emulate_latency_us);
+  const int host_ranks = ranks_on_this_host(c);  // before anything can fail on one rank only
   run_collectively(c, [&] {
     // Before the kernel set's name goes into the agreement: "avx512+bf16dot" while on, so all ranks must agree.
     kernels::set_bf16_dot(opts.bf16_dot);
@@ -96,6 +97,13 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     lo.is_local = [pl, rank](int64_t layer, int64_t expert) { return pl->holds(rank, layer, expert); };
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;
+    if (opts.weights == "copy") {
+      lo.copy = lo.copy_required = true;
+    } else if (opts.weights == "auto") {
+      lo.copy = host_ranks == 1;
+    } else if (opts.weights != "map") {
+      fail("weights residence '", opts.weights, "' is unknown (expected auto, copy or map)");
+    }
     lo.progress = opts.load_progress;
     e->model_ = Model::load(opts.model_dir, lo);
   });

@@ -26,6 +26,10 @@ struct EngineOptions {
   EngineLimits limits;
   bool prefault = true;
   bool mlock = false;
+  // Where the weights live: "copy" (anonymous memory on 2 MiB pages; fails if it does not fit), "map" (read in
+  // place from the page cache; ranks on one host share it), or "auto": copy when this rank is the only one on
+  // its host and the copy fits, map otherwise.
+  std::string weights = "auto";
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
   size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)

@@ -95,6 +95,13 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
         EXPECT_LE(test::rel_l2(&many.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5) << "position " << t;
       EXPECT_EQ(run(fx, n, placement, prompt, 24).greedy, greedy_ref);
     }
+    // Ranks that each copy their weights onto huge pages (the default when every rank has a host of its own;
+    // here all share one, so auto maps) compute the same.
+    SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, --weights copy");
+    const RunOut copied = run(fx, n, "round-robin", ids, 0, "--weights copy");
+    ASSERT_EQ(copied.logits.shape, one.logits.shape);
+    for (size_t t = 0; t < ids.size(); ++t)
+      EXPECT_LE(test::rel_l2(&copied.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5) << "position " << t;
   }
 }
 

@@ -7,8 +7,11 @@
 #include <list>
 #include <nlohmann/json.hpp>
 
+#include "comm/communicator.h"
+#include "core/error.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
+#include "runtime/engine.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -210,6 +213,24 @@ TEST(FlagErrors, UnknownFlagNamesIt) {
       test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") + " --ids 1 --out /dev/null --threads -3", &out);
   EXPECT_NE(st2, 0);
   EXPECT_NE(out.find("--threads"), std::string::npos) << out;
+  const int st3 = test::run_command(
+      test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") + " --ids 1 --out /dev/null --weights disk", &out);
+  EXPECT_NE(st3, 0);
+  EXPECT_NE(out.find("--weights"), std::string::npos) << out;
+  EXPECT_NE(out.find("disk"), std::string::npos) << out;
+}
+
+TEST(FlagErrors, UnknownWeightResidenceFromTheLibrary) {
+  EngineOptions o;
+  o.model_dir = test::fixture_dir("olmoe_f32");
+  o.weights = "disk";
+  try {
+    Engine::create(o, std::make_unique<LocalCommunicator>());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'disk' is unknown (expected auto, copy or map)"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <string>
+#include <tuple>
 
 #include "comm/communicator.h"
 #include "runtime/engine.h"
@@ -59,16 +61,19 @@ uint64_t page_faults() {
   return uint64_t(u.ru_minflt) + uint64_t(u.ru_majflt);
 }
 
-class SteadyState : public ::testing::TestWithParam<std::string> {};
+// (fixture, --weights): weights copied onto 2 MiB pages, or read in place from the file mappings.
+class SteadyState : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(SteadyState, DecodeStepsAllocateNothingAndTakeNoPageFault) {
   EngineOptions o;
-  o.model_dir = test::fixture_dir(GetParam());
+  o.model_dir = test::fixture_dir(std::get<0>(GetParam()));
+  o.weights = std::get<1>(GetParam());
   o.threads = 2;
   o.limits.max_rows = 4;
   o.limits.n_slots = 4;
   o.limits.max_ctx = 200;
   auto engine = Engine::create(o, std::make_unique<LocalCommunicator>());
+  EXPECT_EQ(engine->model().weights_copied(), o.weights == "copy") << engine->model().residence();
   Transformer& tr = engine->transformer();
   const int64_t V = engine->config().vocab_size;
   std::vector<float> logits(size_t(4 * V));
@@ -101,8 +106,10 @@ TEST_P(SteadyState, DecodeStepsAllocateNothingAndTakeNoPageFault) {
   EXPECT_EQ(f1 - f0, 0u) << "page faults in 100 decode steps";
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, SteadyState, ::testing::Values("dbrx_bf16", "dbrx_f32", "qwen2_moe_f32", "qwen3_moe_bf16"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Fixtures, SteadyState,
+                         ::testing::Combine(::testing::Values("dbrx_bf16", "dbrx_f32", "qwen2_moe_f32", "qwen3_moe_bf16"),
+                                            ::testing::Values("copy", "map")),
+                         [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param); });
 
 }  // namespace
 }  // namespace moep

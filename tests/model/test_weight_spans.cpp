@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/membw.h"
 #include "model/model.h"
@@ -15,7 +17,7 @@ namespace moep {
 namespace {
 
 TEST(WeightSpans, CoverExactlyTheBytesTheRankUsesInsideItsFiles) {
-  for (const std::string& name : {"dbrx_bf16", "mixtral_f32", "qwen2_moe_bf16"}) {
+  for (const std::string name : {"dbrx_bf16", "mixtral_f32", "qwen2_moe_bf16"}) {
     LoadOptions lo;
     lo.prefault = false;
     const auto m = Model::load(test::fixture_dir(name), lo);
@@ -50,6 +52,68 @@ TEST(WeightSpans, PlainReadMeasuresWhatItIsGivenAndSkipsPartialLines) {
   // Spans shorter than a cache line hold no whole line: nothing to read, reported as 0.
   const kernels::ReadSpan tiny[] = {{buf.data() + 1, 40}};
   EXPECT_EQ(kernels::measure_span_read_gbs(pool, tiny, 1, 1), 0.0);
+}
+
+}  // namespace
+}  // namespace moep
+
+namespace moep {
+namespace {
+
+// --weights copy: the views point into one anonymous buffer holding exactly the bytes of the mapping.
+TEST(WeightResidence, CopiedWeightsHoldTheMappedBytesOutsideTheFiles) {
+  for (const std::string name : {"dbrx_bf16", "mixtral_f32", "qwen2_moe_bf16", "olmoe_bf16"}) {
+    SCOPED_TRACE(name);
+    LoadOptions mapped;
+    mapped.is_local = [](int64_t, int64_t e) { return e % 2 == 1; };  // a rank's share, not every expert
+    LoadOptions copied = mapped;
+    copied.copy = copied.copy_required = true;
+    const auto a = Model::load(test::fixture_dir(name), mapped);
+    const auto b = Model::load(test::fixture_dir(name), copied);
+    EXPECT_FALSE(a->weights_copied());
+    ASSERT_TRUE(b->weights_copied());
+    EXPECT_NE(b->residence().find("copied"), std::string::npos) << b->residence();
+    EXPECT_EQ(a->bytes_mapped_for_use(), b->bytes_mapped_for_use());
+    ASSERT_EQ(a->weight_spans().size(), b->weight_spans().size());
+    for (size_t k = 0; k < a->weight_spans().size(); ++k) {
+      const auto& sa = a->weight_spans()[k];
+      const auto& sb = b->weight_spans()[k];
+      ASSERT_EQ(sa.bytes, sb.bytes);
+      EXPECT_NE(sa.data, sb.data);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(sb.data) % 64, 0u) << "copies are cache-line aligned";
+      EXPECT_EQ(std::memcmp(sa.data, sb.data, sa.bytes), 0) << "span " << k;
+    }
+    // The views themselves moved: attention, router, a held expert, the head.
+    const auto& la = a->weights().layers[0];
+    const auto& lb = b->weights().layers[0];
+    EXPECT_NE(la.wq.data, lb.wq.data);
+    EXPECT_EQ(std::memcmp(la.wq.data, lb.wq.data, size_t(la.wq.bytes())), 0);
+    EXPECT_NE(la.router.data, lb.router.data);
+    ASSERT_TRUE(lb.experts[1].local);
+    EXPECT_FALSE(lb.experts[0].local);
+    EXPECT_EQ(lb.experts[0].gate.data, nullptr);
+    EXPECT_EQ(std::memcmp(la.experts[1].down.data, lb.experts[1].down.data, size_t(la.experts[1].down.bytes())), 0);
+    EXPECT_NE(a->weights().lm_head.data, b->weights().lm_head.data);
+    EXPECT_EQ(std::memcmp(a->weights().lm_head.data, b->weights().lm_head.data, size_t(a->weights().lm_head.bytes())),
+              0);
+  }
+}
+
+TEST(WeightResidence, ACopyThatDoesNotFitFallsBackOrFailsClearly) {
+  LoadOptions lo;
+  lo.copy = true;
+  lo.memory_available = 4096;  // far less than the fixture's weights
+  const auto m = Model::load(test::fixture_dir("mixtral_f32"), lo);
+  EXPECT_FALSE(m->weights_copied());
+  EXPECT_NE(m->residence().find("not copied"), std::string::npos) << m->residence();
+  lo.copy_required = true;
+  try {
+    Model::load(test::fixture_dir("mixtral_f32"), lo);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--weights map"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("available"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -97,8 +97,10 @@ void register_bench(CLI::App& app) {
       if (!o->membw) fail("bench: give a model directory, or --membw to measure only the memory bandwidth");
       ThreadPool pool(threads);
       const double bw = kernels::measure_read_bandwidth_gbs(pool, size_t(1) << 30, 5);
-      std::printf("memory read bandwidth: %.1f GB/s (%d threads, %s, commit %s)\n", bw, threads,
-                  cpu_model_name().c_str(), MOEP_GIT_COMMIT);
+      const double bw4k = kernels::measure_read_bandwidth_gbs(pool, size_t(1) << 30, 5, false);
+      std::printf("memory read bandwidth: %.1f GB/s on 2 MiB pages, %.1f GB/s on 4 KiB pages (1 GiB, %d threads, %s, "
+                  "commit %s)\n",
+                  bw, bw4k, threads, cpu_model_name().c_str(), MOEP_GIT_COMMIT);
       return;
     }
     EngineOptions eo = make_engine_options(o->model, o->engine);
@@ -213,16 +215,17 @@ void register_bench(CLI::App& app) {
 
     std::printf("moep bench: commit %s, %s, %d rank(s) x %d threads, kernels %s\n", MOEP_GIT_COMMIT,
                 cpu_model_name().c_str(), comm.size(), engine->pool().size(), kernels::best_kernels().name);
-    std::printf("model: %s, %s weights, %.2f GB resident on rank 0\n", cfg.summary().c_str(),
+    std::printf("model: %s, %s weights, %.2f GB resident on rank 0, %s\n", cfg.summary().c_str(),
                 dtype_name(engine->model().weights().embed.dtype),
-                double(engine->model().bytes_mapped_for_use()) / 1e9);
+                double(engine->model().bytes_mapped_for_use()) / 1e9, engine->model().residence().c_str());
     std::printf("prefill: %d x %d tokens in %.3f s = %.2f tokens/s, %.1f GFLOP/s (rank 0 FMA peak %.1f GFLOP/s: %.0f%%)\n",
                 o->batch, o->prompt, prefill_s, prefill_tps, prefill_gflops, peak, 100.0 * prefill_gflops / peak);
     std::printf("decode:  batch %d, %d steps in %.3f s = %.2f tokens/s (step p50 %.2f ms)\n", o->batch, o->gen,
                 decode_s, decode_tps, p50);
-    std::printf("weights read per token: %.3f GB (all ranks); rank 0 read %.2f GB/s of its measured %.1f GB/s = %.0f%%\n",
+    std::printf("weights read per token: %.3f GB (all ranks); rank 0 read %.2f GB/s of its measured %.1f GB/s "
+                "(1 GiB on 2 MiB pages) = %.0f%%\n",
                 bytes_per_token / 1e9, achieved, membw, 100.0 * achieved / membw);
-    std::printf("         a plain read of %.2f GB of rank 0's mapped weights (one step's worth): %.1f GB/s; decode read %.0f%% of that\n",
+    std::printf("         a plain read of %.2f GB of rank 0's weights (one step's worth): %.1f GB/s; decode read %.0f%% of that\n",
                 span_total / 1e9, weights_bw, 100.0 * achieved / weights_bw);
     if (comm.size() > 1)
       for (int r = 0; r < comm.size(); ++r)
@@ -254,6 +257,7 @@ void register_bench(CLI::App& app) {
       j["achieved_gbs"] = achieved;
       j["membw_gbs"] = membw;
       j["weights_read_gbs"] = weights_bw;
+      j["weights_residence"] = engine->model().residence();
       for (int r = 0; r < comm.size(); ++r)
         j["per_rank"].push_back({{"rank", r},
                                  {"achieved_gbs", figs[size_t(r)].bytes / decode_s / 1e9},

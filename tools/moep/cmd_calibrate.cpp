@@ -52,6 +52,7 @@ void register_calibrate(CLI::App& app) {
     int threads = 0;
     int64_t membw_mb = 512, max_allreduce_bytes = 4 << 20;
     bool quick = false;
+    std::string weights = "auto";
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
@@ -66,6 +67,10 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--membw-mb", o->membw_mb, "Buffer for the read-bandwidth test (MB)")->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--max-allreduce-bytes", o->max_allreduce_bytes, "Largest all-reduce message timed")
       ->check(CLI::Range(64, 1 << 30));
+  cmd->add_option("--weights", o->weights,
+                  "Pages to measure on, as the engine's --weights keeps them: copy (2 MiB pages), map (4 KiB pages of "
+                  "the file mappings) or auto (copy when this is the only rank on its host, as the engine does)")
+      ->check(CLI::IsMember({"auto", "copy", "map"}));
   cmd->add_flag("--quick", o->quick, "Shorter timings and fewer batch sizes (less accurate)");
   cmd->callback([o] {
     auto comm = make_communicator();
@@ -89,6 +94,7 @@ void register_calibrate(CLI::App& app) {
     co.batches = parse_ints(o->batches, "--batches");
     if (co.batches.empty()) fail("--batches: expected batch sizes such as 1,2,4,8");
     co.membw_bytes = size_t(o->membw_mb) << 20;
+    co.huge_pages = o->weights == "copy" || (o->weights == "auto" && ranks_on_this_host(*comm) == 1);
     co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
     if (o->quick) {
       co.seconds_per_point = 0.01;
@@ -104,7 +110,8 @@ void register_calibrate(CLI::App& app) {
                                     std::to_string(pool.size())
                               : o->name;
     co.description = co.info.cpu + ", " + std::to_string(comm->size()) + " rank(s) x " + std::to_string(pool.size()) +
-                     " thread(s), measured by moep calibrate (commit " + co.info.commit + ")";
+                     " thread(s), weights on " + (co.huge_pages ? "2 MiB" : "4 KiB") +
+                     " pages, measured by moep calibrate (commit " + co.info.commit + ")";
     const auto t0 = std::chrono::steady_clock::now();
     const perf::CalibrationResult r = perf::calibrate(pool, *comm, co, [](const std::string& s) {
       std::fprintf(stderr, "calibrate: %s\n", s.c_str());

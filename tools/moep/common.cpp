@@ -20,6 +20,11 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
                   "Expert placement over ranks: contiguous, round-robin, or a JSON file {\"experts\": [[ranks]...]}");
   cmd->add_flag("--mlock", f.mlock, "Lock the weights in memory (needs a large RLIMIT_MEMLOCK)");
   cmd->add_flag("--no-prefault", f.no_prefault, "Do not load every weight page before the first token");
+  cmd->add_option("--weights", f.weights,
+                  "Where the weights live: copy (anonymous memory on 2 MiB pages, fastest to stream), map (read in "
+                  "place from the page cache, shared by ranks on one host) or auto (copy when this is the only rank "
+                  "on its host and it fits)")
+      ->check(CLI::IsMember({"auto", "copy", "map"}));
   cmd->add_flag("--bf16-dot", f.bf16_dot,
                 "Prefill bf16 weights with bf16 dot products (activations rounded to bf16; faster, not bit-faithful: "
                 "see docs/PERFORMANCE.md)");
@@ -40,6 +45,7 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.placement = f.placement;
   o.mlock = f.mlock;
   o.prefault = !f.no_prefault;
+  o.weights = f.weights;
   o.bf16_dot = f.bf16_dot;  // applied by Engine::create, before the ranks compare kernel sets
   o.emulate_latency_us = f.emulate_latency_us;
   if (!f.trace.empty()) o.trace_events = 1 << 20;

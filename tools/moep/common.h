@@ -16,6 +16,7 @@ struct EngineFlags {
   std::string placement = "contiguous";
   bool mlock = false;
   bool no_prefault = false;
+  std::string weights = "auto";  // EngineOptions::weights
   bool bf16_dot = false;   // prefill bf16 weights with bf16 dot products (kernels::set_bf16_dot)
   double emulate_latency_us = 0.0;
   std::string stats_json;  // per-layer/per-rank timing as JSON
