@@ -193,7 +193,10 @@ for n in $RANKS; do
   done
 done
 
-machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $(hostname); $THREADS thread(s) per rank, pinned; commit $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown); $(date -u +%Y-%m-%d)"
+# The commit is the one the moep binary was built from (its bench JSON), not the checkout's HEAD: a binary
+# carried to another machine may be older or newer than the tree it runs beside.
+commit="$(jq -r '.commit // "unknown"' "$bj" 2>/dev/null || echo unknown)"
+machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $(hostname); $THREADS thread(s) per rank, pinned; moep commit $commit; $(date -u +%Y-%m-%d)"
 {
   echo "{\"machine\": \"$machine\", \"cases\": ["
   for i in "${!cases[@]}"; do

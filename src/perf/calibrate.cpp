@@ -6,8 +6,11 @@
 #include <numeric>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -147,8 +150,42 @@ std::pair<double, double> fit_relative(const std::vector<std::pair<double, doubl
   return {a, b};
 }
 
-CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const CalibrateOptions& o,
+size_t last_level_cache_bytes() {
+  size_t best = 0;
+  int best_level = 0;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lf(dir + "level"), sf(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(lf >> level) || !(sf >> size) || size.empty()) continue;
+    size_t v = size_t(std::strtoull(size.c_str(), nullptr, 10));
+    const char unit = size.back();
+    if (unit == 'K') v <<= 10;
+    else if (unit == 'M') v <<= 20;
+    else if (unit == 'G') v <<= 30;
+    if (level > best_level || (level == best_level && v > best)) {
+      best_level = level;
+      best = v;
+    }
+  }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  if (best == 0) {  // no sysfs cache directory (some VMs): what the C library reads from the CPU
+    const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (l3 > 0) best = size_t(l3);
+  }
+#endif
+  return best;
+}
+
+CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const CalibrateOptions& opts,
                             const std::function<void(const std::string&)>& progress) {
+  CalibrateOptions o = opts;
+  const size_t llc = last_level_cache_bytes();
+  if (o.rotation_bytes == 0) {  // automatic sizes: beyond the caches
+    o.rotation_bytes = std::max(size_t(256) << 20, 4 * llc);
+    o.membw_bytes = std::max(o.membw_bytes, 4 * llc);
+  }
   auto say = [&](const std::string& s) {
     if (comm.rank() == 0 && progress) progress(s);
   };
@@ -181,7 +218,8 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
 
   // 1. Memory read bandwidth, every rank at once.
   comm.barrier();
-  say("memory read bandwidth ...");
+  say(str_cat("memory read bandwidth (", o.membw_bytes >> 20, " MiB; weights cycled through ", o.rotation_bytes >> 20,
+              " MiB per matrix size; last-level cache ", llc >> 20, " MiB) ..."));
   const double bw = kernels::measure_read_bandwidth_gbs(pool, o.membw_bytes, 5, o.huge_pages);
   hm.membw_gbs = mean_over_ranks(comm, {bw})[0];
   say("  " + std::to_string(hm.membw_gbs) + " GB/s per rank");

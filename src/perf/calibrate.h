@@ -30,11 +30,14 @@ struct CalibrateOptions {
   std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32, 64};
   int64_t expert_d_model = 1024;         // the expert shape whose batch-1 time is reported
   int64_t expert_ffn = 2816;
-  size_t membw_bytes = size_t(512) << 20;
+  size_t membw_bytes = size_t(512) << 20;  // with rotation_bytes 0, raised to 4x the last-level cache
   // Weights (and the bandwidth test) on 2 MiB pages, as `--weights copy` keeps them, or on 4 KiB pages, as
   // the file mappings of `--weights map` are.
   bool huge_pages = true;
-  size_t rotation_bytes = size_t(256) << 20;  // weights cycled through per timed matrix size
+  // Weights cycled through per timed matrix size: decode reads each weight once per token, so this must be
+  // well beyond what the caches hold. 0: the larger of 256 MiB and 4x the last-level cache (a server CPU
+  // with 300 MB of L3 served most of a 256 MiB rotation from cache: calibrated 72 GB/s where memory gives 36).
+  size_t rotation_bytes = 0;
   size_t max_allreduce_bytes = size_t(4) << 20;
   double seconds_per_point = 0.03;       // timing target per measured point and trial
   MeasuredInfo info;                     // date, host, cpu, commit, threads filled by the caller
@@ -45,6 +48,9 @@ struct CalibrationResult {
   NetworkProfile network;   // meaningful when comm.size() > 1
   bool has_network = false;
 };
+
+// Size of the last-level CPU cache in bytes (Linux sysfs for cpu0, else sysconf), 0 where unknown.
+size_t last_level_cache_bytes();
 
 // Least squares fit of t ≈ a + b·x minimizing relative error Σ((a + b·x − t)/t)². Returns {a, b}.
 std::pair<double, double> fit_relative(const std::vector<std::pair<double, double>>& points);

@@ -53,6 +53,7 @@ void register_calibrate(CLI::App& app) {
     int64_t membw_mb = 512, max_allreduce_bytes = 4 << 20;
     bool quick = false;
     std::string weights = "auto";
+    int64_t rotation_mb = 0;  // 0: CalibrateOptions' default
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
@@ -65,6 +66,10 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--expert-shape", o->expert_shape, "d_model,ffn of the expert whose batch-1 time is reported");
   cmd->add_option("--batches", o->batches, "Batch sizes of the linear-time table");
   cmd->add_option("--membw-mb", o->membw_mb, "Buffer for the read-bandwidth test (MB)")->check(CLI::Range(16, 1 << 20));
+  cmd->add_option("--rotation-mb", o->rotation_mb,
+                  "Weights cycled through per timed matrix size (MB; default: the larger of 256 and 4x the last-level "
+                  "cache). Decode reads each weight once per token, so this must exceed what the caches hold")
+      ->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--max-allreduce-bytes", o->max_allreduce_bytes, "Largest all-reduce message timed")
       ->check(CLI::Range(64, 1 << 30));
   cmd->add_option("--weights", o->weights,
@@ -96,10 +101,14 @@ void register_calibrate(CLI::App& app) {
     co.membw_bytes = size_t(o->membw_mb) << 20;
     co.huge_pages = o->weights == "copy" || (o->weights == "auto" && ranks_on_this_host(*comm) == 1);
     co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
+    if (o->rotation_mb > 0) co.rotation_bytes = size_t(o->rotation_mb) << 20;
     if (o->quick) {
       co.seconds_per_point = 0.01;
-      co.rotation_bytes = size_t(128) << 20;
       co.membw_bytes = std::min(co.membw_bytes, size_t(256) << 20);
+      if (o->rotation_mb == 0) {
+        co.rotation_bytes = std::max(size_t(128) << 20, 2 * perf::last_level_cache_bytes());
+        co.membw_bytes = std::max(co.membw_bytes, 2 * perf::last_level_cache_bytes());
+      }
     }
     co.info.host = host_name();
     co.info.cpu = cpu_model_name();
