@@ -1,4 +1,4 @@
-// The weights of a model as views into the memory-mapped checkpoint (never copied, never widened), and the
+// The weights of a model as views into the memory-mapped checkpoint or into one copy of it (never widened), and the
 // binder that maps checkpoint tensor names to them while checking shapes.
 #pragma once
 
