@@ -87,8 +87,9 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
   const int64_t k = m.top_k, n_pairs = rows * k;
   std::vector<double> cost(size_t(n_pairs + 1), 0.0);
   const double fd = double(m.expert_ffn) * double(m.d_model);
+  const double extra = hw_.expert_extra_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight);
   for (int64_t n = 1; n <= n_pairs; ++n)
-    cost[size_t(n)] = 2.0 * lin(s, fd, double(n)) + lin(s, fd, double(n), m.expert_down_in_out);
+    cost[size_t(n)] = 2.0 * lin(s, fd, double(n)) + lin(s, fd, double(n), m.expert_down_in_out) + extra;
   // Routings: one set per distribution (uniform, or each recorded layer), sampled once.
   const bool recorded = s.routing && !s.routing->counts[size_t(layer)].empty();
   const int64_t dist = recorded ? layer : -1;

@@ -170,6 +170,16 @@ double HardwareProfile::linear_seconds(const std::string& dtype, double bytes_pe
   return overhead + std::max(t_mem, t_flop);
 }
 
+double HardwareProfile::expert_extra_seconds(const std::string& dtype, double bytes_per_weight) const {
+  if (!measured || measured->expert_d_model <= 0 || measured->expert_ffn <= 0) return 0.0;
+  const auto it = measured->expert_us.find(dtype);
+  if (it == measured->expert_us.end() || !measured->linear.count(dtype)) return 0.0;
+  // The calibration runs gate and up as [ffn, d] and down as [d, ffn], all through ops::linear.
+  const double fd = double(measured->expert_d_model) * double(measured->expert_ffn);
+  const double table = 3.0 * linear_seconds(dtype, bytes_per_weight, fd, 1.0, false);
+  return std::max(0.0, it->second * 1e-6 - table);
+}
+
 double HardwareProfile::attention_seconds(double head_positions, double macs, double kv_bytes) const {
   if (macs <= 0) return 0.0;
   if (measured && measured->attention_ns_per_mac > 0) {

@@ -78,6 +78,10 @@ struct HardwareProfile {
   // Seconds for attention over `head_positions` (row, head, attended position) triples with `macs`
   // multiply-adds in all, reading `kv_bytes` of KV cache.
   double attention_seconds(double head_positions, double macs, double kv_bytes) const;
+  // Seconds one expert run costs beyond its three matrix ops (silu·mul, and the ops' calls and synchronization
+  // not in the linear table): the calibrated batch-1 expert minus the table's time for its three matrices,
+  // when the profile has both for `dtype`; 0 otherwise (roofline profiles, whose op_overhead covers it).
+  double expert_extra_seconds(const std::string& dtype, double bytes_per_weight) const;
   // Effective weight-streaming bandwidth at batch 1, bytes/s (for reports).
   double streaming_bandwidth_bps(const std::string& dtype) const;
 };

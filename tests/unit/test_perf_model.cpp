@@ -203,6 +203,38 @@ TEST(PerfModel, MeasuredLinearTableInterpolation) {
   EXPECT_NEAR(hw.linear_seconds("f32", 4, elems, 1), 4e6 / 10e9, 1e-15);
 }
 
+// The calibrated expert (gate, up, silu·mul, down at batch 1) beyond the table's three matrices is a per-expert
+// cost the model adds to every expert run; never negative, and absent without a measured expert.
+TEST(PerfModel, MeasuredExpertExtraIsAddedPerExpertRun) {
+  HardwareProfile hw = roofline(100);
+  HardwareMeasured hm;
+  hm.membw_gbs = 10;
+  hm.linear["bf16"] = {{1, 2.0, 0.1}, {4, 2.0, 0.1}};
+  hm.linear_in_out = hm.linear;
+  hm.expert_d_model = 64;
+  hm.expert_ffn = 128;
+  const double table = 3 * (2e-6 + 64 * 128 * 2 * 0.1e-9);
+  hm.expert_us["bf16"] = (table + 5e-6) * 1e6;
+  hw.measured = hm;
+  EXPECT_NEAR(hw.expert_extra_seconds("bf16", 2), 5e-6, 1e-12);
+  EXPECT_EQ(hw.expert_extra_seconds("f32", 4), 0.0);  // nothing measured for f32
+  HardwareProfile faster = hw;
+  faster.measured->expert_us["bf16"] = (table - 1e-6) * 1e6;  // the whole expert beat the table: no negative cost
+  EXPECT_EQ(faster.expert_extra_seconds("bf16", 2), 0.0);
+
+  // In a prediction: N = 1, batch 1, top-2 of 4 experts, the model's expert is the calibrated shape.
+  const ModelShape m = tiny(4, 2);
+  Scenario s;
+  s.batch = 1;
+  s.context = 10;
+  s.prompt = 0;
+  HardwareProfile none = hw;
+  none.measured->expert_us.clear();
+  const Prediction with = predict(m, hw, network(10, 1), s);
+  const Prediction without = predict(m, none, network(10, 1), s);
+  EXPECT_NEAR(with.decode.experts_max - without.decode.experts_max, 2 * 5e-6 * double(m.n_layers), 1e-12);
+}
+
 // Brute force: every routing of `rows` tokens (k-subsets, equally likely), moep's replica rule written out
 // again here, per-rank time Σ cost[n_e].
 static double brute_force_emax(const std::vector<std::vector<int>>& replicas, int n_ranks, int E, int k, int rows,
