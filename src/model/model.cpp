@@ -101,7 +101,11 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
         }
         got += size_t(r);
       }
+#ifdef POSIX_FADV_DONTNEED
       if (drop_cache) ::posix_fadvise(p.fd, off_t(p.offset), off_t(p.bytes), POSIX_FADV_DONTNEED);
+#else
+      (void)drop_cache;
+#endif
       const size_t d = done.fetch_add(p.bytes) + p.bytes;
       if (report && progress) progress(d, total);
     }
