@@ -1,5 +1,7 @@
 #include "core/thread_pool.h"
 
+#include <time.h>
+
 #include <sched.h>
 
 #include <algorithm>
@@ -39,15 +41,28 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+namespace {
+int64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+}  // namespace
+
 void ThreadPool::work(int64_t n_tasks) {
+  int64_t busy = 0;
   for (;;) {
     const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= n_tasks) break;
+    const int64_t t0 = mono_ns();
     fn_(ctx_, i);
+    busy += mono_ns() - t0;
   }
+  busy_ns_.fetch_add(busy, std::memory_order_relaxed);
 }
 
 void ThreadPool::run(int64_t n_tasks, void* ctx, TaskFn fn) {
+  const int64_t start = mono_ns();
   ctx_ = ctx;
   fn_ = fn;
   n_tasks_ = n_tasks;
@@ -64,6 +79,8 @@ void ThreadPool::run(int64_t n_tasks, void* ctx, TaskFn fn) {
       std::this_thread::yield();
     }
   }
+  regions_.fetch_add(1, std::memory_order_relaxed);
+  wall_ns_.fetch_add(mono_ns() - start, std::memory_order_relaxed);
 }
 
 void ThreadPool::worker_loop(int /*index*/) {

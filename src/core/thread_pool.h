@@ -19,6 +19,22 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
+  // Where the pool's time went since the last reset: parallel regions run (parallel_for calls that used more
+  // than one thread), their wall time, and the time threads spent inside tasks. threads × wall − busy is the
+  // time threads of the pool waited inside regions: for the last task of a region, or to wake up.
+  struct Stats {
+    int64_t regions = 0, wall_ns = 0, busy_ns = 0;
+  };
+  Stats stats() const {
+    return {regions_.load(std::memory_order_relaxed), wall_ns_.load(std::memory_order_relaxed),
+            busy_ns_.load(std::memory_order_relaxed)};
+  }
+  void reset_stats() {
+    regions_.store(0);
+    wall_ns_.store(0);
+    busy_ns_.store(0);
+  }
+
   // Calls fn(task) for every task in [0, n_tasks), spread over the threads; returns when all are done.
   // Tasks are handed out one at a time from a shared counter, so uneven tasks balance themselves.
   template <class F>
@@ -79,6 +95,7 @@ class ThreadPool {
   alignas(64) std::atomic<int> pending_{0};
   alignas(64) std::atomic<uint32_t> generation_{0};
   std::atomic<bool> stop_{false};
+  alignas(64) std::atomic<int64_t> regions_{0}, wall_ns_{0}, busy_ns_{0};
 };
 
 // Number of threads to use when the user gives none: the cores this process may run on.

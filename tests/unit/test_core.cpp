@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -50,6 +52,29 @@ TEST(ThreadPool, RunsEveryTaskOnce) {
     });
     EXPECT_EQ(sum.load(), 999 * 1000 / 2);
   }
+}
+
+// The pool's accounting: regions counted, busy time within threads × wall, and a region whose tasks are
+// lopsided (one long task, the others short) shows the others waiting.
+TEST(ThreadPool, StatsSeeRegionsAndWaiting) {
+  ThreadPool pool(2);
+  pool.reset_stats();
+  auto spin_us = [](int us) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (std::chrono::steady_clock::now() < end) {
+    }
+  };
+  for (int r = 0; r < 5; ++r) pool.parallel_for(2, [&](int64_t i) { spin_us(i == 0 ? 4000 : 200); });
+  pool.parallel_for(1, [&](int64_t) { spin_us(100); });  // one task runs inline: not a region
+  const ThreadPool::Stats st = pool.stats();
+  EXPECT_EQ(st.regions, 5);
+  EXPECT_GE(st.busy_ns, 5 * (4000 + 200) * 1000LL);
+  EXPECT_LE(st.busy_ns, 2 * st.wall_ns);
+  const double wait = 1.0 - double(st.busy_ns) / (2.0 * double(st.wall_ns));
+  EXPECT_GT(wait, 0.3) << "one thread waits about 3.8 of every 4.2 ms";
+  pool.reset_stats();
+  EXPECT_EQ(pool.stats().regions, 0);
+  EXPECT_EQ(pool.stats().busy_ns, 0);
 }
 
 TEST(Npy, WriteThenRead) {

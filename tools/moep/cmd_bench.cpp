@@ -162,6 +162,7 @@ void register_bench(CLI::App& app) {
     comm.barrier();
     tr.reset_stats();
     comm.reset_stats();
+    engine->pool().reset_stats();
     std::vector<double> step_ms;
     step_ms.reserve(size_t(o->gen));
     const auto td = std::chrono::steady_clock::now();
@@ -172,6 +173,7 @@ void register_bench(CLI::App& app) {
       pick();
       step_ms.push_back(seconds_since(ts) * 1e3);
     }
+    const ThreadPool::Stats ps = engine->pool().stats();  // this rank's pool, decode steps only
     comm.barrier();
     const double decode_s = seconds_since(td);
     const int64_t touched = sum_touched(tr.layer_stats());
@@ -233,6 +235,14 @@ void register_bench(CLI::App& app) {
                     r, figs[size_t(r)].bytes / decode_s / 1e9, figs[size_t(r)].membw,
                     100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].membw, figs[size_t(r)].weights_bw,
                     100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].weights_bw);
+    // Where rank 0's threads spent decode: inside parallel regions (all threads on one matrix op), waiting in
+    // them (for a region's last task, or waking up), or outside them (one thread: norms, softmax, routing, ops
+    // too small to split).
+    const double region_s = double(ps.wall_ns) * 1e-9, threads_n = double(engine->pool().size());
+    const double wait_share = ps.wall_ns > 0 ? 1.0 - double(ps.busy_ns) / (threads_n * double(ps.wall_ns)) : 0.0;
+    std::printf("threads (rank 0): %.0f parallel regions per step, %.0f%% of decode time inside them; inside, "
+                "threads waited %.1f%% of their time (last task of a region, wake-up)\n",
+                double(ps.regions) / std::max(1, o->gen), 100.0 * region_s / decode_s, 100.0 * wait_share);
     std::fputs(format_stats_table(stats).c_str(), stdout);
 
     if (!o->json.empty()) {
@@ -258,6 +268,9 @@ void register_bench(CLI::App& app) {
       j["membw_gbs"] = membw;
       j["weights_read_gbs"] = weights_bw;
       j["weights_residence"] = engine->model().residence();
+      j["pool"] = {{"regions_per_step", double(ps.regions) / std::max(1, o->gen)},
+                   {"region_share_of_decode", region_s / decode_s},
+                   {"wait_share_inside_regions", wait_share}};
       for (int r = 0; r < comm.size(); ++r)
         j["per_rank"].push_back({{"rank", r},
                                  {"achieved_gbs", figs[size_t(r)].bytes / decode_s / 1e9},
