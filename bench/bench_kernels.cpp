@@ -163,6 +163,57 @@ void BM_gemm(benchmark::State& st, const kernels::KernelTable* k, Op op, DType d
   st.counters["tokens/s"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// One DBRX-dimension decode layer as the engine runs it, one token: q, k, v (row blocks of the fused Wqkv),
+// o, then 4 experts (w1, v1 through ops::linear, silu·mul, w2 stored [ffn, d_model] through linear_in_out),
+// each iteration on the next of two copies of the layer's weights (3.5 GB), on 2 MiB pages. Against the single
+// matrices above, this shows what a sequence of different matrix ops costs.
+void BM_dbrx_layer(benchmark::State& st) {
+  constexpr int64_t d = 6144, kv = 1024, f = 10752, experts = 4;
+  const int64_t elems = (d + 2 * kv) * d + d * d + experts * 3 * f * d;
+  const size_t layer_bytes = size_t(elems) * 2;
+  PageBuffer buf(2 * layer_bytes, true);
+  pool().parallel_for(64, [&](int64_t i) {
+    const size_t b = layer_bytes * 2 / 64 * size_t(i) / 2 * 2, e = i == 63 ? 2 * layer_bytes : layer_bytes * 2 / 64 * size_t(i + 1) / 2 * 2;
+    uint32_t s = uint32_t(i) * 2654435761u + 1u;
+    for (size_t o = b; o < e; o += 2) {
+      s = s * 1664525u + 1013904223u;
+      const uint16_t h = f32_to_bf16(float(int32_t(s >> 8) - (1 << 23)) * (1.f / float(1 << 25)));
+      std::memcpy(buf.data() + o, &h, 2);
+    }
+  });
+  const std::vector<float> x = random_vector(size_t(f));
+  std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(kv)), v(static_cast<size_t>(kv)),
+      o(static_cast<size_t>(d)), g(static_cast<size_t>(f)), u(static_cast<size_t>(f)), y(static_cast<size_t>(d));
+  int copy = 0;
+  auto layer = [&] {
+    const uint8_t* p = buf.data() + size_t(copy) * layer_bytes;
+    copy ^= 1;
+    auto mat = [&](int64_t rows, int64_t cols) {
+      MatRef m{p, DType::BF16, rows, cols, cols};
+      p += size_t(rows * cols) * 2;
+      return m;
+    };
+    ops::linear(pool(), mat(d, d), x.data(), 1, q.data());
+    ops::linear(pool(), mat(kv, d), x.data(), 1, k.data());
+    ops::linear(pool(), mat(kv, d), x.data(), 1, v.data());
+    ops::linear(pool(), mat(d, d), q.data(), 1, o.data());
+    for (int e = 0; e < experts; ++e) {
+      ops::linear(pool(), mat(f, d), o.data(), 1, g.data());
+      ops::linear(pool(), mat(f, d), o.data(), 1, u.data());
+      ops::silu_mul(g.data(), u.data(), f);
+      ops::linear_in_out(pool(), mat(f, d), g.data(), 1, y.data());
+    }
+  };
+  layer();
+  layer();  // warm-up: both copies once
+  for (auto _ : st) {
+    layer();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  st.counters["GB/s"] = benchmark::Counter(double(layer_bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void BM_membw(benchmark::State& st) {
   double gbs = 0;
   for (auto _ : st) gbs = kernels::measure_read_bandwidth_gbs(pool(), size_t(1) << 30, 5);
@@ -270,6 +321,8 @@ void register_all() {
   }
   // The output head, one token.
   reg("ops/linear/bf16/100352x6144/T:1", nullptr, Op::NT, DType::BF16, kVocab, kD, 1);
+  // A whole layer's sequence of ops, one token.
+  timing(benchmark::RegisterBenchmark("ops/dbrx_layer/bf16/T:1", BM_dbrx_layer));
 }
 
 }  // namespace
