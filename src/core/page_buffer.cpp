@@ -53,14 +53,18 @@ PageBuffer& PageBuffer::operator=(PageBuffer&& o) noexcept {
   return *this;
 }
 
-size_t anon_huge_page_bytes() {
-  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+size_t proc_kb_field_bytes(const char* path, const char* name) {
+  FILE* f = std::fopen(path, "r");
   if (!f) return 0;
   char line[256];
+  const size_t n = std::strlen(name);
   size_t kb = 0;
   while (std::fgets(line, sizeof line, f)) {
     unsigned long v = 0;
-    if (std::sscanf(line, "AnonHugePages: %lu kB", &v) == 1) kb = v;
+    if (std::strncmp(line, name, n) == 0 && line[n] == ':' && std::sscanf(line + n + 1, " %lu", &v) == 1) {
+      kb = v;
+      break;
+    }
   }
   std::fclose(f);
   return kb * 1024;

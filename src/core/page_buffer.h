@@ -36,8 +36,12 @@ class PageBuffer {
 
 constexpr size_t kHugePageBytes = size_t(2) << 20;
 
+// A "Name:  N kB" line of a /proc file (e.g. /proc/meminfo's MemAvailable) in bytes; 0 where the file or the
+// line is missing (not Linux).
+size_t proc_kb_field_bytes(const char* path, const char* name);
+
 // Bytes of this process's anonymous memory backed by transparent huge pages (AnonHugePages of
 // /proc/self/smaps_rollup); 0 where unknown.
-size_t anon_huge_page_bytes();
+inline size_t anon_huge_page_bytes() { return proc_kb_field_bytes("/proc/self/smaps_rollup", "AnonHugePages"); }
 
 }  // namespace moep

@@ -23,18 +23,7 @@ namespace moep {
 namespace {
 
 // MemAvailable of /proc/meminfo in bytes (what can be had without swapping, page cache included); 0 if unknown.
-size_t mem_available_bytes() {
-  FILE* f = std::fopen("/proc/meminfo", "r");
-  if (!f) return 0;
-  char line[256];
-  size_t kb = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long v = 0;
-    if (std::sscanf(line, "MemAvailable: %lu kB", &v) == 1) kb = v;
-  }
-  std::fclose(f);
-  return kb * 1024;
-}
+size_t mem_available_bytes() { return proc_kb_field_bytes("/proc/meminfo", "MemAvailable"); }
 
 std::string gb(size_t bytes) {
   char b[32];

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "core/page_buffer.h"
 #include "core/thread_pool.h"
 #include "io/npy.h"
 #include "test_util.h"
@@ -75,6 +76,24 @@ TEST(ThreadPool, StatsSeeRegionsAndWaiting) {
   pool.reset_stats();
   EXPECT_EQ(pool.stats().regions, 0);
   EXPECT_EQ(pool.stats().busy_ns, 0);
+}
+
+TEST(PageBuffer, AlignedMovableAndProcFields) {
+  PageBuffer a(3 << 20, true);
+  ASSERT_NE(a.data(), nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % kHugePageBytes, 0u);
+  EXPECT_EQ(a.size(), size_t(4) << 20);  // whole 2 MiB pages
+  a.data()[a.size() - 1] = 7;
+  PageBuffer b = std::move(a);
+  EXPECT_TRUE(a.empty());
+  EXPECT_EQ(b.data()[b.size() - 1], 7);
+  EXPECT_TRUE(PageBuffer().empty());
+#if defined(__linux__)
+  EXPECT_GT(proc_kb_field_bytes("/proc/meminfo", "MemTotal"), size_t(1) << 20);
+  EXPECT_EQ(proc_kb_field_bytes("/proc/meminfo", "MemTotalNoSuchField"), 0u);
+  EXPECT_EQ(proc_kb_field_bytes("/proc/meminfo", "MemTot"), 0u);  // a prefix of a name is not the name
+#endif
+  EXPECT_EQ(proc_kb_field_bytes("/nonexistent/meminfo", "MemTotal"), 0u);
 }
 
 TEST(Npy, WriteThenRead) {
