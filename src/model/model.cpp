@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -145,7 +146,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     const size_t margin = size_t(1) << 30;
     if (avail != 0 && total + std::min(margin, avail / 8) > avail) {
       const std::string why = str_cat("copying the weights needs ", gb(total), " of anonymous memory but only ",
-                                      gb(avail), " is available (MemAvailable; 1 GiB is kept free)");
+                                      gb(avail), " is available (MemAvailable, less a reserve of ", gb(std::min(margin, avail / 8)), ")");
       if (opts.copy_required) fail(why, "; use --weights map to read them in place");
       m->residence_ = str_cat("mapped from the checkpoint files (not copied: ", why, ")");
     } else {
@@ -153,13 +154,13 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
       std::vector<const uint8_t*> dest(ranges.size());
       for (size_t k = 0; k < ranges.size(); ++k) dest[k] = m->arena_.data() + offset[k];
       std::vector<CopyJob> jobs;
-      std::map<size_t, bool> seen;
+      std::set<size_t> seen;
       for (size_t k = 0; k < ranges.size(); ++k)
-        if (seen.emplace(offset[k], true).second)
+        if (seen.insert(offset[k]).second)
           jobs.push_back({&ranges[k].file->path(), ranges[k].offset, ranges[k].bytes, m->arena_.data() + offset[k]});
       // When the copy and the files' cached pages cannot both stay in memory, drop the cached pages behind the
       // copy (pages another process maps are kept): reclaiming them under pressure measured 1.2-3x slower here.
-      copy_file_ranges(jobs, total, 2 * total > avail, opts.progress);
+      copy_file_ranges(jobs, total, avail != 0 && 2 * total > avail, opts.progress);
       // Bind again with every view pointing into the copies.
       WeightBinder relocated(m->index_);
       relocated.relocate_to(std::move(dest));
