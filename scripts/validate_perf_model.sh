@@ -156,6 +156,8 @@ for m in $MODELS; do
     "$MOEP" synth "$WORK/$m" $(synth_args "$m") --dtype bf16 --no-tokenizer >&2
   fi
 done
+# New checkpoints are still being written back to disk for a while; that must not overlap the timings.
+sync
 
 # Per rank count and model: calibrate, then run the benches right after (the machine's state drifts on a shared host).
 cases=()

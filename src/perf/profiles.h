@@ -80,7 +80,8 @@ struct HardwareProfile {
   double attention_seconds(double head_positions, double macs, double kv_bytes) const;
   // Seconds one expert run costs beyond its three matrix ops (silu·mul, and the ops' calls and synchronization
   // not in the linear table): the calibrated batch-1 expert minus the table's time for its three matrices,
-  // when the profile has both for `dtype`; 0 otherwise (roofline profiles, whose op_overhead covers it).
+  // when the profile has both for `dtype`; 0 otherwise (roofline profiles, whose op_overhead covers it) and
+  // when the expert took more than twice the table's time (a disturbed measurement).
   double expert_extra_seconds(const std::string& dtype, double bytes_per_weight) const;
   // Effective weight-streaming bandwidth at batch 1, bytes/s (for reports).
   double streaming_bandwidth_bps(const std::string& dtype) const;

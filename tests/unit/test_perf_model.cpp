@@ -221,6 +221,9 @@ TEST(PerfModel, MeasuredExpertExtraIsAddedPerExpertRun) {
   HardwareProfile faster = hw;
   faster.measured->expert_us["bf16"] = (table - 1e-6) * 1e6;  // the whole expert beat the table: no negative cost
   EXPECT_EQ(faster.expert_extra_seconds("bf16", 2), 0.0);
+  HardwareProfile disturbed = hw;
+  disturbed.measured->expert_us["bf16"] = 3 * table * 1e6;  // 3x its matrices: a disturbed measurement
+  EXPECT_EQ(disturbed.expert_extra_seconds("bf16", 2), 0.0);
 
   // In a prediction: N = 1, batch 1, top-2 of 4 experts, the model's expert is the calibrated shape.
   const ModelShape m = tiny(4, 2);
