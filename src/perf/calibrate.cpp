@@ -182,9 +182,13 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
                             const std::function<void(const std::string&)>& progress) {
   CalibrateOptions o = opts;
   const size_t llc = last_level_cache_bytes();
-  if (o.rotation_bytes == 0) {  // automatic sizes: beyond the caches
-    o.rotation_bytes = std::max(size_t(256) << 20, 4 * llc);
-    o.membw_bytes = std::max(o.membw_bytes, 4 * llc);
+  if (o.rotation_bytes == 0) {  // automatic sizes: beyond the caches, within a quarter of the host's free memory
+    const size_t host_ranks = size_t(ranks_on_this_host(comm));
+    const size_t avail = proc_kb_field_bytes("/proc/meminfo", "MemAvailable");
+    size_t want = std::max(size_t(256) << 20, 4 * llc);
+    if (avail > 0) want = std::max(size_t(256) << 20, std::min(want, avail / 4 / host_ranks));
+    o.rotation_bytes = want;
+    o.membw_bytes = std::max(o.membw_bytes, want);
   }
   auto say = [&](const std::string& s) {
     if (comm.rank() == 0 && progress) progress(s);
