@@ -71,14 +71,14 @@ std::vector<double> mean_over_ranks(Communicator& comm, const std::vector<double
 // `target` seconds. `cursor` carries the position in the cycle across trials so that every call reads
 // weights that have not been read recently.
 template <class F>
-double time_calls(F&& call, int64_t copies, double target, int64_t* cursor) {
+double time_calls(F&& call, int64_t copies, double target, int64_t* cursor, int trials = 3) {
   // Visit the copies in a scattered order (a stride coprime with their count, near the golden ratio of it):
   // the engine reads the experts a token picks from scattered places in the checkpoint, so every matrix starts
   // a new stream; copies read back to back would let the hardware prefetchers run on from one into the next.
   int64_t stride = std::max<int64_t>(1, int64_t(double(copies) * 0.618));
   while (copies > 1 && std::gcd(stride, copies) != 1) ++stride;
   double best = std::numeric_limits<double>::infinity();
-  for (int trial = 0; trial < 3; ++trial) {
+  for (int trial = 0; trial < trials; ++trial) {
     int64_t calls = 0;
     const auto t0 = Clock::now();
     double el = 0;
@@ -228,44 +228,60 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   hm.membw_gbs = mean_over_ranks(comm, {bw})[0];
   say("  " + std::to_string(hm.membw_gbs) + " GB/s per rank");
 
-  // 2. Linear table per dtype, layout and batch.
+  // 2. Linear table per dtype, layout, batch and matrix size. Each point is timed in three rounds spread over
+  // the whole table and the best round kept: a stretch of interference from elsewhere on the machine then spoils
+  // one round of many points rather than every trial of a few.
   const int64_t cols = o.expert_d_model;
-  const std::vector<double> sizes = {32 * 1024.0, 256 * 1024.0, 2 * 1048576.0, 16 * 1048576.0};
+  const std::vector<double> sizes = {128 * 1024.0, 1048576.0, 4 * 1048576.0, 16 * 1048576.0, 64 * 1048576.0};
   const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
-  std::vector<double> packed;  // (overhead_s, s_per_byte) per (dtype, layout, batch), then expert times
-  for (const std::string& dt_name : o.dtypes) {
+  struct Point {
+    int layout;
+    int64_t batch, rows;
+    size_t bytes;
+    int64_t copies, cursor = 0;
+    double best = std::numeric_limits<double>::infinity();
+  };
+  std::vector<std::vector<Point>> points_by_dtype;  // kept for unpacking the averaged times
+  std::vector<double> packed;  // per dtype: the points' best seconds, then the expert's
+  double alone_speedup = 1.0;
+  for (size_t di = 0; di < o.dtypes.size(); ++di) {
+    const std::string& dt_name = o.dtypes[di];
     const DType dt = parse_dtype(dt_name);
     const size_t esz = dtype_size(dt);
     const size_t expert_bytes = size_t(3 * o.expert_d_model * o.expert_ffn) * esz;
     WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes), o.huge_pages);
-    for (int layout = 0; layout < 2; ++layout) {
+    std::vector<Point> pts;
+    int64_t max_rows = 16;
+    for (int layout = 0; layout < 2; ++layout)
       for (int64_t b : o.batches) {
-        comm.barrier();
-        std::vector<std::pair<double, double>> pts;
+        int64_t prev_rows = 0;
         for (double sz : sizes) {
           const int64_t rows = std::max<int64_t>(16, int64_t(sz) / (cols * int64_t(esz)));
           const size_t mbytes = size_t(rows * cols) * esz;
-          const int64_t copies = std::max<int64_t>(1, int64_t(buf.size / mbytes));
-          // nt: W [rows, cols], X [b, cols] -> Y [b, rows]. in_out: W [rows, cols] as [in, out], X [b, rows].
-          std::vector<float> X(size_t(b * std::max(rows, cols)), 0.01f), Y(size_t(b * std::max(rows, cols)));
-          int64_t cursor = 0;
-          const double s = time_calls(
-              [&](int64_t i) {
-                MatRef W{buf.data() + size_t(i) * mbytes, dt, rows, cols, cols};
-                if (layout == 0) ops::linear(pool, W, X.data(), b, Y.data());
-                else ops::linear_in_out(pool, W, X.data(), b, Y.data());
-              },
-              copies, o.seconds_per_point, &cursor);
-          pts.emplace_back(double(mbytes), s);
+          if (rows == prev_rows || mbytes > buf.size) continue;  // the same matrix again, or past the buffer
+          prev_rows = rows;
+          max_rows = std::max(max_rows, rows);
+          pts.push_back(Point{layout, b, rows, mbytes, std::max<int64_t>(1, int64_t(buf.size / mbytes))});
         }
-        auto [a, slope] = fit_relative(pts);
-        if (slope <= 0) slope = pts.back().second / pts.back().first;
-        packed.push_back(std::max(0.0, a));
-        packed.push_back(slope);
       }
-      say("  " + dt_name + (layout == 0 ? " linear" : " linear_in_out") + " measured for batches 1.." +
-          std::to_string(max_batch));
+    // nt: W [rows, cols], X [b, cols] -> Y [b, rows]. in_out: W [rows, cols] as [in, out], X [b, rows].
+    std::vector<float> X(size_t(max_batch * std::max(max_rows, cols)), 0.01f), Y(X.size());
+    for (int round = 0; round < 3; ++round) {
+      for (Point& p : pts) {
+        comm.barrier();  // every rank times the same point at the same time, as they run in decode
+        const double s = time_calls(
+            [&](int64_t i) {
+              MatRef W{buf.data() + size_t(i) * p.bytes, dt, p.rows, cols, cols};
+              if (p.layout == 0) ops::linear(pool, W, X.data(), p.batch, Y.data());
+              else ops::linear_in_out(pool, W, X.data(), p.batch, Y.data());
+            },
+            p.copies, o.seconds_per_point, &p.cursor, 1);
+        p.best = std::min(p.best, s);
+      }
+      say(str_cat("  ", dt_name, " linear and linear_in_out, batches 1..", max_batch, ": round ", round + 1, " of 3"));
     }
+    for (const Point& p : pts) packed.push_back(p.best);
+    points_by_dtype.push_back(pts);
     // One expert at batch 1, as the engine runs it: gate, up, silu·mul, down.
     {
       comm.barrier();
@@ -286,6 +302,34 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
           copies, o.seconds_per_point * 3, &cursor);
       packed.push_back(s);
     }
+    // Ranks sharing a host's memory: batch-1 streaming with all of them reading against one reading while the
+    // others wait (each rank in turn), on the largest matrix of the table.
+    if (di == 0 && comm.size() > 1 && hm.info.ranks_per_host > 1) {
+      const Point* big = nullptr;
+      for (const Point& p : pts)
+        if (p.layout == 0 && (!big || p.batch < big->batch || (p.batch == big->batch && p.bytes > big->bytes))) big = &p;
+      int64_t cursor = 0;
+      auto one = [&] {
+        return time_calls(
+            [&](int64_t i) {
+              MatRef W{buf.data() + size_t(i) * big->bytes, dt, big->rows, cols, cols};
+              ops::linear(pool, W, X.data(), 1, Y.data());
+            },
+            big->copies, o.seconds_per_point, &cursor, 3);
+      };
+      double all = std::numeric_limits<double>::infinity(), alone = all;
+      for (int rep = 0; rep < 2; ++rep) {
+        comm.barrier();
+        all = std::min(all, one());
+        for (int r = 0; r < comm.size(); ++r) {
+          comm.barrier();
+          if (r == comm.rank()) alone = std::min(alone, one());
+          comm.barrier();
+        }
+      }
+      alone_speedup = std::clamp(mean_over_ranks(comm, {all / alone})[0], 1.0, double(hm.info.ranks_per_host));
+      say(str_cat("  one rank streams ", alone_speedup, "x as fast with the host's other ranks idle"));
+    }
   }
   // 3. Attention inner loop at two head dimensions: a fixed part per (head, position) and a part per
   // multiply-add (2 · head_dim of them: scores and values).
@@ -294,23 +338,39 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   packed.push_back(time_attention(pool, o.seconds_per_point * 3, 128));
   const std::vector<double> avg = mean_over_ranks(comm, packed);
   size_t k = 0;
-  for (const std::string& dt_name : o.dtypes) {
+  for (size_t di = 0; di < o.dtypes.size(); ++di) {
+    const std::string name = dtype_name(parse_dtype(o.dtypes[di]));
+    const std::vector<Point>& pts = points_by_dtype[di];
     for (int layout = 0; layout < 2; ++layout) {
-      std::vector<LinearPoint> pts;
+      std::vector<LinearPoint> table;
       for (int64_t b : o.batches) {
-        LinearPoint p;
-        p.batch = b;
-        p.overhead_us = avg[k++] * 1e6;
-        p.ns_per_byte = avg[k++] * 1e9;
-        pts.push_back(p);
+        LinearPoint lp;
+        lp.batch = b;
+        std::vector<std::pair<double, double>> fit_pts;
+        for (size_t i = 0; i < pts.size(); ++i)
+          if (pts[i].layout == layout && pts[i].batch == b) {
+            const double sec = avg[k + i];
+            lp.times.emplace_back(double(pts[i].bytes), sec * 1e6);
+            fit_pts.emplace_back(double(pts[i].bytes), sec);
+          }
+        if (fit_pts.size() >= 2) {
+          auto [a, slope] = fit_relative(fit_pts);
+          if (slope <= 0) slope = fit_pts.back().second / fit_pts.back().first;
+          lp.overhead_us = std::max(0.0, a) * 1e6;
+          lp.ns_per_byte = slope * 1e9;
+        } else {
+          lp.ns_per_byte = fit_pts.back().second / fit_pts.back().first * 1e9;
+          lp.times.clear();
+        }
+        table.push_back(lp);
       }
-      std::sort(pts.begin(), pts.end(), [](const LinearPoint& x, const LinearPoint& y) { return x.batch < y.batch; });
-      (layout == 0 ? hm.linear : hm.linear_in_out)[parse_dtype(dt_name) == DType::BF16 ? "bf16"
-                                                   : parse_dtype(dt_name) == DType::F16 ? "f16"
-                                                                                        : "f32"] = pts;
+      std::sort(table.begin(), table.end(), [](const LinearPoint& x, const LinearPoint& y) { return x.batch < y.batch; });
+      (layout == 0 ? hm.linear : hm.linear_in_out)[name] = table;
     }
-    hm.expert_us[dtype_name(parse_dtype(dt_name))] = avg[k++] * 1e6;
+    k += pts.size();
+    hm.expert_us[name] = avg[k++] * 1e6;
   }
+  hm.alone_speedup = alone_speedup;
   {
     const double t64 = avg[k++], t128 = avg[k++];  // ns per (row, head, position)
     hm.attention_ns_per_mac = std::max(1e-3, (t128 - t64) / double(2 * (128 - 64)));

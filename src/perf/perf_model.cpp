@@ -113,7 +113,17 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
                           200000, s.identical_rows);
     rit = routings_.emplace(rkey, std::move(set)).first;
   }
-  const ExpertTimeStats st = evaluate_routings(pl, shared ? 0 : layer, rit->second, cost);
+  // Ranks that share a host's memory (a profile calibrated with several ranks per host): a rank left reading
+  // alone streams faster. That applies to the memory-bound part of an expert run: all of it at batch 1, the
+  // share cost[1] / cost[n] when an expert runs n rows (n from an even spread of the step's pairs).
+  int host_ranks = 1;
+  double speedup = 1.0;
+  if (hw_.measured && hw_.measured->info.ranks_per_host > 1 && hw_.measured->alone_speedup > 1.0) {
+    host_ranks = hw_.measured->info.ranks_per_host;
+    const int64_t n_even = std::clamp<int64_t>(n_pairs / std::max<int64_t>(1, m.n_experts), 1, n_pairs);
+    speedup = 1.0 + (hw_.measured->alone_speedup - 1.0) * cost[1] / cost[size_t(n_even)];
+  }
+  const ExpertTimeStats st = evaluate_routings(pl, shared ? 0 : layer, rit->second, cost, host_ranks, speedup);
   cache_[key] = st;
   return st;
 }

@@ -95,6 +95,15 @@ std::vector<LinearPoint> read_points(const json& arr, const std::string& where) 
     lp.overhead_us = p.at("overhead_us").get<double>();
     lp.ns_per_byte = p.at("ns_per_byte").get<double>();
     if (lp.batch < 1 || lp.ns_per_byte <= 0) fail(where, ": measured linear point with batch < 1 or ns_per_byte <= 0");
+    if (p.contains("times")) {
+      for (const auto& t : p["times"]) {
+        if (!t.is_array() || t.size() != 2) fail(where, ": measured linear times must be [bytes, microseconds] pairs");
+        const double b = t.at(0).get<double>(), us = t.at(1).get<double>();
+        if (!(b > 0) || !(us > 0)) fail(where, ": measured linear time with bytes or microseconds <= 0");
+        lp.times.emplace_back(b, us);
+      }
+      std::sort(lp.times.begin(), lp.times.end());
+    }
     pts.push_back(lp);
   }
   std::sort(pts.begin(), pts.end(), [](const LinearPoint& a, const LinearPoint& b) { return a.batch < b.batch; });
@@ -104,7 +113,15 @@ std::vector<LinearPoint> read_points(const json& arr, const std::string& where) 
 
 json points_json(const std::vector<LinearPoint>& pts) {
   json a = json::array();
-  for (const auto& p : pts) a.push_back({{"batch", p.batch}, {"overhead_us", p.overhead_us}, {"ns_per_byte", p.ns_per_byte}});
+  for (const auto& p : pts) {
+    json o = {{"batch", p.batch}, {"overhead_us", p.overhead_us}, {"ns_per_byte", p.ns_per_byte}};
+    if (!p.times.empty()) {
+      json t = json::array();
+      for (const auto& [b, us] : p.times) t.push_back({b, us});
+      o["times"] = t;
+    }
+    a.push_back(o);
+  }
   return a;
 }
 
@@ -113,23 +130,18 @@ double table_seconds(const std::vector<LinearPoint>& pts, double bytes, double r
   if (rows <= 0) return 0.0;
   const LinearPoint& first = pts.front();
   const LinearPoint& last = pts.back();
-  double overhead, nspb;
-  if (rows <= double(first.batch)) {
-    overhead = first.overhead_us;
-    nspb = first.ns_per_byte;
-  } else if (rows >= double(last.batch)) {
-    overhead = last.overhead_us;
-    nspb = last.ns_per_byte * rows / double(last.batch);
-  } else {
-    size_t i = 0;
-    while (i + 1 < pts.size() && double(pts[i + 1].batch) < rows) ++i;
-    const LinearPoint& a = pts[i];
-    const LinearPoint& b = pts[i + 1];
-    const double f = (rows - double(a.batch)) / double(b.batch - a.batch);
-    overhead = a.overhead_us + f * (b.overhead_us - a.overhead_us);
-    nspb = a.ns_per_byte + f * (b.ns_per_byte - a.ns_per_byte);
+  if (rows <= double(first.batch)) return first.seconds(bytes);
+  if (rows >= double(last.batch)) {
+    // Beyond the table the per-byte part grows with the rows (compute-bound); the fixed part stays.
+    const double t = last.seconds(bytes), fixed = std::min(t, last.overhead_us * 1e-6);
+    return fixed + (t - fixed) * rows / double(last.batch);
   }
-  return overhead * 1e-6 + bytes * nspb * 1e-9;
+  size_t i = 0;
+  while (i + 1 < pts.size() && double(pts[i + 1].batch) < rows) ++i;
+  const LinearPoint& a = pts[i];
+  const LinearPoint& b = pts[i + 1];
+  const double f = (rows - double(a.batch)) / double(b.batch - a.batch);
+  return a.seconds(bytes) + f * (b.seconds(bytes) - a.seconds(bytes));
 }
 
 }  // namespace
@@ -141,6 +153,40 @@ const char* algorithm_name(AllreduceAlgorithm a) {
     case AllreduceAlgorithm::Ring: return "ring";
   }
   return "?";
+}
+
+// ---- LinearPoint ---------------------------------------------------------------------------------------
+
+double LinearPoint::seconds(double bytes) const {
+  if (times.size() < 2) return overhead_us * 1e-6 + bytes * ns_per_byte * 1e-9;
+  // A larger matrix never takes less time: a measured time above a larger size's was slowed by something else.
+  const size_t n = times.size();
+  auto t_at = [&](size_t i) {
+    double t = times[i].second;
+    for (size_t j = i + 1; j < n; ++j) t = std::min(t, times[j].second);
+    return t;
+  };
+  auto line = [&](size_t i) {  // the segment from point i to i + 1: (t_i, slope in us per byte)
+    const double t0 = t_at(i), t1 = t_at(i + 1);
+    return std::make_pair(t0, (t1 - t0) / (times[i + 1].first - times[i].first));
+  };
+  double us;
+  if (bytes <= times.front().first) {
+    const auto [t0, s] = line(0);
+    // Below the smallest size: along the first segment, never below proportional to the smallest time.
+    us = std::max(t0 + (bytes - times.front().first) * s, t0 * bytes / times.front().first);
+  } else if (bytes >= times.back().first) {
+    auto [t0, s] = line(n - 2);
+    const double tl = t_at(n - 1);
+    if (s <= 0) s = tl / times.back().first;
+    us = tl + (bytes - times.back().first) * s;
+  } else {
+    size_t i = 0;
+    while (i + 2 < n && times[i + 1].first < bytes) ++i;
+    const auto [t0, s] = line(i);
+    us = t0 + (bytes - times[i].first) * s;
+  }
+  return us * 1e-6;
 }
 
 // ---- HardwareProfile ------------------------------------------------------------------------------------
@@ -202,7 +248,11 @@ double HardwareProfile::attention_seconds(double head_positions, double macs, do
 double HardwareProfile::streaming_bandwidth_bps(const std::string& dtype) const {
   if (measured) {
     auto it = measured->linear.find(dtype);
-    if (it != measured->linear.end()) return 1e9 / it->second.front().ns_per_byte;
+    if (it != measured->linear.end()) {
+      const LinearPoint& p = it->second.front();
+      if (p.times.size() >= 2) return p.times.back().first / p.seconds(p.times.back().first);
+      return 1e9 / p.ns_per_byte;
+    }
     if (measured->membw_gbs > 0) return measured->membw_gbs * 1e9;
   }
   const double eff = bandwidth_efficiency.present ? bandwidth_efficiency.value : 1.0;
@@ -254,6 +304,8 @@ HardwareProfile parse_hardware_profile(const json& j, const std::string& source)
     HardwareMeasured hm;
     hm.info = read_info(m);
     hm.membw_gbs = m.value("membw_gbs", 0.0);
+    hm.alone_speedup = m.value("alone_speedup", 1.0);
+    if (!(hm.alone_speedup >= 1.0)) fail(where, ": measured alone_speedup must be 1 or more, got ", hm.alone_speedup);
     hm.attention_ns_per_mac = m.value("attention_ns_per_mac", 0.0);
     hm.attention_ns_per_head_pos = m.value("attention_ns_per_head_pos", 0.0);
     if (m.contains("linear"))
@@ -325,6 +377,7 @@ json hardware_profile_to_json(const HardwareProfile& h) {
     const HardwareMeasured& m = *h.measured;
     json mj = info_json(m.info);
     mj["membw_gbs"] = m.membw_gbs;
+    if (m.info.ranks_per_host > 1) mj["alone_speedup"] = m.alone_speedup;
     mj["attention_ns_per_mac"] = m.attention_ns_per_mac;
     mj["attention_ns_per_head_pos"] = m.attention_ns_per_head_pos;
     json lin = json::object();

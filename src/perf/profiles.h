@@ -41,11 +41,16 @@ struct MeasuredInfo {
   bool present = false;
 };
 
-// Time of one ops::linear call at `batch` rows: overhead_us + weight bytes × ns_per_byte.
+// Time of one ops::linear call at `batch` rows. `times` holds the measured (weight bytes, microseconds) pairs,
+// ascending in bytes; where there are two or more, a call's time is interpolated between them (linearly in bytes;
+// beyond the largest, at the slope of the last segment). overhead_us + bytes × ns_per_byte is a fit over them,
+// a summary for readers (and the whole table of profiles written before the times were kept).
 struct LinearPoint {
   int64_t batch = 1;
   double overhead_us = 0.0;
   double ns_per_byte = 0.0;
+  std::vector<std::pair<double, double>> times;
+  double seconds(double bytes) const;
 };
 
 struct HardwareMeasured {
@@ -60,6 +65,10 @@ struct HardwareMeasured {
   // Informational: one expert (gate, up, down) at batch 1, by dtype, in microseconds, for `expert_shape`.
   std::map<std::string, double> expert_us;
   int64_t expert_d_model = 0, expert_ffn = 0;
+  // With several ranks on one host: how much faster one rank streams weights when the host's other ranks are
+  // idle than when all read at once (batch-1 linear time, all reading / one reading; 1 when not measured).
+  // In decode the ranks with fewer experts wait at the all-reduce while the busiest one finishes alone.
+  double alone_speedup = 1.0;
 };
 
 struct HardwareProfile {

@@ -330,14 +330,29 @@ RoutingSet recorded_routings(const RoutingRecord& rec, int64_t layer, int64_t ro
   return set;
 }
 
+double shared_memory_finish(std::vector<double>& times, int host_ranks, double alone_speedup) {
+  std::sort(times.begin(), times.end());
+  double t = 0, done = 0;  // elapsed, and work done by each rank still reading (in all-reading seconds)
+  const size_t m = times.size();
+  for (size_t i = 0; i < m; ++i) {
+    const double readers = double(m - i);
+    const double speed = std::min(alone_speedup, double(host_ranks) / readers);
+    t += (times[i] - done) / std::max(1.0, speed);
+    done = times[i];
+  }
+  return t;
+}
+
 ExpertTimeStats evaluate_routings(const ExpertPlacement& pl, int64_t layer, const RoutingSet& set,
-                                  const std::vector<double>& cost) {
+                                  const std::vector<double>& cost, int host_ranks, double alone_speedup) {
   const int64_t n_pairs = set.rows * set.k, E = pl.n_experts();
   const int R = pl.n_ranks();
   if (int64_t(cost.size()) < n_pairs + 1) fail("evaluate_routings: cost table shorter than rows·k + 1");
   std::vector<int32_t> owner(static_cast<size_t>(n_pairs));
   std::vector<int64_t> load(static_cast<size_t>(R)), count(size_t(R) * size_t(E), 0), rank_pairs(static_cast<size_t>(R));
-  std::vector<double> rank_time(static_cast<size_t>(R));
+  std::vector<double> rank_time(static_cast<size_t>(R)), group;
+  const bool shared = host_ranks > 1 && alone_speedup > 1.0;
+  if (shared) group.reserve(size_t(host_ranks));
   double sum_max = 0, sum_mean = 0, sum_pairs = 0, sum_touched = 0;
   for (int64_t s = 0; s < set.count; ++s) {
     const int32_t* experts = &set.ids[size_t(s * n_pairs)];
@@ -358,6 +373,13 @@ ExpertTimeStats evaluate_routings(const ExpertPlacement& pl, int64_t layer, cons
     for (int r = 0; r < R; ++r) {
       sum += rank_time[size_t(r)];
       if (rank_time[size_t(r)] > mx) mx = rank_time[size_t(r)], mp = rank_pairs[size_t(r)];
+    }
+    if (shared) {
+      mx = 0;
+      for (int g0 = 0; g0 < R; g0 += host_ranks) {
+        group.assign(rank_time.begin() + g0, rank_time.begin() + std::min(R, g0 + host_ranks));
+        mx = std::max(mx, shared_memory_finish(group, host_ranks, alone_speedup));
+      }
     }
     sum_max += mx;
     sum_mean += sum / double(R);

@@ -111,8 +111,15 @@ struct ExpertTimeStats {
 // The placement assigns each (token, expert) pair to a rank (moep's rule: the least-loaded replica), and a
 // rank spends Σ over its experts with n > 0 pairs of cost[n] seconds (cost has rows·k + 1 entries; cost[0]
 // unused). Averages max and mean over ranks across the routings.
+//
+// Shared memory: cost is each rank's time while every rank of its host reads at once. With host_ranks > 1,
+// ranks [0, h), [h, 2h), ... share a host whose bandwidth is split among the ranks still working: with k of the
+// h reading, each goes min(alone_speedup, h / k) times as fast. The busiest rank's time is then the time until
+// the last rank of its host is done (a rank that has finished waits at the all-reduce and reads nothing).
 ExpertTimeStats evaluate_routings(const ExpertPlacement& placement, int64_t layer, const RoutingSet& routings,
-                                  const std::vector<double>& cost);
+                                  const std::vector<double>& cost, int host_ranks = 1, double alone_speedup = 1.0);
+// Time until every rank of one host is done, for the ranks' times with all of the host reading (see above).
+double shared_memory_finish(std::vector<double>& times, int host_ranks, double alone_speedup);
 // make_routings + evaluate_routings.
 ExpertTimeStats expected_expert_time(const ExpertPlacement& placement, int64_t layer, const std::vector<double>& pi,
                                      int64_t rows, int64_t k, const std::vector<double>& cost, int64_t samples,

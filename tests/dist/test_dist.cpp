@@ -172,6 +172,37 @@ TEST_F(DistributedJob, EmulatedLatencyIsAddedToEveryExchange) {
   }
 }
 
+// `moep calibrate` under mpirun: both ranks on this host, so the profile says how much faster one rank streams
+// with the other idle (a ratio between 1 and the ranks on the host), keeps its times per matrix size, and has
+// the job's all-reduce fit.
+TEST_F(DistributedJob, CalibrateMeasuresRanksSharingAHost) {
+  test::TempDir d;
+  const std::string out = d.str() + "/p.json";
+  std::string text;
+  const std::string cmd = test::mpirun_prefix(2) + test::moep_binary() +
+                          " calibrate --quick --threads 1 --expert-shape 256,512 --membw-mb 32 --rotation-mb 32 --out " + out;
+  ASSERT_EQ(test::run_command(cmd, &text), 0) << text;
+  std::ifstream f(out);
+  const auto j = nlohmann::json::parse(f);
+  bool hw = false, net = false;
+  for (const auto& p : j["profiles"]) {
+    if (p["kind"] == "hardware") {
+      hw = true;
+      const auto& m = p["measured"];
+      EXPECT_EQ(m["ranks_per_host"].get<int>(), 2);
+      const double a = m["alone_speedup"].get<double>();
+      EXPECT_GE(a, 1.0);
+      EXPECT_LE(a, 2.0);
+      EXPECT_GE(m["linear"]["bf16"]["nt"][0]["times"].size(), 2u);
+    } else if (p["kind"] == "network") {
+      net = true;
+      EXPECT_GT(p["measured"]["allreduce"]["2"]["b_ns_per_byte"].get<double>(), 0);
+    }
+  }
+  EXPECT_TRUE(hw);
+  EXPECT_TRUE(net);
+}
+
 TEST_F(DistributedJob, DisagreeingModelsRefuseToStart) {
   test::TempDir d;
   std::string text;

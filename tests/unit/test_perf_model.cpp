@@ -193,7 +193,7 @@ TEST(PerfModel, MeasuredLinearTableInterpolation) {
   HardwareProfile hw = roofline(100);
   HardwareMeasured hm;
   hm.membw_gbs = 10;
-  hm.linear["bf16"] = {{1, 2.0, 0.1}, {4, 2.0, 0.1}, {16, 4.0, 0.4}};
+  hm.linear["bf16"] = {{1, 2.0, 0.1, {}}, {4, 2.0, 0.1, {}}, {16, 4.0, 0.4, {}}};
   hw.measured = hm;
   const double elems = 1e6, bytes = 2e6;
   EXPECT_NEAR(hw.linear_seconds("bf16", 2, elems, 1), 2e-6 + bytes * 0.1e-9, 1e-15);
@@ -203,13 +203,89 @@ TEST(PerfModel, MeasuredLinearTableInterpolation) {
   EXPECT_NEAR(hw.linear_seconds("f32", 4, elems, 1), 4e6 / 10e9, 1e-15);
 }
 
+// With measured times per matrix size, a call's time follows them (linear in bytes between sizes, the last
+// segment's slope beyond, the first segment's below) instead of the one-line summary.
+TEST(PerfModel, MeasuredTimesPerSizeAreInterpolated) {
+  LinearPoint p{1, 100.0, 1.0, {{1e5, 10.0}, {1e6, 40.0}, {4e6, 100.0}}};  // microseconds
+  EXPECT_NEAR(p.seconds(1e6), 40e-6, 1e-15);                              // at a measured size
+  EXPECT_NEAR(p.seconds(2.5e6), 70e-6, 1e-15);                            // halfway between 1e6 and 4e6
+  EXPECT_NEAR(p.seconds(8e6), 100e-6 + 4e6 * 20e-6 / 1e6, 1e-15);        // beyond: 20 us per MB
+  EXPECT_NEAR(p.seconds(5.5e4), 10e-6 - 4.5e4 * 30e-6 / 9e5, 1e-15);     // below: the first segment
+  EXPECT_NEAR(p.seconds(1e3), 10e-6 - 9.9e4 * 30e-6 / 9e5, 1e-15);
+  LinearPoint steep{1, 0.0, 1.0, {{1e5, 10.0}, {2e5, 30.0}}};             // a line through a negative intercept:
+  EXPECT_NEAR(steep.seconds(1e3), 10e-6 * 1e3 / 1e5, 1e-15);              // never below proportional
+  // A size timed slower than a larger one was disturbed: it counts as the larger one's time.
+  LinearPoint q{1, 0.0, 1.0, {{1e6, 90.0}, {2e6, 60.0}, {3e6, 80.0}}};
+  EXPECT_NEAR(q.seconds(1e6), 60e-6, 1e-15);
+  EXPECT_NEAR(q.seconds(2.5e6), 70e-6, 1e-15);
+  // Without times, the summary line.
+  LinearPoint r{1, 2.0, 0.5, {}};
+  EXPECT_NEAR(r.seconds(1e6), 2e-6 + 0.5e-3, 1e-15);
+  // In the table: interpolated in rows between batches, and growing with rows past the last batch.
+  HardwareProfile hw = roofline(100);
+  HardwareMeasured hm;
+  hm.linear["bf16"] = {p, LinearPoint{4, 0.0, 1.0, {{1e5, 20.0}, {1e6, 80.0}, {4e6, 200.0}}}};
+  hw.measured = hm;
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, 0.5e6, 1), 40e-6, 1e-15);
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, 0.5e6, 2), 40e-6 + (80e-6 - 40e-6) / 3, 1e-15);
+  EXPECT_NEAR(hw.linear_seconds("bf16", 2, 0.5e6, 8), 160e-6, 1e-15);
+  EXPECT_NEAR(hw.streaming_bandwidth_bps("bf16"), 4e6 / 100e-6, 1.0);
+}
+
+// Ranks sharing a host's memory: the host's bandwidth is split among the ranks still reading.
+TEST(PerfRouting, SharedMemoryFinish) {
+  std::vector<double> t = {1.0, 1.0};
+  EXPECT_NEAR(shared_memory_finish(t, 2, 1.5), 1.0, 1e-12);  // equal work: all of it shared
+  t = {2.0, 0.0};
+  EXPECT_NEAR(shared_memory_finish(t, 2, 1.5), 2.0 / 1.5, 1e-12);  // one reads alone from the start
+  t = {1.0, 2.0};
+  EXPECT_NEAR(shared_memory_finish(t, 2, 1.5), 1.0 + 1.0 / 1.5, 1e-12);
+  t = {4.0, 1.0, 1.0, 1.0};
+  EXPECT_NEAR(shared_memory_finish(t, 4, 3.0), 1.0 + 3.0 / 3.0, 1e-12);
+  t = {1.0, 2.0, 3.0, 3.0};  // 4 readers: speed 1; then 3: 4/3; then 2: min(1.5, 2) = 1.5
+  EXPECT_NEAR(shared_memory_finish(t, 4, 1.5), 1.0 + 1.0 / (4.0 / 3.0) + 1.0 / 1.5, 1e-12);
+  t = {1.0, 3.0};
+  EXPECT_NEAR(shared_memory_finish(t, 2, 1.0), 3.0, 1e-12);  // no speedup: the slowest rank's time
+}
+
+// In a prediction: 2 experts on 2 ranks of one host, top-1, batch 1: one rank works and the other waits, so
+// the busiest rank's experts take the all-reading time divided by the measured speedup.
+TEST(PerfModel, ARankReadingAloneOnASharedHostIsFaster) {
+  HardwareProfile hw = roofline(100);
+  HardwareMeasured hm;
+  hm.membw_gbs = 10;
+  hm.linear["bf16"] = {{1, 2.0, 0.1, {}}, {4, 2.0, 0.1, {}}};
+  hm.linear_in_out = hm.linear;
+  hm.info.ranks = 2;
+  hm.info.ranks_per_host = 2;
+  hw.measured = hm;
+  HardwareProfile shared = hw;
+  shared.measured->alone_speedup = 1.6;
+  const ModelShape m = tiny(2, 1);
+  Scenario s;
+  s.nodes = 2;
+  s.batch = 1;
+  s.context = 10;
+  s.prompt = 0;
+  const Prediction a = predict(m, hw, network(10, 1), s);
+  const Prediction b = predict(m, shared, network(10, 1), s);
+  EXPECT_GT(a.decode.experts_max, 0);
+  EXPECT_NEAR(b.decode.experts_max, a.decode.experts_max / 1.6, 1e-12);
+  EXPECT_NEAR(b.decode.experts_mean, a.decode.experts_mean, 1e-15);
+  EXPECT_NEAR(b.decode.attention, a.decode.attention, 1e-15);
+  // Calibrated with one rank per host: nothing to share, no speedup.
+  HardwareProfile one = shared;
+  one.measured->info.ranks_per_host = 1;
+  EXPECT_NEAR(predict(m, one, network(10, 1), s).decode.experts_max, a.decode.experts_max, 1e-15);
+}
+
 // The calibrated expert (gate, up, silu·mul, down at batch 1) beyond the table's three matrices is a per-expert
 // cost the model adds to every expert run; never negative, and absent without a measured expert.
 TEST(PerfModel, MeasuredExpertExtraIsAddedPerExpertRun) {
   HardwareProfile hw = roofline(100);
   HardwareMeasured hm;
   hm.membw_gbs = 10;
-  hm.linear["bf16"] = {{1, 2.0, 0.1}, {4, 2.0, 0.1}};
+  hm.linear["bf16"] = {{1, 2.0, 0.1, {}}, {4, 2.0, 0.1, {}}};
   hm.linear_in_out = hm.linear;
   hm.expert_d_model = 64;
   hm.expert_ffn = 128;

@@ -66,6 +66,17 @@ TEST(PerfProfiles, RejectsFiguresWithoutSourceAndNonsense) {
   j = hw_json();
   j["bandwidth_efficiency"] = {{"value", 1.5}, {"source", "x"}};
   expect_error([&] { parse_hardware_profile(j, "box.json"); }, "(0, 1]");
+  j = hw_json();
+  j["measured"] = json::parse(R"({"membw_gbs": 10, "alone_speedup": 0.5})");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "alone_speedup");
+  j["measured"] = json::parse(R"({"linear": {"bf16": {"nt": [{"batch": 1, "overhead_us": 1, "ns_per_byte": 0.1,
+                                                                "times": [[1000, 2], [2000]]}]}}})");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "[bytes, microseconds]");
+  j["measured"]["linear"]["bf16"]["nt"][0]["times"] = json::parse("[[1000, 2], [2000, -1]]");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "<= 0");
+  j["measured"]["linear"]["bf16"]["nt"][0]["times"] = json::parse("[[2000, 3], [1000, 2]]");
+  const HardwareProfile h = parse_hardware_profile(j, "box.json");
+  EXPECT_EQ(h.measured->linear.at("bf16")[0].times.front().first, 1000.0);  // sorted by size
   json n = json::parse(R"({"kind": "network", "name": "wire", "alpha_us": {"value": 5, "source": "s"},
                            "beta_gbs": {"value": 1, "source": "s"}, "algorithm": "butterfly"})");
   expect_error([&] { parse_network_profile(n, "wire.json"); }, "butterfly");
@@ -135,13 +146,26 @@ TEST(PerfCalibrate, QuickLocalCalibrationGivesAUsableProfile) {
   EXPECT_GT(m.membw_gbs, 0.1);
   ASSERT_EQ(m.linear.at("bf16").size(), 2u);
   ASSERT_EQ(m.linear_in_out.at("bf16").size(), 2u);
-  for (const auto& p : m.linear.at("bf16")) EXPECT_GT(p.ns_per_byte, 0);
+  for (const auto& p : m.linear.at("bf16")) {
+    EXPECT_GT(p.ns_per_byte, 0);
+    // Times per matrix size: several sizes, ascending, within the rotation buffer, each taking some time.
+    ASSERT_GE(p.times.size(), 2u);
+    for (size_t i = 0; i < p.times.size(); ++i) {
+      EXPECT_GT(p.times[i].second, 0);
+      EXPECT_LE(p.times[i].first, double(o.rotation_bytes));
+      if (i > 0) {
+        EXPECT_GT(p.times[i].first, p.times[i - 1].first);
+      }
+    }
+  }
+  EXPECT_EQ(m.alone_speedup, 1.0);  // one rank: nothing measured
   EXPECT_GT(m.attention_ns_per_mac, 0);
   EXPECT_GT(m.expert_us.at("bf16"), 0);
   // The profile survives a round trip through JSON and drives the model.
   const HardwareProfile h = parse_hardware_profile(hardware_profile_to_json(r.hardware), "calibrated");
   ASSERT_TRUE(h.measured.has_value());
   EXPECT_EQ(h.measured->linear.at("bf16").size(), 2u);
+  EXPECT_EQ(h.measured->linear.at("bf16")[1].times, m.linear.at("bf16")[1].times);
   const ModelShape s = resolve_model("olmoe-1b-7b");
   NetworkProfile none;
   none.beta_gbs.value = 1;
