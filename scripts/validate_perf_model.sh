@@ -16,7 +16,10 @@
 #   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; mixtral-m dbrx-m qwen3-m are
 #                       larger, for CPUs with large caches; see below)
 #   --prompt P --gen G  tokens per run (default 32, 32)
-#   --repeat R          run each bench R times and keep the fastest (default 3; noise only ever slows a run)
+#   --repeat R          R passes per rank count and model, each a calibration followed by every bench once
+#                       (default 3). A bench's figure is the fastest of its R runs (noise only ever slows a
+#                       run); its prediction is the mean step time over the R calibrations: on a shared host
+#                       the machine's state drifts over minutes, and the passes spread both over that time
 #   --guard             keep the cores this run does not use busy with an idle spinner (no memory traffic),
 #                       so that other work on a shared machine cannot use them and disturb the measurement
 #                       (with --nice, the spinners get that priority too); pointless on a dedicated machine
@@ -159,37 +162,47 @@ done
 # New checkpoints are still being written back to disk for a while; that must not overlap the timings.
 sync
 
-# Per rank count and model: calibrate, then run the benches right after (the machine's state drifts on a shared host).
+# Per rank count and model, REPEAT passes: a calibration, then every bench once. The benches of a pass run
+# right after its calibration, and the passes spread calibrations and benches over the same stretch of time.
 cases=()
 for n in $RANKS; do
   for m in $MODELS; do
     # Calibrated per model shape: the kernels' speed per byte depends on the matrices' row length, and
     # `--expert-shape` makes the calibration's matrices as wide as the model's (d_model columns).
     read -r d_model ffn < <(synth_args "$m" | sed -E 's/.*--d-model ([0-9]+).*--ffn ([0-9]+).*/\1 \2/')
-    prof="$WORK/profile-$m-${n}x${THREADS}.json"
-    echo "== calibrate: $n rank(s) x $THREADS thread(s), matrices of $m ($d_model x $ffn)" >&2
-    launch "$n" "$MOEP" calibrate --threads "$THREADS" --dtype bf16 --expert-shape "$d_model,$ffn" --weights "$WEIGHTS" \
-      --name "validate-$m-${n}x${THREADS}" --out "$prof" >&2
     lats="0"
     [[ "$n" -gt 1 ]] && lats="$LATENCIES"
+    profs=()
+    for r in $(seq 1 "$REPEAT"); do
+      prof="$WORK/profile-$m-${n}x${THREADS}-pass$r.json"
+      echo "== pass $r of $REPEAT: calibrate $n rank(s) x $THREADS thread(s), matrices of $m ($d_model x $ffn)" >&2
+      launch "$n" "$MOEP" calibrate --threads "$THREADS" --dtype bf16 --expert-shape "$d_model,$ffn" --weights "$WEIGHTS" \
+        --name "validate-$m-${n}x${THREADS}-pass$r" --out "$prof" >&2
+      profs+=("$prof")
+      for b in $BATCHES; do
+        for lat in $lats; do
+          bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
+          echo "== pass $r of $REPEAT: bench $m, $n rank(s), batch $b, emulated latency $lat us" >&2
+          launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" --weights "$WEIGHTS" \
+            --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
+        done
+      done
+    done
+    hw_list="$(printf '"%s",' "${profs[@]}")"
+    hw_list="[${hw_list%,}]"
     for b in $BATCHES; do
       for lat in $lats; do
         bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
-        echo "== bench $m: $n rank(s), batch $b, emulated latency $lat us, best of $REPEAT" >&2
         runs=()
-        for r in $(seq 1 "$REPEAT"); do
-          launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" --weights "$WEIGHTS" \
-            --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
-          runs+=("$bj.run$r")
-        done
+        for r in $(seq 1 "$REPEAT"); do runs+=("$bj.run$r"); done
         best_of "$bj" "${runs[@]}"
-        net="\"$prof\""
+        net="$hw_list"
         [[ "$n" -eq 1 ]] && net="\"\""
         # The ranks share this host's page cache: weights every rank holds are read from one copy, about as
         # fast as by one rank alone, so they are timed with the 1-rank profile (when this run made one).
         rep=""
-        [[ "$n" -gt 1 && "$WEIGHTS" == map && -f "$WORK/profile-$m-1x${THREADS}.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}.json\""
-        cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": \"$prof\", \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
+        [[ "$n" -gt 1 && "$WEIGHTS" == map && -f "$WORK/profile-$m-1x${THREADS}-pass1.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}-pass1.json\""
+        cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": $hw_list, \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
       done
     done
   done

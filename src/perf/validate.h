@@ -34,7 +34,8 @@ struct ValidationRow {
   // adds to some steps on a shared machine (0 when the bench JSON has no decode_step_ms_p50).
   double measured_decode_median = 0, decode_median_error = 0;
   double measured_prefill = 0, predicted_prefill = 0, prefill_error = 0;
-  double predicted_comm_share = 0;  // share of the decode step spent in the all-reduce (predicted)
+  double predicted_comm_share = 0;
+  int profiles = 1;  // calibrations whose predicted step times were averaged  // share of the decode step spent in the all-reduce (predicted)
   // Distinct experts run per MoE layer per decode step (all ranks): predicted from the routing used, and what
   // the run read (from the bench's weight bytes per token). A large gap means the run's routing differed from
   // the one predicted (e.g. greedy decoding of a random-weight model, where all sequences pick the same token).

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/error.h"
@@ -15,6 +16,7 @@
 #include "perf/perf_model.h"
 #include "perf/planner.h"
 #include "perf/routing.h"
+#include "perf/validate.h"
 #include "test_util.h"
 
 using namespace moep;
@@ -521,11 +523,17 @@ TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
   EXPECT_LT(secs, 1.0);
   ASSERT_GE(res.cheapest_meeting_target, 0);
   const PlanRow& best = res.rows[size_t(res.cheapest_meeting_target)];
-  for (const auto& r : res.rows)
-    if (r.p.memory.fits() && r.p.decode_tokens_per_s >= 5) EXPECT_GE(r.p.price_usd, best.p.price_usd);
+  for (const auto& r : res.rows) {
+    if (r.p.memory.fits() && r.p.decode_tokens_per_s >= 5) {
+      EXPECT_GE(r.p.price_usd, best.p.price_usd);
+    }
+  }
   // DBRX bf16 (264 GB) does not fit one 192 GB M2 Ultra.
-  for (const auto& r : res.rows)
-    if (r.hardware->name == "m2-ultra-192gb" && r.nodes == 1) EXPECT_FALSE(r.p.memory.fits());
+  for (const auto& r : res.rows) {
+    if (r.hardware->name == "m2-ultra-192gb" && r.nodes == 1) {
+      EXPECT_FALSE(r.p.memory.fits());
+    }
+  }
   EXPECT_FALSE(format_plan(req, res).empty());
 
   // A large batch on a many-expert model with a recorded routing also plans in well under a second.
@@ -649,4 +657,44 @@ TEST(PerfRouting, RecordedStepsAreReplayed) {
   const std::string bad = R"({"format": "moep-routing-v1", "n_layers": 1, "n_experts": 2, "top_k": 1, "tokens": 1,
     "counts": [[1, 0]], "steps": [{"rows": 1, "ids": [[5]]}]})";
   EXPECT_THROW(parse_routing_record(bad, "bad.json"), Error);
+}
+
+// A validation case may name several calibrations of the same setup (made at different times): its prediction
+// is the mean of their step times, not of their rates.
+TEST(PerfValidate, SeveralCalibrationsAverageTheStepTime) {
+  test::TempDir d;
+  auto write = [&](const std::string& name, const nlohmann::json& j) {
+    std::ofstream(d.str() + "/" + name) << j.dump();
+  };
+  HardwareProfile fast = roofline(100), slow = roofline(25);
+  fast.name = "fast";
+  slow.name = "slow";
+  write("fast.json", hardware_profile_to_json(fast));
+  write("slow.json", hardware_profile_to_json(slow));
+  write("bench.json", {{"decode_tokens_per_s", 10.0}, {"decode_step_ms_p50", 100.0}, {"prefill_tokens_per_s", 50.0},
+                       {"batch", 1}, {"ranks", 1}, {"threads", 1}, {"prompt", 4}, {"gen", 4}});
+  const std::string model = test::fixture_dir("mixtral_bf16");
+  auto manifest = [&](const nlohmann::json& hw) {
+    write("m.json", {{"cases", {{{"label", "x"}, {"model", model}, {"hardware", hw}, {"bench", "bench.json"},
+                                  {"routing", "uniform"}}}}});
+    ProfileSet profiles;
+    return run_validation(d.str() + "/m.json", profiles);
+  };
+  const double t_fast = 1.0 / manifest("fast.json").rows[0].predicted_decode;
+  const double t_slow = 1.0 / manifest("slow.json").rows[0].predicted_decode;
+  EXPECT_GT(t_slow, 3 * t_fast);  // the step is mostly weight reads: 4x the bandwidth, nearly 4x the time
+  const ValidationResult both = manifest(nlohmann::json::array({"fast.json", "slow.json"}));
+  EXPECT_EQ(both.rows[0].profiles, 2);
+  EXPECT_NEAR(1.0 / both.rows[0].predicted_decode, 0.5 * (t_fast + t_slow), 1e-12);
+  EXPECT_NE(format_validation(both).find("mean step time over the case's 2 calibrations"), std::string::npos);
+  // Networks: one for all, or one per hardware profile.
+  write("m.json", {{"cases", {{{"label", "x"}, {"model", model}, {"hardware", {"fast.json", "slow.json"}},
+                                {"network", {"a.json", "b.json", "c.json"}}, {"bench", "bench.json"}}}}});
+  ProfileSet profiles;
+  try {
+    run_validation(d.str() + "/m.json", profiles);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("3 networks for 2 hardware profiles"), std::string::npos) << e.what();
+  }
 }
