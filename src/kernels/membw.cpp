@@ -37,6 +37,24 @@ uint64_t sum_words(const uint64_t* p, size_t n) {
 
 }  // namespace
 
+// Sums `lines` cache lines from `k` streams at once: [p, p + lines) split into k contiguous parts, read a line
+// of each part in turn. One stream per core leaves bandwidth unused on some CPUs (a server Xeon's prefetcher
+// runs only so far ahead of one stream: the engine's kernels, which read 4 to 8 weight rows at once, beat a
+// one-stream test there by 20-50%).
+uint64_t sum_lines(const uint64_t* p, size_t lines, int k) {
+  if (k <= 1 || lines < size_t(k)) return sum_words(p, lines * 8);
+  const size_t part = lines / size_t(k);
+  uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (size_t j = 0; j < part; ++j)
+    for (int s = 0; s < k; ++s) {
+      const uint64_t* q = p + (size_t(s) * part + j) * 8;
+      for (int w = 0; w < 8; ++w) acc[w] += q[w];
+    }
+  uint64_t sum = sum_words(p + size_t(k) * part * 8, (lines - size_t(k) * part) * 8);  // the remainder
+  for (uint64_t a : acc) sum += a;
+  return sum;
+}
+
 double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps, bool huge_pages) {
   constexpr size_t kLine = 64;
   const size_t words = std::max<size_t>(bytes, kLine * 1024) / 8 / 8 * 8;  // whole multiples of one line
@@ -57,21 +75,24 @@ double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, int reps, bool
     for (size_t k = b; k < e; ++k) buf[k] = k * 0x9e3779b97f4a7c15ull;
   });
   std::atomic<uint64_t> sink{0};  // the sums are published so that the reads cannot be dropped
-  auto pass = [&] {
+  auto pass = [&](int streams) {
     pool.parallel_for(n_threads, [&](int64_t i) {
       size_t b, e;
       share(i, &b, &e);
-      sink.fetch_add(sum_words(buf + b, e - b), std::memory_order_relaxed);
+      sink.fetch_add(sum_lines(buf + b, (e - b) / 8, streams), std::memory_order_relaxed);
     });
   };
-  pass();  // untimed: TLB and page tables warm, caches hold the buffer's tail (too little to matter)
+  pass(1);  // untimed: TLB and page tables warm, caches hold the buffer's tail (too little to matter)
+  // Each repetition reads the buffer once with one stream per thread and once with four; the best pass of
+  // either is the machine's read bandwidth (whichever way of reading it serves best).
   double best = 0.0;
-  for (int r = 0; r < std::max(1, reps); ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    pass();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, double(len) / s * 1e-9);
-  }
+  for (int r = 0; r < std::max(1, reps); ++r)
+    for (int streams : {1, 4}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      pass(streams);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, double(len) / s * 1e-9);
+    }
   return best;
 }
 

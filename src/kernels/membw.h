@@ -10,7 +10,8 @@ namespace moep::kernels {
 
 // Streams a buffer of `bytes` (make it several times the last-level cache) with every thread of `pool`, each
 // reading its own contiguous share, `reps` times after one untimed pass that faults the pages in and warms the
-// TLB. Returns the best repetition in GB/s (1e9 bytes per second), the STREAM convention: noise from other
+// TLB; each repetition reads it twice, with one stream per thread and with four (some CPUs serve one core more
+// from several streams, as the kernels read them). Returns the best pass in GB/s (1e9 bytes per second), the STREAM convention: noise from other
 // processes only ever lowers a repetition. The buffer is anonymous memory, on transparent huge pages with
 // huge_pages (like weights copied by `--weights copy`), else with the kernel's default page size policy (like
 // weights read in place from the file mappings). Allocates `bytes` for the duration of the call; not for the
@@ -25,5 +26,9 @@ struct ReadSpan {
   size_t bytes;
 };
 double measure_span_read_gbs(ThreadPool& pool, const ReadSpan* spans, size_t n_spans, int reps);
+
+// The read loop of measure_read_bandwidth_gbs: the sum of the 64-bit words of `lines` cache lines at p, read as
+// `streams` interleaved streams (exposed for tests).
+uint64_t sum_lines(const uint64_t* p, size_t lines, int streams);
 
 }  // namespace moep::kernels

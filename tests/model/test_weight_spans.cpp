@@ -118,3 +118,23 @@ TEST(WeightResidence, ACopyThatDoesNotFitFallsBackOrFailsClearly) {
 
 }  // namespace
 }  // namespace moep
+
+namespace moep {
+// The bandwidth test's read loop covers every word once whatever the number of streams (and line count: the
+// lines left over by the split are read too), and the test itself reports a positive figure.
+TEST(MemoryBandwidth, EveryStreamCountReadsEveryWord) {
+  std::vector<uint64_t> v(8 * 1003);
+  uint64_t x = 88172645463325252ull, want = 0;
+  for (auto& w : v) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    w = x;
+  }
+  for (size_t lines : {size_t(0), size_t(1), size_t(3), size_t(64), size_t(1003)}) {
+    want = 0;
+    for (size_t i = 0; i < lines * 8; ++i) want += v[i];
+    for (int k : {1, 2, 3, 4, 7}) EXPECT_EQ(kernels::sum_lines(v.data(), lines, k), want) << lines << " lines, " << k;
+  }
+  ThreadPool pool(2);
+  EXPECT_GT(kernels::measure_read_bandwidth_gbs(pool, size_t(8) << 20, 2, false), 0.0);
+}
+}  // namespace moep
