@@ -1,9 +1,6 @@
 #include "perf/calibrate.h"
 
-#include <sys/mman.h>
 #include <unistd.h>
-
-#include <cerrno>
 
 #include <algorithm>
 #include <numeric>
@@ -32,69 +29,27 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // A buffer of weights of one dtype with valid, varied values (no NaN, no denormals), on the pages the engine's
-// weights would have. Huge: anonymous memory on 2 MiB pages, as weights copied by `--weights copy`. Otherwise
-// the page cache of a file: the values are written to an unlinked file in `scratch_dir` and read through a
-// shared mapping, as `--weights map` reads a checkpoint. (Anonymous 4 KiB pages are not the same thing: on
-// this project's 2-core VM, reading page-cache pages took 24% longer at batch 1 and 41% longer at batch 4.)
+// weights would have (huge: copied weights on 2 MiB pages; else 4 KiB pages, as the file mappings have).
+// Timing through the page cache of a written-back scratch file instead was tried for `--weights map` and fitted
+// this project's 2-core VM worse (docs/validation/epyc-2core-s-map-pagecache.md).
 struct WeightBuffer {
   DType dtype;
   PageBuffer mem;
-  uint8_t* mapped = nullptr;
   size_t size;
-  uint8_t* data() const { return mapped ? mapped : mem.data(); }
-  WeightBuffer(DType dt, size_t n_bytes, bool huge, const std::string& scratch_dir)
-      : dtype(dt), mem(huge ? n_bytes : 0, huge), size(n_bytes) {
+  uint8_t* data() const { return mem.data(); }
+  WeightBuffer(DType dt, size_t n_bytes, bool huge) : dtype(dt), mem(n_bytes, huge), size(n_bytes) {
     uint64_t s = 0x9e3779b97f4a7c15ull;
     const size_t esz = dtype_size(dt);
-    auto fill = [&](uint8_t* out, size_t n) {
-      for (size_t i = 0; i + esz <= n; i += esz) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        const float v = float(int32_t(s >> 40) - (1 << 23)) / float(1 << 25);  // about [-0.25, 0.25)
-        if (dt == DType::F32) std::memcpy(out + i, &v, 4);
-        else {
-          const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-          std::memcpy(out + i, &h, 2);
-        }
+    for (size_t i = 0; i + esz <= n_bytes; i += esz) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      const float v = float(int32_t(s >> 40) - (1 << 23)) / float(1 << 25);  // about [-0.25, 0.25)
+      if (dt == DType::F32) std::memcpy(data() + i, &v, 4);
+      else {
+        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(data() + i, &h, 2);
       }
-    };
-    if (huge) {
-      fill(mem.data(), n_bytes);
-      return;
     }
-    std::string path = (scratch_dir.empty() ? std::string("/tmp") : scratch_dir) + "/moep-calibrate-XXXXXX";
-    const int fd = ::mkstemp(path.data());
-    if (fd < 0) fail("calibrate: cannot create a scratch file in ", scratch_dir.empty() ? "/tmp" : scratch_dir,
-                     " for the weights (", std::strerror(errno), "); choose another with --scratch-dir");
-    ::unlink(path.c_str());  // gone when closed; its pages stay in the page cache while mapped
-    std::vector<uint8_t> chunk(size_t(32) << 20);
-    for (size_t off = 0; off < n_bytes;) {
-      const size_t n = std::min(chunk.size(), n_bytes - off);
-      fill(chunk.data(), n);
-      const ssize_t w = ::pwrite(fd, chunk.data(), n, off_t(off));
-      if (w <= 0) {
-        ::close(fd);
-        fail("calibrate: cannot write ", n_bytes >> 20, " MiB of scratch weights to ", scratch_dir.empty() ? "/tmp" : scratch_dir,
-             " (", std::strerror(errno), "); choose another with --scratch-dir or a smaller --rotation-mb");
-      }
-      off += size_t(w);
-    }
-    // Written back before timing: a checkpoint's cached pages are clean, and the writeback of dirty ones
-    // would run through the first timings (one such calibration here timed batch 1 at a third of its speed).
-    if (::fdatasync(fd) != 0) {
-      ::close(fd);
-      fail("calibrate: cannot write back the scratch weights in ", scratch_dir.empty() ? "/tmp" : scratch_dir, " (",
-           std::strerror(errno), ")");
-    }
-    void* p = ::mmap(nullptr, n_bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-    ::close(fd);
-    if (p == MAP_FAILED) fail("calibrate: cannot map the scratch weights (", std::strerror(errno), ")");
-    mapped = static_cast<uint8_t*>(p);
   }
-  ~WeightBuffer() {
-    if (mapped) ::munmap(mapped, size);
-  }
-  WeightBuffer(const WeightBuffer&) = delete;
-  WeightBuffer& operator=(const WeightBuffer&) = delete;
 };
 
 DType parse_dtype(const std::string& s) {
@@ -302,7 +257,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
     const DType dt = parse_dtype(dt_name);
     const size_t esz = dtype_size(dt);
     const size_t expert_bytes = size_t(3 * o.expert_d_model * o.expert_ffn) * esz;
-    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes), o.huge_pages, o.scratch_dir);
+    WeightBuffer buf(dt, std::max(o.rotation_bytes, 2 * expert_bytes), o.huge_pages);
     std::vector<Point> pts;
     int64_t max_rows = 16;
     for (int layout = 0; layout < 2; ++layout)
@@ -494,7 +449,7 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
       const size_t esz = dtype_size(dt);
       const int64_t rows = o.expert_ffn, cols = o.expert_d_model;
       const size_t mbytes = size_t(rows * cols) * esz;
-      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes), o.huge_pages, o.scratch_dir);
+      WeightBuffer wbuf(dt, std::max(o.rotation_bytes, 4 * mbytes), o.huge_pages);
       const int64_t copies = int64_t(wbuf.size / mbytes);
       std::vector<float> X(static_cast<size_t>(cols), 0.01f), Y(static_cast<size_t>(rows));
       const size_t count = size_t(cols);  // one decode row of d_model floats

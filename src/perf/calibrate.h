@@ -34,9 +34,6 @@ struct CalibrateOptions {
   // Weights (and the bandwidth test) on 2 MiB pages, as `--weights copy` keeps them, or on 4 KiB pages, as
   // the file mappings of `--weights map` are.
   bool huge_pages = true;
-  // Without huge pages the weights are timed through the page cache of a scratch file (unlinked at once) in
-  // this directory, as a checkpoint mapped in place is read; empty: /tmp.
-  std::string scratch_dir;
   // Weights cycled through per timed matrix size: decode reads each weight once per token, so this must be
   // well beyond what the caches hold. 0: the larger of 256 MiB and 4x the last-level cache (a server CPU
   // with 300 MB of L3 served most of a 256 MiB rotation from cache: calibrated 72 GB/s where memory gives 36).

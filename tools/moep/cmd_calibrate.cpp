@@ -54,7 +54,6 @@ void register_calibrate(CLI::App& app) {
     bool quick = false;
     std::string weights = "auto";
     int64_t rotation_mb = 0;  // 0: CalibrateOptions' default
-    std::string scratch_dir;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
@@ -74,14 +73,9 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--max-allreduce-bytes", o->max_allreduce_bytes, "Largest all-reduce message timed")
       ->check(CLI::Range(64, 1 << 30));
   cmd->add_option("--weights", o->weights,
-                  "Pages to measure on, as the engine's --weights keeps them: copy (2 MiB pages), map (the page cache "
-                  "of a scratch file, as a checkpoint mapped in place) or auto (copy when this is the only rank on its "
-                  "host, as the engine does)")
+                  "Pages to measure on, as the engine's --weights keeps them: copy (2 MiB pages), map (4 KiB pages, as "
+                  "the file mappings have) or auto (copy when this is the only rank on its host, as the engine does)")
       ->check(CLI::IsMember({"auto", "copy", "map"}));
-  cmd->add_option("--scratch-dir", o->scratch_dir,
-                  "Directory for the scratch file of --weights map (unlinked at once; default /tmp). Put it on the "
-                  "file system of the checkpoints")
-      ->check(CLI::ExistingDirectory);
   cmd->add_flag("--quick", o->quick, "Shorter timings and fewer batch sizes (less accurate)");
   cmd->callback([o] {
     auto comm = make_communicator();
@@ -106,7 +100,6 @@ void register_calibrate(CLI::App& app) {
     if (co.batches.empty()) fail("--batches: expected batch sizes such as 1,2,4,8");
     co.membw_bytes = size_t(o->membw_mb) << 20;
     co.huge_pages = o->weights == "copy" || (o->weights == "auto" && ranks_on_this_host(*comm) == 1);
-    co.scratch_dir = o->scratch_dir;
     co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
     if (o->rotation_mb > 0) co.rotation_bytes = size_t(o->rotation_mb) << 20;
     if (o->quick) {
@@ -126,8 +119,8 @@ void register_calibrate(CLI::App& app) {
                                     std::to_string(pool.size())
                               : o->name;
     co.description = co.info.cpu + ", " + std::to_string(comm->size()) + " rank(s) x " + std::to_string(pool.size()) +
-                     " thread(s), weights " + (co.huge_pages ? "on 2 MiB pages" : "in the page cache of a mapped file") +
-                     ", measured by moep calibrate (commit " + co.info.commit + ")";
+                     " thread(s), weights on " + (co.huge_pages ? "2 MiB" : "4 KiB") +
+                     " pages, measured by moep calibrate (commit " + co.info.commit + ")";
     const auto t0 = std::chrono::steady_clock::now();
     const perf::CalibrationResult r = perf::calibrate(pool, *comm, co, [](const std::string& s) {
       std::fprintf(stderr, "calibrate: %s\n", s.c_str());
