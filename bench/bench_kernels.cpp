@@ -163,10 +163,10 @@ void BM_gemm(benchmark::State& st, const kernels::KernelTable* k, Op op, DType d
   st.counters["tokens/s"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// One DBRX-dimension decode layer as the engine runs it, one token: q, k, v (row blocks of the fused Wqkv),
-// o, then 4 experts (w1, v1 through ops::linear, silu·mul, w2 stored [ffn, d_model] through linear_in_out),
-// each iteration on the next of two copies of the layer's weights (3.5 GB), on 2 MiB pages. Against the single
-// matrices above, this shows what a sequence of different matrix ops costs.
+// One DBRX-dimension decode layer as the engine runs it, one token: q, k, v (row blocks of the fused Wqkv) in
+// one region, o, then 4 experts (all w1 and v1 in one region, silu·mul, all w2 stored [ffn, d_model] through
+// linear_in_out_many), each iteration on the next of two copies of the layer's weights (3.5 GB), on 2 MiB
+// pages. Against the single matrices above, this shows what a sequence of different matrix ops costs.
 void BM_dbrx_layer(benchmark::State& st) {
   constexpr int64_t d = 6144, kv = 1024, f = 10752, experts = 4;
   const int64_t elems = (d + 2 * kv) * d + d * d + experts * 3 * f * d;
@@ -183,7 +183,10 @@ void BM_dbrx_layer(benchmark::State& st) {
   });
   const std::vector<float> x = random_vector(size_t(f));
   std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(kv)), v(static_cast<size_t>(kv)),
-      o(static_cast<size_t>(d)), g(static_cast<size_t>(f)), u(static_cast<size_t>(f)), y(static_cast<size_t>(d));
+      o(static_cast<size_t>(d)), g(static_cast<size_t>(experts * f)), u(static_cast<size_t>(experts * f)),
+      y(static_cast<size_t>(experts * d));
+  ops::ManyScratch many;
+  many.reserve(2 * experts, size_t(experts) * ops::in_out_partial_floats(f, d, DType::BF16, 1));
   int copy = 0;
   auto layer = [&] {
     const uint8_t* p = buf.data() + size_t(copy) * layer_bytes;
@@ -193,16 +196,19 @@ void BM_dbrx_layer(benchmark::State& st) {
       p += size_t(rows * cols) * 2;
       return m;
     };
-    ops::linear(pool(), mat(d, d), x.data(), 1, q.data());
-    ops::linear(pool(), mat(kv, d), x.data(), 1, k.data());
-    ops::linear(pool(), mat(kv, d), x.data(), 1, v.data());
+    const ops::LinearJob qkv[3] = {{mat(d, d), x.data(), 1, q.data()}, {mat(kv, d), x.data(), 1, k.data()},
+                                   {mat(kv, d), x.data(), 1, v.data()}};
+    ops::linear_many(pool(), qkv, 3, many);
     ops::linear(pool(), mat(d, d), q.data(), 1, o.data());
+    ops::LinearJob up[2 * experts], down[experts];
     for (int e = 0; e < experts; ++e) {
-      ops::linear(pool(), mat(f, d), o.data(), 1, g.data());
-      ops::linear(pool(), mat(f, d), o.data(), 1, u.data());
-      ops::silu_mul(g.data(), u.data(), f);
-      ops::linear_in_out(pool(), mat(f, d), g.data(), 1, y.data());
+      up[2 * e] = {mat(f, d), o.data(), 1, &g[size_t(e * f)]};
+      up[2 * e + 1] = {mat(f, d), o.data(), 1, &u[size_t(e * f)]};
+      down[e] = {mat(f, d), &g[size_t(e * f)], 1, &y[size_t(e * d)]};
     }
+    ops::linear_many(pool(), up, 2 * experts, many);
+    for (int e = 0; e < experts; ++e) ops::silu_mul(&g[size_t(e * f)], &u[size_t(e * f)], f);
+    ops::linear_in_out_many(pool(), down, experts, many);
   };
   layer();
   layer();  // warm-up: both copies once

@@ -121,9 +121,10 @@ constexpr int64_t kKC = 256;
 constexpr int64_t kNC = 2 * kNR;
 // Streaming paths: software prefetch keeps about this many bytes of weights requested ahead of each thread,
 // split over the rows it streams side by side (Little's law: ~20 GB/s per core × ~200 ns of memory latency is
-// 4 KiB; twice that measured at least as well).
-// The hardware prefetchers alone track several concurrent streams across 4 KiB pages poorly.
-constexpr int64_t kPrefetchInFlight = 8192;
+// 4 KiB). With 4 long streams per thread (nt_stream_rows) 1 KiB ahead of each stream measured 10-20% faster on
+// Zen 4 than 2 KiB, and 512 bytes slower. The hardware prefetchers alone track several concurrent streams
+// across 4 KiB pages poorly (no software prefetch measured 20% slower).
+constexpr int64_t kPrefetchInFlight = 4096;
 // Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
 constexpr int64_t kNNTileFloats = 8192;
 
@@ -157,8 +158,8 @@ inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_
 
 // ---- streaming gemm_nt (few tokens) ---------------------------------------------------------------------
 
-// Y[t, r + i] = Σ_c W[r + i, c] · X[t, c] for i < R, t < TB: one pass over R weight rows, each widened vector
-// used for all TB tokens. R·TB accumulators of 16 partial sums each, reduced at the end.
+// Y[t, r + i·step] = Σ_c W[r + i·step, c] · X[t, c] for i < R, t < TB: one pass over R weight rows, each
+// widened vector used for all TB tokens. R·TB accumulators of 16 partial sums each, reduced at the end.
 //
 // kPairs (bf16 only): whole 32-column blocks are read as 64-byte vectors and split into the even elements
 // (shift left 16) and the odd ones (mask the high halves), against activations staged in the same even/odd
@@ -166,12 +167,12 @@ inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_
 // loads gone: more loads in flight for the same instruction window. The other columns use X as usual.
 template <DType D, int R, int TB, bool kPairs>
 void nt_block(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, float* Y, int64_t ldy,
-              int64_t r) {
+              int64_t r, int64_t step) {
   constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
   constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
   const uint8_t* w[R];
   MOEP_UNROLL
-  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i * step);
   __m512 acc[R][TB];
   MOEP_UNROLL
   for (int i = 0; i < R; ++i)
@@ -231,37 +232,42 @@ void nt_block(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int
   MOEP_UNROLL
   for (int t = 0; t < TB; ++t)
     MOEP_UNROLL
-    for (int i = 0; i < R; ++i) Y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+    for (int i = 0; i < R; ++i) Y[t * ldy + r + i * step] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-// Rows [r, r + R) for all T tokens, in token blocks of at most kMaxTB.
+// Rows r + i·step (i < R) for all T tokens, in token blocks of at most kMaxTB.
 template <DType D, int R, bool kPairs>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
-              int64_t ldy, int64_t r) {
+              int64_t ldy, int64_t r, int64_t step) {
   constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;  // R·TB + R + 1 ≤ 32 registers (R = 8: decode only)
   for (int64_t t0 = 0; t0 < T; t0 += kMaxTB) {
     const float* x = X + t0 * ldx;
     const float* xp = Xp + t0 * ldp;
     float* y = Y + t0 * ldy;
     switch (std::min<int64_t>(kMaxTB, T - t0)) {
-      case 1: nt_block<D, R, 1, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
-      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8, kPairs>(W, x, ldx, xp, ldp, y, ldy, r); break;
+      case 1: nt_block<D, R, 1, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
+      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
     }
   }
 }
 
+// Rows [r0, r1) in R long streams: the range is cut into R equal parts and row j of every part is read at the
+// same time, so each stream runs on through consecutive rows (contiguous in memory when rows are). Reading R
+// neighbouring rows side by side instead starts R new short streams every R rows; on Zen 4 (2 threads, bf16
+// 10752×6144 from 2 MiB pages) that streamed 47 GB/s against 56 with the parts, and 4 streams per thread beat 8
+// (50) and 6 (52): the memory system serves a few long streams best (a plain read measured the same).
 template <DType D, int R, bool kPairs>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
                     int64_t ldy, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) nt_group<D, R, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r);
-  for (; r < r1; ++r) nt_group<D, 1, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r);
+  const int64_t part = (r1 - r0) / R;
+  for (int64_t j = 0; j < part; ++j) nt_group<D, R, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r0 + j, part);
+  for (int64_t r = r0 + R * part; r < r1; ++r) nt_group<D, 1, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r, 1);
 }
 
 // dst[t, 32b + j] = X[t, 32b + 2j] and dst[t, 32b + 16 + j] = X[t, 32b + 2j + 1] for j < 16, every whole
@@ -280,20 +286,20 @@ void stage_pairs(const float* X, int64_t ldx, int64_t T, int64_t n, float* dst, 
 
 // ---- streaming gemm_nn (few tokens) ---------------------------------------------------------------------
 
-// Y[t, c] += Σ_{i<RG} X[t, r + i] · W[r + i, c] for c in [c0, c1), t < TB: RG weight rows stream side by side
-// while the output tile stays in L1.
+// Y[t, c] += Σ_{i<RG} X[t, r + i·step] · W[r + i·step, c] for c in [c0, c1), t < TB: RG weight rows stream
+// side by side while the output tile stays in L1.
 template <DType D, int TB, int RG>
 void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1,
-             int64_t r, int64_t ahead) {
+             int64_t r, int64_t step, int64_t ahead) {
   constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
   const uint8_t* w[RG];
   MOEP_UNROLL
-  for (int i = 0; i < RG; ++i) w[i] = W.row_ptr(r + i);
+  for (int i = 0; i < RG; ++i) w[i] = W.row_ptr(r + i * step);
   __m512 x[TB][RG];
   MOEP_UNROLL
   for (int t = 0; t < TB; ++t)
     MOEP_UNROLL
-    for (int i = 0; i < RG; ++i) x[t][i] = _mm512_set1_ps(X[t * ldx + r + i]);
+    for (int i = 0; i < RG; ++i) x[t][i] = _mm512_set1_ps(X[t * ldx + r + i * step]);
   int64_t c = c0;
   for (; c + kL <= c1; c += kL) {
     __m512 wv[RG];
@@ -326,26 +332,37 @@ void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy
   }
 }
 
+// The rows are read as RG long streams, as in nt_stream_rows: the rows are cut into RG equal parts and row j of
+// every part is read at the same time (4 streams per thread streamed best on Zen 4; 8 neighbouring rows side
+// by side, as before, measured about 15% slower from memory for one token).
+// The rows stream as RG long streams, as in nt_stream_rows: cut into RG equal parts, row j of every part read
+// at the same time. Measured on Zen 4 (2 threads, bf16 10752×6144 from 2 MiB pages), against RG neighbouring
+// rows side by side as before: 1 token 55-59 GB/s with 4 parts against 43-47 (8 parts: 48-52); 2 tokens
+// 42 with 8 parts (fewer loads and stores of the output tile per weight) against 39-41; 3+ tokens within
+// noise.
 template <DType D, int TB>
 void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
-  constexpr int RG = TB <= 2 ? 8 : 4;  // rows per pass: fewer output loads/stores per weight vector
+  constexpr int RG = TB == 2 ? 8 : 4;
   const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
   // The tile accumulates in scratch at a set-spreading stride (Y's rows may be 4 KiB multiples apart).
   const int64_t ld = spread_stride(tile);
   float* acc = scratch(kOutTile, size_t(TB * ld));
-  // Prefetch along each row when its segment in the tile is long; otherwise the same columns of the next RG
-  // rows, which are read next.
+  // Prefetch along the row when the tile holds whole rows of a dense matrix: that runs on into the stream's
+  // next row, which is read next. Otherwise the same columns of the stream's next rows, enough of them to keep
+  // about in_row bytes requested per stream (along a partial segment, the start of every segment would go
+  // unrequested: 3 tokens and more measured up to 20% slower).
+  const int64_t size = int64_t(dtype_size(D));
   const int64_t in_row = kPrefetchInFlight / RG / 64 * 64;
-  const int64_t ahead = std::min(tile, c1 - c0) * int64_t(dtype_size(D)) >= 4 * in_row
-                            ? in_row
-                            : RG * W.row_stride * int64_t(dtype_size(D));
+  const int64_t seg = std::min(tile, c1 - c0) * size;
+  const bool whole_rows = seg == W.cols * size && W.row_stride == W.cols;
+  const int64_t ahead = whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
+  const int64_t part = W.rows / RG;
   for (int64_t cb = c0; cb < c1; cb += tile) {
     const int64_t n = std::min(c1, cb + tile) - cb;
     std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
     const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
-    int64_t r = 0;
-    for (; r + RG <= W.rows; r += RG) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
-    for (; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
+    for (int64_t j = 0; j < part; ++j) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, j, part, ahead);
+    for (int64_t r = RG * part; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, 1, ahead);
     copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
   }
 }
@@ -851,17 +868,9 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
       const int64_t ld = spread_stride(W.cols);
       float* xp = scratch(kStagedX, size_t(T * ld));
       stage_pairs(X, ldx, T, W.cols, xp, ld);
-      if (T == 1) {
-        nt_stream_rows<D, 8, true>(W, X, ldx, xp, ld, T, Y, ldy, r0, r1);
-      } else {
-        nt_stream_rows<D, 4, true>(W, X, ldx, xp, ld, T, Y, ldy, r0, r1);
-      }
+      nt_stream_rows<D, 4, true>(W, X, ldx, xp, ld, T, Y, ldy, r0, r1);
       return;
     }
-  }
-  if (T == 1) {
-    nt_stream_rows<D, 8, false>(W, X, ldx, X, ldx, T, Y, ldy, r0, r1);
-    return;
   }
   // From 6 tokens on, token rows and weight rows together overflow an L1 set at a 4 KiB-multiple stride:
   // stage the tokens at a set-spreading stride.

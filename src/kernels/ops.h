@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 #include "core/thread_pool.h"
@@ -15,6 +16,44 @@ void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float*
 void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy);
 // Y[T, W.cols] = X[T, W.rows] · W     (W is [in, out]). Threads split columns.
 void linear_in_out(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y);
+
+// Several independent products in one parallel region: for each job, Y = X · Wᵀ (linear_many, X [T, W.cols],
+// Y [T, W.rows]) or Y = X · W (linear_in_out_many, X [T, W.rows], Y [T, W.cols]), with the rows of X and Y
+// packed. The results are bit for bit those of one linear / linear_in_out call per job (same blocks, same order
+// of additions); the threads just never wait between jobs: one region instead of one per job, so a thread that
+// finishes its share of one matrix goes on with the next (decode runs dozens of such matrices per token: an
+// expert's gate and up, the experts of a layer, q, k and v). The jobs' outputs must not overlap their inputs or
+// each other.
+struct LinearJob {
+  MatRef W;
+  const float* X = nullptr;
+  int64_t T = 0;
+  float* Y = nullptr;
+};
+
+// The working memory of the fused calls, owned by the caller and sized once (reserve), so that the calls
+// allocate nothing: task offsets for up to max_jobs jobs per region, and the partial results of
+// linear_in_out's row split for few rows of X. Calls with more jobs, or whose partials would not fit, run as
+// several consecutive regions (same results).
+class ManyScratch {
+ public:
+  // partial_floats: at least in_out_partial_floats() of the largest single job the calls will see.
+  void reserve(int64_t max_jobs, size_t partial_floats);
+  int64_t max_jobs() const { return int64_t(offsets_.size()) / 2 - 1; }
+
+ private:
+  friend void linear_many(ThreadPool&, const LinearJob*, int64_t, ManyScratch&);
+  friend void linear_in_out_many(ThreadPool&, const LinearJob*, int64_t, ManyScratch&);
+  std::vector<int64_t> offsets_;
+  std::vector<float> partial_;
+};
+
+// The partial floats linear_in_out keeps for W [in, out] of dtype dt and T rows of X: chunks × T × out when it
+// splits the rows (T ≤ 8, 8 MiB of weights or more, several threads), else 0.
+size_t in_out_partial_floats(int64_t in, int64_t out, DType dt, int64_t T);
+
+void linear_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch);
+void linear_in_out_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch);
 
 // y = x / sqrt(mean(x²) + eps) · w           (w may be empty: no scale)
 void rmsnorm(const float* x, const VecRef& w, float eps, int64_t n, float* y);

@@ -32,6 +32,16 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
   g_.resize(size_t(R * k * f));
   u_.resize(size_t(R * k * f));
   y_.resize(size_t(R * k * d));
+  up_jobs_.resize(size_t(2 * E));
+  down_jobs_.resize(size_t(E));
+  down_nt_jobs_.resize(size_t(E));
+  // Partials of the down projections run together: room for kFusedRows pair rows of [ffn, d_model] downs
+  // (batched decode of up to kFusedRows / top_k tokens in one region; more run as several), and never less
+  // than one expert's largest row split. Sized for 4-byte weights, an upper bound on the chunk count.
+  constexpr int64_t kFusedRows = 32;
+  const size_t one = ops::in_out_partial_floats(f, d, DType::F32, 8);
+  const size_t fused = size_t(kFusedRows) * (one / 8);
+  many_.reserve(2 * E, std::max(one, std::min(fused, size_t(R * k) * (one / 8))));
 }
 
 void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
@@ -68,8 +78,10 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
     std::memcpy(&xg_[size_t(i * d)], h + int64_t(pair_row_[size_t(i)]) * d, size_t(d) * sizeof(float));
   const int64_t t1 = now_ns();
 
-  // This rank's experts.
-  int64_t touched = 0;
+  // This rank's experts: the gate and up projections of all of them in one parallel region, then all the down
+  // projections in one (two for a stored-[in, out] down: chunks, then their sums), so that threads never wait
+  // for each other between matrices.
+  int64_t touched = 0, n_up = 0, n_down = 0, n_down_nt = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
     if (n == 0) continue;
@@ -77,16 +89,21 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
     MOEP_ASSERT(x.local, "layer ", layer, " expert ", e, " was assigned to rank ", rank_, " which does not hold it");
     ++touched;
     const float* xin = &xg_[size_t(b * d)];
-    float* g = &g_[size_t(b * f)];
-    float* u = &u_[size_t(b * f)];
-    ops::linear(pool, x.gate, xin, n, g);
-    ops::linear(pool, x.up, xin, n, u);
-    ops::silu_mul(g, u, n * f);
+    up_jobs_[size_t(n_up++)] = {x.gate, xin, n, &g_[size_t(b * f)]};
+    up_jobs_[size_t(n_up++)] = {x.up, xin, n, &u_[size_t(b * f)]};
+    const ops::LinearJob down{x.down, &g_[size_t(b * f)], n, &y_[size_t(b * d)]};
     if (x.down_in_out)
-      ops::linear_in_out(pool, x.down, g, n, &y_[size_t(b * d)]);
+      down_jobs_[size_t(n_down++)] = down;
     else
-      ops::linear(pool, x.down, g, n, &y_[size_t(b * d)]);
+      down_nt_jobs_[size_t(n_down_nt++)] = down;
   }
+  ops::linear_many(pool, up_jobs_.data(), n_up, many_);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
+    if (n > 0) ops::silu_mul(&g_[size_t(b * f)], &u_[size_t(b * f)], n * f);
+  }
+  ops::linear_in_out_many(pool, down_jobs_.data(), n_down, many_);
+  ops::linear_many(pool, down_nt_jobs_.data(), n_down_nt, many_);
   // Weighted sum into out, expert by expert in increasing index (the order the reference adds them).
   std::memset(out, 0, size_t(T * d) * sizeof(float));
   for (int64_t i = 0; i < n_local; ++i) {

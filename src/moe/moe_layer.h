@@ -10,6 +10,7 @@
 
 #include "comm/communicator.h"
 #include "core/thread_pool.h"
+#include "kernels/ops.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "moe/placement.h"
@@ -52,6 +53,8 @@ class MoeBlock {
   std::vector<int32_t> pair_row_;  // [R·k] token row of each local pair, grouped by expert
   std::vector<float> pair_w_;      // [R·k]
   std::vector<float> xg_, g_, u_, y_;  // [R·k, d], [R·k, ffn], [R·k, ffn], [R·k, d]
+  std::vector<ops::LinearJob> up_jobs_, down_jobs_, down_nt_jobs_;  // [2E], [E], [E]: one region each
+  ops::ManyScratch many_;
 };
 
 }  // namespace moep

@@ -62,6 +62,7 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   m_.resize(size_t(R * d));
   const int64_t mlp_ffn = std::max(c_.shared_expert_ffn, c_.dense_ffn);
   mg_.resize(size_t(R * mlp_ffn));
+  many_.reserve(3, 0);
   mu_.resize(size_t(R * mlp_ffn));
   sgate_.resize(size_t(R));
   head_in_.resize(size_t(R * d));
@@ -111,8 +112,8 @@ void Transformer::norm(const float* x, const VecRef& w, const VecRef& b, float* 
 }
 
 void Transformer::mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out) {
-  ops::linear(pool_, m.gate, h, T, mg_.data());
-  ops::linear(pool_, m.up, h, T, mu_.data());
+  const ops::LinearJob up[2] = {{m.gate, h, T, mg_.data()}, {m.up, h, T, mu_.data()}};
+  ops::linear_many(pool_, up, 2, many_);
   ops::silu_mul(mg_.data(), mu_.data(), T * ffn);
   ops::linear(pool_, m.down, mg_.data(), T, out);
 }
@@ -121,9 +122,9 @@ void Transformer::attention(const LayerWeights& L, int64_t layer, std::span<cons
   const int64_t T = int64_t(rows.size()), d = c_.d_model, hd = c_.head_dim, H = c_.n_heads, KVH = c_.n_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim(), half = hd / 2;
   // h_ holds the normalized input.
-  ops::linear(pool_, L.wq, h_.data(), T, q_.data());
-  ops::linear(pool_, L.wk, h_.data(), T, k_.data());
-  ops::linear(pool_, L.wv, h_.data(), T, v_.data());
+  const ops::LinearJob qkv[3] = {{L.wq, h_.data(), T, q_.data()}, {L.wk, h_.data(), T, k_.data()},
+                                 {L.wv, h_.data(), T, v_.data()}};
+  ops::linear_many(pool_, qkv, 3, many_);
   for (int64_t t = 0; t < T; ++t) {
     float* q = &q_[size_t(t * qd)];
     float* k = &k_[size_t(t * kvd)];

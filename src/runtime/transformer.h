@@ -13,6 +13,7 @@
 
 #include "comm/communicator.h"
 #include "core/thread_pool.h"
+#include "kernels/ops.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "moe/placement.h"
@@ -86,6 +87,7 @@ class Transformer {
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
   std::vector<float> mg_, mu_, sgate_, head_in_;
+  ops::ManyScratch many_;  // q, k, v (or a dense MLP's gate and up) in one region
   std::vector<int32_t> want_rows_;
   std::vector<LayerStats> stats_;
   int64_t head_ns_ = 0;

@@ -119,5 +119,35 @@ TEST_F(RunText, StopStringEndsTheOutput) {
   EXPECT_EQ(b, "Hello" + cut);
 }
 
+// `moep bench --paired N` alternates N extra decode steps with plain reads of as many weight bytes and reports
+// the ratio of the two rates, pair by pair: the JSON carries the count and a median inside the spread.
+TEST_F(RunText, BenchPairsDecodeStepsWithPlainReads) {
+  const test::TempDir out_dir;
+  const std::string json_path = out_dir.str() + "/bench.json";
+  std::string out;
+  ASSERT_EQ(test::run_command(test::moep_binary() + " bench " + model() + " --prompt 2 --gen 3 --paired 5 --threads 2 --json " +
+                                  json_path,
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("paired: 5 more decode steps"), std::string::npos) << out;
+  std::ifstream f(json_path);
+  const auto j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["paired"]["steps"].get<int>(), 5);
+  const double lo = j["paired"]["decode_over_read_min"], mid = j["paired"]["decode_over_read_median"],
+               hi = j["paired"]["decode_over_read_max"];
+  EXPECT_GT(lo, 0.0);
+  EXPECT_LE(lo, mid);
+  EXPECT_LE(mid, hi);
+  EXPECT_LT(hi, 1000.0);  // finite, and no step of zero bytes or zero time
+  EXPECT_GT(j["achieved_gbs"].get<double>(), 0.0);
+  EXPECT_GT(j["weights_read_gbs"].get<double>(), 0.0);
+
+  // --paired 0: no pairs, no line.
+  ASSERT_EQ(test::run_command(test::moep_binary() + " bench " + model() + " --prompt 2 --gen 2 --paired 0 --threads 1", &out), 0)
+      << out;
+  EXPECT_EQ(out.find("paired:"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace moep

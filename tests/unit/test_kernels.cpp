@@ -559,5 +559,77 @@ TEST(Ops, LinearInOutMatchesReferenceOnAnyThreadCount) {
   }
 }
 
+// linear_many / linear_in_out_many run several products in one parallel region; each job's result must be bit
+// for bit that of its own linear / linear_in_out call (same blocks, same order of additions), on any thread
+// count and whatever room the scratch has (all jobs at once, two at a time, or partials for one large job
+// only). The jobs mix dtypes, sizes below and above the row-split threshold of linear_in_out (8 MiB and more
+// of weights: split into chunks whose partials are summed) and token counts on both sides of its row-split
+// limit (8); the large in_out job is also checked against the scalar reference.
+TEST(Ops, ManyJobsMatchOneCallPerJob) {
+  struct Shape {
+    DType dt;
+    int64_t rows, cols, T;
+  };
+  const Shape shapes[] = {{DType::F32, 2100, 1100, 1}, {DType::BF16, 40, 70, 1},    {DType::BF16, 3000, 1600, 3},
+                          {DType::F16, 333, 129, 2},   {DType::F32, 1001, 263, 12}, {DType::BF16, 2200, 2000, 8}};
+  constexpr int64_t kJobs = int64_t(std::size(shapes));
+  uint32_t id = 400000;
+  size_t largest = 0;  // the most partials one job needs
+  for (const Shape& s : shapes) largest = std::max(largest, ops::in_out_partial_floats(s.rows, s.cols, s.dt, s.T));
+  ASSERT_GT(largest, 0u);  // some job takes the row split
+  for (int run = 0; run < 9; ++run) {
+    const int threads = 1 + run / 3, room = run % 3;
+    ThreadPool pool(threads);
+    ops::ManyScratch scratch;
+    if (room == 0) scratch.reserve(kJobs, 10 * largest);
+    if (room == 1) scratch.reserve(2, 10 * largest);
+    if (room == 2) scratch.reserve(kJobs, largest);
+    for (bool in_out : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "threads=" << threads << " room=" << room
+                                      << (in_out ? " linear_in_out_many" : " linear_many"));
+      std::vector<RandomWeights> w;
+      std::vector<std::vector<float>> x, got, want;
+      std::vector<ops::LinearJob> jobs;
+      for (const Shape& s : shapes) {
+        const uint32_t seed = seed_for(++id);
+        w.emplace_back(s.dt, s.rows, s.cols, s.cols, seed);
+        const int64_t in = in_out ? s.rows : s.cols, out = in_out ? s.cols : s.rows;
+        x.push_back(random_activations(s.T, in, in, seed + 1));
+        got.emplace_back(size_t(s.T * out), poison());
+        want.emplace_back(size_t(s.T * out), poison());
+      }
+      for (int64_t j = 0; j < kJobs; ++j) jobs.push_back({w[size_t(j)].mat, x[size_t(j)].data(), shapes[j].T, got[size_t(j)].data()});
+      if (in_out)
+        ops::linear_in_out_many(pool, jobs.data(), kJobs, scratch);
+      else
+        ops::linear_many(pool, jobs.data(), kJobs, scratch);
+      for (int64_t j = 0; j < kJobs; ++j) {
+        const Shape& s = shapes[j];
+        SCOPED_TRACE(testing::Message() << "job " << j << " " << dtype_name(s.dt) << " rows=" << s.rows
+                                        << " cols=" << s.cols << " T=" << s.T);
+        if (in_out)
+          ops::linear_in_out(pool, w[size_t(j)].mat, x[size_t(j)].data(), s.T, want[size_t(j)].data());
+        else
+          ops::linear(pool, w[size_t(j)].mat, x[size_t(j)].data(), s.T, want[size_t(j)].data());
+        for (float v : got[size_t(j)]) ASSERT_FALSE(is_poison(v));
+        ASSERT_EQ(0, std::memcmp(got[size_t(j)].data(), want[size_t(j)].data(), got[size_t(j)].size() * sizeof(float)));
+      }
+      // The largest in_out job (row-split on 2+ threads) against the scalar reference.
+      if (in_out) {
+        const Shape& s = shapes[2];
+        const RandomWeights& wm = w[2];
+        std::vector<float> ref(size_t(s.T * s.cols), poison());
+        std::vector<double> abs_sum(ref.size(), 0.0);
+        for (int64_t t = 0; t < s.T; ++t)
+          for (int64_t r = 0; r < s.rows; ++r)
+            for (int64_t c = 0; c < s.cols; ++c)
+              abs_sum[size_t(t * s.cols + c)] += std::fabs(double(x[2][size_t(t * s.rows + r)]) * wm.values[size_t(r * s.cols + c)]);
+        kernels::reference_kernels().gemm_nn(wm.mat, x[2].data(), s.rows, s.T, ref.data(), s.cols, 0, s.cols);
+        ASSERT_EQ(check_outputs(got[2], ref, abs_sum, s.T, s.cols, 0, s.cols, s.rows), 0);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moep

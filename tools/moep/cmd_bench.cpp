@@ -77,7 +77,7 @@ int64_t sum_pairs(const std::vector<LayerStats>& s) {
 void register_bench(CLI::App& app) {
   struct Opts {
     std::string model, json;
-    int prompt = 32, gen = 32, batch = 1, warmup = 2;
+    int prompt = 32, gen = 32, batch = 1, warmup = 2, paired = 8;
     bool membw = false;
     EngineFlags engine;
   };
@@ -89,6 +89,10 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--batch,-b", o->batch, "Sequences decoded together")->check(CLI::Range(1, 4096));
   cmd->add_option("--warmup", o->warmup, "Untimed decode steps first")->check(CLI::Range(0, 1000));
   cmd->add_flag("--membw", o->membw, "Measure the machine's read bandwidth (alone: only that)");
+  cmd->add_option("--paired", o->paired,
+                  "Decode steps, after the timed ones, each followed by a plain read of as many weight bytes "
+                  "(the ratio of the two, pair by pair, is immune to slow drifts of the machine's bandwidth)")
+      ->check(CLI::Range(0, 1000));
   cmd->add_option("--json", o->json, "Also write the figures as JSON");
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {
@@ -105,7 +109,7 @@ void register_bench(CLI::App& app) {
     }
     EngineOptions eo = make_engine_options(o->model, o->engine);
     eo.limits.n_slots = o->batch;
-    eo.limits.max_ctx = int64_t(o->prompt) + o->gen + o->warmup + 1;
+    eo.limits.max_ctx = int64_t(o->prompt) + o->gen + o->warmup + o->paired + 1;
     eo.limits.max_rows = std::max<int64_t>(o->batch, std::min(o->prompt, 512));
     auto engine = Engine::create(eo, make_communicator());
     start_run(*engine, o->engine);
@@ -196,10 +200,38 @@ void register_bench(CLI::App& app) {
     comm.barrier();
     const double weights_bw = kernels::measure_span_read_gbs(engine->pool(), spans.data(), spans.size(), 3);
 
+    // Paired: decode steps, each right after a plain read of as many bytes (one pass). This VM's bandwidth moves
+    // by tens of percent within seconds; the two halves of a pair are a tenth of a second apart, so the ratio
+    // of their rates tracks the decode's efficiency, not the drift. The step's bytes are counted exactly (the
+    // experts it touched).
+    std::vector<double> pair_ratio;
+    pair_ratio.reserve(size_t(o->paired));
+    for (int i = 0; i < o->paired; ++i, ++pos) {
+      comm.barrier();
+      const double read_gbs = kernels::measure_span_read_gbs(engine->pool(), spans.data(), spans.size(), 1);
+      comm.barrier();
+      const int64_t touched0 = sum_touched(tr.layer_stats());
+      const auto ts = std::chrono::steady_clock::now();
+      for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = {next[size_t(b)], int32_t(b), pos, true};
+      tr.forward(rows, logits.data());
+      pick();
+      const double step_s = seconds_since(ts);
+      const double bytes = cost.per_step + double(sum_touched(tr.layer_stats()) - touched0) * cost.per_expert;
+      pair_ratio.push_back(bytes / step_s * 1e-9 / read_gbs);
+    }
+    std::sort(pair_ratio.begin(), pair_ratio.end());
+    const double paired_median = pair_ratio.empty() ? 0.0 : pair_ratio[pair_ratio.size() / 2];
+
     // Every rank's bytes and bandwidths, for the per-rank lines.
     struct RankFig {
-      double bytes, membw, peak, weights_bw;
-    } mine{my_bytes, membw, peak, weights_bw};
+      double bytes, membw, peak, weights_bw, paired_median, paired_min, paired_max;
+    } mine{my_bytes,
+           membw,
+           peak,
+           weights_bw,
+           paired_median,
+           pair_ratio.empty() ? 0.0 : pair_ratio.front(),
+           pair_ratio.empty() ? 0.0 : pair_ratio.back()};
     std::vector<RankFig> figs(static_cast<size_t>(comm.size()));
     comm.allgather(&mine, sizeof(mine), figs.data());
     finish_run(*engine, o->engine);
@@ -229,12 +261,18 @@ void register_bench(CLI::App& app) {
                 bytes_per_token / 1e9, achieved, membw, 100.0 * achieved / membw);
     std::printf("         a plain read of %.2f GB of rank 0's weights (one step's worth): %.1f GB/s; decode read %.0f%% of that\n",
                 span_total / 1e9, weights_bw, 100.0 * achieved / weights_bw);
+    if (o->paired > 0)
+      std::printf("         paired: %d more decode steps, each right after a plain read of as many bytes: decode read "
+                  "%.0f%% of the read (median pair; %.0f-%.0f%%)\n",
+                  o->paired, 100.0 * paired_median, 100.0 * mine.paired_min, 100.0 * mine.paired_max);
     if (comm.size() > 1)
       for (int r = 0; r < comm.size(); ++r)
-        std::printf("  rank %d: %.2f GB/s achieved of %.1f GB/s measured (%.0f%%); plain read of its weights %.1f GB/s (%.0f%%)\n",
-                    r, figs[size_t(r)].bytes / decode_s / 1e9, figs[size_t(r)].membw,
-                    100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].membw, figs[size_t(r)].weights_bw,
-                    100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].weights_bw);
+        std::printf("  rank %d: %.2f GB/s achieved of %.1f GB/s measured (%.0f%%); plain read of its weights %.1f GB/s (%.0f%%); "
+                  "paired %.0f%%\n",
+                  r, figs[size_t(r)].bytes / decode_s / 1e9, figs[size_t(r)].membw,
+                  100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].membw, figs[size_t(r)].weights_bw,
+                  100.0 * figs[size_t(r)].bytes / decode_s / 1e9 / figs[size_t(r)].weights_bw,
+                  100.0 * figs[size_t(r)].paired_median);
     // Where rank 0's threads spent decode: inside parallel regions (all threads on one matrix op), waiting in
     // them (for a region's last task, or waking up), or outside them (one thread: norms, softmax, routing, ops
     // too small to split).
@@ -267,6 +305,10 @@ void register_bench(CLI::App& app) {
       j["achieved_gbs"] = achieved;
       j["membw_gbs"] = membw;
       j["weights_read_gbs"] = weights_bw;
+      j["paired"] = {{"steps", o->paired},
+                     {"decode_over_read_median", paired_median},
+                     {"decode_over_read_min", mine.paired_min},
+                     {"decode_over_read_max", mine.paired_max}};
       j["weights_residence"] = engine->model().residence();
       j["pool"] = {{"regions_per_step", double(ps.regions) / std::max(1, o->gen)},
                    {"region_share_of_decode", region_s / decode_s},
@@ -276,6 +318,7 @@ void register_bench(CLI::App& app) {
                                  {"achieved_gbs", figs[size_t(r)].bytes / decode_s / 1e9},
                                  {"membw_gbs", figs[size_t(r)].membw},
                                  {"weights_read_gbs", figs[size_t(r)].weights_bw},
+                                 {"paired_decode_over_read_median", figs[size_t(r)].paired_median},
                                  {"peak_gflops", figs[size_t(r)].peak}});
       // Decode time split per token (ms), averaged over ranks' rank-0 view.
       double attn = 0, router = 0, experts = 0, ar = 0, dense = 0;
