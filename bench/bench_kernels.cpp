@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #endif
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -226,6 +227,31 @@ void BM_membw(benchmark::State& st) {
   st.counters["GB/s"] = gbs;
 }
 
+// A plain read of 1 GiB on 2 MiB pages by every thread, each reading its share as `streams` interleaved
+// streams (kernels::sum_lines, the loop of the read test): how the memory system serves one, a few or many
+// concurrent streams per core, which is what the streaming kernels' row order is chosen for.
+void BM_read_streams(benchmark::State& st, int streams) {
+  constexpr size_t kBytes = size_t(1) << 30;
+  PageBuffer buf(kBytes, true);
+  auto* w = reinterpret_cast<uint64_t*>(buf.data());
+  const int n = pool().size();
+  const size_t lines = kBytes / 64;
+  pool().parallel_for(n, [&](int64_t t) {
+    for (size_t i = lines * size_t(t) / size_t(n) * 8; i < lines * size_t(t + 1) / size_t(n) * 8; ++i) w[i] = i;
+  });
+  std::atomic<uint64_t> sink{0};
+  auto pass = [&] {
+    pool().parallel_for(n, [&](int64_t t) {
+      const size_t b = lines * size_t(t) / size_t(n), e = lines * size_t(t + 1) / size_t(n);
+      sink.fetch_add(kernels::sum_lines(w + b * 8, e - b, streams), std::memory_order_relaxed);
+    });
+  };
+  pass();  // pages and TLB warm
+  for (auto _ : st) pass();
+  benchmark::DoNotOptimize(sink.load());
+  st.counters["GB/s"] = benchmark::Counter(double(kBytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 #if defined(__x86_64__)
 // Peak f32 FMA rate: independent accumulator chains per thread, more than FMA latency × FMA pipes, all in
 // registers (the loops must be unrolled for that: -O2 leaves arrays of vectors in memory otherwise).
@@ -293,6 +319,11 @@ void register_all() {
     b->Unit(benchmark::kMillisecond);
   };
   benchmark::RegisterBenchmark("membw", BM_membw)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (int streams : {1, 4, 8, 16})
+    benchmark::RegisterBenchmark(("read/streams:" + std::to_string(streams)).c_str(), BM_read_streams, streams)
+        ->Iterations(5)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f"))

@@ -125,6 +125,11 @@ constexpr int64_t kNC = 2 * kNR;
 // Zen 4 than 2 KiB, and 512 bytes slower. The hardware prefetchers alone track several concurrent streams
 // across 4 KiB pages poorly (no software prefetch measured 20% slower).
 constexpr int64_t kPrefetchInFlight = 4096;
+// Per stream ahead of the streaming paths: kPrefetchInFlight split over the R streams, twice that when the
+// weights sit on 4 KiB pages (see set_weights_on_small_pages).
+inline int64_t prefetch_ahead(int R) {
+  return (weights_on_small_pages() ? 2 : 1) * kPrefetchInFlight / R / 64 * 64;
+}
 // Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
 constexpr int64_t kNNTileFloats = 8192;
 
@@ -169,7 +174,7 @@ template <DType D, int R, int TB, bool kPairs>
 void nt_block(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, float* Y, int64_t ldy,
               int64_t r, int64_t step) {
   constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
-  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const int64_t kAhead = prefetch_ahead(R);
   const uint8_t* w[R];
   MOEP_UNROLL
   for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i * step);
@@ -352,7 +357,7 @@ void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t l
   // about in_row bytes requested per stream (along a partial segment, the start of every segment would go
   // unrequested: 3 tokens and more measured up to 20% slower).
   const int64_t size = int64_t(dtype_size(D));
-  const int64_t in_row = kPrefetchInFlight / RG / 64 * 64;
+  const int64_t in_row = prefetch_ahead(RG);
   const int64_t seg = std::min(tile, c1 - c0) * size;
   const bool whole_rows = seg == W.cols * size && W.row_stride == W.cols;
   const int64_t ahead = whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
@@ -668,7 +673,7 @@ constexpr int64_t kDotNtXBlockBytes = 24576;
 template <int R, int TB>
 void nt_dot_block(const MatRef& W, const uint32_t* Xb, int64_t ldb, int64_t r, int64_t c0, int64_t c1, __m512* accm,
                   bool first, bool last, float* Y, int64_t ldy) {
-  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const int64_t kAhead = prefetch_ahead(R);
   const uint8_t* w[R];
   MOEP_UNROLL
   for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "core/page_buffer.h"
+#include "kernels/kernels.h"
 #include "kernels/membw.h"
 #include "kernels/ops.h"
 #include "perf/allreduce.h"
@@ -222,6 +223,8 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   const std::string where = "measured by moep calibrate on " + o.info.host + ", " + o.info.date + " (" +
                             std::to_string(comm.size()) + " rank(s), " + std::to_string(pool.size()) + " thread(s) each)";
 
+  // The kernels tune their prefetch to the pages the weights sit on, as in the engine.
+  kernels::set_weights_on_small_pages(!o.huge_pages);
   // 1. Memory read bandwidth, every rank at once.
   comm.barrier();
   say(str_cat("memory read bandwidth (", o.membw_bytes >> 20, " MiB; weights cycled through ", o.rotation_bytes >> 20,

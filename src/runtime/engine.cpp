@@ -107,6 +107,9 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     lo.progress = opts.load_progress;
     e->model_ = Model::load(opts.model_dir, lo);
   });
+  // Copied weights sit on 2 MiB pages; mapped ones on the page cache's 4 KiB pages (the kernels prefetch
+  // further ahead there).
+  kernels::set_weights_on_small_pages(!e->model_->weights_copied());
   const ModelConfig& cfg = e->model_->config();
   Agreement mine{};
   mine.protocol = kProtocolVersion;
