@@ -14,7 +14,8 @@ namespace moep::ops {
 void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y);
 // The same with explicit leading dimensions (X is [T, ldx], Y is [T, ldy]).
 void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy);
-// Y[T, W.cols] = X[T, W.rows] · W     (W is [in, out]). Threads split columns.
+// Y[T, W.cols] = X[T, W.rows] · W     (W is [in, out]). Threads split the rows into chunks for up to 8 rows
+// of X on 2+ threads (partials summed in chunk order), else the columns.
 void linear_in_out(ThreadPool& pool, const MatRef& W, const float* X, int64_t T, float* Y);
 
 // Several independent products in one parallel region: for each job, Y = X · Wᵀ (linear_many, X [T, W.cols],
