@@ -73,9 +73,11 @@ void bind_dbrx(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_loc
       ExpertWeights& x = L.experts[size_t(e)];
       if (!is_local(i, e)) continue;
       x.local = true;
-      x.gate = b.matrix_rows(ex + "w1", E * f, d, e * f, f);
-      x.up = b.matrix_rows(ex + "v1", E * f, d, e * f, f);
-      x.down = b.matrix_rows(ex + "w2", E * f, d, e * f, f);
+      // This rank's part of the ffn dimension (all of it unless the placement splits experts).
+      const int64_t f0 = e * f + b.slice_first(), n = b.slice_count(f);
+      x.gate = b.matrix_rows(ex + "w1", E * f, d, f0, n);
+      x.up = b.matrix_rows(ex + "v1", E * f, d, f0, n);
+      x.down = b.matrix_rows(ex + "w2", E * f, d, f0, n);
       x.down_in_out = true;
     }
     // The fused tensors count as used even when this rank holds none of their experts.

@@ -46,9 +46,11 @@ void bind_expert_list(const ModelConfig& c, WeightBinder& b, const ExpertFilter&
     ExpertWeights& x = L.experts[size_t(e)];
     if (is_local(layer, e)) {
       x.local = true;
-      x.gate = b.matrix(base + names[0] + ".weight", f, d);
-      x.up = b.matrix(base + names[1] + ".weight", f, d);
-      x.down = b.matrix(base + names[2] + ".weight", d, f);
+      // This rank's part of the ffn dimension (all of it unless the placement splits experts).
+      const int64_t f0 = b.slice_first(), n = b.slice_count(f);
+      x.gate = b.matrix_rows(base + names[0] + ".weight", f, d, f0, n);
+      x.up = b.matrix_rows(base + names[1] + ".weight", f, d, f0, n);
+      x.down = b.matrix_cols(base + names[2] + ".weight", d, f, f0, n);
     } else {
       b.skip(base + names[0] + ".weight", {f, d});
       b.skip(base + names[1] + ".weight", {f, d});

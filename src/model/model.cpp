@@ -32,10 +32,12 @@ std::string gb(size_t bytes) {
   return b;
 }
 
+// `count` pieces of `bytes`, `stride` apart in the file from `offset`, to dst densely (count 1: one range).
 struct CopyJob {
   const std::string* path;
   size_t offset, bytes;
   uint8_t* dst;
+  size_t count = 1, stride = 0;
 };
 
 // Reads every job's bytes into place with a few threads (pread: no page faults on the mappings, several
@@ -47,11 +49,12 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
   auto close_all = [&] {
     for (auto& [path, fd] : fds) ::close(fd);
   };
-  struct Piece {
+  struct Piece {  // rows pieces of `bytes`, `stride` apart (rows 1: a plain range)
     int fd;
     const std::string* path;
     size_t offset, bytes;
     uint8_t* dst;
+    size_t rows = 1, stride = 0;
   };
   std::vector<Piece> pieces;
   constexpr size_t kPiece = size_t(32) << 20;
@@ -66,8 +69,15 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
       }
       it = fds.emplace(*j.path, fd).first;
     }
-    for (size_t o = 0; o < j.bytes; o += kPiece)
-      pieces.push_back({it->second, j.path, j.offset + o, std::min(kPiece, j.bytes - o), j.dst + o});
+    if (j.count == 1) {
+      for (size_t o = 0; o < j.bytes; o += kPiece)
+        pieces.push_back({it->second, j.path, j.offset + o, std::min(kPiece, j.bytes - o), j.dst + o});
+    } else {
+      const size_t per = std::max<size_t>(1, kPiece / std::max<size_t>(1, j.bytes));
+      for (size_t r = 0; r < j.count; r += per)
+        pieces.push_back({it->second, j.path, j.offset + r * j.stride, j.bytes, j.dst + r * j.bytes,
+                          std::min(per, j.count - r), j.stride});
+    }
   }
   std::atomic<size_t> next{0}, done{0};
   std::mutex err_mu;
@@ -77,26 +87,32 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
       const size_t i = next.fetch_add(1);
       if (i >= pieces.size()) return;
       const Piece& p = pieces[i];
-      size_t got = 0;
-      while (got < p.bytes) {
-        const ssize_t r = ::pread(p.fd, p.dst + got, p.bytes - got, off_t(p.offset + got));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-          std::lock_guard<std::mutex> lock(err_mu);
-          if (err.empty())
-            err = str_cat("cannot read ", p.bytes, " bytes at offset ", p.offset + got, " of ", *p.path, ": ",
-                          r < 0 ? std::strerror(errno) : "the file ends there (truncated after it was opened?)");
-          next.store(pieces.size());
-          return;
+      for (size_t row = 0; row < p.rows; ++row) {
+        const size_t off = p.offset + row * p.stride;
+        uint8_t* dst = p.dst + row * p.bytes;
+        size_t got = 0;
+        while (got < p.bytes) {
+          const ssize_t r = ::pread(p.fd, dst + got, p.bytes - got, off_t(off + got));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0) {
+            std::lock_guard<std::mutex> lock(err_mu);
+            if (err.empty())
+              err = str_cat("cannot read ", p.bytes, " bytes at offset ", off + got, " of ", *p.path, ": ",
+                            r < 0 ? std::strerror(errno) : "the file ends there (truncated after it was opened?)");
+            next.store(pieces.size());
+            return;
+          }
+          got += size_t(r);
         }
-        got += size_t(r);
       }
+      const size_t extent = (p.rows - 1) * p.stride + p.bytes, copied = p.rows * p.bytes;
 #ifdef POSIX_FADV_DONTNEED
-      if (drop_cache) ::posix_fadvise(p.fd, off_t(p.offset), off_t(p.bytes), POSIX_FADV_DONTNEED);
+      if (drop_cache) ::posix_fadvise(p.fd, off_t(p.offset), off_t(extent), POSIX_FADV_DONTNEED);
 #else
       (void)drop_cache;
+      (void)extent;
 #endif
-      const size_t d = done.fetch_add(p.bytes) + p.bytes;
+      const size_t d = done.fetch_add(copied) + copied;
       if (report && progress) progress(d, total);
     }
   };
@@ -120,6 +136,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
   WeightBinder binder(m->index_);
+  binder.set_expert_ffn_slice(opts.ffn_first, opts.ffn_count);
   ExpertFilter all = [](int64_t, int64_t) { return true; };
   const ExpertFilter& filter = opts.is_local ? opts.is_local : all;
   arch->bind(m->config_, binder, filter, m->weights_);
@@ -130,15 +147,15 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opts.copy) {
     // One copy per distinct byte range (a tied head and embedding are one range), each 64-byte aligned.
     const auto& ranges = binder.read_ranges();
-    std::map<std::tuple<const MappedFile*, size_t, size_t>, size_t> at;  // range -> offset in the arena
+    std::map<std::tuple<const MappedFile*, size_t, size_t, size_t>, size_t> at;  // range -> offset in the arena
     std::vector<size_t> offset(ranges.size());
     size_t total = 0;
     for (size_t k = 0; k < ranges.size(); ++k) {
-      const auto key = std::make_tuple(ranges[k].file, ranges[k].offset, ranges[k].bytes);
+      const auto key = std::make_tuple(ranges[k].file, ranges[k].offset, ranges[k].bytes, ranges[k].count);
       auto it = at.find(key);
       if (it == at.end()) {
         it = at.emplace(key, total).first;
-        total += (ranges[k].bytes + 63) / 64 * 64;
+        total += (ranges[k].total() + 63) / 64 * 64;
       }
       offset[k] = it->second;
     }
@@ -157,17 +174,19 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
       std::set<size_t> seen;
       for (size_t k = 0; k < ranges.size(); ++k)
         if (seen.insert(offset[k]).second)
-          jobs.push_back({&ranges[k].file->path(), ranges[k].offset, ranges[k].bytes, m->arena_.data() + offset[k]});
+          jobs.push_back({&ranges[k].file->path(), ranges[k].offset, ranges[k].bytes, m->arena_.data() + offset[k],
+                          ranges[k].count, ranges[k].stride});
       // When the copy and the files' cached pages cannot both stay in memory, drop the cached pages behind the
       // copy (pages another process maps are kept): reclaiming them under pressure measured 1.2-3x slower here.
       copy_file_ranges(jobs, total, avail != 0 && 2 * total > avail, opts.progress);
       // Bind again with every view pointing into the copies.
       WeightBinder relocated(m->index_);
       relocated.relocate_to(std::move(dest));
+      relocated.set_expert_ffn_slice(opts.ffn_first, opts.ffn_count);
       m->weights_ = ModelWeights{};
       arch->bind(m->config_, relocated, filter, m->weights_);
       MOEP_ASSERT(relocated.read_ranges().size() == ranges.size());
-      for (size_t k = 0; k < ranges.size(); ++k) m->spans_.push_back({m->arena_.data() + offset[k], ranges[k].bytes});
+      for (size_t k = 0; k < ranges.size(); ++k) m->spans_.push_back({m->arena_.data() + offset[k], ranges[k].total()});
       bool locked = true;
       if (opts.mlock) locked = ::mlock(m->arena_.data(), total) == 0;
       m->locked_ = opts.mlock && locked;
@@ -178,13 +197,15 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     }
   }
 
-  for (const auto& r : binder.read_ranges()) m->spans_.push_back({r.file->data() + r.offset, r.bytes});
+  // Read in place: a strided range is one span per piece (its other columns belong to other ranks).
+  for (const auto& r : binder.read_ranges())
+    for (size_t i = 0; i < r.count; ++i) m->spans_.push_back({r.file->data() + r.offset + i * r.stride, r.bytes});
   if (opts.prefault || opts.mlock) {
     size_t done = 0;
     bool locked = true;
     for (const auto& r : binder.read_ranges()) {
-      locked &= r.file->prefault(r.offset, r.bytes, opts.mlock);
-      done += r.bytes;
+      for (size_t i = 0; i < r.count; ++i) locked &= r.file->prefault(r.offset + i * r.stride, r.bytes, opts.mlock);
+      done += r.total();
       if (opts.progress) opts.progress(done, m->bytes_used_);
     }
     m->locked_ = opts.mlock && locked;

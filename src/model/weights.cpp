@@ -55,6 +55,21 @@ MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, in
   return m;
 }
 
+MatRef WeightBinder::matrix_cols(const std::string& name, int64_t rows, int64_t total_cols, int64_t col0,
+                                 int64_t n) {
+  if (record(name, {rows, total_cols})) return {};
+  const TensorInfo& t = get(name, {rows, total_cols});
+  MOEP_ASSERT(col0 >= 0 && n > 0 && col0 + n <= total_cols);
+  if (n == total_cols) {
+    ranges_.push_back({t.file, t.file_offset, t.nbytes});
+    return MatRef{placed(t.data), t.dtype, rows, total_cols, total_cols};
+  }
+  const size_t es = dtype_size(t.dtype), row_bytes = size_t(total_cols) * es;
+  ranges_.push_back({t.file, t.file_offset + size_t(col0) * es, size_t(n) * es, size_t(rows), row_bytes});
+  if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n};
+  return MatRef{static_cast<const uint8_t*>(t.data) + size_t(col0) * es, t.dtype, rows, n, total_cols};
+}
+
 VecRef WeightBinder::vector(const std::string& name, int64_t n) {
   if (record(name, {n})) return {};
   const TensorInfo& t = get(name, {n});
@@ -91,7 +106,7 @@ void WeightBinder::finish() const {
 
 size_t WeightBinder::bytes_read() const {
   size_t n = 0;
-  for (const auto& r : ranges_) n += r.bytes;
+  for (const auto& r : ranges_) n += r.total();
   return n;
 }
 

@@ -63,11 +63,20 @@ class WeightBinder {
   WeightBinder() = default;
 
   bool has(const std::string& name) const { return index_ && index_->find(name) != nullptr; }
+  // The part of every expert's ffn dimension this rank holds (a split placement; see ExpertPlacement): the
+  // architectures bind rows [first, first + count) of gate and up and the matching inputs of down. All of
+  // it unless set (count 0).
+  void set_expert_ffn_slice(int64_t first, int64_t count) { slice_first_ = first, slice_count_ = count; }
+  int64_t slice_first() const { return slice_first_; }
+  int64_t slice_count(int64_t ffn) const { return slice_count_ > 0 ? slice_count_ : ffn; }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
   // Rows [row0, row0 + n) of a [total_rows, cols] tensor (a part of a fused tensor). Only those rows are
   // recorded as read; the whole tensor counts as used.
   MatRef matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0, int64_t n);
+  // Columns [col0, col0 + n) of a [rows, total_cols] tensor: recorded as a strided range (rows pieces of n
+  // elements). In the mapping the view's row stride is total_cols; a relocated copy is dense (stride n).
+  MatRef matrix_cols(const std::string& name, int64_t rows, int64_t total_cols, int64_t col0, int64_t n);
   // A [n] vector.
   VecRef vector(const std::string& name, int64_t n);
   // Optional vector: empty when absent (shape still checked when present).
@@ -78,10 +87,14 @@ class WeightBinder {
   // Throws moep::Error listing tensors in the checkpoint that nothing used.
   void finish() const;
 
+  // `count` pieces of `bytes` each, `stride` bytes apart from `offset` on (count 1: one contiguous range).
   struct Range {
     MappedFile* file;
     size_t offset;
     size_t bytes;
+    size_t count = 1;
+    size_t stride = 0;
+    size_t total() const { return bytes * count; }
   };
   struct Recorded {
     std::string name;
@@ -103,6 +116,7 @@ class WeightBinder {
   std::set<std::string> used_;
   std::vector<Range> ranges_;
   std::vector<const uint8_t*> dest_;
+  int64_t slice_first_ = 0, slice_count_ = 0;
   // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
   const void* placed(const void* mapped) const;
 };

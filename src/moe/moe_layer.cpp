@@ -18,7 +18,12 @@ inline int64_t now_ns() {
 }  // namespace
 
 MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows)
-    : c_(config), placement_(placement), rank_(rank), max_rows_(max_rows) {
+    : c_(config),
+      placement_(placement),
+      rank_(rank),
+      max_rows_(max_rows),
+      split_(placement.is_split()),
+      ffn_(placement.ffn_slice(rank, config.expert_ffn).count) {
   const int64_t R = max_rows, E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
   logits_.resize(size_t(R * E));
   ids_.resize(size_t(R * k));
@@ -47,7 +52,8 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
 void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
                        int64_t T, float* out, MoeTimes* times) {
   MOEP_ASSERT(T <= max_rows_, "batch of ", T, " rows exceeds the ", max_rows_, " the engine was sized for");
-  const int64_t E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
+  // f: this rank's part of each expert's ffn dimension (all of it unless the placement splits experts).
+  const int64_t E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = ffn_;
   const int64_t t0 = now_ns();
 
   // Router: identical on every rank (same inputs, same kernels, per-row sums independent of threading).
@@ -57,16 +63,18 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
                 &weights_[size_t(t * k)]);
   placement_.assign(layer, ids_.data(), T * k, owner_.data(), load_.data());
 
-  // Group this rank's pairs by expert (counting sort; within an expert, by token row).
+  // Group this rank's pairs by expert (counting sort; within an expert, by token row). Split: every pair, on
+  // this rank's slice of its expert.
+  auto mine = [&](int64_t p) { return split_ || owner_[size_t(p)] == rank_; };
   std::fill(count_.begin(), count_.end(), 0);
   for (int64_t p = 0; p < T * k; ++p)
-    if (owner_[size_t(p)] == rank_) count_[size_t(ids_[size_t(p)]) + 1]++;
+    if (mine(p)) count_[size_t(ids_[size_t(p)]) + 1]++;
   for (int64_t e = 0; e < E; ++e) count_[size_t(e + 1)] += count_[size_t(e)];
   const int64_t n_local = count_[size_t(E)];
   {
     // count_[e] is the next free slot of expert e while filling; restored below.
     for (int64_t p = 0; p < T * k; ++p) {
-      if (owner_[size_t(p)] != rank_) continue;
+      if (!mine(p)) continue;
       const int64_t slot = count_[size_t(ids_[size_t(p)])]++;
       pair_row_[size_t(slot)] = int32_t(p / k);
       pair_w_[size_t(slot)] = weights_[size_t(p)];

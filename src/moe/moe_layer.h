@@ -1,7 +1,8 @@
 // The expert-parallel MoE block of one layer, for a batch of token rows:
 //   router (every rank, identical) → top-k → assignment of each (token, expert) pair to one rank holding that
 //   expert → this rank's experts for its pairs, weighted by the router → one all-reduce (sum) of the
-//   [tokens × d_model] result. Nothing else crosses the network.
+//   [tokens × d_model] result. Nothing else crosses the network. With a split placement every rank computes
+//   every pair on its slice of the expert's ffn dimension, and the same all-reduce adds the slices.
 // All scratch is sized at construction; forward() allocates nothing.
 #pragma once
 
@@ -44,6 +45,8 @@ class MoeBlock {
   const ExpertPlacement& placement_;
   int rank_;
   int64_t max_rows_;
+  bool split_;   // every pair computed here, on this rank's slice of its expert
+  int64_t ffn_;  // this rank's part of each expert's ffn dimension (all of it unless split)
   std::vector<float> logits_;      // [R, E]
   std::vector<int32_t> ids_;       // [R, k]
   std::vector<float> weights_;     // [R, k]

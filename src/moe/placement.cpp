@@ -40,6 +40,31 @@ ExpertPlacement ExpertPlacement::round_robin(int64_t n_layers, int64_t n_experts
   return p;
 }
 
+ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int n_ranks) {
+  if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
+  ExpertPlacement p;
+  p.n_ranks_ = n_ranks;
+  p.n_layers_ = n_layers;
+  p.n_experts_ = n_experts;
+  p.kind_ = "split";
+  p.split_ = true;
+  std::vector<int> all(static_cast<size_t>(n_ranks));
+  for (int r = 0; r < n_ranks; ++r) all[size_t(r)] = r;
+  p.replicas_.assign(size_t(n_layers * n_experts), all);
+  return p;
+}
+
+ExpertPlacement::Slice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
+  if (!split_) return {0, ffn};
+  MOEP_ASSERT(rank >= 0 && rank < n_ranks_);
+  // Boundaries at multiples of 32 elements when every rank still gets some; otherwise plain equal parts.
+  const int64_t unit = ffn >= 32 * int64_t(n_ranks_) ? 32 : 1;
+  const int64_t units = (ffn + unit - 1) / unit;
+  auto edge = [&](int r) { return std::min(ffn, units * int64_t(r) / n_ranks_ * unit); };
+  const int64_t b = edge(rank), e = rank + 1 == n_ranks_ ? ffn : edge(rank + 1);
+  return {b, e - b};
+}
+
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,
                                                 int n_ranks) {
   std::ifstream f(path);
@@ -99,6 +124,7 @@ ExpertPlacement ExpertPlacement::from_spec(const std::string& spec, int64_t n_la
                                            int n_ranks) {
   if (spec == "contiguous" || spec.empty()) return contiguous(n_layers, n_experts, n_ranks);
   if (spec == "round-robin" || spec == "roundrobin") return round_robin(n_layers, n_experts, n_ranks);
+  if (spec == "split") return split(n_layers, n_experts, n_ranks);
   return from_json_file(spec, n_layers, n_experts, n_ranks);
 }
 
@@ -115,6 +141,11 @@ int64_t ExpertPlacement::experts_held(int rank) const {
 
 void ExpertPlacement::assign(int64_t layer, const int32_t* experts, int64_t n_pairs, int32_t* out_rank,
                              int64_t* load) const {
+  if (split_) {
+    std::fill(load, load + n_ranks_, n_pairs);
+    std::fill(out_rank, out_rank + n_pairs, -1);
+    return;
+  }
   std::fill(load, load + n_ranks_, 0);
   for (int64_t i = 0; i < n_pairs; ++i) {
     const auto& reps = replicas(layer, experts[i]);
@@ -127,6 +158,7 @@ void ExpertPlacement::assign(int64_t layer, const int32_t* experts, int64_t n_pa
 }
 
 std::string ExpertPlacement::describe() const {
+  if (split_) return "split, " + std::to_string(n_ranks_) + (n_ranks_ == 1 ? " rank" : " ranks, a slice of every expert each");
   int64_t replicated = 0;
   for (const auto& r : replicas_) replicated += r.size() > 1;
   std::string s = kind_ + ", " + std::to_string(n_ranks_) + (n_ranks_ == 1 ? " rank" : " ranks");
@@ -142,6 +174,7 @@ uint64_t ExpertPlacement::fingerprint() const {
   mix(uint64_t(n_ranks_));
   mix(uint64_t(n_layers_));
   mix(uint64_t(n_experts_));
+  mix(uint64_t(split_));
   for (const auto& r : replicas_) {
     mix(r.size());
     for (int x : r) mix(uint64_t(x));

@@ -1,5 +1,10 @@
 // Which rank holds which expert. Every rank holds everything that is not an expert; experts are divided:
 // contiguous blocks, round-robin, or an explicit map (JSON), where an expert may have several replicas.
+// Or every expert is split: rank r holds slice r of every expert's ffn dimension (rows of gate and up, the
+// matching inputs of down) and computes every (token, expert) pair on that slice; the all-reduce that sums
+// the experts' outputs over ranks also sums the slices. Every rank then reads the same bytes each step,
+// whatever the routing, where a divided placement leaves ranks with fewer active experts waiting for the
+// rank with most.
 // When an expert has several replicas, each (token, expert) pair of a step goes to the replica with the least
 // work assigned so far in that step (ties: the lower rank); every rank computes the same assignment from the
 // same routing, so no message is needed to agree on it.
@@ -23,7 +28,9 @@ class ExpertPlacement {
   //    "layers": {"3": [[1], [0], ...]}}             // optional per-layer overrides, same form
   // Throws moep::Error naming the file for a missing expert, a rank out of range, or a malformed file.
   static ExpertPlacement from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts, int n_ranks);
-  // "contiguous", "round-robin" or a path to a JSON file.
+  // Every expert on every rank, each rank a slice of its ffn dimension (see ffn_slice).
+  static ExpertPlacement split(int64_t n_layers, int64_t n_experts, int n_ranks);
+  // "contiguous", "round-robin", "split" or a path to a JSON file.
   static ExpertPlacement from_spec(const std::string& spec, int64_t n_layers, int64_t n_experts, int n_ranks);
 
   int n_ranks() const { return n_ranks_; }
@@ -33,9 +40,17 @@ class ExpertPlacement {
     return replicas_[size_t(layer * n_experts_ + expert)];
   }
   bool holds(int rank, int64_t layer, int64_t expert) const;
+  bool is_split() const { return split_; }
+  // The part [first, first + count) of an expert's ffn dimension of size ffn that `rank` computes: all of it
+  // unless split; split, equal parts on 32-element boundaries (64 bytes of bf16) where ffn allows.
+  struct Slice {
+    int64_t first = 0, count = 0;
+  };
+  Slice ffn_slice(int rank, int64_t ffn) const;
   int64_t experts_held(int rank) const;  // summed over layers
 
-  // For n_pairs (token, expert) pairs of one layer, in token-major order, writes the rank that computes each.
+  // For n_pairs (token, expert) pairs of one layer, in token-major order, writes the rank that computes each
+  // (split: every rank computes every pair on its slice; out_rank gets -1 and load the pair count each).
   // `load` is scratch of n_ranks() entries.
   void assign(int64_t layer, const int32_t* experts, int64_t n_pairs, int32_t* out_rank, int64_t* load) const;
 
@@ -47,6 +62,7 @@ class ExpertPlacement {
   int64_t n_layers_ = 0;
   int64_t n_experts_ = 0;
   std::string kind_;
+  bool split_ = false;
   std::vector<std::vector<int>> replicas_;  // [layer * E + expert] -> ranks (sorted, unique)
 };
 

@@ -86,7 +86,13 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
 
   const int64_t k = m.top_k, n_pairs = rows * k;
   std::vector<double> cost(size_t(n_pairs + 1), 0.0);
-  const double fd = double(m.expert_ffn) * double(m.d_model);
+  // Split experts: every rank runs its slice of every active expert (the largest slice sets the pace).
+  int64_t ffn = m.expert_ffn;
+  if (pl.is_split()) {
+    ffn = 0;
+    for (int r = 0; r < pl.n_ranks(); ++r) ffn = std::max(ffn, pl.ffn_slice(r, m.expert_ffn).count);
+  }
+  const double fd = double(ffn) * double(m.d_model);
   const double extra = hw_.expert_extra_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight);
   for (int64_t n = 1; n <= n_pairs; ++n)
     cost[size_t(n)] = 2.0 * lin(s, fd, double(n)) + lin(s, fd, double(n), m.expert_down_in_out) + extra;
@@ -236,6 +242,11 @@ MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scena
   }
   u.experts_held = held;
   u.experts = double(held) * double(m.expert_elems) * wb;
+  if (pl.is_split()) {  // every expert on every rank, a slice of each: the largest slice's share
+    int64_t ffn = 0;
+    for (int r = 0; r < s.nodes; ++r) ffn = std::max(ffn, pl.ffn_slice(r, m.expert_ffn).count);
+    u.experts *= double(ffn) / double(std::max<int64_t>(1, m.expert_ffn));
+  }
   u.kv_cache = double(m.n_layers) * double(s.batch) * double(s.context) * double(m.kv_elems_per_pos) *
                kv_bytes_per_value(s.kv_dtype);
   // Scratch sized for the largest step: the residual stream and its copies, q/k/v/attention output, the

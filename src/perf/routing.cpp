@@ -356,6 +356,23 @@ ExpertTimeStats evaluate_routings(const ExpertPlacement& pl, int64_t layer, cons
   double sum_max = 0, sum_mean = 0, sum_pairs = 0, sum_touched = 0;
   for (int64_t s = 0; s < set.count; ++s) {
     const int32_t* experts = &set.ids[size_t(s * n_pairs)];
+    if (pl.is_split()) {
+      // Every rank runs its slice of every expert the step uses, with all of that expert's pairs: the same
+      // time on every rank (cost is per slice); a rank reads 1/R of each expert.
+      for (int64_t i = 0; i < n_pairs; ++i) count[size_t(experts[i])]++;
+      double t = 0;
+      for (int64_t i = 0; i < n_pairs; ++i) {
+        int64_t& c = count[size_t(experts[i])];
+        if (c == 0) continue;
+        t += cost[size_t(c)];
+        sum_touched += 1;
+        c = 0;
+      }
+      sum_max += t;
+      sum_mean += t;
+      sum_pairs += double(n_pairs);
+      continue;
+    }
     pl.assign(layer, experts, n_pairs, owner.data(), load.data());
     std::fill(rank_time.begin(), rank_time.end(), 0.0);
     std::fill(rank_pairs.begin(), rank_pairs.end(), 0);

@@ -26,7 +26,8 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
       comm_(comm),
       pool_(pool),
       limits_(limits),
-      moe_(model.config(), placement, comm.rank(), limits.max_rows) {
+      moe_(model.config(), placement, comm.rank(), limits.max_rows),
+      split_experts_(placement.is_split()) {
   if (limits_.max_rows < 1 || limits_.n_slots < 1 || limits_.max_ctx < 1)
     fail("engine limits must be positive (rows ", limits_.max_rows, ", slots ", limits_.n_slots, ", context ",
          limits_.max_ctx, ")");
@@ -88,14 +89,15 @@ double Transformer::weight_bytes_per_token() const {
     bytes += mb(L.shared_expert.gate) + mb(L.shared_expert.up) + mb(L.shared_expert.down);
     if (L.is_moe) {
       bytes += mb(L.router);
-      // One expert's bytes, times top_k, shared among ranks (balanced routing).
+      // One expert's bytes, times top_k, shared among ranks (balanced routing); split, every rank reads its
+      // slice of each of the top_k.
       double expert = 0;
       for (const auto& e : L.experts)
         if (e.local) {
           expert = mb(e.gate) + mb(e.up) + mb(e.down);
           break;
         }
-      bytes += expert * double(c_.top_k) / n_ranks;
+      bytes += expert * double(c_.top_k) / (split_experts_ ? 1 : n_ranks);
     }
   }
   return bytes;

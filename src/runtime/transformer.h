@@ -83,6 +83,7 @@ class Transformer {
   ThreadPool& pool_;
   EngineLimits limits_;
   MoeBlock moe_;
+  bool split_experts_;  // the placement splits every expert over the ranks
   std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim]
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;

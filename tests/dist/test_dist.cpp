@@ -1,5 +1,5 @@
 // Expert parallelism across ranks: N ranks (oversubscribed on this machine) must give what 1 rank gives, for
-// every fixture and every placement kind; the only traffic per MoE layer is one all-reduce of
+// every fixture and every placement kind (split experts included); the only traffic per MoE layer is one all-reduce of
 // tokens × d_model values; a dead rank ends the job; disagreeing ranks refuse to start.
 #include <gtest/gtest.h>
 
@@ -87,7 +87,8 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
   for (int n : {2, 3, 4}) {
     test::TempDir d;
     for (const std::string& placement :
-         {std::string("contiguous"), std::string("round-robin"), replicated_placement(d, cfg.n_experts, n)}) {
+         {std::string("contiguous"), std::string("round-robin"), replicated_placement(d, cfg.n_experts, n),
+          std::string("split")}) {
       SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, placement " + placement);
       const RunOut many = run(fx, n, placement, ids, 0);
       ASSERT_EQ(many.logits.shape, one.logits.shape);
@@ -97,11 +98,16 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
     }
     // Ranks that each copy their weights onto huge pages (the default when every rank has a host of its own;
     // here all share one, so auto maps) compute the same.
-    SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, --weights copy");
-    const RunOut copied = run(fx, n, "round-robin", ids, 0, "--weights copy");
-    ASSERT_EQ(copied.logits.shape, one.logits.shape);
-    for (size_t t = 0; t < ids.size(); ++t)
-      EXPECT_LE(test::rel_l2(&copied.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5) << "position " << t;
+    // Split experts copied: each rank's slice of a [d_model, ffn] down projection is a strided range of the
+    // file, copied densely.
+    for (const std::string placement : {"round-robin", "split"}) {
+      SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, --weights copy, placement " + placement);
+      const RunOut copied = run(fx, n, placement, ids, 0, "--weights copy");
+      ASSERT_EQ(copied.logits.shape, one.logits.shape);
+      for (size_t t = 0; t < ids.size(); ++t)
+        EXPECT_LE(test::rel_l2(&copied.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5)
+            << "position " << t;
+    }
   }
 }
 

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "moe/placement.h"
 #include "perf/allreduce.h"
 #include "perf/calibrate.h"
 #include "perf/perf_model.h"
@@ -185,6 +186,62 @@ TEST(PerfModel, TwoNodesImbalanceAndAllreduce) {
   EXPECT_NEAR(p.allreduce_bytes, 256, 0);
   EXPECT_NEAR(p.price_usd, 2000, 0);
   EXPECT_NEAR(p.power_w, 200, 0);
+}
+
+// Split experts: both ranks run half of every expert the step uses, so no rank waits for the other; each
+// reads half of the experts' bytes, and holds half of every expert.
+TEST(PerfModel, SplitExpertsHaveNoImbalance) {
+  const ModelShape m = tiny(2, 1, 3);
+  const HardwareProfile hw = roofline(100);
+  Scenario s;
+  s.nodes = 2;
+  s.prompt = 0;
+  s.placement = "split";
+  const Prediction p = predict(m, hw, network(10, 1), s);
+  const double half_expert = 3 * 64 * 64 * 2 / 100e9;  // ffn 128 in two slices of 64
+  EXPECT_NEAR(p.decode.experts_max, 3 * half_expert, 1e-15);
+  EXPECT_NEAR(p.decode.experts_mean, 3 * half_expert, 1e-15);
+  EXPECT_NEAR(p.decode.imbalance(), 0.0, 1e-15);
+  EXPECT_NEAR(p.decode.allreduce, 3 * (10e-6 + 64 * 4 / 1e9), 1e-15);
+  s.placement = "contiguous";
+  const Prediction c = predict(m, hw, network(10, 1), s);
+  EXPECT_NEAR(p.weight_bytes_per_step, c.weight_bytes_per_step, 1e-6);  // the same bytes, spread evenly
+  EXPECT_GT(p.decode_tokens_per_s, c.decode_tokens_per_s);
+  s.placement = "split";
+  const MemoryUse u = memory_use(m, hw, s);
+  EXPECT_NEAR(u.experts, 3 * 2 * double(m.expert_elems) * 2 / 2, 1e-6);
+}
+
+// The slices of a split placement cover each expert's ffn dimension once, in order, on 32-element
+// boundaries where every rank still gets a part; every rank holds every expert and computes every pair.
+TEST(Placement, SplitSlicesCoverTheFfnDimension) {
+  for (const int64_t ffn : {1, 5, 32, 48, 96, 100, 768, 10752, 14336})
+    for (const int n : {1, 2, 3, 4, 7, 8}) {
+      SCOPED_TRACE("ffn " + std::to_string(ffn) + ", " + std::to_string(n) + " ranks");
+      const ExpertPlacement pl = ExpertPlacement::from_spec("split", 2, 4, n);
+      ASSERT_TRUE(pl.is_split());
+      int64_t next = 0;
+      for (int r = 0; r < n; ++r) {
+        const ExpertPlacement::Slice sl = pl.ffn_slice(r, ffn);
+        EXPECT_EQ(sl.first, next);
+        EXPECT_GE(sl.count, ffn >= n ? 1 : 0);
+        if (ffn >= 32 * n && r + 1 < n) EXPECT_EQ((sl.first + sl.count) % 32, 0);
+        EXPECT_LE(std::abs(sl.count - ffn / n), ffn >= 32 * n ? 32 : 1);
+        next = sl.first + sl.count;
+        for (int64_t e = 0; e < 4; ++e) EXPECT_TRUE(pl.holds(r, 1, e));
+      }
+      EXPECT_EQ(next, ffn);
+    }
+  const ExpertPlacement pl = ExpertPlacement::split(1, 4, 3);
+  const int32_t experts[4] = {0, 3, 3, 1};
+  int32_t owner[4];
+  int64_t load[3];
+  pl.assign(0, experts, 4, owner, load);
+  for (int32_t o : owner) EXPECT_EQ(o, -1);
+  for (int64_t l : load) EXPECT_EQ(l, 4);
+  EXPECT_NE(pl.fingerprint(), ExpertPlacement::from_spec("contiguous", 1, 4, 3).fingerprint());
+  EXPECT_EQ(ExpertPlacement::contiguous(1, 4, 3).ffn_slice(2, 100).count, 100);
+  EXPECT_EQ(pl.describe(), "split, 3 ranks, a slice of every expert each");
 }
 
 TEST(PerfModel, ComputeBoundAtLargeBatch) {
