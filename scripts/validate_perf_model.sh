@@ -30,6 +30,8 @@
 #   --weights MODE      where the runs keep the weights (moep's --weights; default map): with map, ranks on
 #                       this host share the page cache as the model assumes (replicated_hardware below), and
 #                       calibration measures 4 KiB pages to match; copy puts each rank's weights on 2 MiB pages
+#   --placement P       expert placement of the runs with 2+ ranks (moep's --placement: contiguous, round-robin,
+#                       split; default contiguous), recorded in the manifest so that the model predicts the same
 #   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
 #   --out FILE          where to write the table (default: WORK/validation.md)
 #
@@ -56,12 +58,14 @@ REPEAT=3
 NICE=0
 GUARD=0
 WEIGHTS=map
+PLACEMENT=contiguous
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build-dir) BUILD_DIR="$(realpath -m "$2")"; shift 2 ;;
     --build) DO_BUILD=1; shift ;;
     --weights) WEIGHTS="$2"; shift 2 ;;
+    --placement) PLACEMENT="$2"; shift 2 ;;
     --ranks) RANKS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --cores) CORES="$2"; shift 2 ;;
@@ -184,7 +188,7 @@ for n in $RANKS; do
           bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
           echo "== pass $r of $REPEAT: bench $m, $n rank(s), batch $b, emulated latency $lat us" >&2
           launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" --weights "$WEIGHTS" \
-            --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
+            --placement "$PLACEMENT" --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
         done
       done
     done
@@ -202,7 +206,7 @@ for n in $RANKS; do
         # fast as by one rank alone, so they are timed with the 1-rank profile (when this run made one).
         rep=""
         [[ "$n" -gt 1 && "$WEIGHTS" == map && -f "$WORK/profile-$m-1x${THREADS}-pass1.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}-pass1.json\""
-        cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": $hw_list, \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
+        cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": $hw_list, \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"placement\": \"$PLACEMENT\", \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
       done
     done
   done
@@ -223,7 +227,7 @@ machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(
 
 echo "== predicted vs measured (table also in $OUT)" >&2
 {
-  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE$([[ $GUARD -eq 1 ]] && echo " --guard")"
+  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE --weights $WEIGHTS --placement $PLACEMENT$([[ $GUARD -eq 1 ]] && echo " --guard")"
   echo
 } > "$OUT.head"
 set +e
