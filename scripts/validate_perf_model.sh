@@ -31,7 +31,7 @@
 #                       this host share the page cache as the model assumes (replicated_hardware below), and
 #                       calibration measures 4 KiB pages to match; copy puts each rank's weights on 2 MiB pages
 #   --placement P       expert placement of the runs with 2+ ranks (moep's --placement: contiguous, round-robin,
-#                       split; default contiguous), recorded in the manifest so that the model predicts the same
+#                       split; default split, the engine's), recorded in the manifest so that the model predicts the same
 #   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
 #   --out FILE          where to write the table (default: WORK/validation.md)
 #
@@ -58,7 +58,7 @@ REPEAT=3
 NICE=0
 GUARD=0
 WEIGHTS=map
-PLACEMENT=contiguous
+PLACEMENT=split
 
 while [[ $# -gt 0 ]]; do
   case "$1" in

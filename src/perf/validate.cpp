@@ -125,7 +125,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       s.prefill_chunk = c.value("prefill_chunk", std::max(row.batch, std::min<int64_t>(row.prompt, 512)));
       s.dtype = c.value("dtype", shape.stored_dtype);
       s.emulate_latency_us = row.emulate_latency_us;
-      s.placement = c.value("placement", std::string("contiguous"));
+      s.placement = c.value("placement", std::string("split"));  // the engine's default
       // Routing: a record of the run (file), "uniform", "identical" (rows of a step route alike), or "auto":
       // identical when the run read only top_k experts per layer per step at batch > 1 (greedy decoding of a
       // random-weight model feeds every sequence the same token), else uniform.

@@ -22,7 +22,9 @@ constexpr uint32_t kProtocolVersion = 1;
 struct EngineOptions {
   std::string model_dir;
   int threads = 0;                        // 0: the cores this process may use
-  std::string placement = "contiguous";   // "contiguous", "round-robin" or a JSON file
+  // "split" (every rank a slice of every expert: the same work on every rank), "contiguous", "round-robin" or
+  // a JSON file; see ExpertPlacement.
+  std::string placement = "split";
   EngineLimits limits;
   bool prefault = true;
   bool mlock = false;

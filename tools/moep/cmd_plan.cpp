@@ -69,7 +69,7 @@ std::string join(const std::vector<std::string>& v) {
 
 void register_plan(CLI::App& app) {
   struct Opts {
-    std::string model, hardware, network, nodes = "1..8", routing, dtype, kv_dtype = "f32", placement = "contiguous";
+    std::string model, hardware, network, nodes = "1..8", routing, dtype, kv_dtype = "f32", placement = "split";
     std::string svg, validate, out;
     std::vector<std::string> profile_dirs;
     int64_t batch = 1, context = 1024, prompt = 512, prefill_chunk = 64, samples = 0;
@@ -94,7 +94,7 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "Weight dtype: " + join(perf::weight_type_names()) +
                                            " (default: the checkpoint's, bf16 for built-ins)");
   cmd->add_option("--kv-dtype", o->kv_dtype, "KV cache dtype (moep keeps f32)");
-  cmd->add_option("--placement", o->placement, "contiguous, round-robin, split or a placement JSON file");
+  cmd->add_option("--placement", o->placement, "split (the engine's default), contiguous, round-robin or a placement JSON file");
   cmd->add_option("--routing", o->routing,
                   "uniform (default), identical (all rows of a step route alike), or a routing record (JSON, see "
                   "docs/PERFORMANCE_MODEL.md)");

@@ -17,8 +17,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_option("--threads,-t", f.threads, "Threads per rank (default: the cores this process may use)")
       ->check(CLI::Range(0, 4096));
   cmd->add_option("--placement", f.placement,
-                  "Expert placement over ranks: contiguous, round-robin, split (every rank a slice of every expert's "
-                  "ffn dimension: the same work on every rank at any batch), or a JSON file {\"experts\": [[ranks]...]}");
+                  "Expert placement over ranks: split (default: every rank a slice of every expert's ffn dimension, the "
+                  "same work on every rank at any batch), contiguous or round-robin (whole experts divided among "
+                  "ranks), or a JSON file {\"experts\": [[ranks]...]} (whole experts, replicas allowed)");
   cmd->add_flag("--mlock", f.mlock, "Lock the weights in memory (needs a large RLIMIT_MEMLOCK)");
   cmd->add_flag("--no-prefault", f.no_prefault, "Do not load every weight page before the first token");
   cmd->add_option("--weights", f.weights,

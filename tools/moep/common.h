@@ -13,7 +13,7 @@ namespace moep::cli {
 
 struct EngineFlags {
   int threads = 0;
-  std::string placement = "contiguous";
+  std::string placement = "split";
   bool mlock = false;
   bool no_prefault = false;
   std::string weights = "auto";  // EngineOptions::weights
