@@ -5,12 +5,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/membw.h"
 #include "model/model.h"
+#include "moe/placement.h"
 #include "test_util.h"
 
 namespace moep {
@@ -137,4 +139,76 @@ TEST(MemoryBandwidth, EveryStreamCountReadsEveryWord) {
   ThreadPool pool(2);
   EXPECT_GT(kernels::measure_read_bandwidth_gbs(pool, size_t(8) << 20, 2, false), 0.0);
 }
+}  // namespace moep
+
+namespace moep {
+namespace {
+
+// A split placement's slice of every expert (rows of gate and up, columns of down), read in place and copied:
+// the views hold exactly the full matrices' rows and columns of the slice, the slices of all ranks add up to
+// the whole experts, and the spans count the bytes read.
+TEST(WeightResidence, ExpertSlicesHoldTheirRowsAndColumns) {
+  for (const std::string name : {"dbrx_bf16", "mixtral_f32", "qwen2_moe_bf16"}) {
+    const auto full = Model::load(test::fixture_dir(name), LoadOptions{});
+    const ModelConfig& c = full->config();
+    const int n_ranks = 3;
+    const ExpertPlacement pl = ExpertPlacement::split(c.n_layers, c.n_experts, n_ranks);
+    for (const bool copy : {false, true}) {
+      size_t expert_bytes = 0;
+      for (int r = 0; r < n_ranks; ++r) {
+        SCOPED_TRACE(name + (copy ? ", copied" : ", mapped") + ", rank " + std::to_string(r));
+        const ExpertPlacement::Slice sl = pl.ffn_slice(r, c.expert_ffn);
+        ASSERT_GT(sl.count, 0);
+        LoadOptions lo;
+        lo.ffn_first = sl.first;
+        lo.ffn_count = sl.count;
+        lo.copy = lo.copy_required = copy;
+        const auto m = Model::load(test::fixture_dir(name), lo);
+        ASSERT_EQ(m->weights_copied(), copy);
+        size_t spans = 0;
+        for (const auto& s : m->weight_spans()) spans += s.bytes;
+        EXPECT_EQ(spans, m->bytes_mapped_for_use());
+        for (int64_t l = 0; l < c.n_layers; ++l) {
+          const auto& fl = full->weights().layers[size_t(l)];
+          const auto& ml = m->weights().layers[size_t(l)];
+          if (!fl.is_moe) continue;
+          for (int64_t e = 0; e < c.n_experts; ++e) {
+            const ExpertWeights& fx = fl.experts[size_t(e)];
+            const ExpertWeights& mx = ml.experts[size_t(e)];
+            ASSERT_TRUE(mx.local);
+            const size_t es = dtype_size(fx.gate.dtype);
+            for (const auto& [f, s] : {std::pair{fx.gate, mx.gate}, std::pair{fx.up, mx.up}}) {
+              ASSERT_EQ(s.rows, sl.count);
+              ASSERT_EQ(s.cols, f.cols);
+              for (int64_t i = 0; i < s.rows; ++i)
+                ASSERT_EQ(std::memcmp(s.row_ptr(i), f.row_ptr(sl.first + i), size_t(f.cols) * es), 0) << "row " << i;
+            }
+            if (fx.down_in_out) {  // [ffn, d]: rows of the slice
+              ASSERT_EQ(mx.down.rows, sl.count);
+              for (int64_t i = 0; i < sl.count; ++i)
+                ASSERT_EQ(std::memcmp(mx.down.row_ptr(i), fx.down.row_ptr(sl.first + i), size_t(fx.down.cols) * es), 0);
+            } else {  // [d, ffn]: columns of the slice, dense when copied
+              ASSERT_EQ(mx.down.rows, fx.down.rows);
+              ASSERT_EQ(mx.down.cols, sl.count);
+              EXPECT_EQ(mx.down.row_stride, copy ? sl.count : c.expert_ffn);
+              for (int64_t i = 0; i < fx.down.rows; ++i)
+                ASSERT_EQ(std::memcmp(mx.down.row_ptr(i), fx.down.row_ptr(i) + size_t(sl.first) * es, size_t(sl.count) * es), 0)
+                    << "row " << i;
+            }
+            if (!copy) expert_bytes += size_t(mx.gate.bytes() + mx.up.bytes() + mx.down.bytes());
+          }
+        }
+      }
+      if (!copy) {
+        size_t whole = 0;
+        for (const auto& L : full->weights().layers)
+          for (const auto& x : L.experts)
+            if (x.local) whole += size_t(x.gate.bytes() + x.up.bytes() + x.down.bytes());
+        EXPECT_EQ(expert_bytes, whole) << name;
+      }
+    }
+  }
+}
+
+}  // namespace
 }  // namespace moep
