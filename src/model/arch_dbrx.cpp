@@ -74,7 +74,8 @@ void bind_dbrx(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_loc
       if (!is_local(i, e)) continue;
       x.local = true;
       // This rank's part of the ffn dimension (all of it unless the placement splits experts).
-      const int64_t f0 = e * f + b.slice_first(), n = b.slice_count(f);
+      const FfnSlice sl = b.split_slice(f);
+      const int64_t f0 = e * f + sl.first, n = sl.count;
       x.gate = b.matrix_rows(ex + "w1", E * f, d, f0, n);
       x.up = b.matrix_rows(ex + "v1", E * f, d, f0, n);
       x.down = b.matrix_rows(ex + "w2", E * f, d, f0, n);

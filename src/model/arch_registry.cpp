@@ -47,7 +47,8 @@ void bind_expert_list(const ModelConfig& c, WeightBinder& b, const ExpertFilter&
     if (is_local(layer, e)) {
       x.local = true;
       // This rank's part of the ffn dimension (all of it unless the placement splits experts).
-      const int64_t f0 = b.slice_first(), n = b.slice_count(f);
+      const FfnSlice sl = b.split_slice(f);
+      const int64_t f0 = sl.first, n = sl.count;
       x.gate = b.matrix_rows(base + names[0] + ".weight", f, d, f0, n);
       x.up = b.matrix_rows(base + names[1] + ".weight", f, d, f0, n);
       x.down = b.matrix_cols(base + names[2] + ".weight", d, f, f0, n);

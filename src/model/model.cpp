@@ -136,7 +136,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
   WeightBinder binder(m->index_);
-  binder.set_expert_ffn_slice(opts.ffn_first, opts.ffn_count);
+  binder.set_split(opts.split_rank, opts.split_ranks);
   ExpertFilter all = [](int64_t, int64_t) { return true; };
   const ExpertFilter& filter = opts.is_local ? opts.is_local : all;
   arch->bind(m->config_, binder, filter, m->weights_);
@@ -182,7 +182,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
       // Bind again with every view pointing into the copies.
       WeightBinder relocated(m->index_);
       relocated.relocate_to(std::move(dest));
-      relocated.set_expert_ffn_slice(opts.ffn_first, opts.ffn_count);
+      relocated.set_split(opts.split_rank, opts.split_ranks);
       m->weights_ = ModelWeights{};
       arch->bind(m->config_, relocated, filter, m->weights_);
       MOEP_ASSERT(relocated.read_ranges().size() == ranges.size());

@@ -52,6 +52,13 @@ struct ModelWeights {
 // Which experts this rank holds: is_local(layer, expert).
 using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 
+// Rank `rank`'s part [first, first + count) of an ffn dimension of size ffn split over n_ranks: equal parts on
+// 32-element boundaries (64 bytes of bf16) where every rank still gets some, plain equal parts otherwise.
+struct FfnSlice {
+  int64_t first = 0, count = 0;
+};
+FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks);
+
 // Hands out checkpoint tensors by name, checking dtype and shape, and remembers what was used so that
 // finish() can refuse a checkpoint with tensors the model did not use. Byte ranges that this rank will read
 // are collected for prefaulting.
@@ -63,12 +70,11 @@ class WeightBinder {
   WeightBinder() = default;
 
   bool has(const std::string& name) const { return index_ && index_->find(name) != nullptr; }
-  // The part of every expert's ffn dimension this rank holds (a split placement; see ExpertPlacement): the
-  // architectures bind rows [first, first + count) of gate and up and the matching inputs of down. All of
-  // it unless set (count 0).
-  void set_expert_ffn_slice(int64_t first, int64_t count) { slice_first_ = first, slice_count_ = count; }
-  int64_t slice_first() const { return slice_first_; }
-  int64_t slice_count(int64_t ffn) const { return slice_count_ > 0 ? slice_count_ : ffn; }
+  // A split placement (see ExpertPlacement): this rank binds only its slice (ffn_split) of every expert's
+  // ffn dimension, and of a shared expert's: rows of gate and up, the matching inputs of down. Unset (1 rank):
+  // all of it.
+  void set_split(int rank, int n_ranks) { split_rank_ = rank, split_ranks_ = n_ranks; }
+  FfnSlice split_slice(int64_t ffn) const { return ffn_split(ffn, split_rank_, split_ranks_); }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
   // Rows [row0, row0 + n) of a [total_rows, cols] tensor (a part of a fused tensor). Only those rows are
@@ -116,7 +122,7 @@ class WeightBinder {
   std::set<std::string> used_;
   std::vector<Range> ranges_;
   std::vector<const uint8_t*> dest_;
-  int64_t slice_first_ = 0, slice_count_ = 0;
+  int split_rank_ = 0, split_ranks_ = 1;
   // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
   const void* placed(const void* mapped) const;
 };

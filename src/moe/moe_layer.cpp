@@ -50,7 +50,7 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
 }
 
 void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
-                       int64_t T, float* out, MoeTimes* times) {
+                       int64_t T, float* out, MoeTimes* times, const float* add_before_reduce) {
   MOEP_ASSERT(T <= max_rows_, "batch of ", T, " rows exceeds the ", max_rows_, " the engine was sized for");
   // f: this rank's part of each expert's ffn dimension (all of it unless the placement splits experts).
   const int64_t E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = ffn_;
@@ -120,6 +120,8 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
     const float wgt = pair_w_[size_t(i)];
     for (int64_t j = 0; j < d; ++j) o[j] += wgt * y[j];
   }
+  if (add_before_reduce)
+    for (int64_t i = 0; i < T * d; ++i) out[i] += add_before_reduce[i];
   const int64_t t2 = now_ns();
 
   comm.allreduce_sum(out, size_t(T * d));

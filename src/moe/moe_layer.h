@@ -34,8 +34,10 @@ class MoeBlock {
 
   // h: [T, d_model] normalized input (identical on every rank). out: [T, d_model], overwritten with the sum
   // over all ranks of the weighted expert outputs (identical on every rank after the all-reduce).
+  // add_before_reduce (optional, [T, d_model]): this rank's part of something else summed over ranks, added
+  // to out before the all-reduce (a shared expert's slice under a split placement).
   void forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
-               int64_t T, float* out, MoeTimes* times);
+               int64_t T, float* out, MoeTimes* times, const float* add_before_reduce = nullptr);
 
   // The routing of the last forward (for --record-routing): [T, top_k] expert ids.
   const int32_t* last_expert_ids() const { return ids_.data(); }

@@ -56,13 +56,8 @@ ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int 
 
 ExpertPlacement::Slice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
   if (!split_) return {0, ffn};
-  MOEP_ASSERT(rank >= 0 && rank < n_ranks_);
-  // Boundaries at multiples of 32 elements when every rank still gets some; otherwise plain equal parts.
-  const int64_t unit = ffn >= 32 * int64_t(n_ranks_) ? 32 : 1;
-  const int64_t units = (ffn + unit - 1) / unit;
-  auto edge = [&](int r) { return std::min(ffn, units * int64_t(r) / n_ranks_ * unit); };
-  const int64_t b = edge(rank), e = rank + 1 == n_ranks_ ? ffn : edge(rank + 1);
-  return {b, e - b};
+  const FfnSlice s = ffn_split(ffn, rank, n_ranks_);
+  return {s.first, s.count};
 }
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "model/weights.h"
+
 namespace moep {
 
 class ExpertPlacement {
@@ -42,7 +44,7 @@ class ExpertPlacement {
   bool holds(int rank, int64_t layer, int64_t expert) const;
   bool is_split() const { return split_; }
   // The part [first, first + count) of an expert's ffn dimension of size ffn that `rank` computes: all of it
-  // unless split; split, equal parts on 32-element boundaries (64 bytes of bf16) where ffn allows.
+  // unless split; split, ffn_split (equal parts on 32-element boundaries where ffn allows).
   struct Slice {
     int64_t first = 0, count = 0;
   };

@@ -37,6 +37,15 @@ bool placement_uniform_over_layers(const ExpertPlacement& p) {
   return true;
 }
 
+// The share of a shared expert's ffn dimension on the fullest rank: 1 unless the placement splits experts.
+double shared_expert_share(const ModelShape& m, const ExpertPlacement& pl) {
+  if (!pl.is_split() || m.shared_elems <= 0) return 1.0;
+  const int64_t ffn = std::max<int64_t>(1, (m.shared_elems + m.d_model) / (3 * m.d_model));  // 3·d·ffn (+ d: gate)
+  int64_t most = 0;
+  for (int r = 0; r < pl.n_ranks(); ++r) most = std::max(most, pl.ffn_slice(r, ffn).count);
+  return double(most) / double(ffn);
+}
+
 }  // namespace
 
 StepTimes& StepTimes::operator+=(const StepTimes& o) {
@@ -158,8 +167,12 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       bytes += double(m.router_elems) * wb;
       if (m.shared_elems > 0) {
         const double sf = double(m.shared_elems - m.d_model) / 3.0;  // one of its three matrices
-        t.dense += 3.0 * lin_replicated(s, sf, R) + lin_replicated(s, d, R);
-        bytes += double(m.shared_elems) * wb;
+        const double share = shared_expert_share(m, placement(s.placement, s.nodes).placement);
+        if (share < 1.0)  // split: each rank its own slice of the three matrices, the gate on every rank
+          t.dense += 3.0 * lin(s, sf * share, R) + lin_replicated(s, d, R);
+        else
+          t.dense += 3.0 * lin_replicated(s, sf, R) + lin_replicated(s, d, R);
+        bytes += (3.0 * sf * share + d) * wb;
       }
       const ExpertTimeStats st = expert_stats(s, l, rows);
       t.experts_mean += st.mean_rank_s;
@@ -229,8 +242,10 @@ MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scena
   check_scenario(m, s);
   const double wb = weight_type(s.dtype).bytes_per_weight;
   MemoryUse u;
-  u.replicated = double(m.replicated_elems()) * wb;
   const ExpertPlacement pl = ExpertPlacement::from_spec(s.placement, m.n_layers, m.n_experts, s.nodes);
+  // A split shared expert is not replicated: each rank holds its slice.
+  const double shared_held = double(m.shared_elems - m.d_model) * (1.0 - shared_expert_share(m, pl));
+  u.replicated = (double(m.replicated_elems()) - double(m.n_moe_layers()) * shared_held) * wb;
   int64_t held = 0;
   for (int r = 0; r < s.nodes; ++r) {
     // experts_held counts every layer's slots; only MoE layers have experts.

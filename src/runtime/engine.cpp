@@ -96,12 +96,12 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     const ExpertPlacement* pl = &e->placement_;
     lo.is_local = [pl, rank](int64_t layer, int64_t expert) { return pl->holds(rank, layer, expert); };
     if (pl->is_split()) {
-      const ExpertPlacement::Slice sl = pl->ffn_slice(rank, cfg.expert_ffn);
-      if (sl.count <= 0)
-        fail("placement split: ", c.size(), " ranks cannot each take a part of the experts' ffn dimension of ",
-             cfg.expert_ffn);
-      lo.ffn_first = sl.first;
-      lo.ffn_count = sl.count;
+      for (const int64_t f : {cfg.expert_ffn, cfg.shared_expert_ffn})
+        if (f > 0 && f < c.size())
+          fail("placement split: ", c.size(), " ranks cannot each take a part of an ffn dimension of ", f,
+               " (use at most ", f, " ranks, or --placement contiguous)");
+      lo.split_rank = rank;
+      lo.split_ranks = c.size();
     }
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;

@@ -113,6 +113,16 @@ void Transformer::norm(const float* x, const VecRef& w, const VecRef& b, float* 
   }
 }
 
+void Transformer::shared_expert(const LayerWeights& L, int64_t T) {
+  const int64_t d = c_.d_model;
+  mlp(L.shared_expert, L.shared_expert.gate.rows, h_.data(), T, o_.data());
+  ops::linear(pool_, L.shared_expert_gate, h_.data(), T, sgate_.data());
+  for (int64_t t = 0; t < T; ++t) {
+    const float gate = 1.f / (1.f + std::exp(-sgate_[size_t(t)]));
+    for (int64_t j = 0; j < d; ++j) o_[size_t(t * d + j)] *= gate;
+  }
+}
+
 void Transformer::mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out) {
   const ops::LinearJob up[2] = {{m.gate, h, T, mg_.data()}, {m.up, h, T, mu_.data()}};
   ops::linear_many(pool_, up, 2, many_);
@@ -217,8 +227,18 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
     st.attention_ns += t1 - t0;
     tracer_.record(TracePhase::Attention, int32_t(l), t0, t1);
     if (L.is_moe) {
+      // A shared expert under a split placement: each rank computes its slice, weighted by the gate, and the
+      // MoE block's all-reduce sums the slices with the routed experts' outputs.
+      const bool shared_split = split_experts_ && !L.shared_expert.empty();
+      if (shared_split) {
+        const int64_t t2 = now_ns();
+        shared_expert(L, T);
+        const int64_t t3 = now_ns();
+        st.dense_ns += t3 - t2;
+        tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
+      }
       MoeTimes mt;
-      moe_.forward(pool_, comm_, L, l, h_.data(), T, m_.data(), &mt);
+      moe_.forward(pool_, comm_, L, l, h_.data(), T, m_.data(), &mt, shared_split ? o_.data() : nullptr);
       st.router_ns += mt.router_ns;
       st.experts_ns += mt.experts_ns;
       st.allreduce_ns += mt.allreduce_ns;
@@ -231,19 +251,15 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
         auto& rt = routing_[size_t(l)];
         rt.assign(moe_.last_expert_ids(), moe_.last_expert_ids() + T * c_.top_k);
       }
-      const int64_t t2 = now_ns();
-      if (!L.shared_expert.empty()) {
-        // Every rank computes the shared expert itself and adds it after the all-reduce.
-        mlp(L.shared_expert, c_.shared_expert_ffn, h_.data(), T, o_.data());
-        ops::linear(pool_, L.shared_expert_gate, h_.data(), T, sgate_.data());
-        for (int64_t t = 0; t < T; ++t) {
-          const float gate = 1.f / (1.f + std::exp(-sgate_[size_t(t)]));
-          for (int64_t j = 0; j < d; ++j) m_[size_t(t * d + j)] += gate * o_[size_t(t * d + j)];
-        }
+      if (!L.shared_expert.empty() && !shared_split) {
+        // Otherwise every rank computes the whole shared expert itself and adds it after the all-reduce.
+        const int64_t t2 = now_ns();
+        shared_expert(L, T);
+        for (int64_t i = 0; i < T * d; ++i) m_[size_t(i)] += o_[size_t(i)];
+        const int64_t t3 = now_ns();
+        st.dense_ns += t3 - t2;
+        tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
       }
-      const int64_t t3 = now_ns();
-      st.dense_ns += t3 - t2;
-      if (!L.shared_expert.empty()) tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
     } else {
       const int64_t t2 = now_ns();
       mlp(L.dense, c_.dense_ffn, h_.data(), T, m_.data());

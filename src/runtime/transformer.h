@@ -68,6 +68,9 @@ class Transformer {
  private:
   void attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows);
   void mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out);
+  // The shared expert of layer L on h_ (this rank's slice of it under a split placement), times its sigmoid gate,
+  // into o_.
+  void shared_expert(const LayerWeights& L, int64_t T);
   void norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const;
   float* k_at(int64_t layer, int64_t slot, int64_t pos) {
     return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];

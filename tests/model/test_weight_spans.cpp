@@ -160,8 +160,8 @@ TEST(WeightResidence, ExpertSlicesHoldTheirRowsAndColumns) {
         const ExpertPlacement::Slice sl = pl.ffn_slice(r, c.expert_ffn);
         ASSERT_GT(sl.count, 0);
         LoadOptions lo;
-        lo.ffn_first = sl.first;
-        lo.ffn_count = sl.count;
+        lo.split_rank = r;
+        lo.split_ranks = n_ranks;
         lo.copy = lo.copy_required = copy;
         const auto m = Model::load(test::fixture_dir(name), lo);
         ASSERT_EQ(m->weights_copied(), copy);
@@ -172,6 +172,18 @@ TEST(WeightResidence, ExpertSlicesHoldTheirRowsAndColumns) {
           const auto& fl = full->weights().layers[size_t(l)];
           const auto& ml = m->weights().layers[size_t(l)];
           if (!fl.is_moe) continue;
+          if (!fl.shared_expert.empty()) {  // the shared expert's slice, its own ffn split the same way
+            const FfnSlice ss = ffn_split(c.shared_expert_ffn, r, n_ranks);
+            const size_t es = dtype_size(fl.shared_expert.gate.dtype);
+            ASSERT_EQ(ml.shared_expert.gate.rows, ss.count);
+            ASSERT_EQ(ml.shared_expert.down.cols, ss.count);
+            for (int64_t i = 0; i < ss.count; ++i)
+              ASSERT_EQ(std::memcmp(ml.shared_expert.up.row_ptr(i), fl.shared_expert.up.row_ptr(ss.first + i),
+                                    size_t(c.d_model) * es), 0);
+            for (int64_t i = 0; i < c.d_model; ++i)
+              ASSERT_EQ(std::memcmp(ml.shared_expert.down.row_ptr(i), fl.shared_expert.down.row_ptr(i) + size_t(ss.first) * es,
+                                    size_t(ss.count) * es), 0);
+          }
           for (int64_t e = 0; e < c.n_experts; ++e) {
             const ExpertWeights& fx = fl.experts[size_t(e)];
             const ExpertWeights& mx = ml.experts[size_t(e)];

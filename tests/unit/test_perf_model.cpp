@@ -212,6 +212,41 @@ TEST(PerfModel, SplitExpertsHaveNoImbalance) {
   EXPECT_NEAR(u.experts, 3 * 2 * double(m.expert_elems) * 2 / 2, 1e-6);
 }
 
+// A shared expert under a split placement: each rank reads and holds its slice (half on 2 ranks); the sigmoid
+// gate stays on every rank.
+TEST(PerfModel, SplitSharedExpertIsSlicedToo) {
+  ModelConfig c;
+  c.model_type = "qwen2_moe";
+  c.d_model = 64;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.head_dim = 32;
+  c.vocab_size = 100;
+  c.n_experts = 4;
+  c.top_k = 2;
+  c.expert_ffn = 128;
+  c.shared_expert_ffn = 256;
+  c.layer_is_moe.assign(2, true);
+  const ModelShape m = shape_from_config(c, "tiny-shared");
+  const HardwareProfile hw = roofline(100);
+  Scenario s;
+  s.nodes = 2;
+  s.prompt = 0;
+  s.placement = "contiguous";
+  const Prediction whole = predict(m, hw, network(10, 1), s);
+  s.placement = "split";
+  const Prediction split = predict(m, hw, network(10, 1), s);
+  const double matrix = 64.0 * 256 * 2 / 100e9, gate = 64.0 * 2 / 100e9;  // one of its matrices; the gate
+  EXPECT_NEAR(whole.decode.dense, 2 * (3 * matrix + gate), 1e-15);
+  EXPECT_NEAR(split.decode.dense, 2 * (3 * matrix / 2 + gate), 1e-15);
+  s.placement = "contiguous";
+  const MemoryUse mw = memory_use(m, hw, s);
+  s.placement = "split";
+  const MemoryUse ms = memory_use(m, hw, s);
+  EXPECT_NEAR(mw.replicated - ms.replicated, 2 * 3 * 64.0 * 128 * 2, 1e-6);  // half of each layer's shared expert
+}
+
 // The slices of a split placement cover each expert's ffn dimension once, in order, on 32-element
 // boundaries where every rank still gets a part; every rank holds every expert and computes every pair.
 TEST(Placement, SplitSlicesCoverTheFfnDimension) {
@@ -225,7 +260,9 @@ TEST(Placement, SplitSlicesCoverTheFfnDimension) {
         const ExpertPlacement::Slice sl = pl.ffn_slice(r, ffn);
         EXPECT_EQ(sl.first, next);
         EXPECT_GE(sl.count, ffn >= n ? 1 : 0);
-        if (ffn >= 32 * n && r + 1 < n) EXPECT_EQ((sl.first + sl.count) % 32, 0);
+        if (ffn >= 32 * n && r + 1 < n) {
+          EXPECT_EQ((sl.first + sl.count) % 32, 0);
+        }
         EXPECT_LE(std::abs(sl.count - ffn / n), ffn >= 32 * n ? 32 : 1);
         next = sl.first + sl.count;
         for (int64_t e = 0; e < 4; ++e) EXPECT_TRUE(pl.holds(r, 1, e));
