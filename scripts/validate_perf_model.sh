@@ -13,7 +13,8 @@
 #                       fight over cores
 #   --batches "1 4"     decode batch sizes
 #   --latencies "0 50 200 1000"   emulated latency per exchange step (us), for runs with 2+ ranks
-#   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; mixtral-m dbrx-m qwen3-m are
+#   --models "a b"      which synthetic shapes (default: mixtral-s dbrx-s qwen3-s; qwen2-s has a shared expert;
+#                       mixtral-m dbrx-m qwen3-m qwen2-m are
 #                       larger, for CPUs with large caches; see below)
 #   --prompt P --gen G  tokens per run (default 32, 32)
 #   --repeat R          R passes per rank count and model, each a calibration followed by every bench once
@@ -146,11 +147,14 @@ synth_args() {
     mixtral-s) echo "--arch mixtral --layers 4 --d-model 1024 --ffn 2816 --experts 8 --top-k 2 --heads 16 --kv-heads 4 --vocab 32000" ;;
     dbrx-s) echo "--arch dbrx --layers 2 --d-model 2048 --ffn 2048 --experts 16 --top-k 4 --heads 16 --kv-heads 4 --vocab 32000" ;;
     qwen3-s) echo "--arch qwen3_moe --layers 4 --d-model 1024 --ffn 512 --experts 64 --top-k 8 --heads 16 --kv-heads 4 --head-dim 64 --vocab 32000" ;;
+    # A Qwen1.5-MoE-like model with a shared expert (not in the default set): 60 experts, top-4, shared ffn 4x.
+    qwen2-s) echo "--arch qwen2_moe --layers 4 --d-model 1024 --ffn 704 --experts 60 --top-k 4 --shared-ffn 2816 --heads 16 --kv-heads 16 --vocab 32000" ;;
     # Larger shapes for machines whose last-level cache would hold a good part of the small ones (server CPUs
     # with 100+ MB of L3): 2.3 GB, 3.3 GB and 1.7 GB of bf16 weights.
     mixtral-m) echo "--arch mixtral --layers 4 --d-model 2048 --ffn 5632 --experts 8 --top-k 2 --heads 16 --kv-heads 4 --vocab 32000" ;;
     dbrx-m) echo "--arch dbrx --layers 2 --d-model 4096 --ffn 4096 --experts 16 --top-k 4 --heads 32 --kv-heads 8 --vocab 32000" ;;
     qwen3-m) echo "--arch qwen3_moe --layers 4 --d-model 2048 --ffn 768 --experts 64 --top-k 8 --heads 16 --kv-heads 4 --head-dim 128 --vocab 32000" ;;
+    qwen2-m) echo "--arch qwen2_moe --layers 4 --d-model 2048 --ffn 1408 --experts 60 --top-k 4 --shared-ffn 5632 --heads 16 --kv-heads 16 --vocab 32000" ;;
     *) echo "validate_perf_model.sh: unknown model shape '$1'" >&2; exit 2 ;;
   esac
 }
