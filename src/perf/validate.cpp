@@ -1,5 +1,7 @@
 #include "perf/validate.h"
 
+#include "moe/placement.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -38,16 +40,25 @@ std::string resolve(const fs::path& base, const std::string& p) {
 // Distinct experts run per MoE layer per decode step, all ranks, from what moep bench says it read: its
 // weight bytes per token count, per rank and step, the attention, router, dense/shared MLP and head
 // matrices, and each local expert that had work.
-double measured_experts(const ModelShape& shape, const std::string& dtype, const json& bench, int64_t batch, int ranks) {
+// Distinct experts per MoE layer per step, from the bytes all ranks read per token, less what every rank reads
+// itself. A split placement's shared expert is read once over all ranks (a slice each), not once per rank.
+double measured_experts(const ModelShape& shape, const std::string& dtype, const json& bench, int64_t batch, int ranks,
+                        bool split) {
   const double bytes_per_token = bench.value("weight_bytes_per_token", 0.0);
   if (bytes_per_token <= 0 || shape.n_moe_layers() == 0) return 0;
   const double wb = weight_type(dtype).bytes_per_weight;
-  double replicated = double(shape.head_elems);
+  double replicated = double(shape.head_elems), shared = 0;
   for (int64_t l = 0; l < shape.n_layers; ++l) {
     for (int64_t w : shape.attn_matrices) replicated += double(w);
-    replicated += shape.layer_is_moe[size_t(l)] ? double(shape.router_elems + shape.shared_elems) : double(shape.dense_elems);
+    if (shape.layer_is_moe[size_t(l)]) {
+      replicated += double(shape.router_elems);
+      shared += double(shape.shared_elems);
+    } else {
+      replicated += double(shape.dense_elems);
+    }
   }
-  return (bytes_per_token * double(batch) - double(ranks) * replicated * wb) /
+  const double once = split ? shared : double(ranks) * shared;
+  return (bytes_per_token * double(batch) - (double(ranks) * replicated + once) * wb) /
          (double(shape.expert_elems) * wb * double(shape.n_moe_layers()));
 }
 
@@ -126,6 +137,8 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       s.dtype = c.value("dtype", shape.stored_dtype);
       s.emulate_latency_us = row.emulate_latency_us;
       s.placement = c.value("placement", std::string("split"));  // the engine's default
+      const bool split =
+          ExpertPlacement::from_spec(s.placement, shape.n_layers, std::max<int64_t>(1, shape.n_experts), row.ranks).is_split();
       // Routing: a record of the run (file), "uniform", "identical" (rows of a step route alike), or "auto":
       // identical when the run read only top_k experts per layer per step at batch > 1 (greedy decoding of a
       // random-weight model feeds every sequence the same token), else uniform.
@@ -134,7 +147,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       if (row.routing == "identical") {
         s.identical_rows = true;
       } else if (row.routing == "auto") {
-        row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks);
+        row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split);
         s.identical_rows = row.batch > 1 && row.measured_experts > 0 && row.measured_experts <= 1.02 * double(shape.top_k);
         row.routing = s.identical_rows ? "identical (auto)" : "uniform (auto)";
       } else if (row.routing != "uniform") {
@@ -165,7 +178,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       row.predicted_prefill = prefill_s > 0 ? double(s.prompt) / prefill_s : 0.0;
       row.predicted_comm_share = comm_s / decode_s;
       row.predicted_experts = experts;
-      row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks);
+      row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split);
     } catch (const json::exception& e) {
       fail(manifest_path, ": case '", c.value("label", "?"), "' is malformed (", e.what(), ")");
     }

@@ -758,6 +758,52 @@ TEST(PerfRouting, RecordedStepsAreReplayed) {
 
 // A validation case may name several calibrations of the same setup (made at different times): its prediction
 // is the mean of their step times, not of their rates.
+// Under a split placement a shared expert is read once over all ranks (a slice each), not once per rank: the
+// experts a run read, recovered from its bytes, count it once, so that batch-4 greedy runs (every sequence
+// the same token) are recognized as identical routing.
+TEST(PerfValidate, SplitRunsCountTheSharedExpertOnce) {
+  test::TempDir d;
+  auto write = [&](const std::string& name, const nlohmann::json& j) {
+    std::ofstream(d.str() + "/" + name) << j.dump();
+  };
+  HardwareProfile hw = roofline(100);
+  hw.name = "hw";
+  write("hw.json", hardware_profile_to_json(hw));
+  const std::string model = test::fixture_dir("qwen2_moe_bf16");
+  const ModelShape m = shape_from_config(load_model_config(model), "qwen2");
+  ASSERT_GT(m.shared_elems, 0);
+  double replicated = double(m.head_elems), shared = 0;
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    for (int64_t w : m.attn_matrices) replicated += double(w);
+    if (m.layer_is_moe[size_t(l)]) {
+      replicated += double(m.router_elems);
+      shared += double(m.shared_elems);
+    } else {
+      replicated += double(m.dense_elems);
+    }
+  }
+  const int ranks = 2, batch = 4;
+  // What two split ranks read per step when all 4 rows route alike: every non-expert weight on each rank,
+  // the shared expert and the top_k experts once in all (slices), per token of the batch.
+  const double per_token =
+      (ranks * replicated + shared + double(m.top_k) * double(m.expert_elems) * double(m.n_moe_layers())) * 2.0 / batch;
+  write("bench.json", {{"decode_tokens_per_s", 100.0}, {"decode_step_ms_p50", 40.0}, {"prefill_tokens_per_s", 50.0},
+                       {"batch", batch}, {"ranks", ranks}, {"threads", 1}, {"prompt", 4}, {"gen", 4},
+                       {"weight_bytes_per_token", per_token}});
+  for (const std::string placement : {"split", "contiguous"}) {
+    write("m.json", {{"cases", {{{"label", "x"}, {"model", model}, {"hardware", "hw.json"}, {"bench", "bench.json"},
+                                  {"placement", placement}}}}});
+    ProfileSet profiles;
+    const ValidationResult r = run_validation(d.str() + "/m.json", profiles);
+    if (placement == "split") {
+      EXPECT_NEAR(r.rows[0].measured_experts, double(m.top_k), 1e-9);
+      EXPECT_EQ(r.rows[0].routing, "identical (auto)");
+    } else {  // read as whole experts, the same bytes leave fewer for the routed experts
+      EXPECT_LT(r.rows[0].measured_experts, double(m.top_k) - 0.5);
+    }
+  }
+}
+
 TEST(PerfValidate, SeveralCalibrationsAverageTheStepTime) {
   test::TempDir d;
   auto write = [&](const std::string& name, const nlohmann::json& j) {
