@@ -2,20 +2,26 @@
 
 #include <algorithm>
 #include <fstream>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
 namespace moep {
 
-ExpertPlacement ExpertPlacement::contiguous(int64_t n_layers, int64_t n_experts, int n_ranks) {
+ExpertPlacement ExpertPlacement::blank(std::string kind, int64_t n_layers, int64_t n_experts, int n_ranks) {
   if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
   ExpertPlacement p;
   p.n_ranks_ = n_ranks;
   p.n_layers_ = n_layers;
   p.n_experts_ = n_experts;
-  p.kind_ = "contiguous";
+  p.kind_ = std::move(kind);
   p.replicas_.resize(size_t(n_layers * n_experts));
+  return p;
+}
+
+ExpertPlacement ExpertPlacement::contiguous(int64_t n_layers, int64_t n_experts, int n_ranks) {
+  ExpertPlacement p = blank("contiguous", n_layers, n_experts, n_ranks);
   const int64_t base = n_experts / n_ranks, extra = n_experts % n_ranks;
   for (int64_t l = 0; l < n_layers; ++l) {
     int64_t e = 0;
@@ -28,25 +34,14 @@ ExpertPlacement ExpertPlacement::contiguous(int64_t n_layers, int64_t n_experts,
 }
 
 ExpertPlacement ExpertPlacement::round_robin(int64_t n_layers, int64_t n_experts, int n_ranks) {
-  if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
-  ExpertPlacement p;
-  p.n_ranks_ = n_ranks;
-  p.n_layers_ = n_layers;
-  p.n_experts_ = n_experts;
-  p.kind_ = "round-robin";
-  p.replicas_.resize(size_t(n_layers * n_experts));
+  ExpertPlacement p = blank("round-robin", n_layers, n_experts, n_ranks);
   for (int64_t l = 0; l < n_layers; ++l)
     for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = {int(e % n_ranks)};
   return p;
 }
 
 ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int n_ranks) {
-  if (n_ranks < 1) fail("placement: number of ranks must be at least 1");
-  ExpertPlacement p;
-  p.n_ranks_ = n_ranks;
-  p.n_layers_ = n_layers;
-  p.n_experts_ = n_experts;
-  p.kind_ = "split";
+  ExpertPlacement p = blank("split", n_layers, n_experts, n_ranks);
   p.split_ = true;
   std::vector<int> all(static_cast<size_t>(n_ranks));
   for (int r = 0; r < n_ranks; ++r) all[size_t(r)] = r;
@@ -54,10 +49,8 @@ ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int 
   return p;
 }
 
-ExpertPlacement::Slice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
-  if (!split_) return {0, ffn};
-  const FfnSlice s = ffn_split(ffn, rank, n_ranks_);
-  return {s.first, s.count};
+FfnSlice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
+  return split_ ? ffn_split(ffn, rank, n_ranks_) : FfnSlice{0, ffn};
 }
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,
@@ -90,13 +83,8 @@ ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t
     }
     return out;
   };
-  ExpertPlacement p;
-  p.n_ranks_ = n_ranks;
-  p.n_layers_ = n_layers;
-  p.n_experts_ = n_experts;
-  p.kind_ = "file " + path;
+  ExpertPlacement p = blank("file " + path, n_layers, n_experts, n_ranks);
   const auto all = read_list(j["experts"], "\"experts\"");
-  p.replicas_.resize(size_t(n_layers * n_experts));
   for (int64_t l = 0; l < n_layers; ++l)
     for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = all[size_t(e)];
   if (j.contains("layers")) {

@@ -45,9 +45,7 @@ class ExpertPlacement {
   bool is_split() const { return split_; }
   // The part [first, first + count) of an expert's ffn dimension of size ffn that `rank` computes: all of it
   // unless split; split, ffn_split (equal parts on 32-element boundaries where ffn allows).
-  struct Slice {
-    int64_t first = 0, count = 0;
-  };
+  using Slice = FfnSlice;
   Slice ffn_slice(int rank, int64_t ffn) const;
   int64_t experts_held(int rank) const;  // summed over layers
 
@@ -65,6 +63,8 @@ class ExpertPlacement {
   int64_t n_experts_ = 0;
   std::string kind_;
   bool split_ = false;
+  // No experts placed yet: the fields set, replicas_ sized; throws moep::Error for n_ranks < 1.
+  static ExpertPlacement blank(std::string kind, int64_t n_layers, int64_t n_experts, int n_ranks);
   std::vector<std::vector<int>> replicas_;  // [layer * E + expert] -> ranks (sorted, unique)
 };
 
