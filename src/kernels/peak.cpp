@@ -11,13 +11,9 @@ namespace moep::kernels {
 // instructions.
 #if MOEP_HAVE_PEAK_AVX512
 double fma_loop_avx512(long iters);
-#else
-constexpr double (*fma_loop_avx512)(long) = nullptr;
 #endif
 #if MOEP_HAVE_PEAK_AVX2
 double fma_loop_avx2(long iters);
-#else
-constexpr double (*fma_loop_avx2)(long) = nullptr;
 #endif
 
 namespace {
@@ -40,11 +36,12 @@ double fma_loop_generic(long iters) {
 
 double measure_peak_gflops(ThreadPool& pool) {
   double (*loop)(long) = fma_loop_generic;
-  if (fma_loop_avx512 && fma_loop_avx512(1) > 0) {
-    loop = fma_loop_avx512;
-  } else if (fma_loop_avx2 && fma_loop_avx2(1) > 0) {
-    loop = fma_loop_avx2;
-  }
+#if MOEP_HAVE_PEAK_AVX2
+  if (fma_loop_avx2(1) > 0) loop = fma_loop_avx2;
+#endif
+#if MOEP_HAVE_PEAK_AVX512
+  if (fma_loop_avx512(1) > 0) loop = fma_loop_avx512;
+#endif
   const long iters = 20'000'000;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
