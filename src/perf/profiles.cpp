@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/data_paths.h"
 #include "core/error.h"
 
 namespace moep::perf {
@@ -523,11 +524,8 @@ std::vector<std::string> ProfileSet::network_names() const {
 
 std::string default_profile_dir() {
   if (const char* env = std::getenv("MOEP_PROFILES")) return env;
-#ifdef MOEP_SOURCE_DIR
-  return std::string(MOEP_SOURCE_DIR) + "/data/profiles";
-#else
-  return "data/profiles";
-#endif
+  const std::string found = find_data_path("data/profiles", "profiles");
+  return found.empty() ? "data/profiles" : found;
 }
 
 }  // namespace moep::perf

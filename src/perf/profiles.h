@@ -142,7 +142,7 @@ class ProfileSet {
   std::deque<NetworkProfile> networks_;
 };
 
-// The built-in profile directory (data/profiles of the source tree, or $MOEP_PROFILES).
+// The built-in profile directory: $MOEP_PROFILES, else data/profiles of the source tree, else the installed copy.
 std::string default_profile_dir();
 
 // Parsing and writing, exposed for calibrate and tests. `source` names the file in messages.

@@ -51,9 +51,12 @@ void register_run(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "Generate text from a prompt, or chat (--chat)");
   cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json)")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text (with --chat: the first user message)");
-  cmd->add_flag("--chat", o->chat, "Interactive conversation through the model's chat template (stdin)");
+  cmd->add_flag("--chat", o->chat,
+                "Interactive conversation through the model's chat template (stdin; leave with /bye, /exit or Ctrl-D)");
   cmd->add_option("--system", o->system, "System message for --chat");
-  cmd->add_flag("--raw", o->raw, "With -p: do not apply the chat template even if the model has one (default)");
+  cmd->add_flag("--raw", o->raw,
+                "Changes nothing: -p text always reaches the model as written, without the chat template (kept so "
+                "that scripts using it run); use --chat for the template");
   cmd->add_option("-n,--max-tokens", o->sp.max_tokens, "Tokens to generate at most")->check(CLI::Range(0, 1 << 24));
   cmd->add_option("--temp,--temperature", o->sp.temperature, "Sampling temperature (0: greedy)");
   cmd->add_option("--top-k", o->sp.top_k, "Keep the k most likely tokens (0: off)");
@@ -80,7 +83,7 @@ void register_run(CLI::App& app) {
     const ModelConfig peek = load_model_config(o->model);
     eo.limits.max_ctx = std::min<int64_t>(o->ctx, std::max<int64_t>(peek.max_position, 16));
     ProgressBar bar("loading weights");
-    if (root && tty) eo.load_progress = [&](size_t d, size_t t) { bar.update(d, t); };
+    if (root) eo.load_progress = [&](size_t d, size_t t) { bar.update(d, t); };
     const auto tl = std::chrono::steady_clock::now();
     auto engine = Engine::create(eo, std::move(comm));
     bar.finish();
@@ -132,6 +135,7 @@ void register_run(CLI::App& app) {
         if (!o->system.empty()) messages.push_back({{"role", "system"}, {"content", o->system}});
         std::string line = o->prompt;
         bool first = true;
+        std::fprintf(stderr, "moep: chatting through the model's chat template; leave with /bye, /exit or Ctrl-D\n");
         for (;;) {
           if (!first || line.empty()) {
             std::fprintf(stderr, "\n> ");

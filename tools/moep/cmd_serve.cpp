@@ -139,8 +139,8 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--max-rows", o->max_rows, "Rows per batched step (decode rows + prefill chunks)")
       ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
-  cmd->add_option("--max-tokens-cap", o->max_tokens_cap, "Largest max_tokens a request may ask for (default: --ctx)")
-      ->check(CLI::Range(1, 1 << 22));
+  cmd->add_option("--max-tokens-cap", o->max_tokens_cap, "Largest max_tokens a request may ask for (0: --ctx)")
+      ->check(CLI::Range(0, 1 << 22));
   cmd->add_option("--default-max-tokens", o->default_max_tokens,
                   "max_tokens of a request that gives none (cut to the context left)")
       ->check(CLI::Range(1, 1 << 22))
@@ -199,7 +199,7 @@ void register_serve(CLI::App& app) {
     eo.limits.max_rows = std::max<int64_t>(o->max_rows, 1);
     eo.limits.max_ctx = std::min<int64_t>(o->ctx, std::max<int64_t>(peek.max_position, 16));
     ProgressBar bar("loading weights");
-    if (root && isatty(2)) eo.load_progress = [&](size_t d, size_t t) { bar.update(d, t); };
+    if (root) eo.load_progress = [&](size_t d, size_t t) { bar.update(d, t); };
     const auto t_load = std::chrono::steady_clock::now();
     auto engine = Engine::create(eo, std::move(comm));
     bar.finish();

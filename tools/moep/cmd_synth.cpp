@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "commands.h"
+#include "core/data_paths.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/synth.h"
@@ -22,7 +23,7 @@ void register_synth(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "synth", "Write a random-weight checkpoint in the Hugging Face layout (for benchmarks and trying a cluster)");
   cmd->add_option("out", o->out, "Output directory")->required();
-  cmd->add_option("--preset", o->preset, "Start from a preset: " + synth_preset_names());
+  cmd->add_option("--preset", o->preset, "Start from a preset: " + synth_preset_names() + " (flags given override its values; the defaults shown are for no preset)");
   cmd->add_option("--arch", o->spec.arch, "dbrx, mixtral, qwen2_moe, qwen3_moe or olmoe");
   cmd->add_option("--layers", o->spec.layers, "Number of layers")->check(CLI::Range(1, 1000));
   cmd->add_option("--d-model", o->spec.d_model, "Hidden size")->check(CLI::Range(2, 1 << 20));
@@ -31,16 +32,16 @@ void register_synth(CLI::App& app) {
   cmd->add_option("--top-k", o->spec.top_k, "Experts per token")->check(CLI::Range(1, 4096));
   cmd->add_option("--heads", o->spec.heads, "Attention heads")->check(CLI::Range(1, 4096));
   cmd->add_option("--kv-heads", o->spec.kv_heads, "Key/value heads")->check(CLI::Range(1, 4096));
-  cmd->add_option("--head-dim", o->spec.head_dim, "Head dimension (qwen3_moe; default d_model/heads)");
-  cmd->add_option("--shared-ffn", o->spec.shared_ffn, "Shared expert size (qwen2_moe)");
-  cmd->add_option("--vocab", o->spec.vocab, "Vocabulary size (default: the tokenizer's)");
+  cmd->add_option("--head-dim", o->spec.head_dim, "Head dimension (qwen3_moe; 0: d_model/heads)");
+  cmd->add_option("--shared-ffn", o->spec.shared_ffn, "Shared expert size (qwen2_moe; 0: none)");
+  cmd->add_option("--vocab", o->spec.vocab, "Vocabulary size (0: the tokenizer's)");
   cmd->add_option("--dtype", o->spec.dtype, "Weight dtype: bf16, f16 or f32");
   cmd->add_option("--seed", o->spec.seed, "Random seed");
   cmd->add_option("--tokenizer", o->spec.tokenizer,
                   "tokenizer.json to include (default: the GPT-2 tokenizer shipped with moep)");
   cmd->add_flag("--no-tokenizer", o->no_tokenizer, "Write no tokenizer");
   cmd->add_option("--shard-gb", o->spec.shard_gb, "Largest safetensors shard in GB");
-  cmd->add_option("--threads,-t", o->threads, "Threads for generating weights");
+  cmd->add_option("--threads,-t", o->threads, "Threads for generating weights (0: the cores this process may use)");
   cmd->callback([o, cmd] {
     SynthSpec spec = o->spec;
     if (!o->preset.empty()) {
@@ -69,8 +70,9 @@ void register_synth(CLI::App& app) {
     if (o->no_tokenizer) {
       spec.tokenizer.clear();
     } else if (spec.tokenizer.empty()) {
-      const std::string def = std::string(MOEP_SOURCE_DIR) + "/tests/data/tokenizers/gpt2/tokenizer.json";
-      if (std::filesystem::exists(def)) spec.tokenizer = def;
+      spec.tokenizer = find_data_path("tests/data/tokenizers/gpt2/tokenizer.json", "tokenizers/gpt2/tokenizer.json");
+      if (spec.tokenizer.empty())
+        std::fprintf(stderr, "moep synth: note: the GPT-2 tokenizer moep ships was not found; writing no tokenizer\n");
     }
     const auto t0 = std::chrono::steady_clock::now();
     ProgressBar bar("writing weights");

@@ -1,0 +1,21 @@
+#include "core/data_paths.h"
+
+#include <filesystem>
+
+namespace moep {
+
+std::string find_data_path(const std::string& source_rel, const std::string& install_rel) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+#ifdef MOEP_SOURCE_DIR
+  const fs::path in_source = fs::path(MOEP_SOURCE_DIR) / source_rel;
+  if (fs::exists(in_source, ec)) return in_source.string();
+#endif
+#ifdef MOEP_INSTALL_DATA_DIR
+  const fs::path installed = fs::path(MOEP_INSTALL_DATA_DIR) / install_rel;
+  if (fs::exists(installed, ec)) return installed.string();
+#endif
+  return {};
+}
+
+}  // namespace moep
