@@ -449,5 +449,20 @@ TEST(TokenizerCli, EncodeDecodeAndErrors) {
   EXPECT_NE(test::run_command(moep + " tokenize " + gpt2, &out), 0);
 }
 
+TEST(TokenizerCli, DecodeRefusesIdsOutsideTheVocabulary) {
+  const std::string moep = test::moep_binary();
+  const std::string gpt2 = tokenizers_dir() + "/gpt2";
+  std::string out;
+  // GPT-2 has ids 0..50256: the last one decodes, the next one is refused (as `moep logits` refuses it).
+  ASSERT_EQ(test::run_command(moep + " tokenize " + gpt2 + " --decode 50256", &out), 0) << out;
+  EXPECT_EQ(out, "<|endoftext|>\n");
+  EXPECT_EQ(test::run_command(moep + " tokenize " + gpt2 + " --decode 15496,50257", &out), 1) << out;
+  EXPECT_NE(out.find("token id 50257 is not in the vocabulary"), std::string::npos) << out;
+  EXPECT_NE(out.find("0..50256"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Hello"), std::string::npos) << "nothing is printed for a refused list: " << out;
+  EXPECT_EQ(test::run_command(moep + " tokenize " + gpt2 + " --decode 4000000000", &out), 1) << out;
+  EXPECT_NE(out.find("--decode"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace moep

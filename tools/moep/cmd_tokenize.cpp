@@ -2,43 +2,17 @@
 // moep tokenize MODEL_DIR --decode 1,2,3  prints the text of the ids
 // --no-special: encode without the special tokens the tokenizer adds (e.g. BOS); decode without special tokens.
 // MODEL_DIR needs only a tokenizer.json (or is the tokenizer.json file itself).
-#include <climits>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "commands.h"
+#include "common.h"
 #include "core/error.h"
 #include "text/tokenizer.h"
 
 namespace moep::cli {
-
-namespace {
-
-// "1,2,3" (spaces allowed) → ids; anything else is a moep::Error naming --decode. Kept here rather than
-// shared with the engine's commands so that `moep tokenize` depends on nothing but the tokenizer.
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> ids;
-  size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
-    size_t j = i;
-    while (j < s.size() && s[j] != ',' && s[j] != ' ') ++j;
-    if (j == i) break;
-    const std::string tok = s.substr(i, j - i);
-    char* end = nullptr;
-    const long long v = std::strtoll(tok.c_str(), &end, 10);
-    if (*end != '\0' || v < 0 || v > INT32_MAX)
-      fail("--decode: '", tok, "' is not a token id (expected non-negative integers separated by commas)");
-    ids.push_back(int32_t(v));
-    i = j;
-  }
-  return ids;
-}
-
-}  // namespace
 
 void register_tokenize(CLI::App& app) {
   struct Opts {
@@ -57,7 +31,11 @@ void register_tokenize(CLI::App& app) {
     const Tokenizer tokenizer = Tokenizer::load(o->model);
     std::string out;
     if (decode->count() > 0) {
-      const std::vector<int32_t> ids = parse_ids(o->decode);
+      const std::vector<int32_t> ids = parse_id_list(o->decode, "--decode");
+      for (int32_t id : ids)
+        if (id >= tokenizer.vocab_size() || tokenizer.id_to_token(id).empty())
+          fail("--decode: token id ", id, " is not in the vocabulary of ", o->model, " (ids 0..",
+               tokenizer.vocab_size() - 1, ")");
       out = tokenizer.decode(ids, /*skip_special_tokens=*/o->no_special);
     } else {
       for (int32_t id : tokenizer.encode(o->text, /*add_special_tokens=*/!o->no_special)) {
