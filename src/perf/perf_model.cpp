@@ -228,7 +228,10 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
   }
   p.memory = memory_use(model_, hw_, s);
   const double net_price = s.nodes > 1 && net.price_per_node_usd.present ? net.price_per_node_usd.value : 0.0;
-  p.price_usd = s.nodes * ((hw_.price_usd.present ? hw_.price_usd.value : 0.0) + net_price);
+  // A machine of unknown price (a calibrated one) leaves the configuration's price unknown (0), not the
+  // network's alone.
+  const bool priced = hw_.price_usd.present && hw_.price_usd.value > 0;
+  p.price_usd = priced ? s.nodes * (hw_.price_usd.value + net_price) : 0.0;
   p.power_w = s.nodes * (hw_.power_w.present ? hw_.power_w.value : 0.0);
   return p;
 }

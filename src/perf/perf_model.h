@@ -76,7 +76,7 @@ struct Prediction {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // chosen for the decode message
   bool experts_exact = false;        // E[max] by exact enumeration (else Monte Carlo)
   int64_t expert_samples = 0;
-  double price_usd = 0, power_w = 0;  // whole configuration (nodes × hardware + network per node)
+  double price_usd = 0, power_w = 0;  // whole configuration (nodes × hardware + network per node); 0: unknown
 };
 
 // Caches the expert statistics (which do not depend on the network) so that sweeps stay fast.

@@ -92,6 +92,15 @@ std::vector<int> sweep_nodes(const PlanRequest& req) {
 
 }  // namespace
 
+int smallest_fitting_nodes(const ModelShape& model, const HardwareProfile& hw, const Scenario& base, int max_nodes) {
+  Scenario s = base;
+  for (int n = 1; n <= max_nodes; ++n) {
+    s.nodes = n;
+    if (memory_use(model, hw, s).fits()) return n;
+  }
+  return -1;
+}
+
 double PlanRow::tps_per_kusd() const { return p.price_usd > 0 ? p.decode_tokens_per_s / (p.price_usd / 1000.0) : 0.0; }
 
 PlanResult make_plan(const PlanRequest& req) {
@@ -175,23 +184,42 @@ std::string format_plan(const PlanRequest& req, const PlanResult& res) {
     o << "\n";
   }
   o << "\n";
-  o << pad("hardware", 18, false) << pad("network", 16, false) << pad("nodes", 5) << pad("fits", 5) << pad("GB/node", 9)
-    << pad("tok/s", 9) << pad("ms/tok", 8) << pad("compute", 9) << pad("comm", 8) << pad("imbal", 8)
-    << pad("prefill", 9) << pad("price", 11) << pad("tok/s/$1k", 10) << pad("W", 7) << "\n";
-  for (size_t i = 0; i < res.rows.size(); ++i) {
-    const PlanRow& r = res.rows[i];
+  // Columns are as wide as their widest cell, two spaces apart: long profile names never run together.
+  const std::vector<std::string> header = {"hardware", "network", "nodes", "fits", "GB/node", "tok/s", "ms/tok",
+                                           "compute", "comm", "imbal", "prefill", "price", "tok/s/$1k", "W"};
+  const size_t left_aligned = 2;  // hardware and network read left to right; numbers align right
+  std::vector<std::vector<std::string>> cells;
+  for (const PlanRow& r : res.rows) {
     const StepTimes& d = r.p.decode;
     const double step_ms = d.total() * 1e3;
-    o << pad(r.hardware->name, 18, false) << pad(r.network ? r.network->name : "-", 16, false)
-      << pad(std::to_string(r.nodes), 5) << pad(r.p.memory.fits() ? "yes" : "NO", 5)
-      << pad(fmt("%.1f", r.p.memory.total() * 1e-9), 9)
-      << pad(r.p.memory.fits() ? fmt("%.2f", r.p.decode_tokens_per_s) : "(" + fmt("%.2f", r.p.decode_tokens_per_s) + ")", 9)
-      << pad(fmt("%.2f", step_ms / double(b.batch)), 8)
-      << pad(fmt("%.0f%%", 100 * d.compute() / d.total()), 9) << pad(fmt("%.0f%%", 100 * d.communication() / d.total()), 8)
-      << pad(fmt("%.0f%%", 100 * d.imbalance() / d.total()), 8)
-      << pad(b.prompt > 0 ? fmt("%.1f", r.p.prefill_tokens_per_s) : "-", 9) << pad(money(r.p.price_usd), 11)
-      << pad(r.p.price_usd > 0 && r.p.memory.fits() ? fmt("%.3f", r.tps_per_kusd()) : "-", 10)
-      << pad(r.p.power_w > 0 ? fmt("%.0f", r.p.power_w) : "-", 7);
+    cells.push_back({r.hardware->name, r.network ? r.network->name : "-", std::to_string(r.nodes),
+                     r.p.memory.fits() ? "yes" : "NO", fmt("%.1f", r.p.memory.total() * 1e-9),
+                     r.p.memory.fits() ? fmt("%.2f", r.p.decode_tokens_per_s)
+                                       : "(" + fmt("%.2f", r.p.decode_tokens_per_s) + ")",
+                     fmt("%.2f", step_ms / double(b.batch)), fmt("%.0f%%", 100 * d.compute() / d.total()),
+                     fmt("%.0f%%", 100 * d.communication() / d.total()), fmt("%.0f%%", 100 * d.imbalance() / d.total()),
+                     b.prompt > 0 ? fmt("%.1f", r.p.prefill_tokens_per_s) : "-", money(r.p.price_usd),
+                     r.p.price_usd > 0 && r.p.memory.fits() ? fmt("%.3f", r.tps_per_kusd()) : "-",
+                     r.p.power_w > 0 ? fmt("%.0f", r.p.power_w) : "-"});
+  }
+  std::vector<size_t> width(header.size());
+  for (size_t c = 0; c < header.size(); ++c) {
+    width[c] = header[c].size();
+    for (const auto& row : cells) width[c] = std::max(width[c], row[c].size());
+  }
+  auto put_row = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) {
+      if (c > 0) line += "  ";
+      line += pad(row[c], width[c], /*right=*/c >= left_aligned);
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    o << line;
+  };
+  put_row(header);
+  o << "\n";
+  for (size_t i = 0; i < cells.size(); ++i) {
+    put_row(cells[i]);
     if (int(i) == res.cheapest_meeting_target) o << "  <- cheapest meeting target";
     o << "\n";
   }

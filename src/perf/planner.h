@@ -40,6 +40,8 @@ struct PlanResult {
 // model fits on none of the configurations asked for (saying how many nodes it would need, or why never).
 PlanResult make_plan(const PlanRequest& req);
 std::string format_plan(const PlanRequest& req, const PlanResult& res);
+// The fewest nodes of `hw` (1..max_nodes) on which `model` fits in `base`'s scenario, or -1 if none does.
+int smallest_fitting_nodes(const ModelShape& model, const HardwareProfile& hw, const Scenario& base, int max_nodes);
 nlohmann::json plan_to_json(const PlanRequest& req, const PlanResult& res);
 
 // The plots: tokens/s against node count (one line per network, first hardware); against link latency α

@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <numeric>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 
 #include "core/error.h"
 #include "moe/placement.h"
@@ -662,6 +664,93 @@ TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
   const PlanResult res2 = make_plan(req2);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), 1.0);
   EXPECT_FALSE(res2.rows.front().p.experts_exact);
+}
+
+// Splits a table line at runs of two or more spaces.
+std::vector<std::string> table_fields(const std::string& line) {
+  std::vector<std::string> f;
+  size_t i = line.find_first_not_of(' ');
+  while (i != std::string::npos && i < line.size()) {
+    size_t j = line.find("  ", i);
+    if (j == std::string::npos) j = line.size();
+    f.push_back(line.substr(i, j - i));
+    i = line.find_first_not_of(' ', j);
+  }
+  return f;
+}
+
+TEST(PerfPlan, TableColumnsStayApartWithTheLongestNames) {
+  ProfileSet profiles;
+  profiles.load_dir(default_profile_dir());
+  const ModelShape m = tiny(8, 2, 2);
+  PlanRequest req;
+  req.model = &m;
+  // Every shipped profile (the longest names there are), and names longer than any.
+  for (const auto& h : profiles.hardware_names()) req.hardware.push_back(&profiles.hardware(h));
+  for (const auto& n : profiles.network_names()) req.networks.push_back(&profiles.network(n));
+  HardwareProfile long_hw = roofline(100);
+  long_hw.name = "a-hardware-profile-name-longer-than-any-shipped-one-0123456789";
+  NetworkProfile long_net = network(10, 1);
+  long_net.name = "a-network-profile-name-longer-than-any-shipped-one-0123456789";
+  req.hardware.push_back(&long_hw);
+  req.networks.push_back(&long_net);
+  req.nodes = {1, 2, 64};
+  const PlanResult res = make_plan(req);
+  const std::string text = format_plan(req, res);
+  std::istringstream in(text);
+  std::string line;
+  std::vector<std::string> table;
+  bool in_table = false;
+  while (std::getline(in, line)) {
+    if (line.rfind("hardware  ", 0) == 0 && line.find("network") != std::string::npos) in_table = true;
+    if (in_table && line.empty()) break;
+    if (in_table) table.push_back(line);
+  }
+  ASSERT_EQ(table.size(), res.rows.size() + 1) << text;
+  const std::vector<std::string> header = table_fields(table[0]);
+  ASSERT_EQ(header.size(), 14u) << table[0];
+  for (size_t i = 1; i < table.size(); ++i) {
+    const PlanRow& r = res.rows[i - 1];
+    const std::vector<std::string> f = table_fields(table[i]);
+    ASSERT_EQ(f.size(), header.size()) << table[i];
+    EXPECT_EQ(f[0], r.hardware->name);
+    EXPECT_EQ(f[1], r.network ? r.network->name : "-");
+    EXPECT_EQ(f[2], std::to_string(r.nodes));
+    // Every row as long as the header: the numbers are right-aligned under their headings.
+    EXPECT_EQ(table[i].size(), table[0].size()) << table[0] << "\n" << table[i];
+    // The network column starts at the same place on every line.
+    EXPECT_EQ(table[i].find(f[1], f[0].size()), table[0].find("network")) << table[i];
+  }
+}
+
+TEST(PerfPlanCli, PlansForThisMachineWithOnlyAModel) {
+  test::TempDir cache;
+  const std::string env = "MOEP_CACHE_DIR=" + cache.str() + " ";
+  const std::string plan = env + test::moep_binary() + " plan";
+  std::string out;
+  // The command a newcomer types first. No stored calibration: a quick one is made, said so, and stored. DBRX
+  // needs more than 8 machines like this one: the node counts reach as far as it fits.
+  ASSERT_EQ(test::run_command(plan + " --model dbrx", &out), 0) << out;
+  EXPECT_NE(out.find("calibrating this machine quickly"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(cache.path() / "this-machine.json")) << out;
+  EXPECT_NE(out.find("\nthis-machine  "), std::string::npos) << out;
+  EXPECT_NE(out.find("10gbe-tcp"), std::string::npos) << "the common networks are shown: " << out;
+  EXPECT_NE(out.find(" yes "), std::string::npos) << "some node count fits: " << out;
+  // The next plan uses the stored one.
+  const std::string cmd = plan + " --model olmoe-1b-7b";
+  ASSERT_EQ(test::run_command(cmd + " --nodes 1,2 --network 25gbe-tcp", &out), 0) << out;
+  EXPECT_NE(out.find("with the calibration stored at"), std::string::npos) << out;
+  EXPECT_EQ(out.find("calibrating this machine"), std::string::npos) << out;
+  EXPECT_EQ(out.find("10gbe-tcp"), std::string::npos) << "only the network asked for: " << out;
+  // A stored calibration of another machine is not used.
+  std::ifstream f(cache.path() / "this-machine.json");
+  nlohmann::json j = nlohmann::json::parse(f);
+  f.close();
+  j["profiles"][0]["measured"]["cpu"] = "Some Other CPU";
+  std::ofstream(cache.path() / "this-machine.json") << j.dump();
+  ASSERT_EQ(test::run_command(cmd + " --nodes 2 --network 25gbe-tcp", &out), 0) << out;
+  EXPECT_NE(out.find("another machine"), std::string::npos) << out;
+  EXPECT_NE(out.find("calibrating this machine quickly"), std::string::npos) << out;
 }
 
 TEST(PerfPlan, ChartsRender) {

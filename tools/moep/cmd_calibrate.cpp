@@ -1,9 +1,8 @@
 // moep calibrate [--out FILE] [--name NAME] [--threads T] [--dtype bf16,f32] [--expert-shape D,FFN] [--quick]
 // Measures this machine, or every rank of the mpirun job it runs in, and writes a profile for `moep plan`.
 #include <chrono>
-#include "moep_commit.h"
 #include <cstdio>
-#include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -13,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "perf/calibrate.h"
 #include "runtime/stats.h"
+#include "this_machine.h"
 
 namespace moep::cli {
 
@@ -37,13 +37,6 @@ std::vector<int64_t> parse_ints(const std::string& s, const char* flag) {
   return v;
 }
 
-std::string today() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
-  return buf;
-}
-
 }  // namespace
 
 void register_calibrate(CLI::App& app) {
@@ -51,23 +44,27 @@ void register_calibrate(CLI::App& app) {
     std::string out, name, dtypes = "bf16", expert_shape = "1024,2816", batches = "1,2,4,8,16,32,64";
     int threads = 0;
     int64_t membw_mb = 512, max_allreduce_bytes = 4 << 20;
-    bool quick = false;
+    bool quick = false, save = false;
     std::string weights = "auto";
     int64_t rotation_mb = 0;  // 0: CalibrateOptions' default
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
       "calibrate", "Measure this machine (or each rank of an mpirun job) and write a profile for `moep plan`");
-  cmd->add_option("--out", o->out, "Write the profile here (default: print it)");
+  auto* out = cmd->add_option("--out", o->out, "Write the profile here (default: print it)");
+  cmd->add_flag("--save", o->save,
+                "Store the profile as this machine's, where `moep plan` without --hardware finds it (" +
+                    stored_calibration_path() + ")")
+      ->excludes(out);
   cmd->add_option("--name", o->name, "Profile name (default: measured-HOST-<ranks>x<threads>)");
-  cmd->add_option("--threads,-t", o->threads, "Threads per rank (default: the cores this process may use)")
+  cmd->add_option("--threads,-t", o->threads, "Threads per rank (0: the cores this process may use)")
       ->check(CLI::Range(0, 4096));
   cmd->add_option("--dtype", o->dtypes, "Weight dtypes to measure: bf16, f16, f32, comma-separated, or all");
   cmd->add_option("--expert-shape", o->expert_shape, "d_model,ffn of the expert whose batch-1 time is reported");
   cmd->add_option("--batches", o->batches, "Batch sizes of the linear-time table");
   cmd->add_option("--membw-mb", o->membw_mb, "Buffer for the read-bandwidth test (MB)")->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--rotation-mb", o->rotation_mb,
-                  "Weights cycled through per timed matrix size (MB; default: the larger of 256 and 4x the last-level "
+                  "Weights cycled through per timed matrix size (MB; 0: the larger of 256 and 4x the last-level "
                   "cache). Decode reads each weight once per token, so this must exceed what the caches hold")
       ->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--max-allreduce-bytes", o->max_allreduce_bytes, "Largest all-reduce message timed")
@@ -102,25 +99,8 @@ void register_calibrate(CLI::App& app) {
     co.huge_pages = o->weights == "copy" || (o->weights == "auto" && ranks_on_this_host(*comm) == 1);
     co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
     if (o->rotation_mb > 0) co.rotation_bytes = size_t(o->rotation_mb) << 20;
-    if (o->quick) {
-      co.seconds_per_point = 0.01;
-      co.membw_bytes = std::min(co.membw_bytes, size_t(256) << 20);
-      if (o->rotation_mb == 0) {
-        co.rotation_bytes = std::max(size_t(128) << 20, 2 * perf::last_level_cache_bytes());
-        co.membw_bytes = std::max(co.membw_bytes, 2 * perf::last_level_cache_bytes());
-      }
-    }
-    co.info.host = host_name();
-    co.info.cpu = cpu_model_name();
-    co.info.commit = MOEP_GIT_COMMIT;
-    co.info.date = today();
-    co.info.threads = pool.size();
-    co.name = o->name.empty() ? "measured-" + co.info.host + "-" + std::to_string(comm->size()) + "x" +
-                                    std::to_string(pool.size())
-                              : o->name;
-    co.description = co.info.cpu + ", " + std::to_string(comm->size()) + " rank(s) x " + std::to_string(pool.size()) +
-                     " thread(s), weights on " + (co.huge_pages ? "2 MiB" : "4 KiB") +
-                     " pages, measured by moep calibrate (commit " + co.info.commit + ")";
+    if (o->quick) make_quick(co, o->rotation_mb > 0);
+    describe_calibration(co, *comm, pool.size(), o->save && o->name.empty() ? "this-machine" : o->name);
     const auto t0 = std::chrono::steady_clock::now();
     const perf::CalibrationResult r = perf::calibrate(pool, *comm, co, [](const std::string& s) {
       std::fprintf(stderr, "calibrate: %s\n", s.c_str());
@@ -130,6 +110,11 @@ void register_calibrate(CLI::App& app) {
     j["profiles"] = nlohmann::json::array({perf::hardware_profile_to_json(r.hardware)});
     if (r.has_network) j["profiles"].push_back(perf::network_profile_to_json(r.network));
     const std::string text = j.dump(2) + "\n";
+    if (o->save) {
+      o->out = stored_calibration_path();
+      std::error_code ec;
+      std::filesystem::create_directories(std::filesystem::path(o->out).parent_path(), ec);
+    }
     if (o->out.empty()) {
       std::fputs(text.c_str(), stdout);
     } else {

@@ -1,4 +1,4 @@
-// moep plan --model CONFIG_OR_NAME --hardware H --network NET --nodes 1..8 [--batch B] [--routing FILE] ...
+// moep plan --model CONFIG_OR_NAME [--hardware H] [--network NET] [--nodes 1..8] [--batch B] [--routing FILE] ...
 // moep plan --validate MANIFEST [--out FILE]
 // Predicts tokens/s, time split, memory per node and cost for each configuration (no weights needed).
 #include <chrono>
@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "perf/planner.h"
 #include "perf/validate.h"
+#include "this_machine.h"
 
 namespace moep::cli {
 
@@ -59,6 +60,31 @@ std::vector<int> parse_nodes(const std::string& s) {
   return out;
 }
 
+// Without --nodes: 1..8, or, when the model needs more nodes than 8 of every hardware asked for, the powers of
+// two below the fewest that fit, that count, and the next power of two (e.g. 1, 2, 4, 8, 16, 25, 32).
+std::vector<int> default_nodes(const perf::ModelShape& shape, const std::vector<const perf::HardwareProfile*>& hw,
+                               const perf::Scenario& base) {
+  const int max_nodes = 4096;
+  int fewest = -1;
+  for (const perf::HardwareProfile* h : hw) {
+    const int n = perf::smallest_fitting_nodes(shape, *h, base, max_nodes);
+    if (n > 0 && (fewest < 0 || n < fewest)) fewest = n;
+  }
+  std::vector<int> nodes;
+  if (fewest <= 8) {  // fits on 8 or fewer, or on none (make_plan then says why)
+    for (int n = 1; n <= 8; ++n) nodes.push_back(n);
+    return nodes;
+  }
+  int p = 1;
+  for (; p < fewest; p *= 2) nodes.push_back(p);
+  nodes.push_back(fewest);
+  if (p > fewest && p <= max_nodes) nodes.push_back(p);
+  return nodes;
+}
+
+// Without --network: the links people build clusters of such machines with.
+const std::vector<std::string> kCommonNetworks = {"1gbe-tcp", "10gbe-tcp", "25gbe-tcp", "100gbe-tcp"};
+
 std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
@@ -69,7 +95,7 @@ std::string join(const std::vector<std::string>& v) {
 
 void register_plan(CLI::App& app) {
   struct Opts {
-    std::string model, hardware, network, nodes = "1..8", routing, dtype, kv_dtype = "f32", placement = "split";
+    std::string model, hardware, network, nodes, routing, dtype, kv_dtype = "f32", placement = "split";
     std::string svg, validate, out;
     std::vector<std::string> profile_dirs;
     int64_t batch = 1, context = 1024, prompt = 512, prefill_chunk = 64, samples = 0;
@@ -83,9 +109,13 @@ void register_plan(CLI::App& app) {
       "plan", "Predict tokens/s, time split, memory per node and cost for node counts, hardware and networks");
   cmd->add_option("--model", o->model,
                   "A model directory or config.json, or a built-in: " + join(perf::builtin_model_names()));
-  cmd->add_option("--hardware", o->hardware, "Hardware profile name(s) or file(s), comma-separated");
-  cmd->add_option("--network", o->network, "Network profile name(s) or file(s), comma-separated");
-  cmd->add_option("--nodes", o->nodes, "Node counts: 1..8, 2,4,8 or 4 (default 1..8)");
+  cmd->add_option("--hardware", o->hardware,
+                  "Hardware profile name(s) or file(s), comma-separated (default: this machine, from the calibration "
+                  "`moep calibrate --save` stored, or a quick one made now)");
+  cmd->add_option("--network", o->network,
+                  "Network profile name(s) or file(s), comma-separated (default: " + join(kCommonNetworks) + ")");
+  cmd->add_option("--nodes", o->nodes,
+                  "Node counts: 1..8, 2,4,8 or 4 (default: 1..8, or up to the fewest nodes the model fits on)");
   cmd->add_option("--batch", o->batch, "Sequences decoded together (rows per decode step)")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--context", o->context, "Positions each sequence attends over while decoding (and KV capacity)")
       ->check(CLI::Range(1, 1 << 24));
@@ -102,12 +132,12 @@ void register_plan(CLI::App& app) {
                   "Add moep's emulated latency (microseconds per exchange step, as --emulate-latency-us)")
       ->check(CLI::Range(0.0, 1e7));
   cmd->add_option("--bandwidth-efficiency", o->bandwidth_efficiency,
-                  "What-if: replace the hardware profiles' bandwidth efficiency (0..1; roofline profiles only)")
+                  "What-if: replace the hardware profiles' bandwidth efficiency (0..1; roofline profiles only; 0: keep the profiles')")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--alpha-us", o->alpha_us, "What-if: replace the networks' per-message latency (microseconds)")
+  cmd->add_option("--alpha-us", o->alpha_us, "What-if: replace the networks' per-message latency (microseconds; -1: keep the networks')")
       ->check(CLI::Range(0.0, 1e7));
-  cmd->add_option("--beta-gbs", o->beta_gbs, "What-if: replace the networks' bandwidth (GB/s)")->check(CLI::Range(0.0, 1e6));
-  cmd->add_option("--target-tps", o->target_tps, "Decode tokens/s wanted: report the cheapest configuration reaching it")
+  cmd->add_option("--beta-gbs", o->beta_gbs, "What-if: replace the networks' bandwidth (GB/s; 0: keep the networks')")->check(CLI::Range(0.0, 1e6));
+  cmd->add_option("--target-tps", o->target_tps, "Decode tokens/s wanted: report the cheapest configuration reaching it (0: no target)")
       ->check(CLI::Range(0.0, 1e12));
   cmd->add_option("--samples", o->samples, "Random routings per layer for the busiest rank (0: automatic)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
@@ -118,6 +148,8 @@ void register_plan(CLI::App& app) {
   cmd->add_flag("--list", o->list, "List the known profiles and built-in models");
   cmd->add_option("--validate", o->validate, "Compare predictions with measured runs listed in a manifest (JSON)");
   cmd->add_option("--out", o->out, "With --validate: also write the table (Markdown) to this file");
+  cmd->footer("Example: moep plan --model dbrx (this machine, common networks). The columns are explained in "
+              "docs/GLOSSARY.md.");
   cmd->callback([o] {
     const auto t0 = std::chrono::steady_clock::now();
     perf::ProfileSet profiles;
@@ -150,45 +182,25 @@ void register_plan(CLI::App& app) {
       return;
     }
     if (o->model.empty()) fail("--model: required (a model directory, a config.json or a built-in name)");
-    if (o->hardware.empty()) fail("--hardware: required (known: ", join(profiles.hardware_names()), ")");
     const perf::ModelShape shape = perf::resolve_model(o->model);
     perf::PlanRequest req;
     req.model = &shape;
     // What-if overrides work on copies (kept alive here) of the named profiles.
     std::deque<perf::HardwareProfile> hw_copies;
     std::deque<perf::NetworkProfile> net_copies;
-    for (const auto& h : split_list(o->hardware)) {
-      const perf::HardwareProfile* hp = &profiles.hardware(h);
+    std::vector<const perf::HardwareProfile*> hardware;
+    if (o->hardware.empty()) {
+      hardware.push_back(&this_machine_profile(profiles));
+    } else {
+      for (const auto& h : split_list(o->hardware)) hardware.push_back(&profiles.hardware(h));
+    }
+    for (const perf::HardwareProfile* hp : hardware) {
       if (o->bandwidth_efficiency > 0) {
         hw_copies.push_back(*hp);
         hw_copies.back().bandwidth_efficiency = {o->bandwidth_efficiency, "--bandwidth-efficiency (what-if)", "", true, true};
         hp = &hw_copies.back();
       }
       req.hardware.push_back(hp);
-    }
-    req.nodes = parse_nodes(o->nodes);
-    bool multi = false;
-    for (int n : req.nodes) multi |= n > 1;
-    perf::NetworkProfile none;
-    none.name = "none";
-    none.beta_gbs.value = 1;
-    if (o->network.empty()) {
-      if (multi) fail("--network: required for more than one node (known: ", join(profiles.network_names()), ")");
-      req.networks.push_back(&none);
-    } else {
-      for (const auto& n : split_list(o->network)) {
-        const perf::NetworkProfile* np = &profiles.network(n);
-        if (o->alpha_us >= 0 || o->beta_gbs > 0) {
-          net_copies.push_back(*np);
-          perf::NetworkProfile& c = net_copies.back();
-          c.measured_fits.clear();  // the what-if replaces the measurement
-          if (o->alpha_us >= 0) c.alpha_us = {o->alpha_us, "--alpha-us (what-if)", "", true, true};
-          if (o->beta_gbs > 0) c.beta_gbs = {o->beta_gbs, "--beta-gbs (what-if)", "", true, true};
-          c.name += "*";
-          np = &c;
-        }
-        req.networks.push_back(np);
-      }
     }
     perf::RoutingRecord routing;
     perf::Scenario& s = req.base;
@@ -209,6 +221,42 @@ void register_plan(CLI::App& app) {
     s.samples = o->samples;
     s.seed = o->seed;
     req.target_tps = o->target_tps;
+    if (!o->nodes.empty()) {
+      req.nodes = parse_nodes(o->nodes);
+    } else {
+      req.nodes = default_nodes(shape, req.hardware, s);
+      if (req.nodes.back() > 8) {
+        std::string counts;
+        for (int n : req.nodes) counts += (counts.empty() ? "" : ", ") + std::to_string(n);
+        std::fprintf(stderr, "moep: note: %s needs more than 8 nodes of %s; showing %s nodes (--nodes to choose)\n",
+                     shape.name.c_str(), req.hardware.size() == 1 ? req.hardware[0]->name.c_str() : "each hardware",
+                     counts.c_str());
+      }
+    }
+    bool multi = false;
+    for (int n : req.nodes) multi |= n > 1;
+    perf::NetworkProfile none;
+    none.name = "none";
+    none.beta_gbs.value = 1;
+    std::vector<std::string> networks = split_list(o->network);
+    if (o->network.empty() && multi) networks = kCommonNetworks;
+    if (networks.empty()) {
+      req.networks.push_back(&none);
+    } else {
+      for (const auto& n : networks) {
+        const perf::NetworkProfile* np = &profiles.network(n);
+        if (o->alpha_us >= 0 || o->beta_gbs > 0) {
+          net_copies.push_back(*np);
+          perf::NetworkProfile& c = net_copies.back();
+          c.measured_fits.clear();  // the what-if replaces the measurement
+          if (o->alpha_us >= 0) c.alpha_us = {o->alpha_us, "--alpha-us (what-if)", "", true, true};
+          if (o->beta_gbs > 0) c.beta_gbs = {o->beta_gbs, "--beta-gbs (what-if)", "", true, true};
+          c.name += "*";
+          np = &c;
+        }
+        req.networks.push_back(np);
+      }
+    }
     const perf::PlanResult res = perf::make_plan(req);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (o->json) {
