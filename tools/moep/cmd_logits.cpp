@@ -25,7 +25,7 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   cmd->add_option("--out", o->out, "Output .npy file")->required();
   cmd->add_flag("--incremental", o->incremental, "Feed one token at a time through the KV cache");
-  cmd->add_option("--greedy", o->greedy, "Then generate N tokens greedily and print their ids (comma-separated)")
+  cmd->add_option("--greedy", o->greedy, "Then generate N tokens greedily and print their ids (comma-separated; 0: none)")
       ->check(CLI::Range(0, 1 << 20));
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {

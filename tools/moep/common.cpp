@@ -14,7 +14,7 @@
 namespace moep::cli {
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
-  cmd->add_option("--threads,-t", f.threads, "Threads per rank (default: the cores this process may use)")
+  cmd->add_option("--threads,-t", f.threads, "Threads per rank (0: the cores this process may use)")
       ->check(CLI::Range(0, 4096));
   cmd->add_option("--placement", f.placement,
                   "Expert placement over ranks: split (default: every rank a slice of every expert's ffn dimension, the "
@@ -38,6 +38,7 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_option("--trace", f.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of the run");
   cmd->add_option("--record-routing", f.record_routing,
                   "Write the experts chosen per layer (JSON, for `moep plan --routing`)");
+  cmd->footer("The terms in --stats and in the summaries are explained in docs/GLOSSARY.md.");
 }
 
 EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f) {

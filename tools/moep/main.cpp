@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   CLI::App app{"moep: Mixture-of-Experts inference with experts spread over nodes (expert parallelism)"};
   app.set_version_flag("--version", std::string("moep ") + MOEP_VERSION + " (" + MOEP_GIT_COMMIT + ")");
   app.require_subcommand(1);
+  // Every option's --help shows its default; subcommands inherit this from the app when they are added.
+  app.option_defaults()->always_capture_default();
   // Flag errors read like every other error: "moep: error: <what>" and a hint.
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return std::string("moep: error: ") + e.what() + "\nRun with --help for more information.\n";
