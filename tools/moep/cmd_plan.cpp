@@ -66,9 +66,13 @@ std::vector<int> default_nodes(const perf::ModelShape& shape, const std::vector<
                                const perf::Scenario& base) {
   const int max_nodes = 4096;
   int fewest = -1;
-  for (const perf::HardwareProfile* h : hw) {
-    const int n = perf::smallest_fitting_nodes(shape, *h, base, max_nodes);
-    if (n > 0 && (fewest < 0 || n < fewest)) fewest = n;
+  try {
+    for (const perf::HardwareProfile* h : hw) {
+      const int n = perf::smallest_fitting_nodes(shape, *h, base, max_nodes);
+      if (n > 0 && (fewest < 0 || n < fewest)) fewest = n;
+    }
+  } catch (const Error&) {
+    fewest = -1;  // a scenario some node count cannot take (a placement file for fixed ranks): make_plan says why
   }
   std::vector<int> nodes;
   if (fewest <= 8) {  // fits on 8 or fewer, or on none (make_plan then says why)
