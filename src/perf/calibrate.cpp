@@ -96,41 +96,19 @@ double time_calls(F&& call, int64_t copies, double target, int64_t* cursor, int 
   return best;
 }
 
-// The engine's attention inner loop (transformer.cpp): per (row, head) an online softmax over `ctx`
-// positions, dot products of head_dim for the scores and an axpy for the values. Returns nanoseconds per
-// (row, head, position).
+// The engine's attention (ops::attention, as transformer.cpp calls it, with scratch sized as the engine sizes
+// it): per (row, head) an online softmax over `ctx` positions, dot products of head_dim for the scores and an
+// axpy for the values. Returns nanoseconds per (row, head, position).
 double time_attention(ThreadPool& pool, double target, int64_t hd) {
-  const int64_t rows = 4, H = 16, KVH = 4, ctx = 256, group = H / KVH;
+  const int64_t rows = 4, H = 16, KVH = 4, ctx = 256;
+  const kernels::AttentionShape shape{H, KVH, hd, 1.f / std::sqrt(float(hd))};
   std::vector<float> q(size_t(rows * H * hd)), out(q.size()), kc(size_t(ctx * KVH * hd)), vc(kc.size());
   for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i % 97) - 48) / 480.f;
   for (size_t i = 0; i < kc.size(); ++i) kc[i] = float(int(i % 89) - 44) / 440.f, vc[i] = float(int(i % 83) - 41) / 410.f;
-  const float scale = 1.f / std::sqrt(float(hd));
-  auto run = [&] {
-    pool.parallel_for(rows * H, [&](int64_t task) {
-      const int64_t t = task / H, h = task % H, g = h / group;
-      const float* qq = &q[size_t((t * H + h) * hd)];
-      float acc[256];
-      std::fill(acc, acc + hd, 0.f);
-      float m = -std::numeric_limits<float>::infinity(), l = 0.f;
-      for (int64_t j = 0; j < ctx; ++j) {
-        const float* kj = &kc[size_t((j * KVH + g) * hd)];
-        float s = 0.f;
-        for (int64_t i = 0; i < hd; ++i) s += qq[i] * kj[i];
-        s *= scale;
-        if (s > m) {
-          const float corr = std::exp(m - s);
-          for (int64_t i = 0; i < hd; ++i) acc[i] *= corr;
-          l *= corr;
-          m = s;
-        }
-        const float p = std::exp(s - m);
-        l += p;
-        const float* vj = &vc[size_t((j * KVH + g) * hd)];
-        for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
-      }
-      for (int64_t i = 0; i < hd; ++i) out[size_t((t * H + h) * hd + i)] = acc[i] / l;
-    });
-  };
+  // Every row attends to all ctx positions of one sequence.
+  const std::vector<ops::AttentionRow> seq(size_t(rows), {{kc.data(), vc.data(), KVH * hd}, ctx});
+  std::vector<float> scratch(ops::attention_scratch_floats(rows, shape));
+  auto run = [&] { ops::attention(pool, shape, q.data(), seq.data(), rows, scratch.data(), out.data()); };
   int64_t cursor = 0;
   const double s = time_calls([&](int64_t) { run(); }, 1, target, &cursor);
   return s * 1e9 / double(rows * H * ctx);
