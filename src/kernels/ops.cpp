@@ -309,6 +309,21 @@ void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos, const f
   }
 }
 
+size_t attention_scratch_floats(int64_t rows, const kernels::AttentionShape& shape) {
+  return size_t(rows * shape.n_heads * shape.head_dim);
+}
+
+void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const float* q, const AttentionRow* rows,
+               int64_t T, float* scratch, float* out) {
+  const int64_t H = shape.n_heads, hd = shape.head_dim, qd = shape.q_dim(), group = shape.group();
+  pool.parallel_for(T * H, [&](int64_t task) {
+    const int64_t t = task / H, h = task % H;
+    const AttentionRow& r = rows[t];
+    kernels::attention_head(q + t * qd + h * hd, r.kv, h / group, r.n_positions, hd, shape.scale,
+                            scratch + task * hd, out + t * qd + h * hd);
+  });
+}
+
 void to_f32(const void* src, DType dtype, float* dst, int64_t n) { kernels::best_kernels().to_f32(src, dtype, dst, n); }
 
 }  // namespace moep::ops

@@ -7,6 +7,7 @@
 
 #include "core/tensor.h"
 #include "core/thread_pool.h"
+#include "kernels/attention.h"
 
 namespace moep::ops {
 
@@ -71,6 +72,21 @@ void softmax(float* x, int64_t n);
 // Rotates pairs (i, i + d/2) of each head of x [n_heads, head_dim] by angle pos · inv_freq[i]
 // (the "rotate_half" form of transformers' apply_rotary_pos_emb). cos/sin are [head_dim/2].
 void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos, const float* sin);
+
+// One query row of ops::attention: the sequence it belongs to and how many of its first positions it attends to
+// (causal: its own position + 1).
+struct AttentionRow {
+  kernels::SequenceKv kv;
+  int64_t n_positions = 0;
+};
+// The scratch floats ops::attention needs for `rows` rows: one head_dim accumulator per (row, query head), since
+// the tasks of a region run concurrently.
+size_t attention_scratch_floats(int64_t rows, const kernels::AttentionShape& shape);
+// out [T, q_dim] = attention of q [T, q_dim] (row t over rows[t]), with one kernels::attention_head task per
+// (row, query head) spread over the pool; results do not depend on the thread count. scratch: at least
+// attention_scratch_floats(T, shape) floats the caller owns, so that calls allocate nothing.
+void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const float* q, const AttentionRow* rows,
+               int64_t T, float* scratch, float* out);
 
 // dst[i] = float(src[i]) for a vector of any dtype.
 void to_f32(const void* src, DType dtype, float* dst, int64_t n);

@@ -1,4 +1,10 @@
 // Scalar reference kernels: the definition every fast kernel is tested against.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/attention.h"
 #include "kernels/kernels.h"
 
 namespace moep::kernels {
@@ -51,6 +57,27 @@ void to_f32_ref(const void* src, DType dtype, float* dst, int64_t n) {
 const KernelTable& reference_kernels() {
   static const KernelTable table{"scalar", gemm_nt_ref, gemm_nn_ref, to_f32_ref};
   return table;
+}
+
+void attention_head_reference(const float* q, const SequenceKv& kv, int64_t kv_head, int64_t n_positions,
+                              int64_t head_dim, float scale, float* out) {
+  auto score = [&](int64_t j) {
+    const float* k = kv.keys + j * kv.row_stride + kv_head * head_dim;
+    double dot = 0;
+    for (int64_t i = 0; i < head_dim; ++i) dot += double(q[i]) * double(k[i]);
+    return double(scale) * dot;
+  };
+  double max_score = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n_positions; ++j) max_score = std::max(max_score, score(j));
+  std::vector<double> sum(size_t(head_dim), 0.0);
+  double weight_total = 0;
+  for (int64_t j = 0; j < n_positions; ++j) {
+    const double w = std::exp(score(j) - max_score);
+    const float* v = kv.values + j * kv.row_stride + kv_head * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) sum[size_t(i)] += w * double(v[i]);
+    weight_total += w;
+  }
+  for (int64_t i = 0; i < head_dim; ++i) out[i] = float(sum[size_t(i)] / weight_total);
 }
 
 }  // namespace moep::kernels

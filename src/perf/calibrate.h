@@ -6,7 +6,7 @@
 //    for batches 1..64 and each dtype, in both weight layouts ([out, in] and DBRX's [in, out]); the weights
 //    are cycled through a buffer much larger than the caches, so every call reads from memory as in decode;
 //  - one expert (gate, up, down at batch 1) of a given shape, by dtype (reported; the model uses the table);
-//  - the attention inner loop (scores and values with an online softmax), per multiply-add;
+//  - the engine's attention (ops::attention: scores and values with an online softmax), per multiply-add;
 //  - the all-reduce over the job's ranks for messages of 4 B .. max bytes, fitted to a + b·m (least squares
 //    on relative error); α = a / ⌈log2 N⌉ and β = ⌈log2 N⌉ / b under the recursive-doubling assumption.
 // Collective: every rank of `comm` must call it with the same options.

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -59,6 +58,9 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   k_.resize(size_t(R * c_.kv_dim()));
   v_.resize(size_t(R * c_.kv_dim()));
   a_.resize(size_t(R * c_.q_dim()));
+  attention_shape_ = {c_.n_heads, c_.n_kv_heads, c_.head_dim, 1.f / std::sqrt(float(c_.head_dim))};
+  attention_rows_.resize(size_t(R));
+  attention_scratch_.resize(ops::attention_scratch_floats(R, attention_shape_));
   o_.resize(size_t(R * d));
   m_.resize(size_t(R * d));
   const int64_t mlp_ffn = std::max(c_.shared_expert_ffn, c_.dense_ffn);
@@ -162,37 +164,12 @@ void Transformer::attention(const LayerWeights& L, int64_t layer, std::span<cons
     std::memcpy(k_at(layer, rows[size_t(t)].slot, pos), k, size_t(kvd) * sizeof(float));
     std::memcpy(v_at(layer, rows[size_t(t)].slot, pos), v, size_t(kvd) * sizeof(float));
   }
-  // Causal attention of each (row, head) over its slot's positions 0..pos, with an online softmax.
-  const float scale = 1.f / std::sqrt(float(hd));
-  const int64_t group = H / KVH;
-  pool_.parallel_for(T * H, [&](int64_t task) {
-    const int64_t t = task / H, h = task % H, g = h / group;
+  // Causal: each row attends to its slot's positions 0..pos.
+  for (int64_t t = 0; t < T; ++t) {
     const BatchRow& r = rows[size_t(t)];
-    const float* q = &q_[size_t(t * qd + h * hd)];
-    float* out = &a_[size_t(t * qd + h * hd)];
-    float acc[1024];
-    MOEP_ASSERT(hd <= 1024);
-    std::fill(acc, acc + hd, 0.f);
-    float m = -std::numeric_limits<float>::infinity(), l = 0.f;
-    for (int64_t j = 0; j <= r.pos; ++j) {
-      const float* kj = k_at(layer, r.slot, j) + g * hd;
-      float s = 0.f;
-      for (int64_t i = 0; i < hd; ++i) s += q[i] * kj[i];
-      s *= scale;
-      if (s > m) {
-        const float corr = std::exp(m - s);
-        for (int64_t i = 0; i < hd; ++i) acc[i] *= corr;
-        l *= corr;
-        m = s;
-      }
-      const float p = std::exp(s - m);
-      l += p;
-      const float* vj = v_at(layer, r.slot, j) + g * hd;
-      for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
-    }
-    const float inv = 1.f / l;
-    for (int64_t i = 0; i < hd; ++i) out[i] = acc[i] * inv;
-  });
+    attention_rows_[size_t(t)] = {{k_at(layer, r.slot, 0), v_at(layer, r.slot, 0), kvd}, int64_t(r.pos) + 1};
+  }
+  ops::attention(pool_, attention_shape_, q_.data(), attention_rows_.data(), T, attention_scratch_.data(), a_.data());
   ops::linear(pool_, L.wo, a_.data(), T, o_.data());
   for (int64_t t = 0; t < T; ++t) ops::add_bias(&o_[size_t(t * d)], L.bo, d);
 }

@@ -90,6 +90,9 @@ class Transformer {
   std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim]
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
+  kernels::AttentionShape attention_shape_;
+  std::vector<ops::AttentionRow> attention_rows_;  // [max_rows]: each row's sequence in the layer's cache
+  std::vector<float> attention_scratch_;
   std::vector<float> mg_, mu_, sgate_, head_in_;
   ops::ManyScratch many_;  // q, k, v (or a dense MLP's gate and up) in one region
   std::vector<int32_t> want_rows_;
