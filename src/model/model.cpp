@@ -135,11 +135,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->index_ = SafetensorsIndex::open(dir);
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
-  WeightBinder binder(m->index_);
-  binder.set_split(opts.split_rank, opts.split_ranks);
-  ExpertFilter all = [](int64_t, int64_t) { return true; };
-  const ExpertFilter& filter = opts.is_local ? opts.is_local : all;
-  arch->bind(m->config_, binder, filter, m->weights_);
+  WeightBinder binder(m->index_, opts.share);
+  arch->bind(m->config_, binder, m->weights_);
   binder.finish();
   m->bytes_used_ = binder.bytes_read();
   m->residence_ = "mapped from the checkpoint files";
@@ -180,11 +177,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
       // copy (pages another process maps are kept): reclaiming them under pressure measured 1.2-3x slower here.
       copy_file_ranges(jobs, total, avail != 0 && 2 * total > avail, opts.progress);
       // Bind again with every view pointing into the copies.
-      WeightBinder relocated(m->index_);
+      WeightBinder relocated(m->index_, opts.share);
       relocated.relocate_to(std::move(dest));
-      relocated.set_split(opts.split_rank, opts.split_ranks);
       m->weights_ = ModelWeights{};
-      arch->bind(m->config_, relocated, filter, m->weights_);
+      arch->bind(m->config_, relocated, m->weights_);
       MOEP_ASSERT(relocated.read_ranges().size() == ranges.size());
       for (size_t k = 0; k < ranges.size(); ++k) m->spans_.push_back({m->arena_.data() + offset[k], ranges[k].total()});
       bool locked = true;

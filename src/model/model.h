@@ -16,10 +16,7 @@
 namespace moep {
 
 struct LoadOptions {
-  ExpertFilter is_local;  // which experts to read; empty: all
-  // A split placement: this is rank split_rank of split_ranks, and reads only its slice (ffn_split) of every
-  // expert's and shared expert's ffn dimension. 1 rank: all of it.
-  int split_rank = 0, split_ranks = 1;
+  RankShare share;        // which experts, and which slice of each, this rank reads; default: all, whole
   bool prefault = true;   // touch every page this rank will read before returning
   bool mlock = false;     // also lock them in memory (needs RLIMIT_MEMLOCK; a failure is reported, not fatal)
   // Copy the weights this rank uses into anonymous memory on huge pages instead of reading them in place.

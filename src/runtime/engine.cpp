@@ -91,18 +91,10 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     const ModelConfig cfg = load_model_config(opts.model_dir);
     e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
                                                c.size());
+    e->placement_.require_splittable(cfg.expert_ffn);
+    e->placement_.require_splittable(cfg.shared_expert_ffn);
     LoadOptions lo;
-    const int rank = c.rank();
-    const ExpertPlacement* pl = &e->placement_;
-    lo.is_local = [pl, rank](int64_t layer, int64_t expert) { return pl->holds(rank, layer, expert); };
-    if (pl->is_split()) {
-      for (const int64_t f : {cfg.expert_ffn, cfg.shared_expert_ffn})
-        if (f > 0 && f < c.size())
-          fail("placement split: ", c.size(), " ranks cannot each take a part of an ffn dimension of ", f,
-               " (use at most ", f, " ranks, or --placement contiguous)");
-      lo.split_rank = rank;
-      lo.split_ranks = c.size();
-    }
+    lo.share = e->placement_.share(c.rank());
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;
     if (opts.weights == "copy") {

@@ -24,7 +24,7 @@ struct EngineOptions {
   int threads = 0;                        // 0: the cores this process may use
   // "split" (every rank a slice of every expert: the same work on every rank), "contiguous", "round-robin" or
   // a JSON file; see ExpertPlacement.
-  std::string placement = "split";
+  std::string placement = kDefaultPlacement;
   EngineLimits limits;
   bool prefault = true;
   bool mlock = false;

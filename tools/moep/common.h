@@ -13,7 +13,7 @@ namespace moep::cli {
 
 struct EngineFlags {
   int threads = 0;
-  std::string placement = "split";
+  std::string placement = kDefaultPlacement;
   bool mlock = false;
   bool no_prefault = false;
   std::string weights = "auto";  // EngineOptions::weights
