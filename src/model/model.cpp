@@ -128,10 +128,25 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
 
 }  // namespace
 
+WeightResidence parse_weight_residence(std::string_view name) {
+  if (name == "auto") return WeightResidence::Auto;
+  if (name == "copy") return WeightResidence::Copy;
+  if (name == "map") return WeightResidence::Map;
+  fail("weights residence '", name, "' is unknown (expected auto, copy or map)");
+}
+
+WeightResidence residence_on_host(WeightResidence asked, int ranks_on_host) {
+  return asked == WeightResidence::Auto && ranks_on_host > 1 ? WeightResidence::Map : asked;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
+  return load(dir, load_model_config(dir), opts);
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, const LoadOptions& opts) {
   auto m = std::make_unique<Model>();
   m->dir_ = dir;
-  m->config_ = load_model_config(dir);
+  m->config_ = std::move(config);
   m->index_ = SafetensorsIndex::open(dir);
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
@@ -141,7 +156,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->bytes_used_ = binder.bytes_read();
   m->residence_ = "mapped from the checkpoint files";
 
-  if (opts.copy) {
+  if (opts.residence != WeightResidence::Map) {
     // One copy per distinct byte range (a tied head and embedding are one range), each 64-byte aligned.
     const auto& ranges = binder.read_ranges();
     std::map<std::tuple<const MappedFile*, size_t, size_t, size_t>, size_t> at;  // range -> offset in the arena
@@ -161,7 +176,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     if (avail != 0 && total + std::min(margin, avail / 8) > avail) {
       const std::string why = str_cat("copying the weights needs ", gb(total), " of anonymous memory but only ",
                                       gb(avail), " is available (MemAvailable, less a reserve of ", gb(std::min(margin, avail / 8)), ")");
-      if (opts.copy_required) fail(why, "; use --weights map to read them in place");
+      if (opts.residence == WeightResidence::Copy) fail(why, "; use --weights map to read them in place");
       m->residence_ = str_cat("mapped from the checkpoint files (not copied: ", why, ")");
     } else {
       m->arena_ = PageBuffer(total, true);

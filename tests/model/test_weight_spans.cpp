@@ -73,7 +73,7 @@ TEST(WeightResidence, CopiedWeightsHoldTheMappedBytesOutsideTheFiles) {
     LoadOptions mapped;
     mapped.share = odd.share(1);  // a rank's share (the odd experts), not every expert
     LoadOptions copied = mapped;
-    copied.copy = copied.copy_required = true;
+    copied.residence = WeightResidence::Copy;
     const auto a = Model::load(test::fixture_dir(name), mapped);
     const auto b = Model::load(test::fixture_dir(name), copied);
     EXPECT_FALSE(a->weights_copied());
@@ -107,12 +107,12 @@ TEST(WeightResidence, CopiedWeightsHoldTheMappedBytesOutsideTheFiles) {
 
 TEST(WeightResidence, ACopyThatDoesNotFitFallsBackOrFailsClearly) {
   LoadOptions lo;
-  lo.copy = true;
+  lo.residence = WeightResidence::Auto;
   lo.memory_available = 4096;  // far less than the fixture's weights
   const auto m = Model::load(test::fixture_dir("mixtral_f32"), lo);
   EXPECT_FALSE(m->weights_copied());
   EXPECT_NE(m->residence().find("not copied"), std::string::npos) << m->residence();
-  lo.copy_required = true;
+  lo.residence = WeightResidence::Copy;
   try {
     Model::load(test::fixture_dir("mixtral_f32"), lo);
     FAIL() << "expected an error";
@@ -165,7 +165,7 @@ TEST(WeightResidence, ExpertSlicesHoldTheirRowsAndColumns) {
         ASSERT_GT(sl.count, 0);
         LoadOptions lo;
         lo.share = pl.share(r);
-        lo.copy = lo.copy_required = copy;
+        lo.residence = copy ? WeightResidence::Copy : WeightResidence::Map;
         const auto m = Model::load(test::fixture_dir(name), lo);
         ASSERT_EQ(m->weights_copied(), copy);
         size_t spans = 0;
