@@ -203,6 +203,14 @@ void linear_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManySc
   }
 }
 
+void swiglu(ThreadPool& pool, const MatRef& gate, const MatRef& up, const MatRef& down, const float* x, int64_t T,
+            float* g, float* u, ManyScratch& many, float* out) {
+  const LinearJob gate_up[2] = {{gate, x, T, g}, {up, x, T, u}};
+  linear_many(pool, gate_up, 2, many);
+  silu_mul(g, u, T * gate.rows);
+  linear(pool, down, g, T, out);
+}
+
 void linear_in_out_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch) {
   const auto& k = kernels::best_kernels();
   const int threads = pool.size();

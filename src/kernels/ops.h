@@ -57,6 +57,11 @@ size_t in_out_partial_floats(int64_t in, int64_t out, DType dt, int64_t T);
 void linear_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch);
 void linear_in_out_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch);
 
+// out [T, down.rows] = down · (silu(gate · x) ⊙ (up · x)): a SwiGLU MLP on x [T, gate.cols]. g and u are scratch of
+// [T, gate.rows] each (overwritten); gate and up run in one region of `many` (2 jobs).
+void swiglu(ThreadPool& pool, const MatRef& gate, const MatRef& up, const MatRef& down, const float* x, int64_t T,
+            float* g, float* u, ManyScratch& many, float* out);
+
 // y = x / sqrt(mean(x²) + eps) · w           (w may be empty: no scale)
 void rmsnorm(const float* x, const VecRef& w, float eps, int64_t n, float* y);
 // y = (x - mean) / sqrt(var + eps) · w + b   (w, b may be empty)

@@ -50,8 +50,9 @@ void validate_config(const ModelConfig& c, const std::string& source);
 struct ArchSpec {
   const char* model_type;
   void (*parse)(const ConfigReader& r, ModelConfig& c);
-  // Binds every tensor of the checkpoint into w (experts only where is_local), through the binder.
-  void (*bind)(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, ModelWeights& w);
+  // Binds every tensor of the checkpoint into w through the binder: of the experts, those b.share() holds, each
+  // its slice.
+  void (*bind)(const ModelConfig& c, WeightBinder& b, ModelWeights& w);
 };
 
 const ArchSpec* find_arch(std::string_view model_type);
@@ -68,7 +69,7 @@ extern const ArchSpec kOlmoeArch;
 // Binds q/k/v/o projections named prefix + "q_proj" etc. (biases optional as the config says).
 void bind_llama_attention(const ModelConfig& c, WeightBinder& b, const std::string& prefix, LayerWeights& L);
 // Binds per-expert gate/up/down named prefix + "E." + names[0..2] + ".weight".
-void bind_expert_list(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, int64_t layer,
+void bind_expert_list(const ModelConfig& c, WeightBinder& b, int64_t layer,
                       const std::string& prefix, const char* const names[3], LayerWeights& L);
 // Embedding, final norm and lm_head with the usual names (model.embed_tokens, model.norm, lm_head).
 void bind_llama_outer(const ModelConfig& c, WeightBinder& b, ModelWeights& w);

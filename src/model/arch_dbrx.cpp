@@ -44,7 +44,7 @@ void parse_dbrx(const ConfigReader& r, ModelConfig& c) {
   c.layer_is_moe.assign(size_t(c.n_layers), true);
 }
 
-void bind_dbrx(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, ModelWeights& w) {
+void bind_dbrx(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   const int64_t d = c.d_model, kv = c.kv_dim(), f = c.expert_ffn, E = c.n_experts;
   w.embed = b.matrix("transformer.wte.weight", c.vocab_size, d);
   w.final_norm_w = b.vector("transformer.norm_f.weight", d);
@@ -71,10 +71,10 @@ void bind_dbrx(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_loc
     const std::string ex = p + "ffn.experts.mlp.";
     for (int64_t e = 0; e < E; ++e) {
       ExpertWeights& x = L.experts[size_t(e)];
-      if (!is_local(i, e)) continue;
+      if (!b.share().holds(i, e)) continue;
       x.local = true;
       // This rank's part of the ffn dimension (all of it unless the placement splits experts).
-      const FfnSlice sl = b.split_slice(f);
+      const FfnSlice sl = b.share().ffn_slice(f);
       const int64_t f0 = e * f + sl.first, n = sl.count;
       x.gate = b.matrix_rows(ex + "w1", E * f, d, f0, n);
       x.up = b.matrix_rows(ex + "v1", E * f, d, f0, n);

@@ -30,7 +30,7 @@ void parse_mixtral(const ConfigReader& r, ModelConfig& c) {
   c.sliding_window = r.get_int("sliding_window", 0);
 }
 
-void bind_mixtral(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, ModelWeights& w) {
+void bind_mixtral(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   static const char* const names[3] = {"w1", "w3", "w2"};
   bind_llama_outer(c, b, w);
   w.layers.resize(size_t(c.n_layers));
@@ -42,7 +42,7 @@ void bind_mixtral(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_
     bind_llama_attention(c, b, p + "self_attn.", L);
     L.is_moe = true;
     L.router = b.matrix(p + "block_sparse_moe.gate.weight", c.n_experts, c.d_model);
-    bind_expert_list(c, b, is_local, i, p + "block_sparse_moe.experts.", names, L);
+    bind_expert_list(c, b, i, p + "block_sparse_moe.experts.", names, L);
   }
 }
 

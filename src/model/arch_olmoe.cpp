@@ -32,7 +32,7 @@ void parse_olmoe(const ConfigReader& r, ModelConfig& c) {
   c.layer_is_moe.assign(size_t(c.n_layers), true);
 }
 
-void bind_olmoe(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, ModelWeights& w) {
+void bind_olmoe(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
   bind_llama_outer(c, b, w);
   w.layers.resize(size_t(c.n_layers));
@@ -44,7 +44,7 @@ void bind_olmoe(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_lo
     bind_llama_attention(c, b, p + "self_attn.", L);
     L.is_moe = true;
     L.router = b.matrix(p + "mlp.gate.weight", c.n_experts, c.d_model);
-    bind_expert_list(c, b, is_local, i, p + "mlp.experts.", names, L);
+    bind_expert_list(c, b, i, p + "mlp.experts.", names, L);
   }
 }
 

@@ -65,7 +65,7 @@ MlpWeights bind_mlp(WeightBinder& b, const std::string& p, int64_t d, int64_t f)
 
 // A shared expert: this rank's slice of its ffn dimension under a split placement (all of it otherwise).
 MlpWeights bind_shared_expert(WeightBinder& b, const std::string& p, int64_t d, int64_t f) {
-  const FfnSlice sl = b.split_slice(f);
+  const FfnSlice sl = b.share().ffn_slice(f);
   MlpWeights m;
   m.gate = b.matrix_rows(p + "gate_proj.weight", f, d, sl.first, sl.count);
   m.up = b.matrix_rows(p + "up_proj.weight", f, d, sl.first, sl.count);
@@ -73,7 +73,7 @@ MlpWeights bind_shared_expert(WeightBinder& b, const std::string& p, int64_t d, 
   return m;
 }
 
-void bind_qwen(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, ModelWeights& w) {
+void bind_qwen(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   static const char* const names[3] = {"gate_proj", "up_proj", "down_proj"};
   bind_llama_outer(c, b, w);
   w.layers.resize(size_t(c.n_layers));
@@ -89,7 +89,7 @@ void bind_qwen(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_loc
       continue;
     }
     L.router = b.matrix(p + "mlp.gate.weight", c.n_experts, c.d_model);
-    bind_expert_list(c, b, is_local, i, p + "mlp.experts.", names, L);
+    bind_expert_list(c, b, i, p + "mlp.experts.", names, L);
     if (c.shared_expert_ffn > 0) {
       L.shared_expert = bind_shared_expert(b, p + "mlp.shared_expert.", c.d_model, c.shared_expert_ffn);
       L.shared_expert_gate = b.matrix(p + "mlp.shared_expert_gate.weight", 1, c.d_model);

@@ -37,17 +37,17 @@ void bind_llama_attention(const ModelConfig& c, WeightBinder& b, const std::stri
   }
 }
 
-void bind_expert_list(const ModelConfig& c, WeightBinder& b, const ExpertFilter& is_local, int64_t layer,
+void bind_expert_list(const ModelConfig& c, WeightBinder& b, int64_t layer,
                       const std::string& p, const char* const names[3], LayerWeights& L) {
   const int64_t d = c.d_model, f = c.expert_ffn;
   L.experts.resize(size_t(c.n_experts));
   for (int64_t e = 0; e < c.n_experts; ++e) {
     const std::string base = p + std::to_string(e) + ".";
     ExpertWeights& x = L.experts[size_t(e)];
-    if (is_local(layer, e)) {
+    if (b.share().holds(layer, e)) {
       x.local = true;
       // This rank's part of the ffn dimension (all of it unless the placement splits experts).
-      const FfnSlice sl = b.split_slice(f);
+      const FfnSlice sl = b.share().ffn_slice(f);
       const int64_t f0 = sl.first, n = sl.count;
       x.gate = b.matrix_rows(base + names[0] + ".weight", f, d, f0, n);
       x.up = b.matrix_rows(base + names[1] + ".weight", f, d, f0, n);

@@ -128,23 +128,35 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
 
 }  // namespace
 
+WeightResidence parse_weight_residence(std::string_view name) {
+  if (name == "auto") return WeightResidence::Auto;
+  if (name == "copy") return WeightResidence::Copy;
+  if (name == "map") return WeightResidence::Map;
+  fail("weights residence '", name, "' is unknown (expected auto, copy or map)");
+}
+
+WeightResidence residence_on_host(WeightResidence asked, int ranks_on_host) {
+  return asked == WeightResidence::Auto && ranks_on_host > 1 ? WeightResidence::Map : asked;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
+  return load(dir, load_model_config(dir), opts);
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, const LoadOptions& opts) {
   auto m = std::make_unique<Model>();
   m->dir_ = dir;
-  m->config_ = load_model_config(dir);
+  m->config_ = std::move(config);
   m->index_ = SafetensorsIndex::open(dir);
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
-  WeightBinder binder(m->index_);
-  binder.set_split(opts.split_rank, opts.split_ranks);
-  ExpertFilter all = [](int64_t, int64_t) { return true; };
-  const ExpertFilter& filter = opts.is_local ? opts.is_local : all;
-  arch->bind(m->config_, binder, filter, m->weights_);
+  WeightBinder binder(m->index_, opts.share);
+  arch->bind(m->config_, binder, m->weights_);
   binder.finish();
   m->bytes_used_ = binder.bytes_read();
   m->residence_ = "mapped from the checkpoint files";
 
-  if (opts.copy) {
+  if (opts.residence != WeightResidence::Map) {
     // One copy per distinct byte range (a tied head and embedding are one range), each 64-byte aligned.
     const auto& ranges = binder.read_ranges();
     std::map<std::tuple<const MappedFile*, size_t, size_t, size_t>, size_t> at;  // range -> offset in the arena
@@ -164,7 +176,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     if (avail != 0 && total + std::min(margin, avail / 8) > avail) {
       const std::string why = str_cat("copying the weights needs ", gb(total), " of anonymous memory but only ",
                                       gb(avail), " is available (MemAvailable, less a reserve of ", gb(std::min(margin, avail / 8)), ")");
-      if (opts.copy_required) fail(why, "; use --weights map to read them in place");
+      if (opts.residence == WeightResidence::Copy) fail(why, "; use --weights map to read them in place");
       m->residence_ = str_cat("mapped from the checkpoint files (not copied: ", why, ")");
     } else {
       m->arena_ = PageBuffer(total, true);
@@ -180,11 +192,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
       // copy (pages another process maps are kept): reclaiming them under pressure measured 1.2-3x slower here.
       copy_file_ranges(jobs, total, avail != 0 && 2 * total > avail, opts.progress);
       // Bind again with every view pointing into the copies.
-      WeightBinder relocated(m->index_);
+      WeightBinder relocated(m->index_, opts.share);
       relocated.relocate_to(std::move(dest));
-      relocated.set_split(opts.split_rank, opts.split_ranks);
       m->weights_ = ModelWeights{};
-      arch->bind(m->config_, relocated, filter, m->weights_);
+      arch->bind(m->config_, relocated, m->weights_);
       MOEP_ASSERT(relocated.read_ranges().size() == ranges.size());
       for (size_t k = 0; k < ranges.size(); ++k) m->spans_.push_back({m->arena_.data() + offset[k], ranges[k].total()});
       bool locked = true;

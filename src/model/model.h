@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/page_buffer.h"
@@ -15,18 +16,23 @@
 
 namespace moep {
 
+// Where the weights live (--weights). Copy: copied once into anonymous memory on 2 MiB pages (an error when the
+// copy does not fit); Map: read in place from the page cache (ranks on one host share it); Auto: copy when it
+// fits, map otherwise.
+enum class WeightResidence { Auto, Copy, Map };
+// "auto", "copy" or "map"; throws moep::Error naming the value otherwise.
+WeightResidence parse_weight_residence(std::string_view name);
+// What `asked` means for a rank sharing its host with ranks_on_host - 1 others: Auto maps when there are others
+// (the mapping's pages are shared, copies would not be), and stays Auto (copy if it fits) when alone.
+WeightResidence residence_on_host(WeightResidence asked, int ranks_on_host);
+
 struct LoadOptions {
-  ExpertFilter is_local;  // which experts to read; empty: all
-  // A split placement: this is rank split_rank of split_ranks, and reads only its slice (ffn_split) of every
-  // expert's and shared expert's ffn dimension. 1 rank: all of it.
-  int split_rank = 0, split_ranks = 1;
+  RankShare share;        // which experts, and which slice of each, this rank reads; default: all, whole
   bool prefault = true;   // touch every page this rank will read before returning
   bool mlock = false;     // also lock them in memory (needs RLIMIT_MEMLOCK; a failure is reported, not fatal)
-  // Copy the weights this rank uses into anonymous memory on huge pages instead of reading them in place.
-  bool copy = false;
-  // With copy: when the copy would not fit in the memory available (MemAvailable less 1 GiB), throw moep::Error
-  // (copy_required) or keep the mapping and say so in Model::residence().
-  bool copy_required = false;
+  // Of the weights this rank uses. A copy that would not fit in the memory available (MemAvailable less 1 GiB)
+  // throws moep::Error (Copy) or keeps the mapping (Auto): Model::weights_copied() and residence() say which.
+  WeightResidence residence = WeightResidence::Map;
   size_t memory_available = 0;  // bytes the copy may use; 0: MemAvailable of /proc/meminfo (tests set it)
   // Called with (bytes done, bytes total) while prefaulting or copying (a progress bar); may be empty.
   std::function<void(size_t, size_t)> progress;
@@ -37,6 +43,8 @@ class Model {
   // Loads config.json and the safetensors checkpoint in `dir`. Throws moep::Error for any problem with the
   // files: missing, truncated or malformed, a missing tensor, a wrong shape, an unused tensor.
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opts = {});
+  // The same with config.json already parsed (load_model_config(dir)).
+  static std::unique_ptr<Model> load(const std::string& dir, ModelConfig config, const LoadOptions& opts);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -50,6 +58,7 @@ class Model {
     size_t bytes;
   };
   const std::vector<Span>& weight_spans() const { return spans_; }
+  // Whether the weights were copied (a copy asked for with Auto may not have been: residence() says why).
   bool weights_copied() const { return !arena_.empty(); }
   // Where the weights live, for the user: "mapped from the checkpoint files", "copied into anonymous memory
   // (2 MiB pages requested)", or why a requested copy was not made.

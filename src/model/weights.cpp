@@ -57,16 +57,6 @@ MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, in
   return m;
 }
 
-FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks) {
-  MOEP_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks);
-  if (n_ranks == 1) return {0, ffn};
-  const int64_t unit = ffn >= 32 * int64_t(n_ranks) ? 32 : 1;
-  const int64_t units = (ffn + unit - 1) / unit;
-  auto edge = [&](int r) { return std::min(ffn, units * int64_t(r) / n_ranks * unit); };
-  const int64_t b = edge(rank), e = rank + 1 == n_ranks ? ffn : edge(rank + 1);
-  return {b, e - b};
-}
-
 MatRef WeightBinder::matrix_cols(const std::string& name, int64_t rows, int64_t total_cols, int64_t col0,
                                  int64_t n) {
   if (record(name, {rows, total_cols})) return {};

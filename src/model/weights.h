@@ -11,6 +11,7 @@
 #include "core/tensor.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "moe/placement.h"
 
 namespace moep {
 
@@ -49,32 +50,20 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 };
 
-// Which experts this rank holds: is_local(layer, expert).
-using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
-
-// Rank `rank`'s part [first, first + count) of an ffn dimension of size ffn split over n_ranks: equal parts on
-// 32-element boundaries (64 bytes of bf16) where every rank still gets some, plain equal parts otherwise.
-struct FfnSlice {
-  int64_t first = 0, count = 0;
-};
-FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks);
-
 // Hands out checkpoint tensors by name, checking dtype and shape, and remembers what was used so that
 // finish() can refuse a checkpoint with tensors the model did not use. Byte ranges that this rank will read
 // are collected for prefaulting.
 class WeightBinder {
  public:
-  explicit WeightBinder(const SafetensorsIndex& index) : index_(&index) {}
+  // Binds what `share` holds: whole experts where share.holds, and of each bound expert and of a shared expert
+  // only the slice share.ffn_slice (rows of gate and up, the matching inputs of down).
+  explicit WeightBinder(const SafetensorsIndex& index, RankShare share = {}) : index_(&index), share_(share) {}
   // Recording mode: no checkpoint; every request records (name, shape) and returns an empty view. Used to
   // list the tensors a model of some config needs (moep synth writes exactly these).
   WeightBinder() = default;
 
   bool has(const std::string& name) const { return index_ && index_->find(name) != nullptr; }
-  // A split placement (see ExpertPlacement): this rank binds only its slice (ffn_split) of every expert's
-  // ffn dimension, and of a shared expert's: rows of gate and up, the matching inputs of down. Unset (1 rank):
-  // all of it.
-  void set_split(int rank, int n_ranks) { split_rank_ = rank, split_ranks_ = n_ranks; }
-  FfnSlice split_slice(int64_t ffn) const { return ffn_split(ffn, split_rank_, split_ranks_); }
+  const RankShare& share() const { return share_; }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
   // Rows [row0, row0 + n) of a [total_rows, cols] tensor (a part of a fused tensor). Only those rows are
@@ -111,7 +100,7 @@ class WeightBinder {
   size_t bytes_read() const;
 
   // Relocation: the k-th range read (in the order of read_ranges() of an earlier binding of the same model
-  // with the same filter) lives at dest[k] instead of in the mapping; views point there. Set before binding.
+  // with the same share) lives at dest[k] instead of in the mapping; views point there. Set before binding.
   void relocate_to(std::vector<const uint8_t*> dest) { dest_ = std::move(dest); }
 
  private:
@@ -122,7 +111,7 @@ class WeightBinder {
   std::set<std::string> used_;
   std::vector<Range> ranges_;
   std::vector<const uint8_t*> dest_;
-  int split_rank_ = 0, split_ranks_ = 1;
+  RankShare share_;
   // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
   const void* placed(const void* mapped) const;
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -20,10 +21,9 @@ inline int64_t now_ns() {
 MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows)
     : c_(config),
       placement_(placement),
-      rank_(rank),
+      share_(placement.share(rank)),
       max_rows_(max_rows),
-      split_(placement.is_split()),
-      ffn_(placement.ffn_slice(rank, config.expert_ffn).count) {
+      ffn_(share_.ffn_slice(config.expert_ffn).count) {
   const int64_t R = max_rows, E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
   logits_.resize(size_t(R * E));
   ids_.resize(size_t(R * k));
@@ -40,6 +40,11 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
   up_jobs_.resize(size_t(2 * E));
   down_jobs_.resize(size_t(E));
   down_nt_jobs_.resize(size_t(E));
+  const int64_t shared_ffn = share_.ffn_slice(c_.shared_expert_ffn).count;
+  shared_g_.resize(size_t(R * shared_ffn));
+  shared_u_.resize(size_t(R * shared_ffn));
+  shared_out_.resize(c_.shared_expert_ffn > 0 ? size_t(R * d) : 0);
+  shared_gate_.resize(c_.shared_expert_ffn > 0 ? size_t(R) : 0);
   // Partials of the down projections run together: room for kFusedRows pair rows of [ffn, d_model] downs
   // (batched decode of up to kFusedRows / top_k tokens in one region; more run as several), and never less
   // than one expert's largest row split. Sized for 4-byte weights, an upper bound on the chunk count.
@@ -49,11 +54,45 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
   many_.reserve(2 * E, std::max(one, std::min(fused, size_t(R * k) * (one / 8))));
 }
 
+double MoeBlock::weight_bytes_per_token(const LayerWeights& w) const {
+  auto mb = [](const MatRef& m) { return m.empty() ? 0.0 : double(m.bytes()); };
+  double bytes = mb(w.router) + mb(w.shared_expert.gate) + mb(w.shared_expert.up) + mb(w.shared_expert.down);
+  // One expert's bytes, times top_k, shared among ranks (balanced routing); split, every rank reads its slice of
+  // each of the top_k.
+  double expert = 0;
+  for (const auto& e : w.experts)
+    if (e.local) {
+      expert = mb(e.gate) + mb(e.up) + mb(e.down);
+      break;
+    }
+  return bytes + expert * double(c_.top_k) / (share_.is_split() ? 1 : placement_.n_ranks());
+}
+
+void MoeBlock::shared_expert(ThreadPool& pool, const LayerWeights& w, const float* h, int64_t T, MoeTimes* times) {
+  const int64_t t0 = now_ns(), d = c_.d_model;
+  const MlpWeights& m = w.shared_expert;
+  ops::swiglu(pool, m.gate, m.up, m.down, h, T, shared_g_.data(), shared_u_.data(), many_, shared_out_.data());
+  ops::linear(pool, w.shared_expert_gate, h, T, shared_gate_.data());
+  for (int64_t t = 0; t < T; ++t) {
+    const float gate = 1.f / (1.f + std::exp(-shared_gate_[size_t(t)]));
+    for (int64_t j = 0; j < d; ++j) shared_out_[size_t(t * d + j)] *= gate;
+  }
+  const int64_t t1 = now_ns();
+  if (times) {
+    times->t_shared_start = t0;
+    times->t_shared_end = t1;
+    times->shared_ns += t1 - t0;
+  }
+}
+
 void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
-                       int64_t T, float* out, MoeTimes* times, const float* add_before_reduce) {
+                       int64_t T, float* out, MoeTimes* times) {
   MOEP_ASSERT(T <= max_rows_, "batch of ", T, " rows exceeds the ", max_rows_, " the engine was sized for");
   // f: this rank's part of each expert's ffn dimension (all of it unless the placement splits experts).
   const int64_t E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = ffn_;
+  const bool has_shared = !w.shared_expert.empty(), split = share_.is_split();
+  // Split, this rank's slice of the shared expert joins the routed experts' sum before the all-reduce.
+  if (has_shared && split) shared_expert(pool, w, h, T, times);
   const int64_t t0 = now_ns();
 
   // Router: identical on every rank (same inputs, same kernels, per-row sums independent of threading).
@@ -65,7 +104,7 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
 
   // Group this rank's pairs by expert (counting sort; within an expert, by token row). Split: every pair, on
   // this rank's slice of its expert.
-  auto mine = [&](int64_t p) { return split_ || owner_[size_t(p)] == rank_; };
+  auto mine = [&](int64_t p) { return split || owner_[size_t(p)] == share_.rank(); };
   std::fill(count_.begin(), count_.end(), 0);
   for (int64_t p = 0; p < T * k; ++p)
     if (mine(p)) count_[size_t(ids_[size_t(p)]) + 1]++;
@@ -94,7 +133,8 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
     const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
     if (n == 0) continue;
     const ExpertWeights& x = w.experts[size_t(e)];
-    MOEP_ASSERT(x.local, "layer ", layer, " expert ", e, " was assigned to rank ", rank_, " which does not hold it");
+    MOEP_ASSERT(x.local, "layer ", layer, " expert ", e, " was assigned to rank ", share_.rank(),
+                " which does not hold it");
     ++touched;
     const float* xin = &xg_[size_t(b * d)];
     up_jobs_[size_t(n_up++)] = {x.gate, xin, n, &g_[size_t(b * f)]};
@@ -120,12 +160,17 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
     const float wgt = pair_w_[size_t(i)];
     for (int64_t j = 0; j < d; ++j) o[j] += wgt * y[j];
   }
-  if (add_before_reduce)
-    for (int64_t i = 0; i < T * d; ++i) out[i] += add_before_reduce[i];
+  if (has_shared && split)
+    for (int64_t i = 0; i < T * d; ++i) out[i] += shared_out_[size_t(i)];
   const int64_t t2 = now_ns();
 
   comm.allreduce_sum(out, size_t(T * d));
   const int64_t t3 = now_ns();
+  // Not split, every rank computes the whole shared expert itself and adds it after the all-reduce.
+  if (has_shared && !split) {
+    shared_expert(pool, w, h, T, times);
+    for (int64_t i = 0; i < T * d; ++i) out[i] += shared_out_[size_t(i)];
+  }
   if (times) {
     times->t_start = t0;
     times->t_router = t1;

@@ -3,6 +3,8 @@
 //   expert → this rank's experts for its pairs, weighted by the router → one all-reduce (sum) of the
 //   [tokens × d_model] result. Nothing else crosses the network. With a split placement every rank computes
 //   every pair on its slice of the expert's ffn dimension, and the same all-reduce adds the slices.
+// A shared expert (Qwen2-MoE), times its sigmoid gate, is part of the block: under a split placement each rank
+// adds its slice before the all-reduce; otherwise every rank computes all of it and adds it after.
 // All scratch is sized at construction; forward() allocates nothing.
 #pragma once
 
@@ -26,6 +28,10 @@ struct MoeTimes {
   int64_t allreduce_ns = 0;
   int64_t expert_pairs = 0;     // (token, expert) pairs this rank computed
   int64_t experts_touched = 0;  // distinct local experts that had work
+  // The shared expert of the last call: steady-clock start and end (both 0 when the layer has none), and the
+  // accumulated time.
+  int64_t t_shared_start = 0, t_shared_end = 0;
+  int64_t shared_ns = 0;
 };
 
 class MoeBlock {
@@ -33,21 +39,27 @@ class MoeBlock {
   MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows);
 
   // h: [T, d_model] normalized input (identical on every rank). out: [T, d_model], overwritten with the sum
-  // over all ranks of the weighted expert outputs (identical on every rank after the all-reduce).
-  // add_before_reduce (optional, [T, d_model]): this rank's part of something else summed over ranks, added
-  // to out before the all-reduce (a shared expert's slice under a split placement).
+  // over all ranks of the weighted expert outputs, plus the gated shared expert if the layer has one
+  // (identical on every rank after the all-reduce).
   void forward(ThreadPool& pool, Communicator& comm, const LayerWeights& w, int64_t layer, const float* h,
-               int64_t T, float* out, MoeTimes* times, const float* add_before_reduce = nullptr);
+               int64_t T, float* out, MoeTimes* times);
+
+  // Weight bytes one token reads on this rank in layer w (router, shared expert, and on average top_k experts'
+  // share held here under balanced routing), for bandwidth figures.
+  double weight_bytes_per_token(const LayerWeights& w) const;
 
   // The routing of the last forward (for --record-routing): [T, top_k] expert ids.
   const int32_t* last_expert_ids() const { return ids_.data(); }
 
  private:
+  // The shared expert of layer w on h, times its sigmoid gate, into shared_out_ (this rank's slice of it under
+  // a split placement); records its time in times.
+  void shared_expert(ThreadPool& pool, const LayerWeights& w, const float* h, int64_t T, MoeTimes* times);
+
   const ModelConfig& c_;
   const ExpertPlacement& placement_;
-  int rank_;
+  RankShare share_;
   int64_t max_rows_;
-  bool split_;   // every pair computed here, on this rank's slice of its expert
   int64_t ffn_;  // this rank's part of each expert's ffn dimension (all of it unless split)
   std::vector<float> logits_;      // [R, E]
   std::vector<int32_t> ids_;       // [R, k]
@@ -59,6 +71,8 @@ class MoeBlock {
   std::vector<float> pair_w_;      // [R·k]
   std::vector<float> xg_, g_, u_, y_;  // [R·k, d], [R·k, ffn], [R·k, ffn], [R·k, d]
   std::vector<ops::LinearJob> up_jobs_, down_jobs_, down_nt_jobs_;  // [2E], [E], [E]: one region each
+  // The shared expert: gate and up [R, its ffn slice], output [R, d], gate logits [R].
+  std::vector<float> shared_g_, shared_u_, shared_out_, shared_gate_;
   ops::ManyScratch many_;
 };
 

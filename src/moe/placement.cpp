@@ -49,8 +49,40 @@ ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int 
   return p;
 }
 
+FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks) {
+  MOEP_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks);
+  if (n_ranks == 1) return {0, ffn};
+  const int64_t unit = ffn >= 32 * int64_t(n_ranks) ? 32 : 1;
+  const int64_t units = (ffn + unit - 1) / unit;
+  auto edge = [&](int r) { return std::min(ffn, units * int64_t(r) / n_ranks * unit); };
+  const int64_t b = edge(rank), e = rank + 1 == n_ranks ? ffn : edge(rank + 1);
+  return {b, e - b};
+}
+
+bool RankShare::holds(int64_t layer, int64_t expert) const {
+  return !placement_ || placement_->holds(rank_, layer, expert);
+}
+
+FfnSlice RankShare::ffn_slice(int64_t ffn) const {
+  return placement_ ? placement_->ffn_slice(rank_, ffn) : FfnSlice{0, ffn};
+}
+
+bool RankShare::is_split() const { return placement_ && placement_->is_split(); }
+
 FfnSlice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
   return split_ ? ffn_split(ffn, rank, n_ranks_) : FfnSlice{0, ffn};
+}
+
+int64_t ExpertPlacement::largest_ffn_slice(int64_t ffn) const {
+  int64_t most = 0;
+  for (int r = 0; r < n_ranks_; ++r) most = std::max(most, ffn_slice(r, ffn).count);
+  return most;
+}
+
+void ExpertPlacement::require_splittable(int64_t ffn) const {
+  if (split_ && ffn > 0 && ffn < n_ranks_)
+    fail("placement split: ", n_ranks_, " ranks cannot each take a part of an ffn dimension of ", ffn,
+         " (use at most ", ffn, " ranks, or --placement contiguous)");
 }
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,

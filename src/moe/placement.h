@@ -14,9 +14,38 @@
 #include <string>
 #include <vector>
 
-#include "model/weights.h"
-
 namespace moep {
+
+// The placement the engine and the performance model use when none is named.
+inline constexpr const char* kDefaultPlacement = "split";
+
+// Rank `rank`'s part [first, first + count) of an ffn dimension of size ffn split over n_ranks: equal parts on
+// 32-element boundaries (64 bytes of bf16) where every rank still gets some, plain equal parts otherwise.
+struct FfnSlice {
+  int64_t first = 0, count = 0;
+};
+FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks);
+
+class ExpertPlacement;
+
+// What one rank holds of the experts: which whole experts (holds), and which slice of each held expert's ffn
+// dimension, and of a shared expert's (ffn_slice: all of it unless the placement splits experts). The one
+// value the loader, the weight binder and the MoE block read. A view: the placement must outlive it. Default:
+// everything, whole (one rank).
+class RankShare {
+ public:
+  RankShare() = default;
+  RankShare(const ExpertPlacement& placement, int rank) : placement_(&placement), rank_(rank) {}
+  int rank() const { return rank_; }
+  bool holds(int64_t layer, int64_t expert) const;
+  FfnSlice ffn_slice(int64_t ffn) const;
+  // Every (token, expert) pair is computed on every rank, each on its slice; the all-reduce adds the slices.
+  bool is_split() const;
+
+ private:
+  const ExpertPlacement* placement_ = nullptr;
+  int rank_ = 0;
+};
 
 class ExpertPlacement {
  public:
@@ -47,6 +76,12 @@ class ExpertPlacement {
   // unless split; split, ffn_split (equal parts on 32-element boundaries where ffn allows).
   using Slice = FfnSlice;
   Slice ffn_slice(int rank, int64_t ffn) const;
+  // The largest slice of an ffn dimension of size ffn on any rank (the one that sets the pace).
+  int64_t largest_ffn_slice(int64_t ffn) const;
+  RankShare share(int rank) const { return RankShare(*this, rank); }
+  // Throws moep::Error if a split placement cannot give every rank a part of an ffn dimension of size ffn
+  // (0: none, accepted).
+  void require_splittable(int64_t ffn) const;
   int64_t experts_held(int rank) const;  // summed over layers
 
   // For n_pairs (token, expert) pairs of one layer, in token-major order, writes the rank that computes each

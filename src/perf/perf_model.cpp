@@ -41,9 +41,7 @@ bool placement_uniform_over_layers(const ExpertPlacement& p) {
 double shared_expert_share(const ModelShape& m, const ExpertPlacement& pl) {
   if (!pl.is_split() || m.shared_elems <= 0) return 1.0;
   const int64_t ffn = std::max<int64_t>(1, (m.shared_elems + m.d_model) / (3 * m.d_model));  // 3·d·ffn (+ d: gate)
-  int64_t most = 0;
-  for (int r = 0; r < pl.n_ranks(); ++r) most = std::max(most, pl.ffn_slice(r, ffn).count);
-  return double(most) / double(ffn);
+  return double(pl.largest_ffn_slice(ffn)) / double(ffn);
 }
 
 }  // namespace
@@ -96,11 +94,7 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
   const int64_t k = m.top_k, n_pairs = rows * k;
   std::vector<double> cost(size_t(n_pairs + 1), 0.0);
   // Split experts: every rank runs its slice of every active expert (the largest slice sets the pace).
-  int64_t ffn = m.expert_ffn;
-  if (pl.is_split()) {
-    ffn = 0;
-    for (int r = 0; r < pl.n_ranks(); ++r) ffn = std::max(ffn, pl.ffn_slice(r, m.expert_ffn).count);
-  }
+  const int64_t ffn = pl.largest_ffn_slice(m.expert_ffn);
   const double fd = double(ffn) * double(m.d_model);
   const double extra = hw_.expert_extra_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight);
   for (int64_t n = 1; n <= n_pairs; ++n)
@@ -260,11 +254,8 @@ MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scena
   }
   u.experts_held = held;
   u.experts = double(held) * double(m.expert_elems) * wb;
-  if (pl.is_split()) {  // every expert on every rank, a slice of each: the largest slice's share
-    int64_t ffn = 0;
-    for (int r = 0; r < s.nodes; ++r) ffn = std::max(ffn, pl.ffn_slice(r, m.expert_ffn).count);
-    u.experts *= double(ffn) / double(std::max<int64_t>(1, m.expert_ffn));
-  }
+  if (pl.is_split())  // every expert on every rank, a slice of each: the largest slice's share
+    u.experts *= double(pl.largest_ffn_slice(m.expert_ffn)) / double(std::max<int64_t>(1, m.expert_ffn));
   u.kv_cache = double(m.n_layers) * double(s.batch) * double(s.context) * double(m.kv_elems_per_pos) *
                kv_bytes_per_value(s.kv_dtype);
   // Scratch sized for the largest step: the residual stream and its copies, q/k/v/attention output, the

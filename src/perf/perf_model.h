@@ -36,9 +36,7 @@ struct Scenario {
   int64_t prefill_chunk = 64;  // rows per forward step in prefill
   std::string dtype = "bf16";  // weights
   std::string kv_dtype = "f32";  // moep keeps its KV cache in f32
-  // contiguous, round-robin, split or a placement JSON file (the command line's default is split, the
-  // engine's; code that builds a Scenario names the placement it means)
-  std::string placement = "contiguous";
+  std::string placement = kDefaultPlacement;  // split, contiguous, round-robin or a placement JSON file
   const RoutingRecord* routing = nullptr;  // null: uniform routing
   bool identical_rows = false;  // rows of a step route alike (each step's choice still uniform or recorded)
   double emulate_latency_us = 0.0;  // moep's --emulate-latency-us

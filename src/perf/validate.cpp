@@ -136,7 +136,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       s.prefill_chunk = c.value("prefill_chunk", std::max(row.batch, std::min<int64_t>(row.prompt, 512)));
       s.dtype = c.value("dtype", shape.stored_dtype);
       s.emulate_latency_us = row.emulate_latency_us;
-      s.placement = c.value("placement", std::string("split"));  // the engine's default
+      s.placement = c.value("placement", std::string(kDefaultPlacement));
       const bool split =
           ExpertPlacement::from_spec(s.placement, shape.n_layers, std::max<int64_t>(1, shape.n_experts), row.ranks).is_split();
       // Routing: a record of the run (file), "uniform", "identical" (rows of a step route alike), or "auto":

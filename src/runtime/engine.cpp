@@ -88,35 +88,21 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   run_collectively(c, [&] {
     // Before the kernel set's name goes into the agreement: "avx512+bf16dot" while on, so all ranks must agree.
     kernels::set_bf16_dot(opts.bf16_dot);
-    const ModelConfig cfg = load_model_config(opts.model_dir);
+    const ModelConfig cfg = opts.model_config ? *opts.model_config : load_model_config(opts.model_dir);
     e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
                                                c.size());
+    e->placement_.require_splittable(cfg.expert_ffn);
+    e->placement_.require_splittable(cfg.shared_expert_ffn);
     LoadOptions lo;
-    const int rank = c.rank();
-    const ExpertPlacement* pl = &e->placement_;
-    lo.is_local = [pl, rank](int64_t layer, int64_t expert) { return pl->holds(rank, layer, expert); };
-    if (pl->is_split()) {
-      for (const int64_t f : {cfg.expert_ffn, cfg.shared_expert_ffn})
-        if (f > 0 && f < c.size())
-          fail("placement split: ", c.size(), " ranks cannot each take a part of an ffn dimension of ", f,
-               " (use at most ", f, " ranks, or --placement contiguous)");
-      lo.split_rank = rank;
-      lo.split_ranks = c.size();
-    }
+    lo.share = e->placement_.share(c.rank());
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;
-    if (opts.weights == "copy") {
-      lo.copy = lo.copy_required = true;
-    } else if (opts.weights == "auto") {
-      lo.copy = host_ranks == 1;
-    } else if (opts.weights != "map") {
-      fail("weights residence '", opts.weights, "' is unknown (expected auto, copy or map)");
-    }
+    lo.residence = residence_on_host(opts.weights, host_ranks);
     lo.progress = opts.load_progress;
-    e->model_ = Model::load(opts.model_dir, lo);
+    e->model_ = Model::load(opts.model_dir, cfg, lo);
   });
-  // Copied weights sit on 2 MiB pages; mapped ones on the page cache's 4 KiB pages (the kernels prefetch
-  // further ahead there).
+  // From what the model did, not what was asked (Auto may have kept the mapping): copied weights sit on 2 MiB
+  // pages; mapped ones on the page cache's 4 KiB pages (the kernels prefetch further ahead there).
   kernels::set_weights_on_small_pages(!e->model_->weights_copied());
   const ModelConfig& cfg = e->model_->config();
   Agreement mine{};

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,17 +22,17 @@ constexpr uint32_t kProtocolVersion = 1;
 
 struct EngineOptions {
   std::string model_dir;
+  std::optional<ModelConfig> model_config;  // config.json of model_dir when the caller has parsed it; else read
   int threads = 0;                        // 0: the cores this process may use
   // "split" (every rank a slice of every expert: the same work on every rank), "contiguous", "round-robin" or
   // a JSON file; see ExpertPlacement.
-  std::string placement = "split";
+  std::string placement = kDefaultPlacement;
   EngineLimits limits;
   bool prefault = true;
   bool mlock = false;
-  // Where the weights live: "copy" (anonymous memory on 2 MiB pages; fails if it does not fit), "map" (read in
-  // place from the page cache; ranks on one host share it), or "auto": copy when this rank is the only one on
-  // its host and the copy fits, map otherwise.
-  std::string weights = "auto";
+  // Where the weights live (see WeightResidence); Auto copies only when this rank is the only one on its host
+  // (and the copy fits).
+  WeightResidence weights = WeightResidence::Auto;
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
   size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)

@@ -25,8 +25,7 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
       comm_(comm),
       pool_(pool),
       limits_(limits),
-      moe_(model.config(), placement, comm.rank(), limits.max_rows),
-      split_experts_(placement.is_split()) {
+      moe_(model.config(), placement, comm.rank(), limits.max_rows) {
   if (limits_.max_rows < 1 || limits_.n_slots < 1 || limits_.max_ctx < 1)
     fail("engine limits must be positive (rows ", limits_.max_rows, ", slots ", limits_.n_slots, ", context ",
          limits_.max_ctx, ")");
@@ -63,11 +62,9 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   attention_scratch_.resize(ops::attention_scratch_floats(R, attention_shape_));
   o_.resize(size_t(R * d));
   m_.resize(size_t(R * d));
-  const int64_t mlp_ffn = std::max(c_.shared_expert_ffn, c_.dense_ffn);
-  mg_.resize(size_t(R * mlp_ffn));
+  mg_.resize(size_t(R * c_.dense_ffn));
   many_.reserve(3, 0);
-  mu_.resize(size_t(R * mlp_ffn));
-  sgate_.resize(size_t(R));
+  mu_.resize(size_t(R * c_.dense_ffn));
   head_in_.resize(size_t(R * d));
   want_rows_.resize(size_t(R));
   stats_.resize(size_t(c_.n_layers));
@@ -84,23 +81,10 @@ void Transformer::reset_stats() {
 double Transformer::weight_bytes_per_token() const {
   auto mb = [](const MatRef& m) { return m.empty() ? 0.0 : double(m.bytes()); };
   double bytes = mb(w_.lm_head);
-  const int n_ranks = std::max(1, comm_.size());
   for (const auto& L : w_.layers) {
     bytes += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo);
     bytes += mb(L.dense.gate) + mb(L.dense.up) + mb(L.dense.down);
-    bytes += mb(L.shared_expert.gate) + mb(L.shared_expert.up) + mb(L.shared_expert.down);
-    if (L.is_moe) {
-      bytes += mb(L.router);
-      // One expert's bytes, times top_k, shared among ranks (balanced routing); split, every rank reads its
-      // slice of each of the top_k.
-      double expert = 0;
-      for (const auto& e : L.experts)
-        if (e.local) {
-          expert = mb(e.gate) + mb(e.up) + mb(e.down);
-          break;
-        }
-      bytes += expert * double(c_.top_k) / (split_experts_ ? 1 : n_ranks);
-    }
+    if (L.is_moe) bytes += moe_.weight_bytes_per_token(L);
   }
   return bytes;
 }
@@ -113,23 +97,6 @@ void Transformer::norm(const float* x, const VecRef& w, const VecRef& b, float* 
     else
       ops::rmsnorm(x + t * d, w, c_.norm_eps, d, y + t * d);
   }
-}
-
-void Transformer::shared_expert(const LayerWeights& L, int64_t T) {
-  const int64_t d = c_.d_model;
-  mlp(L.shared_expert, L.shared_expert.gate.rows, h_.data(), T, o_.data());
-  ops::linear(pool_, L.shared_expert_gate, h_.data(), T, sgate_.data());
-  for (int64_t t = 0; t < T; ++t) {
-    const float gate = 1.f / (1.f + std::exp(-sgate_[size_t(t)]));
-    for (int64_t j = 0; j < d; ++j) o_[size_t(t * d + j)] *= gate;
-  }
-}
-
-void Transformer::mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out) {
-  const ops::LinearJob up[2] = {{m.gate, h, T, mg_.data()}, {m.up, h, T, mu_.data()}};
-  ops::linear_many(pool_, up, 2, many_);
-  ops::silu_mul(mg_.data(), mu_.data(), T * ffn);
-  ops::linear(pool_, m.down, mg_.data(), T, out);
 }
 
 void Transformer::attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows) {
@@ -204,18 +171,9 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
     st.attention_ns += t1 - t0;
     tracer_.record(TracePhase::Attention, int32_t(l), t0, t1);
     if (L.is_moe) {
-      // A shared expert under a split placement: each rank computes its slice, weighted by the gate, and the
-      // MoE block's all-reduce sums the slices with the routed experts' outputs.
-      const bool shared_split = split_experts_ && !L.shared_expert.empty();
-      if (shared_split) {
-        const int64_t t2 = now_ns();
-        shared_expert(L, T);
-        const int64_t t3 = now_ns();
-        st.dense_ns += t3 - t2;
-        tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
-      }
       MoeTimes mt;
-      moe_.forward(pool_, comm_, L, l, h_.data(), T, m_.data(), &mt, shared_split ? o_.data() : nullptr);
+      moe_.forward(pool_, comm_, L, l, h_.data(), T, m_.data(), &mt);
+      st.dense_ns += mt.shared_ns;
       st.router_ns += mt.router_ns;
       st.experts_ns += mt.experts_ns;
       st.allreduce_ns += mt.allreduce_ns;
@@ -224,22 +182,15 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       tracer_.record(TracePhase::Router, int32_t(l), mt.t_start, mt.t_router);
       tracer_.record(TracePhase::Experts, int32_t(l), mt.t_router, mt.t_experts);
       tracer_.record(TracePhase::AllReduce, int32_t(l), mt.t_experts, mt.t_end);
+      if (mt.t_shared_end != 0) tracer_.record(TracePhase::Dense, int32_t(l), mt.t_shared_start, mt.t_shared_end);
       if (record_routing_) {
         auto& rt = routing_[size_t(l)];
         rt.assign(moe_.last_expert_ids(), moe_.last_expert_ids() + T * c_.top_k);
       }
-      if (!L.shared_expert.empty() && !shared_split) {
-        // Otherwise every rank computes the whole shared expert itself and adds it after the all-reduce.
-        const int64_t t2 = now_ns();
-        shared_expert(L, T);
-        for (int64_t i = 0; i < T * d; ++i) m_[size_t(i)] += o_[size_t(i)];
-        const int64_t t3 = now_ns();
-        st.dense_ns += t3 - t2;
-        tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);
-      }
     } else {
       const int64_t t2 = now_ns();
-      mlp(L.dense, c_.dense_ffn, h_.data(), T, m_.data());
+      ops::swiglu(pool_, L.dense.gate, L.dense.up, L.dense.down, h_.data(), T, mg_.data(), mu_.data(), many_,
+                  m_.data());
       const int64_t t3 = now_ns();
       st.dense_ns += t3 - t2;
       tracer_.record(TracePhase::Dense, int32_t(l), t2, t3);

@@ -67,10 +67,6 @@ class Transformer {
 
  private:
   void attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows);
-  void mlp(const MlpWeights& m, int64_t ffn, const float* h, int64_t T, float* out);
-  // The shared expert of layer L on h_ (this rank's slice of it under a split placement), times its sigmoid gate,
-  // into o_.
-  void shared_expert(const LayerWeights& L, int64_t T);
   void norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const;
   float* k_at(int64_t layer, int64_t slot, int64_t pos) {
     return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];
@@ -86,14 +82,13 @@ class Transformer {
   ThreadPool& pool_;
   EngineLimits limits_;
   MoeBlock moe_;
-  bool split_experts_;  // the placement splits every expert over the ranks
   std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim]
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
   kernels::AttentionShape attention_shape_;
   std::vector<ops::AttentionRow> attention_rows_;  // [max_rows]: each row's sequence in the layer's cache
   std::vector<float> attention_scratch_;
-  std::vector<float> mg_, mu_, sgate_, head_in_;
+  std::vector<float> mg_, mu_, head_in_;  // a dense MLP's gate and up [R, dense_ffn]; the head's input [R, d]
   ops::ManyScratch many_;  // q, k, v (or a dense MLP's gate and up) in one region
   std::vector<int32_t> want_rows_;
   std::vector<LayerStats> stats_;

@@ -221,11 +221,8 @@ TEST(FlagErrors, UnknownFlagNamesIt) {
 }
 
 TEST(FlagErrors, UnknownWeightResidenceFromTheLibrary) {
-  EngineOptions o;
-  o.model_dir = test::fixture_dir("olmoe_f32");
-  o.weights = "disk";
   try {
-    Engine::create(o, std::make_unique<LocalCommunicator>());
+    parse_weight_residence("disk");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'disk' is unknown (expected auto, copy or map)"), std::string::npos)

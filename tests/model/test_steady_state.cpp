@@ -67,13 +67,13 @@ class SteadyState : public ::testing::TestWithParam<std::tuple<std::string, std:
 TEST_P(SteadyState, DecodeStepsAllocateNothingAndTakeNoPageFault) {
   EngineOptions o;
   o.model_dir = test::fixture_dir(std::get<0>(GetParam()));
-  o.weights = std::get<1>(GetParam());
+  o.weights = parse_weight_residence(std::get<1>(GetParam()));
   o.threads = 2;
   o.limits.max_rows = 4;
   o.limits.n_slots = 4;
   o.limits.max_ctx = 200;
   auto engine = Engine::create(o, std::make_unique<LocalCommunicator>());
-  EXPECT_EQ(engine->model().weights_copied(), o.weights == "copy") << engine->model().residence();
+  EXPECT_EQ(engine->model().weights_copied(), o.weights == WeightResidence::Copy) << engine->model().residence();
   Transformer& tr = engine->transformer();
   const int64_t V = engine->config().vocab_size;
   std::vector<float> logits(size_t(4 * V));

@@ -34,7 +34,9 @@ TEST(WeightSpans, CoverExactlyTheBytesTheRankUsesInsideItsFiles) {
 
     // Only the experts a rank holds are in its spans.
     LoadOptions half = lo;
-    half.is_local = [](int64_t, int64_t e) { return e % 2 == 0; };
+    const ModelConfig& c = m->config();
+    const ExpertPlacement even = ExpertPlacement::round_robin(c.n_layers, c.n_experts, 2);
+    half.share = even.share(0);  // the even experts
     const auto h = Model::load(test::fixture_dir(name), half);
     size_t htotal = 0;
     for (const auto& s : h->weight_spans()) htotal += s.bytes;
@@ -66,10 +68,12 @@ namespace {
 TEST(WeightResidence, CopiedWeightsHoldTheMappedBytesOutsideTheFiles) {
   for (const std::string name : {"dbrx_bf16", "mixtral_f32", "qwen2_moe_bf16", "olmoe_bf16"}) {
     SCOPED_TRACE(name);
+    const ModelConfig c = load_model_config(test::fixture_dir(name));
+    const ExpertPlacement odd = ExpertPlacement::round_robin(c.n_layers, c.n_experts, 2);
     LoadOptions mapped;
-    mapped.is_local = [](int64_t, int64_t e) { return e % 2 == 1; };  // a rank's share, not every expert
+    mapped.share = odd.share(1);  // a rank's share (the odd experts), not every expert
     LoadOptions copied = mapped;
-    copied.copy = copied.copy_required = true;
+    copied.residence = WeightResidence::Copy;
     const auto a = Model::load(test::fixture_dir(name), mapped);
     const auto b = Model::load(test::fixture_dir(name), copied);
     EXPECT_FALSE(a->weights_copied());
@@ -103,12 +107,12 @@ TEST(WeightResidence, CopiedWeightsHoldTheMappedBytesOutsideTheFiles) {
 
 TEST(WeightResidence, ACopyThatDoesNotFitFallsBackOrFailsClearly) {
   LoadOptions lo;
-  lo.copy = true;
+  lo.residence = WeightResidence::Auto;
   lo.memory_available = 4096;  // far less than the fixture's weights
   const auto m = Model::load(test::fixture_dir("mixtral_f32"), lo);
   EXPECT_FALSE(m->weights_copied());
   EXPECT_NE(m->residence().find("not copied"), std::string::npos) << m->residence();
-  lo.copy_required = true;
+  lo.residence = WeightResidence::Copy;
   try {
     Model::load(test::fixture_dir("mixtral_f32"), lo);
     FAIL() << "expected an error";
@@ -160,9 +164,8 @@ TEST(WeightResidence, ExpertSlicesHoldTheirRowsAndColumns) {
         const ExpertPlacement::Slice sl = pl.ffn_slice(r, c.expert_ffn);
         ASSERT_GT(sl.count, 0);
         LoadOptions lo;
-        lo.split_rank = r;
-        lo.split_ranks = n_ranks;
-        lo.copy = lo.copy_required = copy;
+        lo.share = pl.share(r);
+        lo.residence = copy ? WeightResidence::Copy : WeightResidence::Map;
         const auto m = Model::load(test::fixture_dir(name), lo);
         ASSERT_EQ(m->weights_copied(), copy);
         size_t spans = 0;

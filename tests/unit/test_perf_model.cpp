@@ -150,6 +150,7 @@ TEST(PerfModel, SingleNodeDecodeIsBytesOverBandwidth) {
   const ModelShape m = tiny(4, 2);
   const HardwareProfile hw = roofline(100);
   Scenario s;
+  s.placement = "contiguous";
   s.batch = 1;
   s.context = 10;
   s.prompt = 0;
@@ -176,6 +177,7 @@ TEST(PerfModel, TwoNodesImbalanceAndAllreduce) {
   const ModelShape m = tiny(2, 1, 3);
   const HardwareProfile hw = roofline(100);
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.prompt = 0;
   s.emulate_latency_us = 50;
@@ -196,6 +198,7 @@ TEST(PerfModel, SplitExpertsHaveNoImbalance) {
   const ModelShape m = tiny(2, 1, 3);
   const HardwareProfile hw = roofline(100);
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.prompt = 0;
   s.placement = "split";
@@ -233,6 +236,7 @@ TEST(PerfModel, SplitSharedExpertIsSlicedToo) {
   const ModelShape m = shape_from_config(c, "tiny-shared");
   const HardwareProfile hw = roofline(100);
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.prompt = 0;
   s.placement = "contiguous";
@@ -288,6 +292,7 @@ TEST(PerfModel, ComputeBoundAtLargeBatch) {
   HardwareProfile hw = roofline(100);
   hw.peak_tflops_16 = {0.001, "test", "", false, true};  // 1 GFLOP/s: compute-bound at any batch
   Scenario s;
+  s.placement = "contiguous";
   s.batch = 8;
   s.prompt = 0;
   s.context = 1;
@@ -367,6 +372,7 @@ TEST(PerfModel, ARankReadingAloneOnASharedHostIsFaster) {
   shared.measured->alone_speedup = 1.6;
   const ModelShape m = tiny(2, 1);
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.batch = 1;
   s.context = 10;
@@ -405,6 +411,7 @@ TEST(PerfModel, MeasuredExpertExtraIsAddedPerExpertRun) {
   // In a prediction: N = 1, batch 1, top-2 of 4 experts, the model's expert is the calibrated shape.
   const ModelShape m = tiny(4, 2);
   Scenario s;
+  s.placement = "contiguous";
   s.batch = 1;
   s.context = 10;
   s.prompt = 0;
@@ -534,6 +541,7 @@ TEST(PerfRouting, RecordParsingAndErrors) {
 TEST(PerfModel, MemoryFit) {
   const ModelShape m = tiny(8, 2, 4);
   Scenario s;
+  s.placement = "contiguous";
   s.batch = 2;
   s.context = 100;
   s.prefill_chunk = 1;
@@ -568,6 +576,7 @@ TEST(PerfPlan, NonsenseInputGetsClearErrors) {
   const HardwareProfile hw = roofline(100);
   const NetworkProfile net = network(10, 1);
   PlanRequest req;
+  req.base.placement = "contiguous";
   req.model = &m;
   req.hardware = {&hw};
   req.networks = {&net};
@@ -609,6 +618,7 @@ TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
   profiles.load_dir(default_profile_dir());
   const ModelShape dbrx = resolve_model("dbrx");
   PlanRequest req;
+  req.base.placement = "contiguous";
   req.model = &dbrx;
   req.hardware = {&profiles.hardware("m2-ultra-192gb"), &profiles.hardware("m3-ultra-512gb")};
   req.networks = {&profiles.network("10gbe-tcp"), &profiles.network("tb5-rdma"), &profiles.network("1gbe-tcp")};
@@ -653,6 +663,7 @@ TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
     rec.counts[size_t(l)] = c;
   }
   PlanRequest req2;
+  req2.base.placement = "contiguous";
   req2.model = &ds;
   req2.hardware = {&profiles.hardware("m3-ultra-512gb")};
   req2.networks = {&profiles.network("tb5-rdma")};
@@ -684,6 +695,7 @@ TEST(PerfPlan, TableColumnsStayApartWithTheLongestNames) {
   profiles.load_dir(default_profile_dir());
   const ModelShape m = tiny(8, 2, 2);
   PlanRequest req;
+  req.base.placement = "contiguous";
   req.model = &m;
   // Every shipped profile (the longest names there are), and names longer than any.
   for (const auto& h : profiles.hardware_names()) req.hardware.push_back(&profiles.hardware(h));
@@ -758,6 +770,7 @@ TEST(PerfPlan, ChartsRender) {
   profiles.load_dir(default_profile_dir());
   const ModelShape m = resolve_model("mixtral-8x7b");
   PlanRequest req;
+  req.base.placement = "contiguous";
   req.model = &m;
   req.hardware = {&profiles.hardware("m2-ultra-192gb")};
   req.networks = {&profiles.network("10gbe-tcp"), &profiles.network("tb5-rdma")};
@@ -806,6 +819,7 @@ TEST(PerfRouting, CounterWritesARecordThePlannerReads) {
   m3.layer_is_moe = kinds;
   EXPECT_NO_THROW(check_routing_matches(r, m3));
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.routing = &r;
   s.prompt = 0;
@@ -830,6 +844,7 @@ TEST(PerfRouting, RecordedStepsAreReplayed) {
   EXPECT_EQ(set.count, 10);
   EXPECT_EQ(recorded_routings(r, 0, 3).count, 0);
   Scenario s;
+  s.placement = "contiguous";
   s.nodes = 2;
   s.batch = 4;
   s.prompt = 0;

@@ -170,6 +170,7 @@ TEST(PerfCalibrate, QuickLocalCalibrationGivesAUsableProfile) {
   NetworkProfile none;
   none.beta_gbs.value = 1;
   Scenario sc;
+  sc.placement = "contiguous";
   sc.prompt = 0;
   EXPECT_GT(predict(s, h, none, sc).decode_tokens_per_s, 0);
 }

@@ -42,7 +42,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--json", o->json, "Also write the figures as JSON");
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {
-    const int threads = o->engine.threads > 0 ? o->engine.threads : default_thread_count();
+    const int threads = thread_count_or_default(o->engine.threads);
     if (o->model.empty()) {
       if (!o->membw) fail("bench: give a model directory, or --membw to measure only the memory bandwidth");
       ThreadPool pool(threads);

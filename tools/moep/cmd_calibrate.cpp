@@ -8,6 +8,7 @@
 
 #include "comm/communicator.h"
 #include "commands.h"
+#include "common.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "perf/calibrate.h"
@@ -76,7 +77,7 @@ void register_calibrate(CLI::App& app) {
   cmd->add_flag("--quick", o->quick, "Shorter timings and fewer batch sizes (less accurate)");
   cmd->callback([o] {
     auto comm = make_communicator();
-    ThreadPool pool(o->threads > 0 ? o->threads : default_thread_count());
+    ThreadPool pool(thread_count_or_default(o->threads));
     perf::CalibrateOptions co;
     co.dtypes.clear();
     {
@@ -96,7 +97,8 @@ void register_calibrate(CLI::App& app) {
     co.batches = parse_ints(o->batches, "--batches");
     if (co.batches.empty()) fail("--batches: expected batch sizes such as 1,2,4,8");
     co.membw_bytes = size_t(o->membw_mb) << 20;
-    co.huge_pages = o->weights == "copy" || (o->weights == "auto" && ranks_on_this_host(*comm) == 1);
+    const WeightResidence residence = residence_on_host(parse_weight_residence(o->weights), ranks_on_this_host(*comm));
+    co.huge_pages = residence != WeightResidence::Map;
     co.max_allreduce_bytes = size_t(o->max_allreduce_bytes);
     if (o->rotation_mb > 0) co.rotation_bytes = size_t(o->rotation_mb) << 20;
     if (o->quick) make_quick(co, o->rotation_mb > 0);

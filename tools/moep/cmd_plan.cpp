@@ -99,7 +99,7 @@ std::string join(const std::vector<std::string>& v) {
 
 void register_plan(CLI::App& app) {
   struct Opts {
-    std::string model, hardware, network, nodes, routing, dtype, kv_dtype = "f32", placement = "split";
+    std::string model, hardware, network, nodes, routing, dtype, kv_dtype = "f32", placement = kDefaultPlacement;
     std::string svg, validate, out;
     std::vector<std::string> profile_dirs;
     int64_t batch = 1, context = 1024, prompt = 512, prefill_chunk = 64, samples = 0;

@@ -81,6 +81,7 @@ void register_run(CLI::App& app) {
     eo.limits.n_slots = 1;
     eo.limits.max_rows = 64;
     const ModelConfig peek = load_model_config(o->model);
+    eo.model_config = peek;
     eo.limits.max_ctx = std::min<int64_t>(o->ctx, std::max<int64_t>(peek.max_position, 16));
     ProgressBar bar("loading weights");
     if (root) eo.load_progress = [&](size_t d, size_t t) { bar.update(d, t); };

@@ -195,6 +195,7 @@ void register_serve(CLI::App& app) {
     const bool root = comm->rank() == 0;
     EngineOptions eo = make_engine_options(o->model, o->engine);
     const ModelConfig peek = load_model_config(o->model);
+    eo.model_config = peek;
     eo.limits.n_slots = o->parallel;
     eo.limits.max_rows = std::max<int64_t>(o->max_rows, 1);
     eo.limits.max_ctx = std::min<int64_t>(o->ctx, std::max<int64_t>(peek.max_position, 16));

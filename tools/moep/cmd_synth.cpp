@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "commands.h"
+#include "common.h"
 #include "core/data_paths.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -76,7 +77,7 @@ void register_synth(CLI::App& app) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     ProgressBar bar("writing weights");
-    write_synthetic_checkpoint(spec, o->out, o->threads > 0 ? o->threads : default_thread_count(),
+    write_synthetic_checkpoint(spec, o->out, thread_count_or_default(o->threads),
                                [&](size_t done, size_t total) { bar.update(done, total); });
     bar.finish();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

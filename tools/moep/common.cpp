@@ -13,6 +13,8 @@
 
 namespace moep::cli {
 
+int thread_count_or_default(int threads) { return threads > 0 ? threads : default_thread_count(); }
+
 void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_option("--threads,-t", f.threads, "Threads per rank (0: the cores this process may use)")
       ->check(CLI::Range(0, 4096));
@@ -48,7 +50,7 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.placement = f.placement;
   o.mlock = f.mlock;
   o.prefault = !f.no_prefault;
-  o.weights = f.weights;
+  o.weights = parse_weight_residence(f.weights);
   o.bf16_dot = f.bf16_dot;  // applied by Engine::create, before the ranks compare kernel sets
   o.emulate_latency_us = f.emulate_latency_us;
   if (!f.trace.empty()) o.trace_events = 1 << 20;

@@ -13,10 +13,10 @@ namespace moep::cli {
 
 struct EngineFlags {
   int threads = 0;
-  std::string placement = "split";
+  std::string placement = kDefaultPlacement;
   bool mlock = false;
   bool no_prefault = false;
-  std::string weights = "auto";  // EngineOptions::weights
+  std::string weights = "auto";  // auto, copy or map: EngineOptions::weights
   bool bf16_dot = false;   // prefill bf16 weights with bf16 dot products (kernels::set_bf16_dot)
   double emulate_latency_us = 0.0;
   std::string stats_json;  // per-layer/per-rank timing as JSON
@@ -24,6 +24,9 @@ struct EngineFlags {
   bool stats = false;      // print the summary table
   std::string record_routing;  // write the routing decisions (moep-routing-v1) for `moep plan --routing`
 };
+
+// A --threads value of any command: `threads` when positive, default_thread_count() for 0.
+int thread_count_or_default(int threads);
 
 void add_engine_flags(CLI::App* cmd, EngineFlags& f);
 EngineOptions make_engine_options(const std::string& model_dir, const EngineFlags& f);
