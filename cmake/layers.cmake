@@ -1,8 +1,10 @@
 # The layers of src/ and what each may use: the one place moep's dependency graph is written down.
 #
-# MOEP_LAYER_<folder> lists what the sources of src/<folder>/ may name in an `#include "…"` of another folder: a
-# whole folder, or one header of it ("model/config.h"). MOEP_OWNED_HEADERS says which external headers one folder
-# alone may include, so that the library behind them stays its own.
+# Each folder of src/ is one static library, moep_<folder>. MOEP_LAYER_<folder> lists what the folder's sources
+# may name in an `#include "…"` of another folder: a whole folder, or one header of it ("model/config.h"); the
+# library links the libraries of those folders and nothing else. MOEP_LAYER_LIBS_<folder> lists the other
+# libraries it links (CMake targets). MOEP_OWNED_HEADERS says which external headers one folder alone may
+# include, so that the library behind them stays its own.
 #
 # Dependencies point one way (STYLE.md): runtime → {model, moe} → {kernels, comm, io} → core. moe sits on model
 # (the MoE block computes with a layer's weights and the model's config); perf runs without weights, so it
@@ -26,7 +28,8 @@ set(MOEP_LAYER_model core io)
 set(MOEP_LAYER_moe core kernels comm model)
 # Not model/weights.h, model/model.h or io: perf predicts and calibrates without a checkpoint.
 # Known gap, left for the lead: moe/placement.h itself includes model/weights.h (for ffn_split, which another
-# change of the same issue moves out of model/weights.h); until then perf reaches that header through it.
+# change of the same issue moves out of model/weights.h); until then perf reaches that header through it, and
+# links moep_model (and so moep_io) through moep_moe.
 set(MOEP_LAYER_perf core kernels comm model/config.h moe/placement.h)
 set(MOEP_LAYER_runtime core kernels comm io model moe text)
 set(MOEP_LAYER_server core runtime text)
@@ -34,6 +37,17 @@ set(MOEP_LAYER_server core runtime text)
 # Includes allowed against the lists above, each as "<file under src/>:<include>", with why and until when.
 # None today.
 set(MOEP_LAYER_EXCEPTIONS "")
+
+set(MOEP_LAYER_LIBS_core Threads::Threads)
+set(MOEP_LAYER_LIBS_io nlohmann_json::nlohmann_json)
+set(MOEP_LAYER_LIBS_kernels "")
+set(MOEP_LAYER_LIBS_comm "")  # and MPI::MPI_C, privately, when MOEP_WITH_MPI (CMakeLists.txt)
+set(MOEP_LAYER_LIBS_text nlohmann_json::nlohmann_json PkgConfig::PCRE2 PkgConfig::ICU)
+set(MOEP_LAYER_LIBS_model nlohmann_json::nlohmann_json)
+set(MOEP_LAYER_LIBS_moe nlohmann_json::nlohmann_json)
+set(MOEP_LAYER_LIBS_perf nlohmann_json::nlohmann_json)
+set(MOEP_LAYER_LIBS_runtime nlohmann_json::nlohmann_json moep_commit)  # moep_commit: the generated moep_commit.h
+set(MOEP_LAYER_LIBS_server nlohmann_json::nlohmann_json moep_commit)  # and the HTTP library, privately
 
 # "<header or header folder>=<the one folder that may include it>".
 set(MOEP_OWNED_HEADERS "mpi.h=comm" "httplib.h=server" "pcre2.h=text" "unicode/=text")
