@@ -1,22 +1,15 @@
 #include "moe/moe_layer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "moe/router.h"
 
 namespace moep {
-
-namespace {
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, int rank, int64_t max_rows)
     : c_(config),

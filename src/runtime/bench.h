@@ -8,7 +8,7 @@
 
 #include "core/thread_pool.h"
 #include "runtime/engine.h"
-#include "runtime/stats.h"
+#include "runtime/run_report.h"
 
 namespace moep {
 

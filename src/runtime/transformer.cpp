@@ -1,21 +1,14 @@
 #include "runtime/transformer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 
 namespace moep {
-
-namespace {
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 Transformer::Transformer(const Model& model, const ExpertPlacement& placement, Communicator& comm,
                          ThreadPool& pool, const EngineLimits& limits)

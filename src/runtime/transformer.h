@@ -17,7 +17,7 @@
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "moe/placement.h"
-#include "runtime/stats.h"
+#include "runtime/tracer.h"
 
 namespace moep {
 

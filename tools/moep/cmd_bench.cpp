@@ -12,11 +12,12 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "core/system_info.h"
 #include "kernels/kernels.h"
 #include "kernels/membw.h"
 #include "runtime/bench.h"
 #include "runtime/engine.h"
-#include "runtime/stats.h"
+#include "runtime/run_report.h"
 
 namespace moep::cli {
 

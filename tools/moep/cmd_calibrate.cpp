@@ -12,7 +12,6 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "perf/calibrate.h"
-#include "runtime/stats.h"
 #include "this_machine.h"
 
 namespace moep::cli {

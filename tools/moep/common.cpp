@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 #include "perf/routing.h"
-#include "runtime/stats.h"
+#include "runtime/run_report.h"
 
 namespace moep::cli {
 

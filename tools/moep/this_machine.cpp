@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/system_info.h"
 #include "core/thread_pool.h"
 #include "moep_commit.h"
-#include "runtime/stats.h"
 
 namespace moep::cli {
 

@@ -1,7 +1,5 @@
-#include "runtime/stats.h"
+#include "runtime/run_report.h"
 #include "moep_commit.h"
-
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -10,45 +8,11 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/system_info.h"
 #include "kernels/kernels.h"
 #include "runtime/engine.h"
 
 namespace moep {
-
-const char* trace_phase_name(TracePhase p) {
-  switch (p) {
-    case TracePhase::Attention: return "attention";
-    case TracePhase::Router: return "router";
-    case TracePhase::Experts: return "experts";
-    case TracePhase::AllReduce: return "allreduce";
-    case TracePhase::Dense: return "dense";
-    case TracePhase::Head: return "head";
-    case TracePhase::Step: return "step";
-  }
-  return "?";
-}
-
-std::string cpu_model_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0 || line.rfind("Model", 0) == 0) {
-      const auto p = line.find(':');
-      if (p != std::string::npos) {
-        std::string v = line.substr(p + 1);
-        v.erase(0, v.find_first_not_of(' '));
-        return v;
-      }
-    }
-  }
-  return "unknown CPU";
-}
-
-std::string host_name() {
-  char buf[256] = {0};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
-  return buf;
-}
 
 namespace {
 
