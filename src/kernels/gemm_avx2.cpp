@@ -210,7 +210,7 @@ template <DType D, int R>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r,
               int64_t step) {
   constexpr int kMaxTB = R >= 4 ? 2 : R == 3 ? 3 : R == 2 ? 5 : 8;
-  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) {
+  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
     nt_block<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
   });
 }
@@ -220,7 +220,7 @@ void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y,
 template <DType D, int R>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                     int64_t r1) {
-  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) {
+  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
     nt_group<D, rows()>(W, X, ldx, T, Y, ldy, r, step);
   });
 }
@@ -272,8 +272,8 @@ void Avx2::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int
   const int64_t tile = TB == 1 ? kNNTileFloats1 : std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
   // The rows stream as RG long streams (row j of RG equal parts at a time, as in nt_stream_rows).
   const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, kPrefetchInFlight / RG / 64 * 64);
-  nn_column_tiles<Avx2, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) {
-    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) {
+  nn_column_tiles<Avx2, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
+    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
       nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, step, ahead);
     });
   });

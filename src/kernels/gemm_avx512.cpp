@@ -247,7 +247,7 @@ template <DType D, int R, bool kPairs>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
               int64_t ldy, int64_t r, int64_t step) {
   constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;  // R·TB + R + 1 ≤ 32 registers (R = 8: decode only)
-  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) {
+  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
     nt_block<D, R, tokens(), kPairs>(W, X + t0 * ldx, ldx, Xp + t0 * ldp, ldp, Y + t0 * ldy, ldy, r, step);
   });
 }
@@ -260,7 +260,7 @@ void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int
 template <DType D, int R, bool kPairs>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
                     int64_t ldy, int64_t r0, int64_t r1) {
-  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) {
+  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
     nt_group<D, rows(), kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r, step);
   });
 }
@@ -340,8 +340,8 @@ void Avx512::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, i
   constexpr int RG = TB == 2 ? 8 : 4;
   const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
   const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, prefetch_ahead(RG));
-  nn_column_tiles<Avx512, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) {
-    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) {
+  nn_column_tiles<Avx512, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
+    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
       nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, step, ahead);
     });
   });

@@ -82,7 +82,10 @@ inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_
 
 // ---- loops shared by the streaming paths ------------------------------------------------------------------
 
-// The loop helpers below are always inlined, so that their caller compiles as if the loop were written in it.
+// The loop helpers below are always inlined, and so are the lambdas given to them as loop bodies (marked
+// MOEP_LOOP_BODY), so that their caller compiles as if the loop were written in it: the kernels it calls are
+// inlined and specialized for constant arguments (tile strides, offsets) as when it was.
+#define MOEP_LOOP_BODY __attribute__((always_inline))
 
 template <int N>
 using Count = std::integral_constant<int, N>;
@@ -227,7 +230,7 @@ void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
              int64_t r1) {
   if (T <= 0 || r0 >= r1) return;
   thread_scratch<Isa>();
-  with_dtype(W.dtype, [&](auto dtype) {
+  with_dtype(W.dtype, [&](auto dtype) MOEP_LOOP_BODY {
     constexpr DType D = dtype();
     if (T >= Isa::kPackMinTokensNt && W.cols > 0) {
       packed_gemm<Isa>(T, W.cols, r0, r1, X, ldx, Y, ldy, [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
@@ -245,7 +248,7 @@ void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
              int64_t c1) {
   if (T <= 0 || c0 >= c1) return;
   thread_scratch<Isa>();
-  with_dtype(W.dtype, [&](auto dtype) {
+  with_dtype(W.dtype, [&](auto dtype) MOEP_LOOP_BODY {
     constexpr DType D = dtype();
     if (T >= Isa::kPackMinTokensNn && W.rows > 0) {
       packed_gemm<Isa>(T, W.rows, c0, c1, X, ldx, Y, ldy, [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
@@ -253,7 +256,7 @@ void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
       });
       return;
     }
-    for_token_blocks<Isa::kNnStreamMaxTokens>(T, [&](auto tokens, int64_t t0) {
+    for_token_blocks<Isa::kNnStreamMaxTokens>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
       Isa::template nn_stream<D, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, c0, c1);
     });
   });
@@ -262,7 +265,7 @@ void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
 // kernels.h's ToF32.
 template <class Isa>
 void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
-  with_dtype(dtype, [&](auto d) { Isa::template convert<d()>(src, dst, n); });
+  with_dtype(dtype, [&](auto d) MOEP_LOOP_BODY { Isa::template convert<d()>(src, dst, n); });
 }
 
 }  // namespace

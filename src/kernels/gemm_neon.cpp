@@ -194,7 +194,7 @@ void nt_block(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ld
 template <DType D, int R>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r) {
   constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;
-  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) {
+  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
     nt_block<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r);
   });
 }
@@ -203,7 +203,7 @@ void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y,
 template <DType D, int R>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                     int64_t r1) {
-  for_row_groups<R>(r0, r1, [&](auto rows, int64_t r, int64_t) { nt_group<D, rows()>(W, X, ldx, T, Y, ldy, r); });
+  for_row_groups<R>(r0, r1, [&](auto rows, int64_t r, int64_t) MOEP_LOOP_BODY { nt_group<D, rows()>(W, X, ldx, T, Y, ldy, r); });
 }
 
 // ---- streaming gemm_nn (few tokens) ---------------------------------------------------------------------
@@ -262,8 +262,8 @@ void Neon::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int
   const int64_t ahead = std::min(tile, c1 - c0) * int64_t(dtype_size(D)) >= 4 * in_row
                             ? in_row
                             : RG * W.row_stride * int64_t(dtype_size(D));
-  nn_column_tiles<Neon, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) {
-    for_row_groups<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t) {
+  nn_column_tiles<Neon, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
+    for_row_groups<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t) MOEP_LOOP_BODY {
       nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, ahead);
     });
   });
