@@ -12,16 +12,12 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "kernels/scratch.h"
+#include "kernels/gemm_driver.h"
 #include "kernels/kernels.h"
 
 namespace moep::kernels {
 
 namespace {
-
-// Loops over register blocks have compile-time trip counts and must be unrolled completely so that the
-// arrays of vectors they index live in registers; -O2 alone does not.
-#define MOEP_UNROLL _Pragma("GCC unroll 32")
 
 constexpr int kL = 8;  // f32 lanes per vector
 
@@ -126,32 +122,39 @@ constexpr int64_t kPrefetchInFlight = 8192;
 constexpr int64_t kNNTileFloats = 2048;
 constexpr int64_t kNNTileFloats1 = 8192;
 
-// ---- per-thread scratch ---------------------------------------------------------------------------------
+// ---- this instruction set's part of the driver (kernels/gemm_driver.h) ----------------------------------
 
-enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
+struct Avx2 {
+  static constexpr ScratchOwner kScratch = kScratchAvx2;
+  static constexpr int kLanes = kL;
+  static constexpr int kMicroTokens = kM;
+  static constexpr int kMicroVectors = kNV;
+  static constexpr int64_t kPanelDepth = kKC;
+  static constexpr int64_t kPanelBlock = kNC;
+  static constexpr int64_t kPackMinTokensNt = kPackMinTnt;
+  static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
+  static constexpr int kNnStreamMaxTokens = 5;
+  static constexpr size_t kOutTileFloats = 2 * kNNTileFloats1;
 
-// Initial sizes of the slots, in f32. Staged activations: up to 23 tokens × 10752 columns (the largest input
-// width of the DBRX-size matrices) fit in 1 MiB; the others are fixed by the blocking constants.
-constexpr size_t kScratchInitial[kSlots] = {size_t(1) << 18, size_t(kNC / kNR) * kKC * kNR, 2 * kNNTileFloats1};
+  // The number of valid lanes itself: load_part / store_part take it.
+  using Lanes = int64_t;
+  static Lanes valid_lanes(int64_t n) { return n; }
 
-// This thread's scratch buffers (kernels/scratch.h): created on the thread's first kernel call (see gemm_nt /
-// gemm_nn), so that the decode loop neither allocates nor takes a page fault for them.
-void thread_scratch() { scratch_prepare(kScratchAvx2, kScratchInitial, kSlots); }
-
-// This thread's buffer `slot`, at least `floats` f32, 64-byte aligned.
-float* scratch(ScratchSlot slot, size_t floats) { return scratch_buffer(kScratchAvx2, slot, floats); }
-
-// A row stride (f32) for n values that is an odd number of 64-byte lines, so that rows which would otherwise
-// be a multiple of 4 KiB apart do not all compete for one L1 set.
-inline int64_t spread_stride(int64_t n) {
-  const int64_t lines = (n + 15) / 16;
-  return (lines | 1) * 16;
-}
-
-// dst[t, k] = X[t, k0 + k] for t < T, k < n, with dst's row stride ld.
-inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_t n, float* dst, int64_t ld) {
-  for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * ld, X + t * ldx + k0, size_t(n) * sizeof(float));
-}
+  template <int M>
+  static void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+                    const Lanes (&n_valid)[kNV]);
+  template <DType D>
+  static void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc);
+  template <DType D>
+  static void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc);
+  template <DType D>
+  static void nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                        int64_t r1);
+  template <DType D, int TB>
+  static void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1);
+  template <DType D>
+  static void convert(const void* src, float* dst, int64_t n);
+};
 
 // ---- streaming gemm_nt (few tokens) ---------------------------------------------------------------------
 
@@ -207,20 +210,9 @@ template <DType D, int R>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r,
               int64_t step) {
   constexpr int kMaxTB = R >= 4 ? 2 : R == 3 ? 3 : R == 2 ? 5 : 8;
-  for (int64_t t0 = 0; t0 < T; t0 += kMaxTB) {
-    const float* x = X + t0 * ldx;
-    float* y = Y + t0 * ldy;
-    switch (std::min<int64_t>(kMaxTB, T - t0)) {
-      case 1: nt_block<D, R, 1>(W, x, ldx, y, ldy, r, step); break;
-      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2>(W, x, ldx, y, ldy, r, step); break;
-      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3>(W, x, ldx, y, ldy, r, step); break;
-      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4>(W, x, ldx, y, ldy, r, step); break;
-      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5>(W, x, ldx, y, ldy, r, step); break;
-      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6>(W, x, ldx, y, ldy, r, step); break;
-      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7>(W, x, ldx, y, ldy, r, step); break;
-      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8>(W, x, ldx, y, ldy, r, step); break;
-    }
-  }
+  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
+    nt_block<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
+  });
 }
 
 // Rows [r0, r1) as R long streams: cut into R equal parts, row j of every part read at the same time (see the
@@ -228,9 +220,9 @@ void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y,
 template <DType D, int R>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                     int64_t r1) {
-  const int64_t part = (r1 - r0) / R;
-  for (int64_t j = 0; j < part; ++j) nt_group<D, R>(W, X, ldx, T, Y, ldy, r0 + j, part);
-  for (int64_t r = r0 + R * part; r < r1; ++r) nt_group<D, 1>(W, X, ldx, T, Y, ldy, r, 1);
+  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
+    nt_group<D, rows()>(W, X, ldx, T, Y, ldy, r, step);
+  });
 }
 
 // ---- streaming gemm_nn (few tokens) ---------------------------------------------------------------------
@@ -275,29 +267,16 @@ void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy
 }
 
 template <DType D, int TB>
-void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
+void Avx2::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
   constexpr int RG = TB <= 2 ? 4 : 2;
   const int64_t tile = TB == 1 ? kNNTileFloats1 : std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
-  // The tile accumulates in scratch at a set-spreading stride (Y's rows may be 4 KiB multiples apart).
-  const int64_t ld = spread_stride(tile);
-  float* acc = scratch(kOutTile, size_t(TB * ld));
-  // The rows stream as RG long streams (row j of RG equal parts at a time, as in nt_stream_rows). Prefetch
-  // along the row when the tile holds whole rows of a dense matrix (running on into the stream's next row);
-  // otherwise the same columns of the stream's next rows, enough to keep about in_row bytes requested.
-  const int64_t size = int64_t(dtype_size(D));
-  const int64_t in_row = kPrefetchInFlight / RG / 64 * 64;
-  const int64_t seg = std::min(tile, c1 - c0) * size;
-  const bool whole_rows = seg == W.cols * size && W.row_stride == W.cols;
-  const int64_t ahead = whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
-  const int64_t part = W.rows / RG;
-  for (int64_t cb = c0; cb < c1; cb += tile) {
-    const int64_t n = std::min(c1, cb + tile) - cb;
-    std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
-    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
-    for (int64_t j = 0; j < part; ++j) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, j, part, ahead);
-    for (int64_t r = RG * part; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, 1, ahead);
-    copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
-  }
+  // The rows stream as RG long streams (row j of RG equal parts at a time, as in nt_stream_rows).
+  const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, kPrefetchInFlight / RG / 64 * 64);
+  nn_column_tiles<Avx2, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
+    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
+      nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, step, ahead);
+    });
+  });
 }
 
 // ---- packed path (many tokens) --------------------------------------------------------------------------
@@ -305,7 +284,7 @@ void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t l
 // Y[t, j] = (accumulate ? Y[t, j] : 0) + Σ_{k<kc} X[t, k] · P[k, j] for t < M, j < n_valid[v] within vector v.
 // P is a packed panel [kc][kNR] f32, 32-byte aligned.
 template <int M>
-void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+void Avx2::micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
            const int64_t (&n_valid)[kNV]) {
   __m256 acc[M][kNV];
   MOEP_UNROLL
@@ -330,22 +309,9 @@ void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, in
     for (int v = 0; v < kNV; ++v) store_part(Y + t * ldy + v * kL, acc[t][v], n_valid[v]);
 }
 
-// micro<m> for the m = T mod kM tokens left over, m in [1, M].
-template <int M>
-void micro_tail(int m, const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
-                const int64_t (&n_valid)[kNV]) {
-  if constexpr (M > 0) {
-    if (m == M) {
-      micro<M>(P, kc, X, ldx, Y, ldy, accumulate, n_valid);
-    } else {
-      micro_tail<M - 1>(m, P, kc, X, ldx, Y, ldy, accumulate, n_valid);
-    }
-  }
-}
-
 // P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
 template <DType D>
-void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+void Avx2::pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
   for (int v = 0; v < kNV; ++v) {
     const int64_t gb = jb + v * kL;
     const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
@@ -370,7 +336,7 @@ void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int6
 
 // P[k][j] = W[k0 + k, jb + j] for k < kc, j < kNR; zero for columns at or past je. (gemm_nn: widens only.)
 template <DType D>
-void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+void Avx2::pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
   int64_t n[kNV];
   MOEP_UNROLL
   for (int v = 0; v < kNV; ++v) n[v] = std::clamp<int64_t>(je - jb - v * kL, 0, kL);
@@ -385,50 +351,16 @@ void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int6
   }
 }
 
-// Y[t, j] = Σ_{k<K} X[t, k] · B[k, j] for t < T, j in [j0, j1), where pack() supplies blocks of B as panels.
-template <class Pack>
-void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y, int64_t ldy,
-                 Pack pack) {
-  float* buf = scratch(kPackedW, size_t(kNC / kNR) * kKC * kNR);
-  for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
-    const int64_t je0 = std::min(j1, jb0 + kNC);
-    const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
-    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-      const int64_t kc = std::min(kKC, K - k0);
-      const bool acc = k0 > 0;
-      for (int p = 0; p < n_panels; ++p)
-        pack(buf + p * kKC * kNR, jb0 + p * kNR, std::min(je0, jb0 + (p + 1) * kNR), k0, kc);
-      // Each panel stays in L1 while every token passes over it.
-      for (int p = 0; p < n_panels; ++p) {
-        const int64_t jb = jb0 + p * kNR;
-        int64_t n_valid[kNV];
-        MOEP_UNROLL
-        for (int v = 0; v < kNV; ++v) n_valid[v] = std::clamp<int64_t>(je0 - jb - v * kL, 0, kL);
-        const float* P = buf + p * kKC * kNR;
-        const float* x = X + k0;
-        float* y = Y + jb;
-        int64_t t = 0;
-        for (; t + kM <= T; t += kM) micro<kM>(P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, n_valid);
-        if (t < T) micro_tail<kM - 1>(int(T - t), P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, n_valid);
-      }
-    }
-  }
-}
+// ---- streaming gemm_nt entry, dtype conversion -------------------------------------------------------------
 
-// ---- entry points ---------------------------------------------------------------------------------------
-
+// gemm_nt below the packed threshold.
 template <DType D>
-void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
-               int64_t r1) {
-  if (T >= kPackMinTnt && W.cols > 0) {
-    packed_gemm(T, W.cols, r0, r1, X, ldx, Y, ldy,
-                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt<D>(P, W, jb, je, k0, kc); });
-    return;
-  }
+void Avx2::nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                     int64_t r1) {
   if (T >= 4 && r1 - r0 >= 32) {
     // Token rows read side by side with the weight rows: stage them at a set-spreading stride.
     const int64_t ld = spread_stride(W.cols);
-    float* xs = scratch(kStagedX, size_t(T * ld));
+    float* xs = scratch<Avx2>(kStagedX, size_t(T * ld));
     copy_rows(X, ldx, T, 0, W.cols, xs, ld);
     X = xs;
     ldx = ld;
@@ -442,69 +374,18 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
   }
 }
 
-void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
-             int64_t r1) {
-  if (T <= 0 || r0 >= r1) return;
-  thread_scratch();
-  switch (W.dtype) {
-    case DType::F32: gemm_nt_d<DType::F32>(W, X, ldx, T, Y, ldy, r0, r1); break;
-    case DType::BF16: gemm_nt_d<DType::BF16>(W, X, ldx, T, Y, ldy, r0, r1); break;
-    case DType::F16: gemm_nt_d<DType::F16>(W, X, ldx, T, Y, ldy, r0, r1); break;
-  }
-}
-
 template <DType D>
-void gemm_nn_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
-               int64_t c1) {
-  if (T >= kPackMinTnn && W.rows > 0) {
-    packed_gemm(T, W.rows, c0, c1, X, ldx, Y, ldy,
-                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn<D>(P, W, jb, je, k0, kc); });
-    return;
-  }
-  for (int64_t t0 = 0; t0 < T; t0 += 5) {
-    const float* x = X + t0 * ldx;
-    float* y = Y + t0 * ldy;
-    switch (std::min<int64_t>(5, T - t0)) {
-      case 1: nn_stream<D, 1>(W, x, ldx, y, ldy, c0, c1); break;
-      case 2: nn_stream<D, 2>(W, x, ldx, y, ldy, c0, c1); break;
-      case 3: nn_stream<D, 3>(W, x, ldx, y, ldy, c0, c1); break;
-      case 4: nn_stream<D, 4>(W, x, ldx, y, ldy, c0, c1); break;
-      case 5: nn_stream<D, 5>(W, x, ldx, y, ldy, c0, c1); break;
-    }
-  }
-}
-
-void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
-             int64_t c1) {
-  if (T <= 0 || c0 >= c1) return;
-  thread_scratch();
-  switch (W.dtype) {
-    case DType::F32: gemm_nn_d<DType::F32>(W, X, ldx, T, Y, ldy, c0, c1); break;
-    case DType::BF16: gemm_nn_d<DType::BF16>(W, X, ldx, T, Y, ldy, c0, c1); break;
-    case DType::F16: gemm_nn_d<DType::F16>(W, X, ldx, T, Y, ldy, c0, c1); break;
-  }
-}
-
-template <DType D>
-void to_f32_d(const void* src, float* dst, int64_t n) {
+void Avx2::convert(const void* src, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
   int64_t i = 0;
   for (; i + kL <= n; i += kL) _mm256_storeu_ps(dst + i, WLoad<D>::full(p, i));
   if (i < n) store_part(dst + i, WLoad<D>::part(p, i, n - i), n - i);
 }
 
-void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
-  switch (dtype) {
-    case DType::F32: to_f32_d<DType::F32>(src, dst, n); break;
-    case DType::BF16: to_f32_d<DType::BF16>(src, dst, n); break;
-    case DType::F16: to_f32_d<DType::F16>(src, dst, n); break;
-  }
-}
-
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table{"avx2", gemm_nt, gemm_nn, to_f32};
+  static const KernelTable table{"avx2", gemm_nt<Avx2>, gemm_nn<Avx2>, to_f32<Avx2>};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &table : nullptr;

@@ -22,16 +22,12 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "kernels/scratch.h"
+#include "kernels/gemm_driver.h"
 #include "kernels/kernels.h"
 
 namespace moep::kernels {
 
 namespace {
-
-// Loops over register blocks (rows, tokens, vectors of a tile) have compile-time trip counts and must be
-// unrolled completely so that the arrays of vectors they index live in registers; -O2 alone does not.
-#define MOEP_UNROLL _Pragma("GCC unroll 32")
 
 constexpr int kL = 16;  // f32 lanes per vector
 
@@ -133,33 +129,39 @@ inline int64_t prefetch_ahead(int R) {
 // Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
 constexpr int64_t kNNTileFloats = 8192;
 
-// ---- per-thread scratch ---------------------------------------------------------------------------------
+// ---- this instruction set's part of the driver (kernels/gemm_driver.h) ----------------------------------
 
-enum ScratchSlot { kStagedX = 0, kPackedW = 1, kOutTile = 2, kSlots = 3 };
+struct Avx512 {
+  static constexpr ScratchOwner kScratch = kScratchAvx512;
+  static constexpr int kLanes = kL;
+  static constexpr int kMicroTokens = kM;
+  static constexpr int kMicroVectors = kNV;
+  static constexpr int64_t kPanelDepth = kKC;
+  static constexpr int64_t kPanelBlock = kNC;
+  static constexpr int64_t kPackMinTokensNt = kPackMinTnt;
+  static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
+  static constexpr int kNnStreamMaxTokens = 8;
+  static constexpr size_t kOutTileFloats = 2 * kNNTileFloats;
 
-// Initial sizes of the slots, in f32. Staged activations: up to 23 tokens × 10752 columns (the largest input
-// width of the DBRX-size matrices) fit in 1 MiB; the others are fixed by the blocking constants.
-constexpr size_t kScratchInitial[kSlots] = {size_t(1) << 18, size_t(kNC / kNR) * kKC * kNR, 2 * kNNTileFloats};
+  // A lane mask: the micro-kernel's masked loads and stores take it.
+  using Lanes = __mmask16;
+  static Lanes valid_lanes(int64_t n) { return lanes(n); }
 
-// This thread's scratch buffers (kernels/scratch.h): created on the thread's first kernel call (see gemm_nt /
-// gemm_nn), so that the decode loop neither allocates nor takes a page fault for them.
-void thread_scratch() { scratch_prepare(kScratchAvx512, kScratchInitial, kSlots); }
-
-// This thread's buffer `slot`, at least `floats` f32, 64-byte aligned.
-float* scratch(ScratchSlot slot, size_t floats) { return scratch_buffer(kScratchAvx512, slot, floats); }
-
-// A row stride (in f32) for n values per row that is an odd number of cache lines. Rows of activations are
-// often a multiple of 4 KiB apart (6144 f32 = 24 KiB), which maps the same column of every row to one L1 set;
-// with several rows and weight streams in flight the set overflows. An odd number of lines spreads them.
-inline int64_t spread_stride(int64_t n) {
-  const int64_t lines = (n + kL - 1) / kL;
-  return (lines | 1) * kL;
-}
-
-// dst[t, k] = X[t, k0 + k] for t < T, k < n, with dst's row stride ld.
-inline void copy_rows(const float* X, int64_t ldx, int64_t T, int64_t k0, int64_t n, float* dst, int64_t ld) {
-  for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * ld, X + t * ldx + k0, size_t(n) * sizeof(float));
-}
+  template <int M>
+  static void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+                    const Lanes (&mask)[kNV]);
+  template <DType D>
+  static void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc);
+  template <DType D>
+  static void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc);
+  template <DType D>
+  static void nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                        int64_t r1);
+  template <DType D, int TB>
+  static void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1);
+  template <DType D>
+  static void convert(const void* src, float* dst, int64_t n);
+};
 
 // ---- streaming gemm_nt (few tokens) ---------------------------------------------------------------------
 
@@ -245,21 +247,9 @@ template <DType D, int R, bool kPairs>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
               int64_t ldy, int64_t r, int64_t step) {
   constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;  // R·TB + R + 1 ≤ 32 registers (R = 8: decode only)
-  for (int64_t t0 = 0; t0 < T; t0 += kMaxTB) {
-    const float* x = X + t0 * ldx;
-    const float* xp = Xp + t0 * ldp;
-    float* y = Y + t0 * ldy;
-    switch (std::min<int64_t>(kMaxTB, T - t0)) {
-      case 1: nt_block<D, R, 1, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 2: if constexpr (kMaxTB >= 2) nt_block<D, R, 2, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 3: if constexpr (kMaxTB >= 3) nt_block<D, R, 3, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 4: if constexpr (kMaxTB >= 4) nt_block<D, R, 4, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 5: if constexpr (kMaxTB >= 5) nt_block<D, R, 5, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 6: if constexpr (kMaxTB >= 6) nt_block<D, R, 6, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 7: if constexpr (kMaxTB >= 7) nt_block<D, R, 7, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-      case 8: if constexpr (kMaxTB >= 8) nt_block<D, R, 8, kPairs>(W, x, ldx, xp, ldp, y, ldy, r, step); break;
-    }
-  }
+  for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
+    nt_block<D, R, tokens(), kPairs>(W, X + t0 * ldx, ldx, Xp + t0 * ldp, ldp, Y + t0 * ldy, ldy, r, step);
+  });
 }
 
 // Rows [r0, r1) in R long streams: the range is cut into R equal parts and row j of every part is read at the
@@ -270,9 +260,9 @@ void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int
 template <DType D, int R, bool kPairs>
 void nt_stream_rows(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
                     int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t part = (r1 - r0) / R;
-  for (int64_t j = 0; j < part; ++j) nt_group<D, R, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r0 + j, part);
-  for (int64_t r = r0 + R * part; r < r1; ++r) nt_group<D, 1, kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r, 1);
+  for_row_parts<R>(r0, r1, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
+    nt_group<D, rows(), kPairs>(W, X, ldx, Xp, ldp, T, Y, ldy, r, step);
+  });
 }
 
 // dst[t, 32b + j] = X[t, 32b + 2j] and dst[t, 32b + 16 + j] = X[t, 32b + 2j + 1] for j < 16, every whole
@@ -346,37 +336,22 @@ void nn_rows(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy
 // 42 with 8 parts (fewer loads and stores of the output tile per weight) against 39-41; 3+ tokens within
 // noise.
 template <DType D, int TB>
-void nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
+void Avx512::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
   constexpr int RG = TB == 2 ? 8 : 4;
   const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
-  // The tile accumulates in scratch at a set-spreading stride (Y's rows may be 4 KiB multiples apart).
-  const int64_t ld = spread_stride(tile);
-  float* acc = scratch(kOutTile, size_t(TB * ld));
-  // Prefetch along the row when the tile holds whole rows of a dense matrix: that runs on into the stream's
-  // next row, which is read next. Otherwise the same columns of the stream's next rows, enough of them to keep
-  // about in_row bytes requested per stream (along a partial segment, the start of every segment would go
-  // unrequested: 3 tokens and more measured up to 20% slower).
-  const int64_t size = int64_t(dtype_size(D));
-  const int64_t in_row = prefetch_ahead(RG);
-  const int64_t seg = std::min(tile, c1 - c0) * size;
-  const bool whole_rows = seg == W.cols * size && W.row_stride == W.cols;
-  const int64_t ahead = whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
-  const int64_t part = W.rows / RG;
-  for (int64_t cb = c0; cb < c1; cb += tile) {
-    const int64_t n = std::min(c1, cb + tile) - cb;
-    std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
-    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
-    for (int64_t j = 0; j < part; ++j) nn_rows<D, TB, RG>(Wt, X, ldx, acc, ld, 0, n, j, part, ahead);
-    for (int64_t r = RG * part; r < W.rows; ++r) nn_rows<D, TB, 1>(Wt, X, ldx, acc, ld, 0, n, r, 1, ahead);
-    copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
-  }
+  const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, prefetch_ahead(RG));
+  nn_column_tiles<Avx512, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
+    for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
+      nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, step, ahead);
+    });
+  });
 }
 // ---- packed path (many tokens) --------------------------------------------------------------------------
 
 // Y[t, j] = (accumulate ? Y[t, j] : 0) + Σ_{k<kc} X[t, k] · P[k, j] for t < M and the lanes j set in mask[].
 // P is a packed panel [kc][kNR] f32 (64-byte aligned); X row t starts at X + t·ldx; Y row t at Y + t·ldy.
 template <int M>
-void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
+void Avx512::micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
            const __mmask16 (&mask)[kNV]) {
   __m512 acc[M][kNV];
   MOEP_UNROLL
@@ -401,22 +376,9 @@ void micro(const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, in
     for (int v = 0; v < kNV; ++v) _mm512_mask_storeu_ps(Y + t * ldy + v * kL, mask[v], acc[t][v]);
 }
 
-// micro<m> for the m = T mod kM tokens left over, m in [1, M].
-template <int M>
-void micro_tail(int m, const float* P, int64_t kc, const float* X, int64_t ldx, float* Y, int64_t ldy, bool accumulate,
-                const __mmask16 (&mask)[kNV]) {
-  if constexpr (M > 0) {
-    if (m == M) {
-      micro<M>(P, kc, X, ldx, Y, ldy, accumulate, mask);
-    } else {
-      micro_tail<M - 1>(m, P, kc, X, ldx, Y, ldy, accumulate, mask);
-    }
-  }
-}
-
 // P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
 template <DType D>
-void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+void Avx512::pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
   MOEP_UNROLL
   for (int v = 0; v < kNV; ++v) {
     const int64_t gb = jb + v * kL;
@@ -443,7 +405,7 @@ void pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int6
 
 // P[k][j] = W[k0 + k, jb + j] for k < kc, j < kNR; zero for columns at or past je. (gemm_nn: widens only.)
 template <DType D>
-void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
+void Avx512::pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
   __mmask16 m[kNV];
   MOEP_UNROLL
   for (int v = 0; v < kNV; ++v) m[v] = lanes(std::clamp<int64_t>(je - jb - v * kL, 0, kL));
@@ -453,37 +415,6 @@ void pack_nn(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int6
     for (int v = 0; v < kNV; ++v) {
       const __m512 w = m[v] == 0xffff ? WLoad<D>::full(row, jb + v * kL) : WLoad<D>::part(row, jb + v * kL, m[v]);
       _mm512_store_ps(P + k * kNR + v * kL, w);
-    }
-  }
-}
-
-// Y[t, j] = Σ_{k<K} X[t, k] · B[k, j] for t < T, j in [j0, j1), where pack() supplies blocks of B as panels.
-template <class Pack>
-void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y, int64_t ldy,
-                 Pack pack) {
-  float* buf = scratch(kPackedW, size_t(kNC / kNR) * kKC * kNR);
-  for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
-    const int64_t je0 = std::min(j1, jb0 + kNC);
-    const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
-    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-      const int64_t kc = std::min(kKC, K - k0);
-      const bool acc = k0 > 0;
-      for (int p = 0; p < n_panels; ++p)
-        pack(buf + p * kKC * kNR, jb0 + p * kNR, std::min(je0, jb0 + (p + 1) * kNR), k0, kc);
-      // Each panel stays in L1 while every token passes over it. (Staging the activations here at a
-      // set-spreading stride measured slower: the copy is repeated for every kNC block.)
-      for (int p = 0; p < n_panels; ++p) {
-        const int64_t jb = jb0 + p * kNR;
-        __mmask16 mask[kNV];
-        MOEP_UNROLL
-        for (int v = 0; v < kNV; ++v) mask[v] = lanes(std::clamp<int64_t>(je0 - jb - v * kL, 0, kL));
-        const float* P = buf + p * kKC * kNR;
-        const float* x = X + k0;
-        float* y = Y + jb;
-        int64_t t = 0;
-        for (; t + kM <= T; t += kM) micro<kM>(P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, mask);
-        if (t < T) micro_tail<kM - 1>(int(T - t), P, kc, x + t * ldx, ldx, y + t * ldy, ldy, acc, mask);
-      }
     }
   }
 }
@@ -620,9 +551,9 @@ template <class Pack>
 void packed_gemm_dot(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, int64_t ldx, float* Y,
                      int64_t ldy, Pack pack) {
   const int64_t ldb = spread_stride((K + 1) / 2);
-  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  auto* xb = reinterpret_cast<uint32_t*>(scratch<Avx512>(kStagedX, size_t(T * ldb)));
   stage_bf16_pairs(X, ldx, T, K, xb, ldb);
-  auto* buf = reinterpret_cast<uint32_t*>(scratch(kPackedW, size_t(kNC / kNR) * kKP * kNR));
+  auto* buf = reinterpret_cast<uint32_t*>(scratch<Avx512>(kPackedW, size_t(kNC / kNR) * kKP * kNR));
   for (int64_t jb0 = j0; jb0 < j1; jb0 += kNC) {
     const int64_t je0 = std::min(j1, jb0 + kNC);
     const int n_panels = int((je0 - jb0 + kNR - 1) / kNR);
@@ -757,7 +688,7 @@ static_assert(kDotNtMaxTB == 6);
 void nt_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                    int64_t r1) {
   const int64_t ldb = spread_stride((W.cols + 1) / 2);
-  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  auto* xb = reinterpret_cast<uint32_t*>(scratch<Avx512>(kStagedX, size_t(T * ldb)));
   stage_bf16_pairs(X, ldx, T, W.cols, xb, ldb);
   // One token block: no reuse, a single pass over the columns.
   const int64_t cb = T <= kDotNtMaxTB ? W.cols : std::max<int64_t>(2 * kL, kDotNtXBlockBytes / (2 * T) / (2 * kL) * (2 * kL));
@@ -821,11 +752,11 @@ void nn_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, floa
                    int64_t c1) {
   const int64_t K = W.rows, n_pairs = (K + 1) / 2;
   const int64_t ldb = spread_stride(n_pairs);
-  auto* xb = reinterpret_cast<uint32_t*>(scratch(kStagedX, size_t(T * ldb)));
+  auto* xb = reinterpret_cast<uint32_t*>(scratch<Avx512>(kStagedX, size_t(T * ldb)));
   stage_bf16_pairs(X, ldx, T, K, xb, ldb);
   const int64_t tile = std::max<int64_t>(2 * kL, kDotNnTileFloats / T / (2 * kL) * (2 * kL));
   const int64_t ld = spread_stride(tile);
-  float* acc = scratch(kOutTile, size_t(T * ld));
+  float* acc = scratch<Avx512>(kOutTile, size_t(T * ld));
   // Prefetch the same columns of the rows read next. (Prefetching along each row, as nn_stream does for long
   // segments, leaves the start of every row segment unrequested; with 8 rows side by side that measured up to
   // 1.5x slower from memory at 2..4 tokens.)
@@ -852,16 +783,12 @@ void nn_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, floa
   }
 }
 
-// ---- entry points ---------------------------------------------------------------------------------------
+// ---- streaming gemm_nt entry, dtype conversion, bf16-dot entry points -----------------------------------
 
+// gemm_nt below the packed threshold.
 template <DType D>
-void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
-               int64_t r1) {
-  if (T >= kPackMinTnt && W.cols > 0) {
-    packed_gemm(T, W.cols, r0, r1, X, ldx, Y, ldy,
-                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt<D>(P, W, jb, je, k0, kc); });
-    return;
-  }
+void Avx512::nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
+                       int64_t r1) {
   // Enough rows that staging the activations (a copy of T·cols f32) is small beside the weights read.
   const bool stage = r1 - r0 >= 32;
   // bf16, up to 5 tokens: the even/odd split (kPairs). Measured single-threaded from memory it streams at
@@ -871,7 +798,7 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
   if constexpr (D == DType::BF16) {
     if (stage && T <= 5 && W.cols >= 2 * kL) {
       const int64_t ld = spread_stride(W.cols);
-      float* xp = scratch(kStagedX, size_t(T * ld));
+      float* xp = scratch<Avx512>(kStagedX, size_t(T * ld));
       stage_pairs(X, ldx, T, W.cols, xp, ld);
       nt_stream_rows<D, 4, true>(W, X, ldx, xp, ld, T, Y, ldy, r0, r1);
       return;
@@ -881,7 +808,7 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
   // stage the tokens at a set-spreading stride.
   if (T >= 6 && stage) {
     const int64_t ld = spread_stride(W.cols);
-    float* xs = scratch(kStagedX, size_t(T * ld));
+    float* xs = scratch<Avx512>(kStagedX, size_t(T * ld));
     copy_rows(X, ldx, T, 0, W.cols, xs, ld);
     X = xs;
     ldx = ld;
@@ -893,54 +820,8 @@ void gemm_nt_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y
   }
 }
 
-void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
-             int64_t r1) {
-  if (T <= 0 || r0 >= r1) return;
-  thread_scratch();
-  switch (W.dtype) {
-    case DType::F32: gemm_nt_d<DType::F32>(W, X, ldx, T, Y, ldy, r0, r1); break;
-    case DType::BF16: gemm_nt_d<DType::BF16>(W, X, ldx, T, Y, ldy, r0, r1); break;
-    case DType::F16: gemm_nt_d<DType::F16>(W, X, ldx, T, Y, ldy, r0, r1); break;
-  }
-}
-
 template <DType D>
-void gemm_nn_d(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
-               int64_t c1) {
-  if (T >= kPackMinTnn && W.rows > 0) {
-    packed_gemm(T, W.rows, c0, c1, X, ldx, Y, ldy,
-                [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn<D>(P, W, jb, je, k0, kc); });
-    return;
-  }
-  for (int64_t t0 = 0; t0 < T; t0 += 8) {
-    const float* x = X + t0 * ldx;
-    float* y = Y + t0 * ldy;
-    switch (std::min<int64_t>(8, T - t0)) {
-      case 1: nn_stream<D, 1>(W, x, ldx, y, ldy, c0, c1); break;
-      case 2: nn_stream<D, 2>(W, x, ldx, y, ldy, c0, c1); break;
-      case 3: nn_stream<D, 3>(W, x, ldx, y, ldy, c0, c1); break;
-      case 4: nn_stream<D, 4>(W, x, ldx, y, ldy, c0, c1); break;
-      case 5: nn_stream<D, 5>(W, x, ldx, y, ldy, c0, c1); break;
-      case 6: nn_stream<D, 6>(W, x, ldx, y, ldy, c0, c1); break;
-      case 7: nn_stream<D, 7>(W, x, ldx, y, ldy, c0, c1); break;
-      case 8: nn_stream<D, 8>(W, x, ldx, y, ldy, c0, c1); break;
-    }
-  }
-}
-
-void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
-             int64_t c1) {
-  if (T <= 0 || c0 >= c1) return;
-  thread_scratch();
-  switch (W.dtype) {
-    case DType::F32: gemm_nn_d<DType::F32>(W, X, ldx, T, Y, ldy, c0, c1); break;
-    case DType::BF16: gemm_nn_d<DType::BF16>(W, X, ldx, T, Y, ldy, c0, c1); break;
-    case DType::F16: gemm_nn_d<DType::F16>(W, X, ldx, T, Y, ldy, c0, c1); break;
-  }
-}
-
-template <DType D>
-void to_f32_d(const void* src, float* dst, int64_t n) {
+void Avx512::convert(const void* src, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
   int64_t i = 0;
   for (; i + kL <= n; i += kL) _mm512_storeu_ps(dst + i, WLoad<D>::full(p, i));
@@ -950,46 +831,38 @@ void to_f32_d(const void* src, float* dst, int64_t n) {
   }
 }
 
-void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
-  switch (dtype) {
-    case DType::F32: to_f32_d<DType::F32>(src, dst, n); break;
-    case DType::BF16: to_f32_d<DType::BF16>(src, dst, n); break;
-    case DType::F16: to_f32_d<DType::F16>(src, dst, n); break;
-  }
-}
-
 // The bf16-dot table's entry points: bf16 weights with 2 or more tokens take bf16 dot products (packed from
 // the plain packed thresholds on, streaming below); 1 token and f32/f16 weights are the plain avx512 path.
 void gemm_nt_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                  int64_t r1) {
   if (W.dtype == DType::BF16 && T >= kPackMinTnt && W.cols > 0 && r0 < r1) {
-    thread_scratch();
+    thread_scratch<Avx512>();
     packed_gemm_dot(T, W.cols, r0, r1, X, ldx, Y, ldy,
                     [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nt_dot(P, W, jb, je, k0, kc); });
     return;
   }
   if (W.dtype == DType::BF16 && T >= kBf16DotAlwaysFromT && W.cols > 0 && r0 < r1) {
-    thread_scratch();
+    thread_scratch<Avx512>();
     nt_stream_dot(W, X, ldx, T, Y, ldy, r0, r1);
     return;
   }
-  gemm_nt(W, X, ldx, T, Y, ldy, r0, r1);
+  gemm_nt<Avx512>(W, X, ldx, T, Y, ldy, r0, r1);
 }
 
 void gemm_nn_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
                  int64_t c1) {
   if (W.dtype == DType::BF16 && T >= kPackMinTnn && W.rows > 0 && c0 < c1) {
-    thread_scratch();
+    thread_scratch<Avx512>();
     packed_gemm_dot(T, W.rows, c0, c1, X, ldx, Y, ldy,
                     [&](uint32_t* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) { pack_nn_dot(P, W, jb, je, k0, kc); });
     return;
   }
   if (W.dtype == DType::BF16 && T >= kBf16DotAlwaysFromT && W.rows > 0 && c0 < c1) {
-    thread_scratch();
+    thread_scratch<Avx512>();
     nn_stream_dot(W, X, ldx, T, Y, ldy, c0, c1);
     return;
   }
-  gemm_nn(W, X, ldx, T, Y, ldy, c0, c1);
+  gemm_nn<Avx512>(W, X, ldx, T, Y, ldy, c0, c1);
 }
 
 // Packing the panels costs about as much as the dot products at 8 tokens: measured with the packed dot path
@@ -1002,7 +875,7 @@ static_assert(kBf16DotAlwaysFromT == 2 && kBf16DotAlwaysFromT <= kPackMinTnn && 
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table{"avx512", gemm_nt, gemm_nn, to_f32};
+  static const KernelTable table{"avx512", gemm_nt<Avx512>, gemm_nn<Avx512>, to_f32<Avx512>};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return supported ? &table : nullptr;
@@ -1012,7 +885,7 @@ const KernelTable* avx512_kernels() {
 // AVX512_BF16 as well. Not among available_kernel_tables(): it does not compute the reference's function (the
 // activations are rounded); set_bf16_dot() (dispatch.cpp) selects it.
 const KernelTable* avx512_bf16dot_kernels() {
-  static const KernelTable table{"avx512+bf16dot", gemm_nt_dot, gemm_nn_dot, to_f32};
+  static const KernelTable table{"avx512+bf16dot", gemm_nt_dot, gemm_nn_dot, to_f32<Avx512>};
   static const bool supported = avx512_kernels() != nullptr && __builtin_cpu_supports("avx512bf16");
   return supported ? &table : nullptr;
 }

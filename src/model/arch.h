@@ -65,6 +65,33 @@ extern const ArchSpec kQwen2MoeArch;
 extern const ArchSpec kQwen3MoeArch;
 extern const ArchSpec kOlmoeArch;
 
+// A Llama-style family (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE): RMSNorm, GQA attention with RoPE, tensors under
+// model.layers.N., a router and a list of experts per MoE layer. What such a family spells or defaults
+// differently; read_llama_family and bind_llama_family do the rest the same way for all.
+struct LlamaFamily {
+  // config.json
+  const char* expert_count_keys[2];  // spellings of the expert count, the first present wins
+  const char* expert_ffn_key;        // the experts' intermediate size
+  bool head_dim_key;                 // reads head_dim (default d_model / n_heads); false: always d_model / n_heads
+  int64_t default_max_position;
+  double default_norm_eps;
+  double default_rope_theta;
+  // Tensor names within model.layers.N.
+  const char* moe_block;          // router at moe_block + "gate.weight", experts at moe_block + "experts.E."
+  const char* expert_names[3];    // an expert's gate, up and down projections
+  const char* dense_mlp;          // dense (non-MoE) layers' MLP ({gate,up,down}_proj); nullptr: the family has none
+  const char* shared_expert;      // shared expert at shared_expert + ".{gate,up,down}_proj", its gate at
+                                  // shared_expert + "_gate.weight"; nullptr: the family has none
+};
+
+// Reads the fields every Llama-style family has (read_common_fields, sizes, heads, RMSNorm eps, rope theta,
+// experts, top_k) into c, with f's spellings and defaults, and marks every layer MoE.
+void read_llama_family(const ConfigReader& r, const LlamaFamily& f, ModelConfig& c);
+// Binds every tensor of a Llama-style checkpoint into w (of the experts, those b.share() holds, each its slice):
+// outer tensors, then per layer the norms, attention, and the MoE block (c.layer_is_moe) or the dense MLP, and
+// the shared expert where c.shared_expert_ffn > 0. A dense layer or a shared expert in a family without one breaks an invariant.
+void bind_llama_family(const LlamaFamily& f, const ModelConfig& c, WeightBinder& b, ModelWeights& w);
+
 // Binding helpers shared by the Llama-style families (model.layers.N.*).
 // Binds q/k/v/o projections named prefix + "q_proj" etc. (biases optional as the config says).
 void bind_llama_attention(const ModelConfig& c, WeightBinder& b, const std::string& prefix, LayerWeights& L);
