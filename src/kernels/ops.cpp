@@ -323,12 +323,17 @@ size_t attention_scratch_floats(int64_t rows, const kernels::AttentionShape& sha
 
 void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const float* q, const AttentionRow* rows,
                int64_t T, float* scratch, float* out) {
+  constexpr int64_t kStackAccFloats = 1024;
   const int64_t H = shape.n_heads, hd = shape.head_dim, qd = shape.q_dim(), group = shape.group();
   pool.parallel_for(T * H, [&](int64_t task) {
     const int64_t t = task / H, h = task % H;
     const AttentionRow& r = rows[t];
-    kernels::attention_head(q + t * qd + h * hd, r.kv, h / group, r.n_positions, hd, shape.scale,
-                            scratch + task * hd, out + t * qd + h * hd);
+    // The accumulator on this thread's stack while it fits: it stays in L1 from task to task (a slice of the
+    // caller's scratch is cold memory for every task, which made prefill's attention 15-25% slower).
+    float stack_acc[kStackAccFloats];
+    float* acc = hd <= kStackAccFloats ? stack_acc : scratch + task * hd;
+    kernels::attention_head(q + t * qd + h * hd, r.kv, h / group, r.n_positions, hd, shape.scale, acc,
+                            out + t * qd + h * hd);
   });
 }
 
