@@ -102,6 +102,12 @@ void ThreadPool::worker_loop(int /*index*/) {
   }
 }
 
+__attribute__((noinline)) void prefault_stack(size_t bytes) {
+  volatile char* p = static_cast<volatile char*>(__builtin_alloca(bytes));
+  for (size_t i = 0; i < bytes; i += 4096) p[i] = 0;
+  p[bytes - 1] = 0;
+}
+
 int default_thread_count() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {

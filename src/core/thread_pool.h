@@ -101,4 +101,8 @@ class ThreadPool {
 // Number of threads to use when the user gives none: the cores this process may run on.
 int default_thread_count();
 
+// Touches `bytes` of the calling thread's stack below its current frame, a write per page, so that deeper frames
+// later (an attention task's accumulator of up to 4 KiB) take no page fault in the steady-state decode loop.
+void prefault_stack(size_t bytes);
+
 }  // namespace moep

@@ -94,12 +94,6 @@ void set_bf16_dot(bool on) {
 
 bool bf16_dot() { return g_bf16_dot.load(std::memory_order_relaxed) != nullptr; }
 
-namespace {
-std::atomic<bool> g_small_pages{false};
-}
-void set_weights_on_small_pages(bool on) { g_small_pages.store(on, std::memory_order_relaxed); }
-bool weights_on_small_pages() { return g_small_pages.load(std::memory_order_relaxed); }
-
 void warm_thread_scratch() {
   const KernelTable& k = best_kernels();
   alignas(64) float w[16 * 16] = {}, x[16] = {}, y[16] = {};

@@ -122,9 +122,9 @@ constexpr int64_t kNC = 2 * kNR;
 // across 4 KiB pages poorly (no software prefetch measured 20% slower).
 constexpr int64_t kPrefetchInFlight = 4096;
 // Per stream ahead of the streaming paths: kPrefetchInFlight split over the R streams, twice that when the
-// weights sit on 4 KiB pages (see set_weights_on_small_pages).
-inline int64_t prefetch_ahead(int R) {
-  return (weights_on_small_pages() ? 2 : 1) * kPrefetchInFlight / R / 64 * 64;
+// weights sit on 4 KiB pages (MatRef::small_pages).
+inline int64_t prefetch_ahead(int R, const MatRef& W) {
+  return (W.small_pages ? 2 : 1) * kPrefetchInFlight / R / 64 * 64;
 }
 // Streaming gemm_nn: the f32 output tile [T, columns] kept in L1 while all weight rows stream past it.
 constexpr int64_t kNNTileFloats = 8192;
@@ -176,7 +176,7 @@ template <DType D, int R, int TB, bool kPairs>
 void nt_block(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, float* Y, int64_t ldy,
               int64_t r, int64_t step) {
   constexpr int64_t kSize = int64_t(sizeof(typename WLoad<D>::Elem));
-  const int64_t kAhead = prefetch_ahead(R);
+  const int64_t kAhead = prefetch_ahead(R, W);
   const uint8_t* w[R];
   MOEP_UNROLL
   for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i * step);
@@ -339,7 +339,7 @@ template <DType D, int TB>
 void Avx512::nn_stream(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t c0, int64_t c1) {
   constexpr int RG = TB == 2 ? 8 : 4;
   const int64_t tile = std::max<int64_t>(kL, kNNTileFloats / TB / kL * kL);
-  const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, prefetch_ahead(RG));
+  const int64_t ahead = nn_prefetch_ahead<D>(W, tile, c0, c1, prefetch_ahead(RG, W));
   nn_column_tiles<Avx512, D, TB>(W, Y, ldy, c0, c1, tile, [&](const MatRef& Wt, float* acc, int64_t ld, int64_t n) MOEP_LOOP_BODY {
     for_row_parts<RG>(0, W.rows, [&](auto rows, int64_t r, int64_t step) MOEP_LOOP_BODY {
       nn_rows<D, TB, rows()>(Wt, X, ldx, acc, ld, 0, n, r, step, ahead);
@@ -604,7 +604,7 @@ constexpr int64_t kDotNtXBlockBytes = 24576;
 template <int R, int TB>
 void nt_dot_block(const MatRef& W, const uint32_t* Xb, int64_t ldb, int64_t r, int64_t c0, int64_t c1, __m512* accm,
                   bool first, bool last, float* Y, int64_t ldy) {
-  const int64_t kAhead = prefetch_ahead(R);
+  const int64_t kAhead = prefetch_ahead(R, W);
   const uint8_t* w[R];
   MOEP_UNROLL
   for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i);
@@ -767,7 +767,7 @@ void nn_stream_dot(const MatRef& W, const float* X, int64_t ldx, int64_t T, floa
     const int64_t n = std::min(c1, cb + tile) - cb;
     const int64_t n_up = (n + 2 * kL - 1) / (2 * kL) * (2 * kL);
     for (int64_t t = 0; t < T; ++t) std::memset(acc + t * ld, 0, size_t(n_up) * sizeof(float));
-    const MatRef Wt{W.row_ptr(0) + size_t(cb) * 2, DType::BF16, W.rows, n, W.row_stride};
+    const MatRef Wt{W.row_ptr(0) + size_t(cb) * 2, DType::BF16, W.rows, n, W.row_stride, W.small_pages};
     int64_t p = 0;
     for (; p + kDotNnPairs <= n_pairs; p += kDotNnPairs) nn_dot_rows<kDotNnPairs>(Wt, xb, ldb, T, acc, ld, n, p, ahead);
     for (; p < n_pairs; ++p) nn_dot_rows<1>(Wt, xb, ldb, T, acc, ld, n, p, ahead);

@@ -140,7 +140,7 @@ template <class Isa, DType D, int TB, class AddRows>
   for (int64_t cb = c0; cb < c1; cb += tile) {
     const int64_t n = std::min(c1, cb + tile) - cb;
     std::memset(acc, 0, size_t(TB * ld) * sizeof(float));
-    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride};
+    const MatRef Wt{W.row_ptr(0) + size_t(cb) * dtype_size(D), D, W.rows, n, W.row_stride, W.small_pages};
     add_rows(Wt, acc, ld, n);
     copy_rows(acc, ld, TB, 0, n, Y + cb, ldy);
   }

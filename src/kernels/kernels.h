@@ -64,13 +64,4 @@ bool bf16_dot();
 // The bf16-dot table, or nullptr where the build or the CPU cannot run it (for tests and benchmarks).
 const KernelTable* bf16_dot_kernels();
 
-// Whether the weights the streaming kernels read sit on 4 KiB pages (read in place from the page cache, or
-// anonymous memory without huge pages) rather than 2 MiB ones. There the hardware prefetchers stop at every
-// 4 KiB page, and the AVX-512 kernels prefetch twice as far ahead of each stream (2 KiB instead of 1 KiB:
-// DBRX-dimension decode on Zen 4 from the page cache, median step 132-140 ms against 151-170; on 2 MiB pages
-// 1 KiB was the faster). Only a tuning: results do not change. The engine sets it from where it put the
-// weights, `moep calibrate` from the pages it measures on; default false.
-void set_weights_on_small_pages(bool on);
-bool weights_on_small_pages();
-
 }  // namespace moep::kernels

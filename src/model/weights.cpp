@@ -41,7 +41,7 @@ MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols)
   if (record(name, {rows, cols})) return {};
   const TensorInfo& t = get(name, {rows, cols});
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
-  return MatRef{placed(t.data), t.dtype, rows, cols, cols};
+  return MatRef{placed(t.data), t.dtype, rows, cols, cols, on_small_pages()};
 }
 
 MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0,
@@ -51,7 +51,7 @@ MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, in
   MOEP_ASSERT(row0 >= 0 && row0 + n <= total_rows);
   const size_t row_bytes = size_t(cols) * dtype_size(t.dtype);
   ranges_.push_back({t.file, t.file_offset + size_t(row0) * row_bytes, size_t(n) * row_bytes});
-  MatRef m{t.data, t.dtype, total_rows, cols, cols};
+  MatRef m{t.data, t.dtype, total_rows, cols, cols, on_small_pages()};
   m = m.row_block(row0, n);
   m.data = placed(m.data);
   return m;
@@ -64,12 +64,13 @@ MatRef WeightBinder::matrix_cols(const std::string& name, int64_t rows, int64_t 
   MOEP_ASSERT(col0 >= 0 && n > 0 && col0 + n <= total_cols);
   if (n == total_cols) {
     ranges_.push_back({t.file, t.file_offset, t.nbytes});
-    return MatRef{placed(t.data), t.dtype, rows, total_cols, total_cols};
+    return MatRef{placed(t.data), t.dtype, rows, total_cols, total_cols, on_small_pages()};
   }
   const size_t es = dtype_size(t.dtype), row_bytes = size_t(total_cols) * es;
   ranges_.push_back({t.file, t.file_offset + size_t(col0) * es, size_t(n) * es, size_t(rows), row_bytes});
-  if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n};
-  return MatRef{static_cast<const uint8_t*>(t.data) + size_t(col0) * es, t.dtype, rows, n, total_cols};
+  if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n, on_small_pages()};
+  return MatRef{static_cast<const uint8_t*>(t.data) + size_t(col0) * es, t.dtype, rows, n, total_cols,
+                on_small_pages()};
 }
 
 VecRef WeightBinder::vector(const std::string& name, int64_t n) {

@@ -114,6 +114,8 @@ class WeightBinder {
   RankShare share_;
   // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
   const void* placed(const void* mapped) const;
+  // Views into the mapping sit on the page cache's 4 KiB pages; relocated copies on the arena's 2 MiB pages.
+  bool on_small_pages() const { return dest_.empty(); }
 };
 
 }  // namespace moep

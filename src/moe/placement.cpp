@@ -135,12 +135,29 @@ ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t
   return p;
 }
 
+PlacementSpec PlacementSpec::parse(const std::string& text) {
+  PlacementSpec p;
+  if (text == "contiguous" || text.empty()) p.kind = PlacementKind::kContiguous;
+  else if (text == "round-robin" || text == "roundrobin") p.kind = PlacementKind::kRoundRobin;
+  else if (text == "split") p.kind = PlacementKind::kSplit;
+  else p = {PlacementKind::kFile, text};
+  return p;
+}
+
+ExpertPlacement ExpertPlacement::from_spec(const PlacementSpec& spec, int64_t n_layers, int64_t n_experts,
+                                           int n_ranks) {
+  switch (spec.kind) {
+    case PlacementKind::kContiguous: return contiguous(n_layers, n_experts, n_ranks);
+    case PlacementKind::kRoundRobin: return round_robin(n_layers, n_experts, n_ranks);
+    case PlacementKind::kSplit: return split(n_layers, n_experts, n_ranks);
+    case PlacementKind::kFile: break;
+  }
+  return from_json_file(spec.file, n_layers, n_experts, n_ranks);
+}
+
 ExpertPlacement ExpertPlacement::from_spec(const std::string& spec, int64_t n_layers, int64_t n_experts,
                                            int n_ranks) {
-  if (spec == "contiguous" || spec.empty()) return contiguous(n_layers, n_experts, n_ranks);
-  if (spec == "round-robin" || spec == "roundrobin") return round_robin(n_layers, n_experts, n_ranks);
-  if (spec == "split") return split(n_layers, n_experts, n_ranks);
-  return from_json_file(spec, n_layers, n_experts, n_ranks);
+  return from_spec(PlacementSpec::parse(spec), n_layers, n_experts, n_ranks);
 }
 
 bool ExpertPlacement::holds(int rank, int64_t layer, int64_t expert) const {

@@ -28,6 +28,17 @@ FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks);
 
 class ExpertPlacement;
 
+// A placement as the user names it, parsed once where the name comes in (a flag): its kind, and for kFile the
+// path of a placement file.
+enum class PlacementKind { kSplit, kContiguous, kRoundRobin, kFile };
+struct PlacementSpec {
+  PlacementKind kind = PlacementKind::kSplit;
+  std::string file;  // kFile: {"experts": [[ranks]...]}, see ExpertPlacement::from_json_file
+  // "split", "contiguous", "round-robin" (or "roundrobin"), anything else a file's path; "" is contiguous (as
+  // placement names have always been read). Never fails: a file is read when the placement is made.
+  static PlacementSpec parse(const std::string& text);
+};
+
 // What one rank holds of the experts: which whole experts (holds), and which slice of each held expert's ffn
 // dimension, and of a shared expert's (ffn_slice: all of it unless the placement splits experts). The one
 // value the loader, the weight binder and the MoE block read. A view: the placement must outlive it. Default:
@@ -61,7 +72,8 @@ class ExpertPlacement {
   static ExpertPlacement from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts, int n_ranks);
   // Every expert on every rank, each rank a slice of its ffn dimension (see ffn_slice).
   static ExpertPlacement split(int64_t n_layers, int64_t n_experts, int n_ranks);
-  // "contiguous", "round-robin", "split" or a path to a JSON file.
+  static ExpertPlacement from_spec(const PlacementSpec& spec, int64_t n_layers, int64_t n_experts, int n_ranks);
+  // The same from a placement's name: "contiguous", "round-robin", "split" or a path to a JSON file.
   static ExpertPlacement from_spec(const std::string& spec, int64_t n_layers, int64_t n_experts, int n_ranks);
 
   int n_ranks() const { return n_ranks_; }

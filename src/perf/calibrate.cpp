@@ -257,7 +257,7 @@ void time_linear_points(ThreadPool& pool, Communicator& comm, const CalibrateOpt
       comm.barrier();  // every rank times the same point at the same time, as they run in decode
       const double s = time_calls(
           [&](int64_t i) {
-            MatRef W{buf.data() + size_t(i) * p.bytes, buf.dtype, p.rows, cols, cols};
+            MatRef W{buf.data() + size_t(i) * p.bytes, buf.dtype, p.rows, cols, cols, !o.huge_pages};
             if (p.layout == 0) ops::linear(pool, W, X, p.batch, Y);
             else ops::linear_in_out(pool, W, X, p.batch, Y);
           },
@@ -281,8 +281,9 @@ double time_expert(ThreadPool& pool, Communicator& comm, const CalibrateOptions&
   return time_calls(
       [&](int64_t i) {
         const uint8_t* base = buf.data() + size_t(i) * expert_bytes;
-        MatRef gate{base, dt, f, d, d}, up{base + size_t(f * d) * esz, dt, f, d, d};
-        MatRef down{base + size_t(2 * f * d) * esz, dt, d, f, f};
+        MatRef gate{base, dt, f, d, d, !o.huge_pages};
+        MatRef up{base + size_t(f * d) * esz, dt, f, d, d, !o.huge_pages};
+        MatRef down{base + size_t(2 * f * d) * esz, dt, d, f, f, !o.huge_pages};
         ops::linear(pool, gate, x.data(), 1, g.data());
         ops::linear(pool, up, x.data(), 1, u.data());
         ops::silu_mul(g.data(), u.data(), f);
@@ -305,7 +306,7 @@ double measure_alone_speedup(ThreadPool& pool, Communicator& comm, const Calibra
   auto one = [&] {
     return time_calls(
         [&](int64_t i) {
-          MatRef W{buf.data() + size_t(i) * big->bytes, buf.dtype, big->rows, cols, cols};
+          MatRef W{buf.data() + size_t(i) * big->bytes, buf.dtype, big->rows, cols, cols, !o.huge_pages};
           ops::linear(pool, W, X, 1, Y);
         },
         big->copies, o.seconds_per_point, &cursor, 3);
@@ -463,7 +464,7 @@ double measure_sync_jitter(ThreadPool& pool, Communicator& comm, const Calibrate
   int64_t cursor = 0;
   auto work = [&] {
     for (int j = 0; j < 3; ++j) {
-      MatRef W{wbuf.data() + size_t(cursor) * mbytes, dt, rows, cols, cols};
+      MatRef W{wbuf.data() + size_t(cursor) * mbytes, dt, rows, cols, cols, !o.huge_pages};
       ops::linear(pool, W, X.data(), 1, Y.data());
       cursor = (cursor + 1) % copies;
     }
@@ -538,8 +539,6 @@ CalibrationResult calibrate(ThreadPool& pool, Communicator& comm, const Calibrat
   const std::string where = "measured by moep calibrate on " + o.info.host + ", " + o.info.date + " (" +
                             std::to_string(comm.size()) + " rank(s), " + std::to_string(pool.size()) + " thread(s) each)";
 
-  // The kernels tune their prefetch to the pages the weights sit on, as in the engine.
-  kernels::set_weights_on_small_pages(!o.huge_pages);
   hm.membw_gbs = measure_bandwidth(pool, comm, o, llc, say);
 
   // Phases 2 and 3 on every rank; their seconds are averaged over ranks in one exchange, packed per dtype (the

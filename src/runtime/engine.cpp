@@ -101,9 +101,6 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     lo.progress = opts.load_progress;
     e->model_ = Model::load(opts.model_dir, cfg, lo);
   });
-  // From what the model did, not what was asked (Auto may have kept the mapping): copied weights sit on 2 MiB
-  // pages; mapped ones on the page cache's 4 KiB pages (the kernels prefetch further ahead there).
-  kernels::set_weights_on_small_pages(!e->model_->weights_copied());
   const ModelConfig& cfg = e->model_->config();
   Agreement mine{};
   mine.protocol = kProtocolVersion;
@@ -123,8 +120,12 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   if (opts.prefault) prefault_code_pages();
   const int threads = opts.threads > 0 ? opts.threads : default_thread_count();
   e->pool_ = std::make_unique<ThreadPool>(threads);
-  // Every thread's kernel scratch now, not on whichever later step first hands that thread a task.
-  e->pool_->on_every_thread([] { kernels::warm_thread_scratch(); });
+  // Every thread's kernel scratch and the stack its tasks run on now, not on whichever later step first hands
+  // that thread a task.
+  e->pool_->on_every_thread([] {
+    kernels::warm_thread_scratch();
+    prefault_stack(size_t(64) << 10);
+  });
   e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);
   if (opts.trace_events) e->transformer_->tracer().enable(opts.trace_events);
   // Memory per rank, for the user (experts divided over ranks shrink each rank's share).

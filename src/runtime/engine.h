@@ -26,7 +26,7 @@ struct EngineOptions {
   int threads = 0;                        // 0: the cores this process may use
   // "split" (every rank a slice of every expert: the same work on every rank), "contiguous", "round-robin" or
   // a JSON file; see ExpertPlacement.
-  std::string placement = kDefaultPlacement;
+  PlacementSpec placement = PlacementSpec::parse(kDefaultPlacement);  // parsed once, from the flag
   EngineLimits limits;
   bool prefault = true;
   bool mlock = false;

@@ -47,7 +47,7 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   EngineOptions o;
   o.model_dir = model_dir;
   o.threads = f.threads;
-  o.placement = f.placement;
+  o.placement = PlacementSpec::parse(f.placement);
   o.mlock = f.mlock;
   o.prefault = !f.no_prefault;
   o.weights = parse_weight_residence(f.weights);
