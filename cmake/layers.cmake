@@ -17,7 +17,7 @@
 # dependency is a decision: make it here, where it can be seen.
 
 # In dependency order: each folder uses only folders before it.
-set(MOEP_LAYERS core io kernels comm text model moe perf runtime server)
+set(MOEP_LAYERS core io kernels comm text model moe gpu perf runtime server)
 
 set(MOEP_LAYER_core "")
 set(MOEP_LAYER_io core)
@@ -28,9 +28,12 @@ set(MOEP_LAYER_text core)
 # use core alone and form their own library, moep_placement (CMakeLists.txt), so model does not link the MoE block.
 set(MOEP_LAYER_model core io moe/placement.h)
 set(MOEP_LAYER_moe core kernels comm model)
+# The GPU forward pass: the model's weights and config, the placement, the communicator for the all-reduce. Not the
+# CPU kernels or the MoE block: it computes everything itself, on the device.
+set(MOEP_LAYER_gpu core comm model moe/placement.h)
 # Not model/weights.h, model/model.h or io: perf predicts and calibrates without a checkpoint.
 set(MOEP_LAYER_perf core kernels comm model/config.h moe/placement.h)
-set(MOEP_LAYER_runtime core kernels comm io model moe text)
+set(MOEP_LAYER_runtime core kernels comm io model moe gpu text)
 set(MOEP_LAYER_server core runtime text)
 
 # Includes allowed against the lists above, each as "<file under src/>:<include>", with why and until when.
@@ -44,9 +47,10 @@ set(MOEP_LAYER_LIBS_comm "")  # and MPI::MPI_C, privately, when MOEP_WITH_MPI (C
 set(MOEP_LAYER_LIBS_text nlohmann_json::nlohmann_json PkgConfig::PCRE2 PkgConfig::ICU)
 set(MOEP_LAYER_LIBS_model nlohmann_json::nlohmann_json)
 set(MOEP_LAYER_LIBS_moe nlohmann_json::nlohmann_json moep_placement)
+set(MOEP_LAYER_LIBS_gpu ${CMAKE_DL_LIBS})  # the Vulkan loader is opened at run time (dlopen)
 set(MOEP_LAYER_LIBS_perf nlohmann_json::nlohmann_json)
 set(MOEP_LAYER_LIBS_runtime nlohmann_json::nlohmann_json moep_commit)  # moep_commit: the generated moep_commit.h
 set(MOEP_LAYER_LIBS_server nlohmann_json::nlohmann_json moep_commit)  # and the HTTP library, privately
 
 # "<header or header folder>=<the one folder that may include it>".
-set(MOEP_OWNED_HEADERS "mpi.h=comm" "httplib.h=server" "pcre2.h=text" "unicode/=text")
+set(MOEP_OWNED_HEADERS "mpi.h=comm" "httplib.h=server" "pcre2.h=text" "unicode/=text" "vulkan/=gpu")

@@ -72,5 +72,7 @@ bool launched_by_mpirun();
 
 // How many ranks of `comm` run on this rank's host (compared by host name). Collective.
 int ranks_on_this_host(Communicator& comm);
+// This rank's index among the ranks of its host (0 for the lowest rank there): which GPU it takes. Collective.
+int local_rank_on_this_host(Communicator& comm);
 
 }  // namespace moep

@@ -39,6 +39,16 @@ int ranks_on_this_host(Communicator& comm) {
   return n;
 }
 
+int local_rank_on_this_host(Communicator& comm) {
+  char mine[64] = {0};
+  ::gethostname(mine, sizeof mine - 1);
+  std::vector<char> all(sizeof mine * size_t(comm.size()));
+  comm.allgather(mine, sizeof mine, all.data());
+  int n = 0;
+  for (int r = 0; r < comm.rank(); ++r) n += std::strncmp(all.data() + sizeof mine * size_t(r), mine, sizeof mine) == 0;
+  return n;
+}
+
 #if !defined(MOEP_WITH_MPI)
 std::unique_ptr<Communicator> make_communicator() { return std::make_unique<LocalCommunicator>(); }
 #endif

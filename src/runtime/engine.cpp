@@ -97,7 +97,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     lo.share = e->placement_.share(c.rank());
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;
-    lo.residence = residence_on_host(opts.weights, host_ranks);
+    // On a GPU the host's copy is read once, to upload it: read it in place rather than copy it first.
+    lo.residence = opts.device == gpu::DeviceKind::Gpu ? WeightResidence::Map : residence_on_host(opts.weights, host_ranks);
     lo.progress = opts.load_progress;
     e->model_ = Model::load(opts.model_dir, cfg, lo);
   });
@@ -126,7 +127,59 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     kernels::warm_thread_scratch();
     prefault_stack(size_t(64) << 10);
   });
-  e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits);
+  // The device: chosen on every rank, failing on all ranks together.
+  int gpu = -1;
+  const int local_rank = local_rank_on_this_host(c);
+  run_collectively(c, [&] {
+    if (opts.device == gpu::DeviceKind::Cpu) return;
+    std::vector<gpu::DeviceSummary> devs;
+    try {
+      devs = gpu::list_gpus();
+    } catch (const Error& err) {
+      if (opts.device == gpu::DeviceKind::Gpu) throw;
+      e->device_note_ = str_cat("--device auto: no GPU (", err.what(), "); running on the CPU");
+      return;
+    }
+    std::vector<int> usable;
+    for (const auto& d : devs)
+      if (d.usable && (opts.device == gpu::DeviceKind::Gpu || !d.software)) usable.push_back(d.index);
+    if (opts.gpu_index >= 0) {
+      if (size_t(opts.gpu_index) >= devs.size())
+        fail("--gpu ", opts.gpu_index, ": Vulkan sees ", devs.size(), " device", devs.size() == 1 ? "" : "s",
+             devs.empty() ? "" : str_cat(" (0..", devs.size() - 1, ")"), "; `moep devices` lists them");
+      gpu = opts.gpu_index;
+    } else if (usable.empty()) {
+      std::string seen;
+      for (const auto& d : devs)
+        seen += str_cat(seen.empty() ? "" : "; ", d.index, ": ", d.name, " (", d.type,
+                        d.usable ? "" : str_cat(", unusable: ", d.why_unusable), ")");
+      if (opts.device == gpu::DeviceKind::Gpu)
+        fail("--device gpu: no usable Vulkan device", seen.empty() ? "" : str_cat(" (seen: ", seen, ")"),
+             "; run on the CPU with --device cpu");
+      e->device_note_ = str_cat("--device auto: no GPU", seen.empty() ? "" : str_cat(" (only ", seen, ")"),
+                                "; running on the CPU");
+      return;
+    } else {
+      gpu = usable[size_t(local_rank) % usable.size()];
+    }
+    if (opts.device == gpu::DeviceKind::Auto) {
+      const uint64_t need = gpu::device_bytes_needed(*e->model_, opts.limits);
+      const auto& d = devs[size_t(gpu)];
+      if (need > d.memory_bytes) {
+        e->device_note_ = str_cat("--device auto: GPU ", gpu, " (", d.name, ") has ", double(d.memory_bytes) / 1e9,
+                                  " GB, this rank needs ", double(need) / 1e9, " GB; running on the CPU");
+        gpu = -1;
+      }
+    }
+  });
+  run_collectively(c, [&] {
+    e->transformer_ = std::make_unique<Transformer>(*e->model_, e->placement_, c, *e->pool_, opts.limits, gpu);
+  });
+  if (const gpu::GpuForward* g = e->transformer_->gpu())
+    e->device_summary_ = str_cat("GPU ", g->device().index, ": ", g->device().name, " (", g->device().driver, "), ",
+                                 std::fixed, std::setprecision(2), double(g->device_bytes()) / 1e9, " GB on the device");
+  else
+    e->device_summary_ = str_cat("CPU, ", threads, " threads, ", kernels::best_kernels().name, " kernels");
   if (opts.trace_events) e->transformer_->tracer().enable(opts.trace_events);
   // Memory per rank, for the user (experts divided over ranks shrink each rank's share).
   uint64_t mem[2] = {uint64_t(e->model_->bytes_mapped_for_use()), resident_set_bytes()};

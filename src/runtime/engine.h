@@ -36,6 +36,11 @@ struct EngineOptions {
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
   size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)
+  // Where the forward pass runs: the CPU, a GPU (Vulkan), or a GPU when a usable hardware one with enough memory
+  // exists (auto; never a software device such as lavapipe). gpu_index ≥ 0 picks a device of gpu::list_gpus();
+  // -1: the rank's index among the ranks of its host, modulo the devices.
+  gpu::DeviceKind device = gpu::DeviceKind::Cpu;
+  int gpu_index = -1;
   std::function<void(size_t, size_t)> load_progress;  // (bytes done, total) while prefaulting
 };
 
@@ -52,6 +57,11 @@ class Engine {
   const ExpertPlacement& placement() const { return placement_; }
   ThreadPool& pool() { return *pool_; }
   Transformer& transformer() { return *transformer_; }
+  // What runs the forward pass on this rank, for the user: "CPU, 16 threads" or "GPU 0: NVIDIA H200 (...)".
+  const std::string& device_summary() const { return device_summary_; }
+  // A one-line note when --device auto fell back to the CPU (why), else empty.
+  const std::string& device_note() const { return device_note_; }
+  bool on_gpu() const { return transformer_ && transformer_->gpu() != nullptr; }
   int rank() const { return comm_->rank(); }
   // Per rank (gathered at start): weight bytes it reads and its resident set size after loading.
   const std::vector<uint64_t>& rank_weight_bytes() const { return rank_weight_bytes_; }
@@ -75,6 +85,7 @@ class Engine {
   std::unique_ptr<Transformer> transformer_;
   std::vector<BatchRow> rows_;
   std::vector<uint64_t> rank_weight_bytes_, rank_rss_bytes_;
+  std::string device_summary_, device_note_;
 };
 
 // This process's resident set size in bytes (0 where unknown).

@@ -11,7 +11,7 @@
 namespace moep {
 
 Transformer::Transformer(const Model& model, const ExpertPlacement& placement, Communicator& comm,
-                         ThreadPool& pool, const EngineLimits& limits)
+                         ThreadPool& pool, const EngineLimits& limits, int gpu_device)
     : model_(model),
       c_(model.config()),
       w_(model.weights()),
@@ -23,6 +23,13 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
     fail("engine limits must be positive (rows ", limits_.max_rows, ", slots ", limits_.n_slots, ", context ",
          limits_.max_ctx, ")");
   if (c_.sliding_window > 0 && limits_.max_ctx > c_.sliding_window) limits_.max_ctx = c_.sliding_window;
+  stats_.resize(size_t(c_.n_layers));
+  want_rows_.resize(size_t(limits_.max_rows));
+  routing_.resize(size_t(c_.n_layers));
+  if (gpu_device >= 0) {
+    gpu_ = std::make_unique<gpu::GpuForward>(model, placement, comm, limits_, gpu_device);
+    return;
+  }
   const int64_t R = limits_.max_rows, d = c_.d_model;
   const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * c_.kv_dim());
   k_cache_.assign(kv, 0.f);
@@ -59,16 +66,16 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   many_.reserve(3, 0);
   mu_.resize(size_t(R * c_.dense_ffn));
   head_in_.resize(size_t(R * d));
-  want_rows_.resize(size_t(R));
-  stats_.resize(size_t(c_.n_layers));
-  routing_.resize(size_t(c_.n_layers));
   for (int64_t l = 0; l < c_.n_layers; ++l)
     if (c_.layer_is_moe[size_t(l)]) routing_[size_t(l)].reserve(size_t(R * c_.top_k));
 }
 
+Transformer::~Transformer() = default;
+
 void Transformer::reset_stats() {
   std::fill(stats_.begin(), stats_.end(), LayerStats{});
   head_ns_ = 0;
+  if (gpu_) gpu_->reset_times();
 }
 
 double Transformer::weight_bytes_per_token() const {
@@ -147,6 +154,21 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
     if (r.pos < 0 || r.pos >= limits_.max_ctx)
       fail("position ", r.pos, " exceeds the context of ", limits_.max_ctx, " tokens");
     if (r.want_logits) want_rows_[size_t(n_want++)] = int32_t(t);
+  }
+  if (gpu_) {
+    // Routing is not read back from the GPU (last_routing stays empty there); the times are the GPU's.
+    gpu_->forward(rows, std::span<const int32_t>(want_rows_.data(), size_t(n_want)), logits);
+    const auto& gt = gpu_->layer_times();
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      LayerStats& st = stats_[size_t(l)];
+      const gpu::LayerTimes& g = gt[size_t(l)];
+      st.attention_ns = g.attention_ns;
+      (c_.layer_is_moe[size_t(l)] ? st.experts_ns : st.dense_ns) = g.moe_ns;
+      st.allreduce_ns = g.allreduce_ns;
+      st.calls = g.calls;
+    }
+    head_ns_ = gpu_->head_ns();
+    return;
   }
   // Embedding.
   for (int64_t t = 0; t < T; ++t)

@@ -13,7 +13,9 @@
 
 #include "comm/communicator.h"
 #include "core/thread_pool.h"
+#include "gpu/gpu_forward.h"
 #include "kernels/ops.h"
+#include "model/batch.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "moe/placement.h"
@@ -21,23 +23,13 @@
 
 namespace moep {
 
-struct BatchRow {
-  int32_t token = 0;
-  int32_t slot = 0;  // KV-cache slot (sequence) the row belongs to
-  int32_t pos = 0;   // position in its sequence; rows of one slot must come in increasing position
-  bool want_logits = false;
-};
-
-struct EngineLimits {
-  int64_t max_rows = 64;  // rows per forward() call
-  int64_t n_slots = 1;    // concurrent sequences
-  int64_t max_ctx = 2048;  // positions per sequence
-};
-
 class Transformer {
  public:
+  // gpu_device ≥ 0: the forward pass runs on that Vulkan device (gpu::GpuForward); the CPU's buffers and KV cache
+  // are then not made.
   Transformer(const Model& model, const ExpertPlacement& placement, Communicator& comm, ThreadPool& pool,
-              const EngineLimits& limits);
+              const EngineLimits& limits, int gpu_device = -1);
+  ~Transformer();
 
   // Runs the rows through the model, appending their keys/values to the KV cache at their positions, and
   // writes logits [n rows with want_logits, vocab] in row order. Throws moep::Error for a row outside the
@@ -52,7 +44,9 @@ class Transformer {
   // Bytes of weights one decode step of one token reads on this rank (non-expert weights + head + on
   // average top_k experts' share held here), for bandwidth figures.
   double weight_bytes_per_token() const;
-  size_t kv_cache_bytes() const { return k_cache_.size() * sizeof(float) * 2; }
+  size_t kv_cache_bytes() const {
+    return size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * c_.kv_dim()) * sizeof(float) * 2;
+  }
   // Routing of the last forward, per MoE layer: [n_layers][rows × top_k] (empty for dense layers);
   // filled only when record_routing(true). The observer, if set, is called after every forward with it and
   // the number of rows (for --record-routing).
@@ -63,6 +57,8 @@ class Transformer {
     record_routing_ = routing_observer_ != nullptr;
   }
   Tracer& tracer() { return tracer_; }
+  // The GPU forward pass, when this transformer runs on a GPU; null on the CPU.
+  const gpu::GpuForward* gpu() const { return gpu_.get(); }
   const std::vector<std::vector<int32_t>>& last_routing() const { return routing_; }
 
  private:
@@ -97,6 +93,7 @@ class Transformer {
   RoutingObserver routing_observer_;
   Tracer tracer_;
   std::vector<std::vector<int32_t>> routing_;
+  std::unique_ptr<gpu::GpuForward> gpu_;
 };
 
 }  // namespace moep

@@ -35,6 +35,14 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_option("--emulate-latency-us", f.emulate_latency_us,
                   "Add this many microseconds to every inter-rank exchange step (latency emulation, see docs)")
       ->check(CLI::Range(0.0, 1e7));
+  cmd->add_option("--device", f.device,
+                  "Where the model runs: cpu, gpu (Vulkan; an error when no GPU can) or auto (default: a hardware GPU "
+                  "with enough memory when there is one, else the CPU, with a note)")
+      ->check(CLI::IsMember({"cpu", "gpu", "auto"}));
+  cmd->add_option("--gpu", f.gpu,
+                  "Which GPU (an index of `moep devices`; default: under mpirun each rank takes the GPU of its index "
+                  "among the ranks on its host)")
+      ->check(CLI::Range(0, 1024));
   cmd->add_flag("--stats", f.stats, "Print the per-layer time split (attention, router, experts, all-reduce, wait)");
   cmd->add_option("--stats-json", f.stats_json, "Write per-layer, per-rank statistics as JSON");
   cmd->add_option("--trace", f.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of the run");
@@ -54,6 +62,9 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.bf16_dot = f.bf16_dot;  // applied by Engine::create, before the ranks compare kernel sets
   o.emulate_latency_us = f.emulate_latency_us;
   if (!f.trace.empty()) o.trace_events = 1 << 20;
+  o.device = gpu::parse_device_kind(f.device);
+  o.gpu_index = f.gpu;
+  if (f.gpu >= 0 && o.device == gpu::DeviceKind::Auto) o.device = gpu::DeviceKind::Gpu;
   return o;
 }
 
@@ -81,7 +92,9 @@ std::unique_ptr<perf::RoutingCounter> g_routing;  // --record-routing, rank 0
 }
 
 void start_run(Engine& engine, const EngineFlags& f) {
+  if (engine.is_root() && !engine.device_note().empty()) std::fprintf(stderr, "note: %s\n", engine.device_note().c_str());
   if (f.record_routing.empty() || !engine.is_root()) return;
+  if (engine.on_gpu()) fail("--record-routing runs on the CPU only (the GPU keeps the routing on the device); add --device cpu");
   const ModelConfig& c = engine.config();
   g_routing = std::make_unique<perf::RoutingCounter>(c.n_layers, c.n_experts, c.top_k, c.layer_is_moe, c.summary());
   engine.transformer().set_routing_observer(

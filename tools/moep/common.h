@@ -23,6 +23,8 @@ struct EngineFlags {
   std::string trace;       // Chrome trace
   bool stats = false;      // print the summary table
   std::string record_routing;  // write the routing decisions (moep-routing-v1) for `moep plan --routing`
+  std::string device = "auto";  // cpu, gpu or auto: EngineOptions::device
+  int gpu = -1;                 // EngineOptions::gpu_index
 };
 
 // A --threads value of any command: `threads` when positive, default_thread_count() for 0.
