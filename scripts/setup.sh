@@ -4,6 +4,8 @@
 # and the openai npm client for the server tests, an Arm cross compiler and qemu) are installed by
 # scripts/test.sh, where a failure cannot stop the build.
 # Usage: scripts/setup.sh [--no-build]
+# The GPU backend needs Vulkan's headers and loader (libvulkan-dev) and glslc to compile its shaders; Mesa's
+# lavapipe (mesa-vulkan-drivers) is a Vulkan device on the CPU, on which the GPU tests run where there is no GPU.
 # Environment: MOEP_WERROR=1 builds with -Werror on moep's own sources (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
+  libvulkan-dev glslc mesa-vulkan-drivers
   python3 jq
 )
 missing=()

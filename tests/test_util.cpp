@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "gpu/gpu_forward.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +74,39 @@ double rel_l2(const float* a, const float* b, size_t n) {
     den += double(b[i]) * b[i];
   }
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+double rel_max(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - b[i]));
+    den = std::max(den, std::fabs(double(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+namespace {
+std::string probe_gpu() {
+  if (!gpu::built_with_vulkan()) return "this build has no GPU backend (no Vulkan headers or glslc at configure time)";
+  try {
+    for (const auto& d : gpu::list_gpus())
+      if (d.usable) return "";
+    return "no usable Vulkan device (install mesa-vulkan-drivers for lavapipe)";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+const std::string& gpu_probe() {
+  static const std::string why = probe_gpu();
+  return why;
+}
+}  // namespace
+
+bool gpu_available() { return gpu_probe().empty(); }
+std::string gpu_skip_reason() { return "GPU tests need a Vulkan device: " + gpu_probe(); }
+bool all_tests_required() {
+  const char* v = std::getenv("MOEP_REQUIRE_ALL_TESTS");
+  return v && std::string(v) == "1";
 }
 
 }  // namespace moep::test

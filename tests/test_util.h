@@ -42,5 +42,21 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float
 
 // ‖a − b‖₂ / ‖b‖₂
 double rel_l2(const float* a, const float* b, size_t n);
+// max |a - b| / max |b| over n values (the "relative per position").
+double rel_max(const float* a, const float* b, size_t n);
+// Whether a usable Vulkan device exists (software ones count: CI runs the GPU tests on lavapipe). When it does not,
+// gpu_skip_reason() says why; with MOEP_REQUIRE_ALL_TESTS=1 (CI) a test that would skip fails instead.
+bool gpu_available();
+std::string gpu_skip_reason();
+bool all_tests_required();  // MOEP_REQUIRE_ALL_TESTS=1
 
 }  // namespace moep::test
+
+// In a test body: skip when no Vulkan device can run the GPU tests, or fail when every test must run (CI).
+#define MOEP_NEED_GPU()                                                                              \
+  do {                                                                                               \
+    if (!::moep::test::gpu_available()) {                                                            \
+      if (::moep::test::all_tests_required()) FAIL() << ::moep::test::gpu_skip_reason();             \
+      GTEST_SKIP() << ::moep::test::gpu_skip_reason();                                               \
+    }                                                                                                \
+  } while (0)

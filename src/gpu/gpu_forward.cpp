@@ -67,6 +67,7 @@ uint64_t device_bytes_needed(const Model& model, const EngineLimits& lim) {
 #if !MOEP_WITH_VULKAN
 
 bool built_with_vulkan() { return false; }
+bool inside_driver_call() { return false; }
 std::vector<DeviceSummary> list_gpus() {
   fail("this build of moep has no GPU backend (CMake found no Vulkan headers or glslc: install libvulkan-dev and "
        "glslc, then rebuild); run on the CPU with --device cpu");
@@ -82,16 +83,19 @@ const DeviceSummary& GpuForward::device() const {
   return none;
 }
 uint64_t GpuForward::device_bytes() const { return 0; }
+uint64_t GpuForward::device_objects_created() const { return 0; }
 const std::vector<LayerTimes>& GpuForward::layer_times() const {
   static std::vector<LayerTimes> none;
   return none;
 }
 int64_t GpuForward::head_ns() const { return 0; }
 void GpuForward::reset_times() {}
+double GpuForward::measure_read_bandwidth_gbs(uint64_t, int) { return 0; }
 
 #else
 
 bool built_with_vulkan() { return true; }
+bool inside_driver_call() { return driver_call_active(); }
 
 std::vector<DeviceSummary> list_gpus() {
   std::vector<DeviceSummary> out;
@@ -133,12 +137,16 @@ struct RouterPush {
   float pnorm, pad;
 };
 struct SortPush {
-  uint64_t ids, w, replicas, offsets, pair_row, pair_w, tok_slots;
+  uint64_t ids, w, replicas, offsets, pair_row, pair_w, tok_slots, stats;
   uint32_t T, k, E, rank, n_ranks, split;
 };
 struct CombinePush {
   uint64_t y, pair_w, tok_slots, out, shared, sgate;
   uint32_t d, k, flags, pad;
+};
+struct MembwPush {
+  uint64_t src, dst;
+  uint32_t n, pad;
 };
 struct AddPush {
   uint64_t x, a, b, gate;
@@ -198,7 +206,7 @@ struct GpuForward::Impl {
   // Pipelines: [dtype] for the weight-reading shaders.
   VkPipeline mv1[3]{}, mv8[3]{}, mm[3]{}, embed[3]{};
   VkPipeline norm = VK_NULL_HANDLE, qkv_post = VK_NULL_HANDLE, attention = VK_NULL_HANDLE, router = VK_NULL_HANDLE,
-             moe_sort = VK_NULL_HANDLE, combine = VK_NULL_HANDLE, add = VK_NULL_HANDLE;
+             moe_sort = VK_NULL_HANDLE, combine = VK_NULL_HANDLE, add = VK_NULL_HANDLE, membw = VK_NULL_HANDLE;
 
   std::vector<uint64_t> table_host;  // filled while loading, uploaded once
   DeviceSpan tables;
@@ -209,7 +217,7 @@ struct GpuForward::Impl {
   // Activations (device) and the host-visible step buffers.
   uint64_t x = 0, h = 0, qkv = 0, att = 0, rlogits = 0, ids = 0, pw = 0, offsets = 0, pair_row = 0, pair_w = 0,
            tok_slots = 0, eh = 0, ey = 0, m = 0, sh_h = 0, sh_out = 0, sgate = 0, head_in = 0, logits = 0;
-  DeviceSpan params_dev, logits_dev, params_host, logits_host, xfer;
+  DeviceSpan params_dev, logits_dev, params_host, logits_host, xfer, moe_stats;
   int64_t R = 0, pairs_max = 0;
 
   std::map<std::pair<int64_t, int64_t>, Plan> plans;
@@ -262,6 +270,30 @@ struct GpuForward::Impl {
     moe_sort = get1("moe_sort");
     combine = get1("combine");
     add = get1("add");
+    membw = get1("membw");
+  }
+
+  DeviceSpan bw_src, bw_dst;
+  double read_bandwidth(uint64_t bytes, int reps) {
+    const uint32_t groups = 4096;
+    if (!bw_src.address) {
+      bytes = std::min<uint64_t>(bytes, summary.memory_bytes / 8) & ~uint64_t(15);
+      bw_src = ctx.alloc_device(bytes);
+      bw_dst = ctx.alloc_device(uint64_t(groups) * 256 * 4);
+    }
+    VkCommandBuffer cb = begin();
+    for (int i = 0; i < reps + 1; ++i)
+      dispatch(cb, membw, MembwPush{bw_src.address, bw_dst.address, uint32_t(bw_src.bytes / 16), 0}, groups);
+    check(api().vkEndCommandBuffer(cb), "vkEndCommandBuffer");
+    // One untimed pass first (in its own submission), then the timed ones.
+    VkCommandBuffer warm = begin();
+    dispatch(warm, membw, MembwPush{bw_src.address, bw_dst.address, uint32_t(bw_src.bytes / 16), 0}, groups);
+    check(api().vkEndCommandBuffer(warm), "vkEndCommandBuffer");
+    ctx.submit_and_wait(warm);
+    const int64_t t0 = now_ns();
+    ctx.submit_and_wait(cb);
+    const double s = double(now_ns() - t0) * 1e-9;
+    return double(bw_src.bytes) * double(reps + 1) / s / 1e9;
   }
 
   // ---- Loading ----
@@ -486,6 +518,8 @@ struct GpuForward::Impl {
     params_host = ctx.alloc_host(VkDeviceSize(4 * R) * 4);
     logits_host = ctx.alloc_host(VkDeviceSize(R * c.vocab_size) * 4);
     xfer = ctx.alloc_host(VkDeviceSize(R * d) * 4);
+    moe_stats = ctx.alloc_host(VkDeviceSize(2 * c.n_layers) * 4);
+    std::memset(moe_stats.host, 0, size_t(moe_stats.bytes));
   }
 
   // ---- Recording ----
@@ -607,7 +641,8 @@ struct GpuForward::Impl {
                           float(c.topk_pnorm), 0},
                uint32_t((T + 63) / 64));
       dispatch(cb, moe_sort,
-               SortPush{ids, pw, G.replicas, offsets, pair_row, pair_w, tok_slots, uint32_t(T), k, E,
+               SortPush{ids, pw, G.replicas, offsets, pair_row, pair_w, tok_slots,
+                        moe_stats.address + uint64_t(l) * 8, uint32_t(T), k, E,
                         uint32_t(comm.rank()), uint32_t(comm.size()), split ? 1u : 0u},
                1);
       const bool shared = !G.sh_gate.empty();
@@ -693,6 +728,7 @@ struct GpuForward::Impl {
       std::memcpy(out, logits_host.host, size_t(n_want * c.vocab_size) * sizeof(float));
     if (ctx.has_timestamps()) {
       stamps.resize(plan.n_queries);
+      DriverCall in_driver;
       if (api().vkGetQueryPoolResults(ctx.device(), plan.queries, 0, plan.n_queries, stamps.size() * 8, stamps.data(), 8,
                                       VK_QUERY_RESULT_64_BIT) == VK_SUCCESS) {
         const double ns = ctx.timestamp_period_ns();
@@ -705,6 +741,12 @@ struct GpuForward::Impl {
         }
         head_time += span_ns(uint32_t(3 * c.n_layers), uint32_t(3 * c.n_layers + 1));
       }
+    }
+    auto* ms = reinterpret_cast<int32_t*>(moe_stats.host);
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      times[size_t(i)].experts_touched += ms[2 * i];
+      times[size_t(i)].expert_pairs += ms[2 * i + 1];
+      ms[2 * i] = ms[2 * i + 1] = 0;
     }
     for (auto& t : times) t.calls++;
   }
@@ -719,8 +761,10 @@ void GpuForward::forward(std::span<const BatchRow> rows, std::span<const int32_t
 }
 const DeviceSummary& GpuForward::device() const { return impl_->summary; }
 uint64_t GpuForward::device_bytes() const { return impl_->ctx.device_bytes_allocated(); }
+uint64_t GpuForward::device_objects_created() const { return impl_->ctx.objects_created(); }
 const std::vector<LayerTimes>& GpuForward::layer_times() const { return impl_->times; }
 int64_t GpuForward::head_ns() const { return impl_->head_time; }
+double GpuForward::measure_read_bandwidth_gbs(uint64_t bytes, int reps) { return impl_->read_bandwidth(bytes, reps); }
 void GpuForward::reset_times() {
   std::fill(impl_->times.begin(), impl_->times.end(), LayerTimes{});
   impl_->head_time = 0;

@@ -61,8 +61,14 @@ struct LayerTimes {
   int64_t attention_ns = 0;
   int64_t moe_ns = 0;
   int64_t allreduce_ns = 0;
+  int64_t experts_touched = 0;  // this rank's experts that had work, summed over calls
+  int64_t expert_pairs = 0;     // (token, expert) pairs this rank computed
   int64_t calls = 0;
 };
+
+// Whether this thread is inside a call into the Vulkan driver that runs work (a submission, a wait): the
+// steady-state test counts the host allocations of moep's own code apart from the driver's.
+bool inside_driver_call();
 
 class GpuForward {
  public:
@@ -78,9 +84,14 @@ class GpuForward {
 
   const DeviceSummary& device() const;
   uint64_t device_bytes() const;  // device memory taken
+  // Device objects made so far (memory, pipelines, command buffers, queries): constant while decoding.
+  uint64_t device_objects_created() const;
   const std::vector<LayerTimes>& layer_times() const;
   int64_t head_ns() const;  // the final norm and the output head, GPU time
   void reset_times();
+  // The device's read bandwidth in GB/s: a plain shader reading `bytes` of device memory `reps` times (wall time of
+  // one submission). For `moep bench`'s ratio; allocates its buffer on first use.
+  double measure_read_bandwidth_gbs(uint64_t bytes, int reps);
 
  private:
   struct Impl;

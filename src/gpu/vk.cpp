@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -43,13 +44,18 @@ Loader& loader() {
   static Loader L;
   static std::once_flag once;
   std::call_once(once, [] {
-    for (const char* name : {"libvulkan.so.1", "libvulkan.so"}) {
+    // MOEP_VULKAN_LOADER names another loader library (a test names a missing one).
+    const char* forced = std::getenv("MOEP_VULKAN_LOADER");
+    std::string tried;
+    for (const char* name : {forced, "libvulkan.so.1", "libvulkan.so"}) {
+      if (!name) continue;
+      tried += str_cat(tried.empty() ? "" : ", ", name);
       L.lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (L.lib) break;
+      if (L.lib || forced) break;
     }
     if (!L.lib) {
-      L.error = "no Vulkan loader: libvulkan.so.1 could not be opened (install Debian's libvulkan1 and a driver, "
-                "e.g. mesa-vulkan-drivers or the GPU vendor's; or run on the CPU with --device cpu)";
+      L.error = str_cat("no Vulkan loader: ", tried, " could not be opened (install Debian's libvulkan1 and a driver, "
+                        "e.g. mesa-vulkan-drivers or the GPU vendor's; or run on the CPU with --device cpu)");
       return;
     }
     auto gipa = reinterpret_cast<PFN_vkGetInstanceProcAddr>(dlsym(L.lib, "vkGetInstanceProcAddr"));
@@ -133,6 +139,9 @@ DeviceInfo describe(VkPhysicalDevice pd, int index) {
   for (uint32_t h = 0; h < mp.memoryHeapCount; ++h)
     if (mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
       d.device_local_bytes = std::max<uint64_t>(d.device_local_bytes, mp.memoryHeaps[h].size);
+  // MOEP_GPU_MEMORY_BYTES caps the memory moep may use on every device (sharing a GPU; tests of the error).
+  if (const char* cap = std::getenv("MOEP_GPU_MEMORY_BYTES"))
+    d.device_local_bytes = std::min<uint64_t>(d.device_local_bytes, std::strtoull(cap, nullptr, 10));
   VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
   VkPhysicalDeviceFeatures2 f2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
   f2.pNext = &f12;
@@ -153,6 +162,13 @@ DeviceInfo describe(VkPhysicalDevice pd, int index) {
 }  // namespace
 
 const Api& api() { return loader().api; }
+
+namespace {
+thread_local int t_driver_depth = 0;
+}
+DriverCall::DriverCall() { ++t_driver_depth; }
+DriverCall::~DriverCall() { --t_driver_depth; }
+bool driver_call_active() { return t_driver_depth > 0; }
 
 void check(VkResult r, const char* what) {
   if (r != VK_SUCCESS) fail("Vulkan: ", what, " failed: ", result_name(r), " (", int(r), ")");
@@ -258,6 +274,7 @@ Context::Block Context::new_block(VkDeviceSize bytes, bool host) {
   const Api& a = api();
   Block b;
   b.size = bytes;
+  ++objects_;
   VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
   bci.size = bytes;
   bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT |
@@ -361,6 +378,7 @@ VkPipeline Context::pipeline(const uint32_t* spirv, size_t words, const char* na
     fail("GPU ", info_.index, " (", info_.name, "): shader ", name, " failed to build into a pipeline (",
          result_name(r), ")");
   pipelines_.push_back(p);
+  ++objects_;
   return p;
 }
 
@@ -371,6 +389,7 @@ VkCommandBuffer Context::new_command_buffer() {
   ai.commandBufferCount = 1;
   VkCommandBuffer cb = VK_NULL_HANDLE;
   check(api().vkAllocateCommandBuffers(device_, &ai, &cb), "vkAllocateCommandBuffers");
+  ++objects_;
   return cb;
 }
 
@@ -379,6 +398,7 @@ void Context::submit_and_wait(VkCommandBuffer cb) {
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
   si.pCommandBuffers = &cb;
+  DriverCall in_driver;
   check(a.vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
   check(a.vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
   check(a.vkResetFences(device_, 1, &fence_), "vkResetFences");
@@ -391,6 +411,7 @@ VkQueryPool Context::query_pool(uint32_t n) {
   VkQueryPool q = VK_NULL_HANDLE;
   check(api().vkCreateQueryPool(device_, &qi, nullptr, &q), "vkCreateQueryPool");
   query_pools_.push_back(q);
+  ++objects_;
   return q;
 }
 

@@ -84,6 +84,10 @@ class Context {
   double timestamp_period_ns() const { return ts_period_; }
   bool has_timestamps() const { return ts_valid_; }
 
+  // Device objects made so far (memory blocks, pipelines, command buffers, query pools): the steady-state test
+  // requires that decoding makes none.
+  uint64_t objects_created() const { return objects_; }
+
   static constexpr uint32_t kPushBytes = 128;
   static constexpr VkDeviceSize kBlockBytes = VkDeviceSize(1) << 30;
 
@@ -116,6 +120,7 @@ class Context {
   VkCommandBuffer upload_cb_ = VK_NULL_HANDLE;
   double ts_period_ = 1.0;
   bool ts_valid_ = false;
+  uint64_t objects_ = 0;
 };
 
 // The loader's functions this backend calls (filled when the first Context or list_devices opens the loader).
@@ -137,6 +142,14 @@ struct Api {
 #undef MOEP_VK_DECLARE
 };
 const Api& api();
+
+// Marks this thread as inside a driver call for its lifetime (see gpu::inside_driver_call).
+struct DriverCall {
+  DriverCall();
+  ~DriverCall();
+};
+
+bool driver_call_active();
 
 // Throws moep::Error naming the call and Vulkan's result when r is not VK_SUCCESS.
 void check(VkResult r, const char* what);

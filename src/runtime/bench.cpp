@@ -152,7 +152,10 @@ BenchResult run_bench(Engine& engine, const BenchOptions& o) {
   BenchRankFigures mine;
 
   // Machine ceilings, measured on this rank with the engine's threads (before the model runs).
-  mine.membw_gbs = kernels::measure_read_bandwidth_gbs(engine.pool(), size_t(1) << 30, 5);
+  // On a GPU, the device's: a plain shader reading 1 GiB of device memory.
+  gpu::GpuForward* gpu = engine.gpu();
+  mine.membw_gbs = gpu ? gpu->measure_read_bandwidth_gbs(uint64_t(1) << 30, 10)
+                       : kernels::measure_read_bandwidth_gbs(engine.pool(), size_t(1) << 30, 5);
   mine.peak_gflops = kernels::measure_peak_gflops(engine.pool());
 
   std::mt19937 rng(1234);
@@ -200,12 +203,14 @@ BenchResult run_bench(Engine& engine, const BenchOptions& o) {
   // A plain read of as many bytes of this rank's mapped weights as one decode step read (the tensors in load
   // order, every thread): what the machine gives for a working set of that size in these mappings, next to the
   // 1 GiB figure above. Measured after decoding.
+  // On a GPU the weights are in device memory: the device read test stands for it, and there are no pairs.
   const std::vector<kernels::ReadSpan> spans =
       weight_spans_up_to(engine, mine.bytes / double(std::max(1, o.gen)), &res.read_bytes);
   comm.barrier();
-  mine.weights_read_gbs = kernels::measure_span_read_gbs(engine.pool(), spans.data(), spans.size(), 3);
+  mine.weights_read_gbs =
+      gpu ? mine.membw_gbs : kernels::measure_span_read_gbs(engine.pool(), spans.data(), spans.size(), 3);
 
-  const std::vector<double> ratios = paired_ratios(engine, decoder, cost, spans, o.paired, &pos);
+  const std::vector<double> ratios = paired_ratios(engine, decoder, cost, spans, gpu ? 0 : o.paired, &pos);
   if (!ratios.empty()) {
     mine.paired_median = ratios[ratios.size() / 2];
     mine.paired_min = ratios.front();

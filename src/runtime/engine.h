@@ -62,6 +62,7 @@ class Engine {
   // A one-line note when --device auto fell back to the CPU (why), else empty.
   const std::string& device_note() const { return device_note_; }
   bool on_gpu() const { return transformer_ && transformer_->gpu() != nullptr; }
+  gpu::GpuForward* gpu() { return transformer_ ? transformer_->gpu() : nullptr; }
   int rank() const { return comm_->rank(); }
   // Per rank (gathered at start): weight bytes it reads and its resident set size after loading.
   const std::vector<uint64_t>& rank_weight_bytes() const { return rank_weight_bytes_; }

@@ -165,6 +165,8 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       st.attention_ns = g.attention_ns;
       (c_.layer_is_moe[size_t(l)] ? st.experts_ns : st.dense_ns) = g.moe_ns;
       st.allreduce_ns = g.allreduce_ns;
+      st.experts_touched = g.experts_touched;
+      st.expert_pairs = g.expert_pairs;
       st.calls = g.calls;
     }
     head_ns_ = gpu_->head_ns();

@@ -58,7 +58,7 @@ class Transformer {
   }
   Tracer& tracer() { return tracer_; }
   // The GPU forward pass, when this transformer runs on a GPU; null on the CPU.
-  const gpu::GpuForward* gpu() const { return gpu_.get(); }
+  gpu::GpuForward* gpu() const { return gpu_.get(); }
   const std::vector<std::vector<int32_t>>& last_routing() const { return routing_; }
 
  private:

@@ -111,6 +111,40 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
   }
 }
 
+// GPU ranks (under mpirun they share the one device: lavapipe in CI, an H200 on the device machine) equal one CPU
+// rank: every family, split, whole-expert and replicated placements, 2 to 4 ranks.
+// One dtype per family (the bf16 fixtures) keeps this short.
+class DistributedGpu : public Distributed {};
+
+TEST_P(DistributedGpu, GpuRanksEqualOneCpuRank) {
+  MOEP_NEED_GPU();
+  const std::string fx = GetParam();
+  const auto ref = reference(fx);
+  const auto ids = ref["cases"][2]["logits_tokens"].get<std::vector<int32_t>>();
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  const RunOut one = run(fx, 1, "contiguous", ids, 0, "--device cpu");
+  const int64_t V = cfg.vocab_size;
+  test::TempDir d;
+  const std::vector<std::pair<int, std::string>> runs = {
+      {2, "split"}, {2, replicated_placement(d, cfg.n_experts, 2)}, {3, "contiguous"}, {4, "split"}};
+  for (const auto& [n, placement] : runs) {
+    SCOPED_TRACE(fx + " on " + std::to_string(n) + " GPU ranks, placement " + placement);
+    const RunOut many = run(fx, n, placement, ids, 0, "--device gpu");
+    ASSERT_EQ(many.logits.shape, one.logits.shape);
+    for (size_t t = 0; t < ids.size(); ++t)
+      EXPECT_LE(test::rel_max(&many.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-4) << "position " << t;
+  }
+}
+
+std::vector<std::string> bf16_fixtures() {
+  std::vector<std::string> out;
+  for (const auto& f : test::fixture_names())
+    if (f.find("_bf16") != std::string::npos) out.push_back(f);
+  return out;
+}
+INSTANTIATE_TEST_SUITE_P(Fixtures, DistributedGpu, ::testing::ValuesIn(bf16_fixtures()),
+                         [](const auto& info) { return info.param; });
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, Distributed, ::testing::ValuesIn(test::fixture_names()),
                          [](const auto& info) { return info.param; });
 

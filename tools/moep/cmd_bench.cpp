@@ -84,6 +84,7 @@ void register_bench(CLI::App& app) {
 
     std::printf("moep bench: commit %s, %s, %d rank(s) x %d threads, kernels %s\n", MOEP_GIT_COMMIT,
                 cpu_model_name().c_str(), comm.size(), engine->pool().size(), kernels::best_kernels().name);
+    std::printf("device: %s\n", engine->device_summary().c_str());
     std::printf("model: %s, %s weights, %.2f GB resident on rank 0, %s\n", cfg.summary().c_str(),
                 dtype_name(engine->model().weights().embed.dtype),
                 double(engine->model().bytes_mapped_for_use()) / 1e9, engine->model().residence().c_str());
@@ -92,9 +93,12 @@ void register_bench(CLI::App& app) {
     std::printf("decode:  batch %d, %d steps in %.3f s = %.2f tokens/s (step p50 %.2f ms)\n", o->bench.batch, o->bench.gen,
                 decode_s, decode_tps, p50);
     std::printf("weights read per token: %.3f GB (all ranks); rank 0 read %.2f GB/s of its measured %.1f GB/s "
-                "(1 GiB on 2 MiB pages) = %.0f%%\n",
-                bytes_per_token / 1e9, achieved, membw, 100.0 * achieved / membw);
-    std::printf("         a plain read of %.2f GB of rank 0's weights (one step's worth): %.1f GB/s; decode read %.0f%% of that\n",
+                "(%s) = %.0f%%\n",
+                bytes_per_token / 1e9, achieved, membw,
+                engine->on_gpu() ? "a plain shader reading 1 GiB of device memory" : "1 GiB on 2 MiB pages",
+                100.0 * achieved / membw);
+    if (!engine->on_gpu())
+      std::printf("         a plain read of %.2f GB of rank 0's weights (one step's worth): %.1f GB/s; decode read %.0f%% of that\n",
                 span_total / 1e9, weights_bw, 100.0 * achieved / weights_bw);
     if (bo.paired > 0)
       std::printf("         paired: %d more decode steps, each right after a plain read of as many bytes: decode read "
@@ -125,6 +129,7 @@ void register_bench(CLI::App& app) {
       j["ranks"] = comm.size();
       j["threads"] = engine->pool().size();
       j["kernels"] = kernels::best_kernels().name;
+      j["device"] = engine->device_summary();
       j["model"] = cfg.summary();
       j["dtype"] = dtype_name(engine->model().weights().embed.dtype);
       j["batch"] = bo.batch;

@@ -14,6 +14,7 @@ layout(push_constant) uniform PC {
   Ints pair_row;  // [T k] out: the token row of each slot
   Floats pair_w;  // [T k] out
   Ints tok_slots; // [T, k] out: the token's slots, increasing, -1 after the last
+  Ints stats;     // this layer's [experts with work, pairs], added to (host-visible; the host reads and clears them)
   uint T, k, E, rank, n_ranks, split;
 } pc;
 void main() {
@@ -37,7 +38,11 @@ void main() {
     pc.tok_slots.v[p] = mine ? 1 : 0;
     if (mine) pc.offsets.v[e + 1u]++;
   }
+  int touched = 0;
+  for (uint e = 0u; e < pc.E; ++e) touched += pc.offsets.v[e + 1u] > 0 ? 1 : 0;
   for (uint e = 0u; e < pc.E; ++e) pc.offsets.v[e + 1u] += pc.offsets.v[e];
+  pc.stats.v[0] += touched;
+  pc.stats.v[1] += pc.offsets.v[pc.E];
   int next[256];
   for (uint e = 0u; e < pc.E; ++e) next[e] = pc.offsets.v[e];
   for (uint p = 0u; p < P; ++p) {
