@@ -76,7 +76,7 @@ struct GpuForward::Impl {};
 GpuForward::GpuForward(const Model&, const ExpertPlacement&, Communicator&, const EngineLimits&, int) {
   list_gpus();
 }
-GpuForward::~GpuForward() = default;
+GpuForward::~GpuForward() { impl_->print_profile(); }
 void GpuForward::forward(std::span<const BatchRow>, std::span<const int32_t>, float*) {}
 const DeviceSummary& GpuForward::device() const {
   static DeviceSummary none;
@@ -154,7 +154,9 @@ struct AddPush {
 };
 static_assert(sizeof(MvPush) <= Context::kPushBytes && sizeof(QkvPush) <= Context::kPushBytes);
 
-constexpr uint32_t F_GROUPED = 1, F_XROW = 2, F_ACCUM = 4, F_BIAS = 8, F_SWIGLU = 16;
+constexpr uint32_t F_GROUPED = 1, F_XROW = 2, F_ACCUM = 4, F_BIAS = 8, F_SWIGLU = 16, F_X4 = 32;
+// x read as vec4 when every row starts on 16 bytes (activation buffers start on 256).
+uint32_t x4_flag(uint32_t ldx) { return ldx % 4 == 0 ? F_X4 : 0u; }
 constexpr uint32_t N_LAYER = 1, N_W = 2, N_B = 4, N_ROWS = 8;
 constexpr uint32_t P_BIAS = 1, P_QK_HEAD = 2, P_QK_FULL = 4, P_CLIP = 8;
 constexpr uint32_t C_ACCUM = 1, C_SHARED = 2, C_SHARED_GATE = 4;
@@ -189,6 +191,8 @@ struct Plan {
   std::vector<VkCommandBuffer> segments;
   VkQueryPool queries = VK_NULL_HANDLE;
   uint32_t n_queries = 0;
+  VkQueryPool prof = VK_NULL_HANDLE;  // MOEP_GPU_PROFILE: a stamp after every dispatch
+  std::vector<std::string> prof_labels;
 };
 
 }  // namespace
@@ -252,7 +256,9 @@ struct GpuForward::Impl {
       auto get = [&](const char* base) {
         const std::string name = std::string(base) + "_" + dts[i];
         const Shader& s = shader(name.c_str());
-        return ctx.pipeline(s.words, s.n_words, s.name);
+        VkPipeline p = ctx.pipeline(s.words, s.n_words, s.name);
+        pipe_names[p] = s.name;
+        return p;
       };
       mv1[i] = get("mv1");
       mv8[i] = get("mv8");
@@ -261,7 +267,9 @@ struct GpuForward::Impl {
     }
     auto get1 = [&](const char* name) {
       const Shader& s = shader(name);
-      return ctx.pipeline(s.words, s.n_words, s.name);
+      VkPipeline p = ctx.pipeline(s.words, s.n_words, s.name);
+      pipe_names[p] = s.name;
+      return p;
     };
     norm = get1("norm");
     qkv_post = get1("qkv_post");
@@ -536,6 +544,44 @@ struct GpuForward::Impl {
     a.vkCmdPushConstants(cb, ctx.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(P), &push);
     a.vkCmdDispatch(cb, gx, gy, gz);
     barrier(cb);
+    if (profiling && recording && recording->prof_labels.size() + 1 < kProfQueries) {
+      recording->prof_labels.push_back(str_cat(pipe_names[p], " grid ", gx, "x", gy, "x", gz));
+      a.vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, recording->prof,
+                            uint32_t(recording->prof_labels.size()));
+    }
+  }
+  // MOEP_GPU_PROFILE=1: a timestamp after every dispatch; the time per shader and grid, summed over the run, is
+  // printed to stderr at the end (for tuning the shaders; it adds a little time to each step).
+  static constexpr size_t kProfQueries = 2048;
+  const bool profiling = std::getenv("MOEP_GPU_PROFILE") != nullptr;
+  Plan* recording = nullptr;
+  std::map<VkPipeline, std::string> pipe_names;
+  std::map<std::string, std::pair<double, int64_t>> prof_acc;
+  std::vector<uint64_t> prof_stamps;
+  void profile_step(Plan& plan) {
+    const size_t n = plan.prof_labels.size() + 1;
+    prof_stamps.resize(n);
+    DriverCall in_driver;
+    if (api().vkGetQueryPoolResults(ctx.device(), plan.prof, 0, uint32_t(n), n * 8, prof_stamps.data(), 8,
+                                    VK_QUERY_RESULT_64_BIT) != VK_SUCCESS)
+      return;
+    for (size_t i = 1; i < n; ++i) {
+      auto& e = prof_acc[plan.prof_labels[i - 1]];
+      e.first += double(prof_stamps[i] - prof_stamps[i - 1]) * ctx.timestamp_period_ns();
+      e.second++;
+    }
+  }
+  void print_profile() {
+    if (prof_acc.empty()) return;
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (const auto& [k, v] : prof_acc) {
+      rows.push_back({v.first, str_cat(k, " (", v.second, " runs)")});
+      total += v.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "GPU profile (MOEP_GPU_PROFILE): %.3f ms in all\n", total * 1e-6);
+    for (const auto& [ns, k] : rows) std::fprintf(stderr, "  %10.3f ms %5.1f%%  %s\n", ns * 1e-6, 100 * ns / total, k.c_str());
   }
   static void barrier(VkCommandBuffer cb) {
     VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
@@ -550,9 +596,9 @@ struct GpuForward::Impl {
   void matmul(VkCommandBuffer cb, const Mat& w, const Mat* w2, uint64_t xa, uint32_t ldx, uint64_t ya, uint32_t ldy,
               int64_t T, uint32_t flags, uint64_t bias = 0) {
     MvPush p{w.table, w2 ? w2->table : 0, xa, 0, ya, bias, 0, w.n, w.k, w.ldw8, ldx, ldy, uint32_t(T),
-             flags | (w2 ? F_SWIGLU : 0u) | (bias ? F_BIAS : 0u), 0};
+             flags | (w2 ? F_SWIGLU : 0u) | (bias ? F_BIAS : 0u) | x4_flag(ldx), 0};
     if (T <= 8)
-      dispatch(cb, (T == 1 ? mv1 : mv8)[w.dt], p, (w.n + 3) / 4);
+      dispatch(cb, (T == 1 ? mv1 : mv8)[w.dt], p, (w.n + (T == 1 ? 3 : 1)) / (T == 1 ? 4 : 2));
     else
       dispatch(cb, mm[w.dt], p, (w.n + 63) / 64, uint32_t((T + 63) / 64));
   }
@@ -561,10 +607,10 @@ struct GpuForward::Impl {
                uint64_t xrow, uint32_t ldx, uint64_t ya, uint32_t ldy, int64_t T, uint32_t flags) {
     const uint32_t E = uint32_t(c.n_experts);
     MvPush p{table, table2, xa, xrow, ya, 0, offsets, N, K, uint32_t(pad8(K) / 8), ldx, ldy, uint32_t(T),
-             flags | F_GROUPED | (xrow ? F_XROW : 0u) | (table2 ? F_SWIGLU : 0u), 0};
+             flags | F_GROUPED | (xrow ? F_XROW : 0u) | (table2 ? F_SWIGLU : 0u) | x4_flag(ldx), 0};
     // At most T rows per expert (a token picks an expert once).
     if (T <= 8)
-      dispatch(cb, (T == 1 ? mv1 : mv8)[dt], p, (N + 3) / 4, E);
+      dispatch(cb, (T == 1 ? mv1 : mv8)[dt], p, (N + (T == 1 ? 3 : 1)) / (T == 1 ? 4 : 2), E);
     else
       dispatch(cb, mm[dt], p, (N + 63) / 64, uint32_t((T + 63) / 64), E);
   }
@@ -600,6 +646,12 @@ struct GpuForward::Impl {
 
     VkCommandBuffer cb = begin();
     if (ctx.has_timestamps()) a.vkCmdResetQueryPool(cb, plan.queries, 0, plan.n_queries);
+    if (profiling && ctx.has_timestamps()) {
+      plan.prof = ctx.query_pool(kProfQueries);
+      a.vkCmdResetQueryPool(cb, plan.prof, 0, kProfQueries);
+      a.vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, plan.prof, 0);
+      recording = &plan;
+    }
     VkBufferCopy pc{params_host.offset, params_dev.offset, VkDeviceSize(4 * R) * 4};
     a.vkCmdCopyBuffer(cb, params_host.buffer, params_dev.buffer, 1, &pc);
     barrier(cb);
@@ -694,6 +746,7 @@ struct GpuForward::Impl {
     stamp(cb, plan, uint32_t(3 * c.n_layers + 1));
     check(a.vkEndCommandBuffer(cb), "vkEndCommandBuffer");
     plan.segments.push_back(cb);
+    recording = nullptr;
     return plan;
   }
 
@@ -702,7 +755,10 @@ struct GpuForward::Impl {
   void forward(std::span<const BatchRow> rows, std::span<const int32_t> want, float* out) {
     const int64_t T = int64_t(rows.size()), n_want = int64_t(want.size());
     auto it = plans.find({T, n_want});
-    if (it == plans.end()) it = plans.emplace(std::make_pair(T, n_want), record(T, n_want)).first;
+    if (it == plans.end()) {
+      it = plans.emplace(std::make_pair(T, n_want), Plan{}).first;
+      it->second = record(T, n_want);  // recording points at the plan while it is made
+    }
     Plan& plan = it->second;
     int32_t* p = reinterpret_cast<int32_t*>(params_host.host);
     for (int64_t t = 0; t < T; ++t) {
@@ -742,6 +798,7 @@ struct GpuForward::Impl {
         head_time += span_ns(uint32_t(3 * c.n_layers), uint32_t(3 * c.n_layers + 1));
       }
     }
+    if (plan.prof) profile_step(plan);
     auto* ms = reinterpret_cast<int32_t*>(moe_stats.host);
     for (int64_t i = 0; i < c.n_layers; ++i) {
       times[size_t(i)].experts_touched += ms[2 * i];
@@ -755,7 +812,7 @@ struct GpuForward::Impl {
 GpuForward::GpuForward(const Model& model, const ExpertPlacement& placement, Communicator& comm,
                        const EngineLimits& limits, int device)
     : impl_(std::make_unique<Impl>(model, placement, comm, limits, device)) {}
-GpuForward::~GpuForward() = default;
+GpuForward::~GpuForward() { impl_->print_profile(); }
 void GpuForward::forward(std::span<const BatchRow> rows, std::span<const int32_t> want, float* logits) {
   impl_->forward(rows, want, logits);
 }

@@ -11,6 +11,7 @@ layout(buffer_reference, std430, buffer_reference_align = 4) buffer Ints { int v
 layout(buffer_reference, std430, buffer_reference_align = 4) readonly buffer Words { uint v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer Quads { uvec4 v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Table { Quads m[]; };
+layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer Vec4s { vec4 v[]; };
 
 #ifndef DT
 #define DT 2
@@ -54,3 +55,4 @@ const uint F_XROW = 2u;      // row s of the output reads row xrow.v[s] of x
 const uint F_ACCUM = 4u;     // y += result (else y = result)
 const uint F_BIAS = 8u;      // + bias.v[n]
 const uint F_SWIGLU = 16u;   // y = silu(x·w) * (x·w2)
+const uint F_X4 = 32u;       // rows of x start on 16 bytes (ldx a multiple of 4): read x as vec4

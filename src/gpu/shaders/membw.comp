@@ -12,6 +12,10 @@ layout(push_constant) uniform PC {
 void main() {
   const uint stride = gl_NumWorkGroups.x * 256u;
   uvec4 acc = uvec4(0u);
-  for (uint i = gl_GlobalInvocationID.x; i < pc.n; i += stride) acc ^= pc.src.v[i];
+  // Four loads in flight per thread.
+  uint i = gl_GlobalInvocationID.x;
+  for (; i + 3u * stride < pc.n; i += 4u * stride)
+    acc ^= pc.src.v[i] ^ pc.src.v[i + stride] ^ pc.src.v[i + 2u * stride] ^ pc.src.v[i + 3u * stride];
+  for (; i < pc.n; i += stride) acc ^= pc.src.v[i];
   pc.dst.v[gl_GlobalInvocationID.x] = int(acc.x ^ acc.y ^ acc.z ^ acc.w);
 }

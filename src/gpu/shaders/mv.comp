@@ -8,7 +8,9 @@
 #ifndef TR
 #define TR 1
 #endif
+#ifndef NR
 #define NR 4
+#endif
 #define WG 256
 layout(local_size_x = WG) in;
 
@@ -56,7 +58,13 @@ void main() {
     for (uint c = tid; c < chunks; c += WG) {
       vec4 xa[TR], xb[TR];
       const uint k = c * 8u;
-      if (c < full) {
+      if (c < full && (pc.flags & F_X4) != 0u) {
+        Vec4s x4 = Vec4s(pc.x);
+        for (uint t = 0u; t < TR; ++t) {
+          xa[t] = x4.v[(xr[t] + k) / 4u];
+          xb[t] = x4.v[(xr[t] + k) / 4u + 1u];
+        }
+      } else if (c < full) {
         for (uint t = 0u; t < TR; ++t) {
           xa[t] = vec4(pc.x.v[xr[t] + k], pc.x.v[xr[t] + k + 1u], pc.x.v[xr[t] + k + 2u], pc.x.v[xr[t] + k + 3u]);
           xb[t] = vec4(pc.x.v[xr[t] + k + 4u], pc.x.v[xr[t] + k + 5u], pc.x.v[xr[t] + k + 6u], pc.x.v[xr[t] + k + 7u]);
