@@ -89,6 +89,10 @@ const std::vector<LayerTimes>& GpuForward::layer_times() const {
   return none;
 }
 int64_t GpuForward::head_ns() const { return 0; }
+const std::vector<StepSpan>& GpuForward::last_step() const {
+  static std::vector<StepSpan> none;
+  return none;
+}
 void GpuForward::reset_times() {}
 double GpuForward::measure_read_bandwidth_gbs(uint64_t, int) { return 0; }
 
@@ -228,6 +232,7 @@ struct GpuForward::Impl {
   std::vector<uint64_t> stamps;
   std::vector<LayerTimes> times;
   int64_t head_time = 0;
+  std::vector<StepSpan> spans;  // reserved for every phase of a step
 
   Impl(const Model& mo, const ExpertPlacement& pl, Communicator& cm, const EngineLimits& l, int device)
       : model(mo), c(mo.config()), comm(cm), share(pl.share(cm.rank())), placement(pl), lim(l), ctx(device) {
@@ -248,6 +253,7 @@ struct GpuForward::Impl {
     upload_weights();
     allocate_activations();
     times.resize(size_t(c.n_layers));
+    spans.reserve(size_t(3 * c.n_layers + 1));
   }
 
   void build_pipelines() {
@@ -769,6 +775,8 @@ struct GpuForward::Impl {
     for (int64_t i = 0; i < n_want; ++i) p[3 * R + i] = want[size_t(i)];
     const int64_t d = c.d_model;
     int64_t l = 0;
+    spans.clear();
+    const int64_t t_submit = now_ns();
     for (size_t s = 0; s < plan.segments.size(); ++s) {
       ctx.submit_and_wait(plan.segments[s]);
       if (s + 1 < plan.segments.size()) {
@@ -776,7 +784,9 @@ struct GpuForward::Impl {
         while (l < c.n_layers && !layers[size_t(l)].is_moe) ++l;
         const int64_t t0 = now_ns();
         comm.allreduce_sum(reinterpret_cast<float*>(xfer.host), size_t(T * d));
-        if (l < c.n_layers) times[size_t(l)].allreduce_ns += now_ns() - t0;
+        const int64_t t1 = now_ns();
+        if (l < c.n_layers) times[size_t(l)].allreduce_ns += t1 - t0;
+        spans.push_back(StepSpan{StepSpan::AllReduce, int32_t(l), t0, t1});
         ++l;
       }
     }
@@ -791,11 +801,18 @@ struct GpuForward::Impl {
         auto span_ns = [&](uint32_t a, uint32_t b) {
           return stamps[b] >= stamps[a] ? int64_t(double(stamps[b] - stamps[a]) * ns) : 0;
         };
+        auto host = [&](uint32_t i) { return t_submit + span_ns(0, i); };
         for (int64_t i = 0; i < c.n_layers; ++i) {
-          times[size_t(i)].attention_ns += span_ns(uint32_t(3 * i), uint32_t(3 * i + 1));
-          times[size_t(i)].moe_ns += span_ns(uint32_t(3 * i + 1), uint32_t(3 * i + 2));
+          const uint32_t q = uint32_t(3 * i);
+          times[size_t(i)].attention_ns += span_ns(q, q + 1);
+          times[size_t(i)].moe_ns += span_ns(q + 1, q + 2);
+          spans.push_back(StepSpan{StepSpan::Attention, int32_t(i), host(q), host(q + 1)});
+          spans.push_back(StepSpan{layers[size_t(i)].is_moe ? StepSpan::Moe : StepSpan::Dense, int32_t(i), host(q + 1),
+                                   host(q + 2)});
         }
-        head_time += span_ns(uint32_t(3 * c.n_layers), uint32_t(3 * c.n_layers + 1));
+        const uint32_t hq = uint32_t(3 * c.n_layers);
+        head_time += span_ns(hq, hq + 1);
+        spans.push_back(StepSpan{StepSpan::Head, -1, host(hq), host(hq + 1)});
       }
     }
     if (plan.prof) profile_step(plan);
@@ -821,6 +838,7 @@ uint64_t GpuForward::device_bytes() const { return impl_->ctx.device_bytes_alloc
 uint64_t GpuForward::device_objects_created() const { return impl_->ctx.objects_created(); }
 const std::vector<LayerTimes>& GpuForward::layer_times() const { return impl_->times; }
 int64_t GpuForward::head_ns() const { return impl_->head_time; }
+const std::vector<StepSpan>& GpuForward::last_step() const { return impl_->spans; }
 double GpuForward::measure_read_bandwidth_gbs(uint64_t bytes, int reps) { return impl_->read_bandwidth(bytes, reps); }
 void GpuForward::reset_times() {
   std::fill(impl_->times.begin(), impl_->times.end(), LayerTimes{});

@@ -70,6 +70,14 @@ struct LayerTimes {
 // steady-state test counts the host allocations of moep's own code apart from the driver's.
 bool inside_driver_call();
 
+// One phase of the last step on the host's steady clock (GPU timestamps placed from the step's first
+// submission), for --trace.
+struct StepSpan {
+  enum Phase : uint8_t { Attention, Moe, Dense, AllReduce, Head } phase = Attention;
+  int32_t layer = -1;
+  int64_t start_ns = 0, end_ns = 0;
+};
+
 class GpuForward {
  public:
   // Uploads this rank's weights to GPU `device` (an index of list_gpus()). Throws moep::Error for a missing or
@@ -88,6 +96,7 @@ class GpuForward {
   uint64_t device_objects_created() const;
   const std::vector<LayerTimes>& layer_times() const;
   int64_t head_ns() const;  // the final norm and the output head, GPU time
+  const std::vector<StepSpan>& last_step() const;
   void reset_times();
   // The device's read bandwidth in GB/s: a plain shader reading `bytes` of device memory `reps` times (wall time of
   // one submission). For `moep bench`'s ratio; allocates its buffer on first use.

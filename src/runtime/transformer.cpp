@@ -170,6 +170,12 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       st.calls = g.calls;
     }
     head_ns_ = gpu_->head_ns();
+    if (tracer_.enabled())
+      for (const gpu::StepSpan& sp : gpu_->last_step()) {
+        static constexpr TracePhase kPhase[] = {TracePhase::Attention, TracePhase::Experts, TracePhase::Dense,
+                                                TracePhase::AllReduce, TracePhase::Head};
+        tracer_.record(kPhase[sp.phase], sp.layer, sp.start_ns, sp.end_ns);
+      }
     return;
   }
   // Embedding.

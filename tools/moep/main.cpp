@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   moep::cli::register_bench(app);
   moep::cli::register_run(app);
   moep::cli::register_serve(app);
+  moep::cli::register_devices(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
