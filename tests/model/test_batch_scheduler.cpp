@@ -6,6 +6,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 
 #include "comm/communicator.h"
 #include "core/error.h"
@@ -21,19 +22,23 @@ struct Collected {
   std::promise<void> finished;
 };
 
-class Scheduler : public ::testing::TestWithParam<int64_t> {};  // param: max rows per step
+// (max rows per step, on the GPU): the same continuous batching on the CPU and on a Vulkan device.
+class Scheduler : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
 
 TEST_P(Scheduler, ConcurrentGreedyRequestsMatchReference) {
+  if (std::get<1>(GetParam())) MOEP_NEED_GPU();
   const std::string fx = "qwen2_moe_f32";
   std::ifstream f(test::fixture_dir(fx) + "/reference.json");
   const auto ref = nlohmann::json::parse(f);
   EngineOptions o;
   o.model_dir = test::fixture_dir(fx);
   o.threads = 2;
-  o.limits.max_rows = GetParam();
+  o.limits.max_rows = std::get<0>(GetParam());
+  o.device = std::get<1>(GetParam()) ? gpu::DeviceKind::Gpu : gpu::DeviceKind::Cpu;
   o.limits.n_slots = 2;  // fewer slots than requests: the third waits in the queue
   o.limits.max_ctx = 64;
   auto engine = Engine::create(o, std::make_unique<LocalCommunicator>());
+  ASSERT_EQ(engine->on_gpu(), std::get<1>(GetParam()));
   StepDriver driver(*engine);
   const Tokenizer tok = Tokenizer::load(test::testdata_path("tokenizers/gpt2"));
   BatchScheduler sched(driver, tok, {});
@@ -73,7 +78,11 @@ TEST_P(Scheduler, ConcurrentGreedyRequestsMatchReference) {
   EXPECT_EQ(st.completion_tokens, 72u);
 }
 
-INSTANTIATE_TEST_SUITE_P(RowBudgets, Scheduler, ::testing::Values(4, 64));
+INSTANTIATE_TEST_SUITE_P(RowBudgets, Scheduler,
+                         ::testing::Combine(::testing::Values(int64_t(4), int64_t(64)), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::to_string(std::get<0>(info.param)) + (std::get<1>(info.param) ? "_gpu" : "_cpu");
+                         });
 
 TEST(SchedulerRequests, RefusedAtSubmit) {
   EngineOptions o;
