@@ -238,6 +238,11 @@ Context::Context(int index) {
   lci.pPushConstantRanges = &range;
   check(a.vkCreatePipelineLayout(device_, &lci, nullptr, &layout_), "vkCreatePipelineLayout");
 
+  VkPhysicalDeviceMaintenance3Properties m3{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+  VkPhysicalDeviceProperties2 p2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+  p2.pNext = &m3;
+  a.vkGetPhysicalDeviceProperties2(phys_, &p2);
+  if (m3.maxMemoryAllocationSize > 0) max_alloc_ = m3.maxMemoryAllocationSize;
   VkPhysicalDeviceProperties props;
   a.vkGetPhysicalDeviceProperties(phys_, &props);
   ts_period_ = double(props.limits.timestampPeriod);
@@ -318,8 +323,12 @@ DeviceSpan Context::alloc_in(std::vector<Block>& blocks, VkDeviceSize bytes, boo
       if (!host) device_used_ += bytes;
       return s;
     }
+  if (bytes > max_alloc_)
+    fail("GPU ", info_.index, " (", info_.name, "): one tensor of ", double(bytes) / 1e9,
+         " GB exceeds the largest allocation the device allows (", double(max_alloc_) / 1e9,
+         " GB); splitting a tensor over allocations is not supported yet: run it on the CPU (--device cpu)");
   const VkDeviceSize block = host ? std::max<VkDeviceSize>(bytes, VkDeviceSize(16) << 20)
-                                  : std::max<VkDeviceSize>(bytes, kBlockBytes);
+                                  : std::min(std::max<VkDeviceSize>(bytes, kBlockBytes), max_alloc_);
   blocks.push_back(new_block(block, host));
   Block& b = blocks.back();
   b.used = bytes;

@@ -121,6 +121,7 @@ class Context {
   double ts_period_ = 1.0;
   bool ts_valid_ = false;
   uint64_t objects_ = 0;
+  VkDeviceSize max_alloc_ = ~VkDeviceSize(0);  // maxMemoryAllocationSize
 };
 
 // The loader's functions this backend calls (filled when the first Context or list_devices opens the loader).
