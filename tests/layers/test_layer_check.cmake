@@ -24,14 +24,14 @@ file(COPY "${MOEP_SOURCE_DIR}/src" DESTINATION "${WORK_DIR}")
 set(copy "${WORK_DIR}/src")
 
 # Each case: a file added to the copy, its one line, and what the failure must say.
-set(case_files "core/layer_probe.h" "perf/layer_probe.cpp" "runtime/layer_probe.cpp" "gpu/layer_probe.cpp")
+set(case_files "core/layer_probe.h" "perf/layer_probe.cpp" "runtime/layer_probe.cpp" "npu/layer_probe.cpp")
 set(case_lines "#include \"runtime/engine.h\"" "#include \"model/weights.h\"" "#include <mpi.h>"
                "#include \"core/error.h\"")
 set(case_expected
     "src/core/layer_probe.h: #include \"runtime/engine.h\": core may include from: no other folder"
     "src/perf/layer_probe.cpp: #include \"model/weights.h\": perf may include from:"
     "src/runtime/layer_probe.cpp: #include <mpi.h>: only comm may include mpi.h"
-    "src/gpu/: a folder without rules")
+    "src/npu/: a folder without rules")
 foreach(i RANGE 3)
   list(GET case_files ${i} file)
   list(GET case_lines ${i} line)
@@ -40,7 +40,7 @@ foreach(i RANGE 3)
   run_layer_check("${copy}")
   get_filename_component(folder "${copy}/${file}" DIRECTORY)
   file(REMOVE "${copy}/${file}")
-  if(folder STREQUAL "${copy}/gpu")
+  if(folder STREQUAL "${copy}/npu")
     file(REMOVE_RECURSE "${folder}")
   endif()
   if(check_result EQUAL 0)

@@ -52,7 +52,7 @@ struct RunResult {
 RunResult run_logits(const fs::path& dir, const std::string& extra = "") {
   RunResult r;
   r.status = test::run_command(test::moep_binary() + " logits " + dir.string() + " --ids 1,2,3 --out " +
-                                   (dir / "out.npy").string() + " " + extra,
+                                   (dir / "out.npy").string() + " --device cpu " + extra,
                                &r.output);
   return r;
 }
@@ -197,7 +197,7 @@ TEST(FlagErrors, BadIds) {
                                &r.output);
   expect_clean_error(r, "--ids: 'x' is not a token id");
   r.status = test::run_command(test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") +
-                                   " --ids 1,999999 --out /dev/null",
+                                   " --ids 1,999999 --out /dev/null --device cpu",
                                &r.output);
   expect_clean_error(r, "token id 999999 is outside the vocabulary");
 }
