@@ -392,6 +392,9 @@ HardwareProfile hardware_profile(const CalibrateOptions& o, const HardwareMeasur
   HardwareProfile hw;
   hw.name = o.name;
   hw.description = o.description;
+  // What calibrate measures is moep's CPU kernels; a GPU calibration is the GPU backend's to add (it writes a
+  // vulkan profile with its dispatch cost and the all-reduce's host round trip measured).
+  hw.backend = Backend::Cpu;
   hw.memory_bandwidth_gbs = Figure{hm.membw_gbs, where, "read bandwidth per rank with all ranks of the host reading", false, true};
   const double phys = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
   hw.memory_gb = Figure{phys * 1e-9 / double(hm.info.ranks_per_host),

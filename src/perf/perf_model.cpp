@@ -44,6 +44,13 @@ double shared_expert_share(const ModelShape& m, const ExpertPlacement& pl) {
   return double(pl.largest_ffn_slice(ffn)) / double(ffn);
 }
 
+// GPU kernels per layer besides the matrix ops (which t_lin charges a dispatch each) and the experts' silu·mul
+// (charged per expert run), for a straightforward backend: a fusing one has fewer, and its calibration against
+// GPU runs is what tells. Attention: input norm, RoPE, KV write, attention, residual add. MoE: post-attention
+// norm, router softmax/top-k, gathering the rows for the experts, combining their outputs into the residual, and
+// the shared expert's silu·mul where there is one. Dense MLP: norm, silu·mul, residual add. Head: final norm.
+constexpr double kGpuAttentionKernels = 5, kGpuMoeKernels = 4, kGpuDenseKernels = 3, kGpuHeadKernels = 1;
+
 }  // namespace
 
 StepTimes& StepTimes::operator+=(const StepTimes& o) {
@@ -55,6 +62,7 @@ StepTimes& StepTimes::operator+=(const StepTimes& o) {
   allreduce += o.allreduce;
   head += o.head;
   sync += o.sync;
+  dispatch += o.dispatch;
   return *this;
 }
 
@@ -96,7 +104,8 @@ ExpertTimeStats Predictor::expert_stats(const Scenario& s, int64_t layer, int64_
   // Split experts: every rank runs its slice of every active expert (the largest slice sets the pace).
   const int64_t ffn = pl.largest_ffn_slice(m.expert_ffn);
   const double fd = double(ffn) * double(m.d_model);
-  const double extra = hw_.expert_extra_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight);
+  // On a GPU the silu·mul between up and down is a kernel of its own: one more dispatch per expert run.
+  const double extra = hw_.expert_extra_seconds(s.dtype, weight_type(s.dtype).bytes_per_weight) + hw_.dispatch_seconds();
   for (int64_t n = 1; n <= n_pairs; ++n)
     cost[size_t(n)] = 2.0 * lin(s, fd, double(n)) + lin(s, fd, double(n), m.expert_down_in_out) + extra;
   // Routings: one set per distribution (uniform, or each recorded layer), sampled once.
@@ -147,7 +156,10 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
   StepTimes t;
   double bytes = 0, runs = 0;
   const double ar_bytes = R * d * 4.0;  // the [rows × d_model] f32 buffer
-  const double t_ar = allreduce_seconds(net, s.nodes, ar_bytes, alg) + emulated_latency_seconds(s.emulate_latency_us, s.nodes);
+  // A GPU's all-reduce runs on the host: its round trip (and copies) come on top, only where there is one (N > 1).
+  const double t_ar = allreduce_seconds(net, s.nodes, ar_bytes, alg) + emulated_latency_seconds(s.emulate_latency_us, s.nodes) +
+                      (s.nodes > 1 ? hw_.allreduce_host_seconds(ar_bytes) : 0.0);
+  const double t_kernel = hw_.dispatch_seconds();  // 0 on the CPU
   *exact = true;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     for (int64_t w : m.attn_matrices) {
@@ -156,7 +168,9 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
     }
     t.attention += (rep_hw_ ? *rep_hw_ : hw_).attention_seconds(attended_positions * double(m.n_heads), attended_positions * double(m.attn_macs_per_pos),
                                          attended_positions * double(m.kv_elems_per_pos) * kvb);
+    t.dispatch += kGpuAttentionKernels * t_kernel;
     if (m.layer_is_moe[size_t(l)]) {
+      t.dispatch += (kGpuMoeKernels + (m.shared_elems > 0 ? 1.0 : 0.0)) * t_kernel;
       t.router += lin_replicated(s, double(m.router_elems), R);
       bytes += double(m.router_elems) * wb;
       if (m.shared_elems > 0) {
@@ -177,12 +191,14 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       *samples = st.samples;
       t.allreduce += t_ar;
     } else {
+      t.dispatch += kGpuDenseKernels * t_kernel;
       t.dense += 3.0 * lin_replicated(s, double(m.dense_elems) / 3.0, R);
       bytes += double(m.dense_elems) * wb;
     }
   }
   if (logit_rows > 0) {
     t.head += lin_replicated(s, double(m.head_elems), double(logit_rows));
+    t.dispatch += kGpuHeadKernels * t_kernel;
     bytes += double(m.head_elems) * wb;
   }
   bytes += R * d * wb;  // embedding rows

@@ -8,6 +8,10 @@
 //   t_dense  = shared expert (MoE layers) or the dense MLP (dense layers): Σ t_lin(W, R)          (every rank)
 //   t_exp    = E_routing[ max_r Σ_{e on r, n_e>0} t_expert(n_e) ],  t_expert(n) = 2·t_lin(f·d, n) + t_lin(d·f, n)
 //   t_ar     = allreduce(N, R·d·4 bytes) + emulated latency·⌈log2 N⌉                                (MoE layers)
+// On a GPU profile (backend vulkan or metal) every kernel costs a dispatch: each matrix op's is inside t_lin, each
+// expert run adds one (silu·mul), and t_dispatch = the layer's other kernels (norms, RoPE, KV write, attention,
+// router top-k, residual adds) × dispatch_us; the all-reduce (N > 1) adds the host round trip: roundtrip_us +
+// 2 · bytes / host_copy_bw (the buffer goes down to the host and back up).
 // and once per step t_head = t_lin(V·d, rows wanting logits); with a calibrated network, also the measured
 // cost of synchronizing ranks that arrive from work of their own: t_sync = jitter fraction × compute. t_lin(W, n) is the hardware's time for one
 // matrix op (measured table or roofline, see HardwareProfile::linear_seconds).
@@ -47,7 +51,8 @@ struct Scenario {
 struct StepTimes {  // seconds
   double attention = 0, router = 0, dense = 0, experts_mean = 0, experts_max = 0, allreduce = 0, head = 0;
   double sync = 0;  // skew and jitter of synchronized ranks (measured networks only)
-  double compute() const { return attention + router + dense + experts_mean + head; }
+  double dispatch = 0;  // GPU: dispatches of the kernels that are not matrix ops (0 on the CPU)
+  double compute() const { return attention + router + dense + experts_mean + head + dispatch; }
   double imbalance() const { return experts_max - experts_mean; }
   double communication() const { return allreduce + sync; }
   double total() const { return compute() + imbalance() + communication(); }

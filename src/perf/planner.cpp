@@ -167,13 +167,21 @@ std::string format_plan(const PlanRequest& req, const PlanResult& res) {
   if (b.emulate_latency_us > 0) o << ", emulated latency " << b.emulate_latency_us << " us/step";
   o << "\n";
   for (const HardwareProfile* hw : req.hardware) {
-    o << "hardware  " << hw->name << ": " << hw->description << "; " << fmt("%.0f", hw->memory_bandwidth_gbs.value)
-      << " GB/s";
+    o << "hardware  " << hw->name << " (" << backend_name(hw->backend) << "): " << hw->description << "; "
+      << fmt("%.0f", hw->memory_bandwidth_gbs.value) << " GB/s";
     if (hw->measured) o << " (measured: " << fmt("%.1f", hw->measured->membw_gbs) << " GB/s read, streaming "
                         << fmt("%.1f", hw->streaming_bandwidth_bps(b.dtype) * 1e-9) << " GB/s)";
     else if (hw->bandwidth_efficiency.present) o << " x " << hw->bandwidth_efficiency.value << " efficiency";
     o << ", " << fmt("%.0f", hw->memory_gb.value) << " GB (" << fmt("%.0f", hw->usable_bytes() * 1e-9) << " usable), "
-      << money(hw->price_usd.value) << ", " << fmt("%.0f", hw->power_w.value) << " W\n";
+      << money(hw->price_usd.value) << ", " << fmt("%.0f", hw->power_w.value) << " W";
+    if (hw->gpu()) {
+      o << "; " << fmt("%.3g", hw->dispatch_us.value) << " us per dispatch, all-reduce host round trip "
+        << fmt("%.3g", hw->allreduce_roundtrip_us.value) << " us";
+      if (hw->host_copy_gbs.present) o << " + copies at " << fmt("%.3g", hw->host_copy_gbs.value) << " GB/s";
+    }
+    o << "\n";
+    // Say it where it is read: these rows are not what this moep does on that machine.
+    if (const std::string caveat = backend_caveat(hw->backend); !caveat.empty()) o << "          " << caveat << "\n";
   }
   for (const NetworkProfile* n : req.networks) {
     o << "network   " << n->name << ": alpha " << fmt("%.3g", n->alpha_us.value) << " us, beta "
@@ -185,14 +193,16 @@ std::string format_plan(const PlanRequest& req, const PlanResult& res) {
   }
   o << "\n";
   // Columns are as wide as their widest cell, two spaces apart: long profile names never run together.
-  const std::vector<std::string> header = {"hardware", "network", "nodes", "fits", "GB/node", "tok/s", "ms/tok",
+  const std::vector<std::string> header = {"hardware", "backend", "network", "nodes", "fits", "GB/node", "tok/s", "ms/tok",
                                            "compute", "comm", "imbal", "prefill", "price", "tok/s/$1k", "W"};
-  const size_t left_aligned = 2;  // hardware and network read left to right; numbers align right
+  const size_t left_aligned = 3;  // hardware, backend and network read left to right; numbers align right
   std::vector<std::vector<std::string>> cells;
   for (const PlanRow& r : res.rows) {
     const StepTimes& d = r.p.decode;
     const double step_ms = d.total() * 1e3;
-    cells.push_back({r.hardware->name, r.network ? r.network->name : "-", std::to_string(r.nodes),
+    // A backend this build lacks is starred: the rows predict a backend, not this moep (the note below says so).
+    const std::string backend = std::string(backend_name(r.hardware->backend)) + (backend_in_this_build(r.hardware->backend) ? "" : "*");
+    cells.push_back({r.hardware->name, backend, r.network ? r.network->name : "-", std::to_string(r.nodes),
                      r.p.memory.fits() ? "yes" : "NO", fmt("%.1f", r.p.memory.total() * 1e-9),
                      r.p.memory.fits() ? fmt("%.2f", r.p.decode_tokens_per_s)
                                        : "(" + fmt("%.2f", r.p.decode_tokens_per_s) + ")",
@@ -225,7 +235,14 @@ std::string format_plan(const PlanRequest& req, const PlanResult& res) {
   }
   o << "\ncolumns: tok/s = decode tokens/s (all sequences; in parentheses where it does not fit); ms/tok = step time / batch; compute, comm (all-reduce),\n"
        "imbal (busiest rank's experts beyond the mean) as shares of the step; prefill = prompt tokens/s of one\n"
-       "sequence; GB/node = weights + KV cache + buffers on the fullest node.\n";
+       "sequence; GB/node = weights + KV cache + buffers on the fullest node; backend = what the hardware profile models\n"
+       "(cpu: moep's CPU kernels; vulkan: the GPU through moep's Vulkan backend; metal: the GPU through a Metal backend).\n";
+  {
+    std::set<Backend> lacking;
+    for (const PlanRow& r : res.rows)
+      if (!backend_in_this_build(r.hardware->backend)) lacking.insert(r.hardware->backend);
+    for (Backend bk : lacking) o << "* " << backend_caveat(bk) << "\n";
+  }
   if (req.target_tps > 0) {
     if (res.cheapest_meeting_target >= 0) {
       const PlanRow& r = res.rows[size_t(res.cheapest_meeting_target)];
@@ -273,6 +290,7 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
                 {"dense_ms", t.dense * 1e3},               {"experts_mean_ms", t.experts_mean * 1e3},
                 {"experts_max_ms", t.experts_max * 1e3},   {"allreduce_ms", t.allreduce * 1e3},
                 {"head_ms", t.head * 1e3},                 {"sync_ms", t.sync * 1e3},
+                {"dispatch_ms", t.dispatch * 1e3},
                 {"compute_ms", t.compute() * 1e3},
                 {"communication_ms", t.communication() * 1e3}, {"imbalance_ms", t.imbalance() * 1e3},
                 {"total_ms", t.total() * 1e3}};
@@ -280,6 +298,8 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
   for (size_t i = 0; i < res.rows.size(); ++i) {
     const PlanRow& r = res.rows[i];
     rows.push_back({{"hardware", r.hardware->name},
+                    {"backend", backend_name(r.hardware->backend)},
+                    {"backend_in_this_build", backend_in_this_build(r.hardware->backend)},
                     {"network", r.network ? r.network->name : ""},
                     {"nodes", r.nodes},
                     {"fits", r.p.memory.fits()},

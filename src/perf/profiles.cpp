@@ -147,6 +147,37 @@ double table_seconds(const std::vector<LinearPoint>& pts, double bytes, double r
 
 }  // namespace
 
+const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::Cpu: return "cpu";
+    case Backend::Vulkan: return "vulkan";
+    case Backend::Metal: return "metal";
+  }
+  return "?";
+}
+
+bool backend_is_gpu(Backend b) { return b != Backend::Cpu; }
+
+bool backend_in_this_build(Backend b) {
+  switch (b) {
+    case Backend::Cpu: return true;
+#ifdef MOEP_HAVE_VULKAN
+    case Backend::Vulkan: return true;
+#else
+    case Backend::Vulkan: return false;
+#endif
+    case Backend::Metal: return false;  // no Metal backend exists yet
+  }
+  return false;
+}
+
+std::string backend_caveat(Backend b) {
+  if (backend_in_this_build(b)) return "";
+  if (b == Backend::Metal) return "metal: not implemented in moep; what a Metal backend would do";
+  return std::string(backend_name(b)) + ": this build of moep has no " + (b == Backend::Vulkan ? "Vulkan" : "such") +
+         " backend; what it would do with one";
+}
+
 const char* algorithm_name(AllreduceAlgorithm a) {
   switch (a) {
     case AllreduceAlgorithm::Auto: return "auto";
@@ -192,6 +223,18 @@ double LinearPoint::seconds(double bytes) const {
 
 // ---- HardwareProfile ------------------------------------------------------------------------------------
 
+double HardwareProfile::dispatch_seconds() const {
+  return gpu() && dispatch_us.present ? dispatch_us.value * 1e-6 : 0.0;
+}
+
+double HardwareProfile::allreduce_host_seconds(double bytes) const {
+  if (!gpu()) return 0.0;
+  double t = allreduce_roundtrip_us.present ? allreduce_roundtrip_us.value * 1e-6 : 0.0;
+  // Down before the all-reduce, up after it: the buffer crosses twice.
+  if (host_copy_gbs.present && host_copy_gbs.value > 0) t += 2.0 * bytes / (host_copy_gbs.value * 1e9);
+  return t;
+}
+
 double HardwareProfile::usable_bytes() const {
   const double frac = usable_memory_fraction.present ? usable_memory_fraction.value : 1.0;
   return memory_gb.value * 1e9 * frac;
@@ -213,7 +256,8 @@ double HardwareProfile::linear_seconds(const std::string& dtype, double bytes_pe
   const Figure& peak = bytes_per_weight >= 4.0 ? peak_tflops_32 : peak_tflops_16;
   const double ceff = compute_efficiency.present ? compute_efficiency.value : 1.0;
   const double t_flop = peak.present && peak.value > 0 ? 2.0 * rows * elems / (peak.value * 1e12 * ceff) : 0.0;
-  const double overhead = op_overhead_us.present ? op_overhead_us.value * 1e-6 : 0.0;
+  // A GPU profile has no op_overhead_us (the parser refuses it): its per-op cost is the kernel's dispatch.
+  const double overhead = (op_overhead_us.present ? op_overhead_us.value * 1e-6 : 0.0) + dispatch_seconds();
   return overhead + std::max(t_mem, t_flop);
 }
 
@@ -282,6 +326,17 @@ HardwareProfile parse_hardware_profile(const json& j, const std::string& source)
   h.file = source;
   h.name = j.at("name").get<std::string>();
   h.description = j.value("description", "");
+  // Required: a profile that does not say which backend it models could be read as what moep does there today.
+  if (!j.contains("backend"))
+    fail(where, ": \"backend\" is missing: say which compute backend the profile models (cpu: moep's CPU kernels; "
+                "vulkan: the GPU through moep's Vulkan backend; metal: the GPU through a Metal backend moep does not "
+                "have yet)");
+  if (!j["backend"].is_string()) fail(where, ": \"backend\" must be a string (cpu, vulkan or metal)");
+  const std::string backend = j["backend"].get<std::string>();
+  if (backend == "cpu") h.backend = Backend::Cpu;
+  else if (backend == "vulkan") h.backend = Backend::Vulkan;
+  else if (backend == "metal") h.backend = Backend::Metal;
+  else fail(where, ": backend '", backend, "' is not known (cpu, vulkan, metal)");
   h.memory_bandwidth_gbs = read_figure(j, "memory_bandwidth_gbs", true, where);
   h.memory_gb = read_figure(j, "memory_gb", true, where);
   h.usable_memory_fraction = read_figure(j, "usable_memory_fraction", false, where);
@@ -294,6 +349,26 @@ HardwareProfile parse_hardware_profile(const json& j, const std::string& source)
   h.op_overhead_us = read_figure(j, "op_overhead_us", false, where);
   h.price_usd = read_figure(j, "price_usd", false, where);
   h.power_w = read_figure(j, "power_w", false, where);
+  h.dispatch_us = read_figure(j, "dispatch_us", false, where);
+  h.allreduce_roundtrip_us = read_figure(j, "allreduce_roundtrip_us", false, where);
+  h.host_copy_gbs = read_figure(j, "host_copy_gbs", false, where);
+  if (h.gpu()) {
+    // Without them a GPU profile would predict a GPU without its two costs a CPU does not have.
+    if (!h.dispatch_us.present)
+      fail(where, ": a GPU profile (backend ", backend, ") needs dispatch_us, the cost of one kernel dispatch");
+    if (!h.allreduce_roundtrip_us.present)
+      fail(where, ": a GPU profile (backend ", backend,
+           ") needs allreduce_roundtrip_us, the host round trip of one all-reduce (device -> host -> MPI -> host -> device)");
+    if (h.op_overhead_us.present)
+      fail(where, ": a GPU profile gives its per-kernel cost as dispatch_us, not op_overhead_us (both would count it twice)");
+    if (h.host_copy_gbs.present && h.host_copy_gbs.value <= 0) fail(where, ": host_copy_gbs must be positive");
+  } else {
+    for (const auto& [key, f] : {std::pair{"dispatch_us", &h.dispatch_us},
+                                 std::pair{"allreduce_roundtrip_us", &h.allreduce_roundtrip_us},
+                                 std::pair{"host_copy_gbs", &h.host_copy_gbs}})
+      if (f->present)
+        fail(where, ": ", key, " is a figure of GPU profiles; this one models the cpu backend (use op_overhead_us)");
+  }
   if (h.memory_bandwidth_gbs.value <= 0) fail(where, ": memory_bandwidth_gbs must be positive");
   if (h.memory_gb.value <= 0) fail(where, ": memory_gb must be positive");
   if (h.usable_memory_fraction.value <= 0 || h.usable_memory_fraction.value > 1)
@@ -363,7 +438,7 @@ NetworkProfile parse_network_profile(const json& j, const std::string& source) {
 }
 
 json hardware_profile_to_json(const HardwareProfile& h) {
-  json j = {{"kind", "hardware"}, {"name", h.name}, {"description", h.description}};
+  json j = {{"kind", "hardware"}, {"name", h.name}, {"description", h.description}, {"backend", backend_name(h.backend)}};
   put_figure(j, "memory_bandwidth_gbs", h.memory_bandwidth_gbs);
   put_figure(j, "memory_gb", h.memory_gb);
   put_figure(j, "usable_memory_fraction", h.usable_memory_fraction);
@@ -374,6 +449,9 @@ json hardware_profile_to_json(const HardwareProfile& h) {
   put_figure(j, "op_overhead_us", h.op_overhead_us);
   put_figure(j, "price_usd", h.price_usd);
   put_figure(j, "power_w", h.power_w);
+  put_figure(j, "dispatch_us", h.dispatch_us);
+  put_figure(j, "allreduce_roundtrip_us", h.allreduce_roundtrip_us);
+  put_figure(j, "host_copy_gbs", h.host_copy_gbs);
   if (h.measured) {
     const HardwareMeasured& m = *h.measured;
     json mj = info_json(m.info);

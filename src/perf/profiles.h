@@ -3,11 +3,14 @@
 //
 // File format: one profile object, or {"profiles": [profile, ...]}. A profile:
 //   {"kind": "hardware" | "network", "name": "m2-ultra-192gb", "description": "...",
+//    "backend": "cpu" | "vulkan" | "metal",     // hardware only, required: see Backend
 //    "<figure>": {"value": 800, "source": "https://... or 'measured by moep calibrate on HOST, DATE'",
 //                 "estimate": true|false (default false), "note": "..."}, ...,
 //    "measured": {...}}                         // only in calibrated profiles, see HardwareMeasured below
 // Hardware figures: memory_bandwidth_gbs, memory_gb (required); usable_memory_fraction, bandwidth_efficiency,
 //   peak_tflops_16 (bf16/f16 matrix), peak_tflops_32, compute_efficiency, op_overhead_us, price_usd, power_w.
+//   GPU backends only (the GPU hardware class): dispatch_us and allreduce_roundtrip_us (required), host_copy_gbs;
+//   a GPU profile gives its per-kernel cost as dispatch_us, not op_overhead_us.
 // Network figures: alpha_us (per message, one exchange step), beta_gbs (payload bandwidth of one link)
 //   (required); price_per_node_usd; "algorithm": "auto" | "recursive-doubling" | "ring".
 // Every figure must name its source; a figure that is an estimate says so ("estimate": true).
@@ -23,6 +26,21 @@
 #include <nlohmann/json_fwd.hpp>
 
 namespace moep::perf {
+
+// The compute backend a hardware profile models: where moep does the model's arithmetic on that machine. The
+// same machine can be two profiles (a Mac's CPU, and its GPU through a Metal backend), and they predict very
+// different speeds: a profile that does not say which it models is not honest about what moep does there.
+//   cpu:    moep's CPU kernels (what moep does today on every machine);
+//   vulkan: the GPU through moep's Vulkan backend;
+//   metal:  the GPU through a Metal backend, which moep does not have: what such a backend would do.
+enum class Backend { Cpu, Vulkan, Metal };
+const char* backend_name(Backend b);
+bool backend_is_gpu(Backend b);
+// Whether this build of moep can compute on `b`. The planner does not link the GPU layer: the build that has a
+// Vulkan backend says so by defining MOEP_HAVE_VULKAN for moep_perf.
+bool backend_in_this_build(Backend b);
+// One line for reports: empty for a backend this build has, else what the predictions of such a profile mean.
+std::string backend_caveat(Backend b);
 
 struct Figure {
   double value = 0.0;
@@ -73,15 +91,28 @@ struct HardwareMeasured {
 
 struct HardwareProfile {
   std::string name, description, file;
+  Backend backend = Backend::Cpu;
   Figure memory_bandwidth_gbs, memory_gb, usable_memory_fraction, bandwidth_efficiency;
   Figure peak_tflops_16, peak_tflops_32, compute_efficiency, op_overhead_us, price_usd, power_w;
+  // The GPU hardware class. A GPU runs each kernel as a dispatch recorded into a command buffer: dispatch_us is
+  // what one costs beyond its memory and arithmetic (recording, launch, the barrier after it). The all-reduce
+  // runs on the host (MPI): each one is a round trip device -> host -> MPI -> host -> device, which costs
+  // allreduce_roundtrip_us (submitting, waiting on the fence, resuming) plus copying the buffer both ways at
+  // host_copy_gbs (absent: no copy, the host reads the GPU's memory, as on unified-memory machines).
+  Figure dispatch_us, allreduce_roundtrip_us, host_copy_gbs;
   std::optional<HardwareMeasured> measured;
+
+  bool gpu() const { return backend_is_gpu(backend); }
+  // Seconds of one kernel dispatch (0 on the CPU, whose per-op cost is op_overhead_us).
+  double dispatch_seconds() const;
+  // Seconds the host round trip adds to one all-reduce of `bytes` (0 on the CPU, whose buffers are the host's).
+  double allreduce_host_seconds(double bytes) const;
 
   double usable_bytes() const;
   // Seconds for one matrix op of `elems` weights stored with `bytes_per_weight` at `rows` rows.
   // From the measured linear table when there is one for `dtype` (interpolated in rows; beyond the last
   // point the per-byte time grows in proportion to rows, the compute-bound regime), else the roofline
-  // max(bytes / (bandwidth × efficiency), 2·rows·elems / (peak × efficiency)) + op_overhead.
+  // max(bytes / (bandwidth × efficiency), 2·rows·elems / (peak × efficiency)) + op_overhead (+ dispatch on a GPU).
   double linear_seconds(const std::string& dtype, double bytes_per_weight, double elems, double rows,
                         bool in_out = false) const;
   // Seconds for attention over `head_positions` (row, head, attended position) triples with `macs`

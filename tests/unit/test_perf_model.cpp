@@ -720,19 +720,111 @@ TEST(PerfPlan, TableColumnsStayApartWithTheLongestNames) {
   }
   ASSERT_EQ(table.size(), res.rows.size() + 1) << text;
   const std::vector<std::string> header = table_fields(table[0]);
-  ASSERT_EQ(header.size(), 14u) << table[0];
+  ASSERT_EQ(header.size(), 15u) << table[0];
   for (size_t i = 1; i < table.size(); ++i) {
     const PlanRow& r = res.rows[i - 1];
     const std::vector<std::string> f = table_fields(table[i]);
     ASSERT_EQ(f.size(), header.size()) << table[i];
     EXPECT_EQ(f[0], r.hardware->name);
-    EXPECT_EQ(f[1], r.network ? r.network->name : "-");
-    EXPECT_EQ(f[2], std::to_string(r.nodes));
+    EXPECT_EQ(f[1].substr(0, f[1].find('*')), backend_name(r.hardware->backend));
+    EXPECT_EQ(f[2], r.network ? r.network->name : "-");
+    EXPECT_EQ(f[3], std::to_string(r.nodes));
     // Every row as long as the header: the numbers are right-aligned under their headings.
     EXPECT_EQ(table[i].size(), table[0].size()) << table[0] << "\n" << table[i];
     // The network column starts at the same place on every line.
-    EXPECT_EQ(table[i].find(f[1], f[0].size()), table[0].find("network")) << table[i];
+    EXPECT_EQ(table[i].find(f[2], f[0].size() + f[1].size()), table[0].find("network")) << table[i];
   }
+}
+
+// The GPU hardware class: a roofline GPU with a dispatch cost and the all-reduce's host round trip.
+HardwareProfile gpu_roofline(double gbs, double dispatch_us, double roundtrip_us, double copy_gbs = 0) {
+  HardwareProfile h = roofline(gbs);
+  h.name = "test-gpu";
+  h.backend = Backend::Vulkan;
+  h.dispatch_us = {dispatch_us, "test", "", false, true};
+  h.allreduce_roundtrip_us = {roundtrip_us, "test", "", false, true};
+  if (copy_gbs > 0) h.host_copy_gbs = {copy_gbs, "test", "", false, true};
+  return h;
+}
+
+TEST(PerfModel, GpuDispatchCostSlowsEveryStep) {
+  const ModelShape m = tiny(8, 2, 2);
+  const NetworkProfile net = network(10, 1);
+  Scenario s;
+  s.placement = "contiguous";
+  s.batch = 1;
+  s.context = 16;
+  s.prompt = 8;
+  s.seed = 3;
+  const Prediction none = predict(m, gpu_roofline(100, 0, 0), net, s);
+  const Prediction some = predict(m, gpu_roofline(100, 5, 0), net, s);
+  const Prediction more = predict(m, gpu_roofline(100, 20, 0), net, s);
+  EXPECT_EQ(none.decode.dispatch, 0.0);
+  EXPECT_GT(some.decode.dispatch, 0.0);
+  EXPECT_GT(none.decode_tokens_per_s, some.decode_tokens_per_s);
+  EXPECT_GT(some.decode_tokens_per_s, more.decode_tokens_per_s);
+  EXPECT_GT(some.prefill_tokens_per_s, more.prefill_tokens_per_s);
+  // Linear in the dispatch cost: per layer a fixed number of kernels plus one per matrix op and expert run.
+  EXPECT_NEAR(more.decode.total() - none.decode.total(), 4.0 * (some.decode.total() - none.decode.total()), 1e-12);
+  // Every kernel of the step is counted: 2 layers × (4 attention matrices + 5 other kernels + router + 4 MoE
+  // kernels + 2 experts × (3 matrices + silu·mul)) + head + its norm = 2 × 22 + 2 = 46 dispatches.
+  EXPECT_NEAR(some.decode.total() - none.decode.total(), 46 * 5e-6, 1e-10);
+  // A CPU profile of the same figures is untouched by them (the parser refuses them there; the model ignores them).
+  HardwareProfile cpu = gpu_roofline(100, 20, 1000);
+  cpu.backend = Backend::Cpu;
+  const Prediction c = predict(m, cpu, net, s);
+  EXPECT_EQ(c.decode.dispatch, 0.0);
+  EXPECT_DOUBLE_EQ(c.decode.total(), predict(m, roofline(100), net, s).decode.total());
+}
+
+TEST(PerfModel, GpuAllreduceRoundTripOnlyWithSeveralNodes) {
+  const ModelShape m = tiny(8, 2, 2);
+  const NetworkProfile net = network(10, 1);
+  Scenario s;
+  s.placement = "contiguous";
+  s.batch = 4;
+  s.context = 16;
+  s.prompt = 0;
+  const HardwareProfile plain = gpu_roofline(100, 2, 0), trip = gpu_roofline(100, 2, 40, 25);
+  // One node: no all-reduce, so no round trip.
+  s.nodes = 1;
+  EXPECT_DOUBLE_EQ(predict(m, plain, net, s).decode.total(), predict(m, trip, net, s).decode.total());
+  EXPECT_EQ(predict(m, trip, net, s).decode.allreduce, 0.0);
+  // Two nodes: each MoE layer's all-reduce gains the round trip and the copies of its buffer down and up.
+  s.nodes = 2;
+  const Prediction a = predict(m, plain, net, s), b = predict(m, trip, net, s);
+  const double bytes = 4.0 * 64 * 4;  // batch × d_model × f32
+  EXPECT_NEAR(b.decode.allreduce - a.decode.allreduce, 2 * (40e-6 + 2 * bytes / 25e9), 1e-12);
+  EXPECT_NEAR(b.decode.compute(), a.decode.compute(), 1e-12);
+  EXPECT_LT(b.decode_tokens_per_s, a.decode_tokens_per_s);
+}
+
+TEST(PerfPlan, SaysWhichBackendEachProfileModels) {
+  ProfileSet profiles;
+  profiles.load_dir(default_profile_dir());
+  const ModelShape dbrx = resolve_model("dbrx");
+  PlanRequest req;
+  req.model = &dbrx;
+  req.hardware = {&profiles.hardware("m2-ultra-192gb"), &profiles.hardware("m2-ultra-192gb-cpu")};
+  req.networks = {&profiles.network("tb5-rdma")};
+  req.nodes = {2};
+  const PlanResult res = make_plan(req);
+  ASSERT_EQ(res.rows.size(), 2u);
+  // What moep does on the Mac today (its CPU) is slower than what a Metal backend would do.
+  EXPECT_GT(res.rows[0].p.decode_tokens_per_s, res.rows[1].p.decode_tokens_per_s);
+  const std::string text = format_plan(req, res);
+  EXPECT_NE(text.find("hardware  m2-ultra-192gb (metal): "), std::string::npos) << text;
+  EXPECT_NE(text.find("hardware  m2-ultra-192gb-cpu (cpu): "), std::string::npos) << text;
+  EXPECT_NE(text.find("metal: not implemented in moep; what a Metal backend would do"), std::string::npos) << text;
+  EXPECT_NE(text.find(" metal* "), std::string::npos) << text;
+  const nlohmann::json j = plan_to_json(req, res);
+  EXPECT_EQ(j["rows"][0]["backend"], "metal");
+  EXPECT_EQ(j["rows"][0]["backend_in_this_build"], false);
+  EXPECT_EQ(j["rows"][1]["backend"], "cpu");
+  EXPECT_EQ(j["rows"][1]["backend_in_this_build"], true);
+  // A plan of CPU profiles alone has no caveat.
+  req.hardware = {&profiles.hardware("m2-ultra-192gb-cpu")};
+  EXPECT_EQ(format_plan(req, make_plan(req)).find("not implemented"), std::string::npos);
 }
 
 TEST(PerfPlanCli, PlansForThisMachineWithOnlyAModel) {

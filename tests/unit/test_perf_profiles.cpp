@@ -28,7 +28,7 @@ void expect_error(const std::function<void()>& fn, const std::string& needle) {
 }
 
 json hw_json() {
-  return json::parse(R"({"kind": "hardware", "name": "box", "description": "a box",
+  return json::parse(R"({"kind": "hardware", "name": "box", "description": "a box", "backend": "cpu",
     "memory_bandwidth_gbs": {"value": 100, "source": "https://example.org/spec"},
     "memory_gb": {"value": 64, "source": "https://example.org/spec"},
     "price_usd": {"value": 2000, "source": "estimate: a guess", "estimate": true, "note": "2024"}})");
@@ -82,6 +82,119 @@ TEST(PerfProfiles, RejectsFiguresWithoutSourceAndNonsense) {
   expect_error([&] { parse_network_profile(n, "wire.json"); }, "butterfly");
   n["algorithm"] = "ring";
   EXPECT_EQ(parse_network_profile(n, "wire.json").algorithm, AllreduceAlgorithm::Ring);
+}
+
+// A GPU profile: hw_json's box computing on its GPU through the Vulkan backend.
+json gpu_json() {
+  json j = hw_json();
+  j["backend"] = "vulkan";
+  j["dispatch_us"] = {{"value", 4}, {"source", "estimate: a guess"}, {"estimate", true}};
+  j["allreduce_roundtrip_us"] = {{"value", 30}, {"source", "estimate: a guess"}, {"estimate", true}};
+  j["host_copy_gbs"] = {{"value", 50}, {"source", "https://example.org/pcie"}};
+  return j;
+}
+
+TEST(PerfProfiles, BackendIsRequiredAndKnown) {
+  const HardwareProfile cpu = parse_hardware_profile(hw_json(), "box.json");
+  EXPECT_EQ(cpu.backend, Backend::Cpu);
+  EXPECT_FALSE(cpu.gpu());
+  EXPECT_EQ(cpu.dispatch_seconds(), 0.0);
+  EXPECT_EQ(cpu.allreduce_host_seconds(1e6), 0.0);
+  const HardwareProfile gpu = parse_hardware_profile(gpu_json(), "box.json");
+  EXPECT_EQ(gpu.backend, Backend::Vulkan);
+  EXPECT_TRUE(gpu.gpu());
+  EXPECT_DOUBLE_EQ(gpu.dispatch_seconds(), 4e-6);
+  EXPECT_NEAR(gpu.allreduce_host_seconds(1e6), 30e-6 + 2 * 1e6 / 50e9, 1e-12);  // down and back up
+  json metal = gpu_json();
+  metal["backend"] = "metal";
+  metal.erase("host_copy_gbs");  // unified memory: no copy
+  const HardwareProfile m = parse_hardware_profile(metal, "box.json");
+  EXPECT_EQ(m.backend, Backend::Metal);
+  EXPECT_DOUBLE_EQ(m.allreduce_host_seconds(1e6), 30e-6);
+  EXPECT_FALSE(backend_in_this_build(Backend::Metal));
+  EXPECT_TRUE(backend_in_this_build(Backend::Cpu));
+  EXPECT_NE(backend_caveat(Backend::Metal).find("not implemented in moep"), std::string::npos);
+  EXPECT_EQ(backend_caveat(Backend::Cpu), "");
+  // Round trips keep the backend and the GPU figures.
+  const HardwareProfile again = parse_hardware_profile(hardware_profile_to_json(gpu), "again");
+  EXPECT_EQ(again.backend, Backend::Vulkan);
+  EXPECT_DOUBLE_EQ(again.allreduce_roundtrip_us.value, 30);
+  EXPECT_DOUBLE_EQ(again.host_copy_gbs.value, 50);
+  EXPECT_EQ(parse_hardware_profile(hardware_profile_to_json(cpu), "again").backend, Backend::Cpu);
+
+  // Errors name the file and say what is wrong.
+  json j = hw_json();
+  j.erase("backend");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "box.json: profile 'box': \"backend\" is missing");
+  j["backend"] = "cuda";
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "backend 'cuda' is not known (cpu, vulkan, metal)");
+  j["backend"] = 1;
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "must be a string");
+  j = gpu_json();
+  j.erase("dispatch_us");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "needs dispatch_us");
+  j = gpu_json();
+  j.erase("allreduce_roundtrip_us");
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "needs allreduce_roundtrip_us");
+  j = gpu_json();
+  j["op_overhead_us"] = {{"value", 4}, {"source", "s"}};
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "not op_overhead_us");
+  j = hw_json();
+  j["dispatch_us"] = {{"value", 4}, {"source", "s"}};
+  expect_error([&] { parse_hardware_profile(j, "box.json"); }, "dispatch_us is a figure of GPU profiles");
+  // Through a file: the message names it.
+  test::TempDir dir;
+  json file = {{"profiles", json::array({hw_json()})}};
+  file["profiles"][0].erase("backend");
+  std::ofstream(dir.str() + "/old.json") << file.dump();
+  expect_error([&] { ProfileSet s; s.load_dir(dir.str()); }, dir.str() + "/old.json: profile 'box': \"backend\" is missing");
+}
+
+TEST(PerfProfiles, EveryShippedProfileLoadsAndNamesItsBackend) {
+  ProfileSet set;
+  set.load_dir(default_profile_dir());  // every file, every profile: parsing refuses a missing or unknown backend
+  std::vector<std::string> names = set.hardware_names();
+  ASSERT_GE(names.size(), 9u);
+  for (const auto& n : names) {
+    const HardwareProfile& h = set.hardware(n);
+    EXPECT_GT(h.memory_bandwidth_gbs.value, 0) << n;
+    if (h.gpu()) {
+      EXPECT_TRUE(h.dispatch_us.present) << n;
+      EXPECT_TRUE(h.allreduce_roundtrip_us.present) << n;
+      EXPECT_FALSE(h.op_overhead_us.present) << n;
+    }
+  }
+  // The H200 through the Vulkan backend, marked as not calibrated.
+  const HardwareProfile& h200 = set.hardware("h200-vulkan");
+  EXPECT_EQ(h200.backend, Backend::Vulkan);
+  EXPECT_DOUBLE_EQ(h200.memory_bandwidth_gbs.value, 4800);
+  EXPECT_DOUBLE_EQ(h200.peak_tflops_16.value, 989);
+  EXPECT_FALSE(h200.measured.has_value());
+  EXPECT_NE(h200.description.find("not yet calibrated"), std::string::npos);
+  EXPECT_TRUE(h200.dispatch_us.estimate);
+  EXPECT_TRUE(h200.host_copy_gbs.present);  // a discrete GPU: the all-reduce's buffer crosses PCIe
+}
+
+TEST(PerfProfiles, EveryAppleGpuProfileHasACpuTwin) {
+  ProfileSet set;
+  set.load_dir(default_profile_dir());
+  int apple_gpus = 0;
+  for (const auto& n : set.hardware_names()) {
+    const HardwareProfile& h = set.hardware(n);
+    if (h.file.find("apple.json") == std::string::npos || !h.gpu()) continue;
+    ++apple_gpus;
+    EXPECT_EQ(h.backend, Backend::Metal) << n << ": moep has no GPU backend on a Mac but a Metal one would be";
+    EXPECT_FALSE(h.host_copy_gbs.present) << n << ": unified memory, no copy";
+    const HardwareProfile& cpu = set.hardware(n + "-cpu");
+    EXPECT_EQ(cpu.backend, Backend::Cpu) << n;
+    EXPECT_DOUBLE_EQ(cpu.memory_gb.value, h.memory_gb.value) << n;  // the same machine
+    EXPECT_DOUBLE_EQ(cpu.price_usd.value, h.price_usd.value) << n;
+    // The CPU clusters stream less than the GPU can: the figure says so, with its source.
+    EXPECT_LT(cpu.streaming_bandwidth_bps("bf16"), h.streaming_bandwidth_bps("bf16")) << n;
+    EXPECT_TRUE(cpu.bandwidth_efficiency.estimate) << n;
+    EXPECT_NE(cpu.bandwidth_efficiency.source.find("https://"), std::string::npos) << n;
+  }
+  EXPECT_EQ(apple_gpus, 3);
 }
 
 TEST(PerfProfiles, UnknownNamesListTheKnownOnes) {

@@ -169,7 +169,11 @@ void register_plan(CLI::App& app) {
     for (const auto& d : o->profile_dirs) profiles.load_dir(d);
 
     if (o->list) {
-      std::printf("hardware: %s\nnetworks: %s\nmodels:   %s\n", join(profiles.hardware_names()).c_str(),
+      // Each with the backend it models: the same machine is often there twice (a Mac's CPU and its GPU).
+      std::vector<std::string> hw;
+      for (const auto& n : profiles.hardware_names())
+        hw.push_back(n + " (" + perf::backend_name(profiles.hardware(n).backend) + ")");
+      std::printf("hardware: %s\nnetworks: %s\nmodels:   %s\n", join(hw).c_str(),
                   join(profiles.network_names()).c_str(), join(perf::builtin_model_names()).c_str());
       return;
     }
