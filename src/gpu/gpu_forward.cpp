@@ -95,6 +95,10 @@ const std::vector<StepSpan>& GpuForward::last_step() const {
 }
 void GpuForward::reset_times() {}
 double GpuForward::measure_read_bandwidth_gbs(uint64_t, int) { return 0; }
+GpuCalibration calibrate_gpu(int, uint64_t, int64_t) {
+  list_gpus();
+  return {};
+}
 
 #else
 
@@ -825,6 +829,102 @@ struct GpuForward::Impl {
     for (auto& t : times) t.calls++;
   }
 };
+
+GpuCalibration calibrate_gpu(int device, uint64_t bytes, int64_t d_model) {
+  Context ctx(device);
+  const Api& a = api();
+  GpuCalibration r;
+  const DeviceInfo& d = ctx.info();
+  r.device = DeviceSummary{d.index, d.name, d.type, d.driver, d.device_local_bytes, d.software, d.usable, ""};
+  bytes = std::max<uint64_t>(std::min<uint64_t>(bytes, d.device_local_bytes / 8), uint64_t(1) << 20);
+  auto pipe = [&](const char* name) {
+    const Shader& s = shader(name);
+    return ctx.pipeline(s.words, s.n_words, s.name);
+  };
+  const VkPipeline membw = pipe("membw"), mv = pipe("mv1_bf16");
+  auto begin = [&] {
+    VkCommandBuffer cb = ctx.new_command_buffer();
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    check(a.vkBeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer");
+    return cb;
+  };
+  auto barrier = [&](VkCommandBuffer cb) {
+    VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
+                       VK_ACCESS_HOST_READ_BIT;
+    const VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    a.vkCmdPipelineBarrier(cb, st, st | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
+  };
+  auto run = [&](VkPipeline p, const auto& push, uint32_t gx, VkCommandBuffer cb) {
+    a.vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, p);
+    a.vkCmdPushConstants(cb, ctx.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(push), &push);
+    a.vkCmdDispatch(cb, gx, 1, 1);
+    barrier(cb);
+  };
+  auto timed = [&](VkCommandBuffer cb) {
+    check(a.vkEndCommandBuffer(cb), "vkEndCommandBuffer");
+    ctx.submit_and_wait(cb);  // once to warm up
+    const int64_t t0 = now_ns();
+    ctx.submit_and_wait(cb);
+    return double(now_ns() - t0) * 1e-9;
+  };
+  const int reps = 10;
+  // Read bandwidth.
+  const DeviceSpan src = ctx.alloc_device(bytes), dst = ctx.alloc_device(uint64_t(4096) * 256 * 4);
+  {
+    VkCommandBuffer cb = begin();
+    for (int i = 0; i < reps; ++i) run(membw, MembwPush{src.address, dst.address, uint32_t(bytes / 16), 0}, 4096, cb);
+    r.read_gbs = double(bytes) * reps / timed(cb) / 1e9;
+  }
+  // The decode shader on a bf16 matrix filling the same bytes: [N, K] with K = 8192.
+  {
+    const uint32_t K = 8192, N = uint32_t(bytes / (2 * K));
+    const DeviceSpan x = ctx.alloc_device(uint64_t(K) * 4), y = ctx.alloc_device(uint64_t(N) * 4);
+    const DeviceSpan table = ctx.alloc_device(8);
+    ctx.upload(table, 0, &src.address, 8);
+    const std::vector<float> ones(K, 1.f);
+    ctx.upload(x, 0, ones.data(), uint64_t(K) * 4);
+    VkCommandBuffer cb = begin();
+    const MvPush p{table.address, 0, x.address, 0, y.address, 0, 0, N, K, K / 8, K, N, 1, 32 /* F_X4 */, 0};
+    for (int i = 0; i < reps; ++i) run(mv, p, (N + 3) / 4, cb);
+    r.matvec_gbs = double(uint64_t(N) * K * 2) * reps / timed(cb) / 1e9;
+    // Cost per dispatch: 1000 tiny products (4 × 64) back to back, against one.
+    const MvPush tiny{table.address, 0, x.address, 0, y.address, 0, 0, 4, 64, 8, K, N, 1, 32, 0};
+    VkCommandBuffer one = begin(), many = begin();
+    run(mv, tiny, 1, one);
+    for (int i = 0; i < 1000; ++i) run(mv, tiny, 1, many);
+    const double t1 = timed(one), tn = timed(many);
+    r.dispatch_us = (tn - t1) / 999 * 1e6;
+    r.submit_us = t1 * 1e6;
+  }
+  // The all-reduce's host round trip for one decode row: copy d_model floats to host memory, wait; the next
+  // submission reads them back (as the add shader would).
+  {
+    const DeviceSpan dev = ctx.alloc_device(uint64_t(d_model) * 4), host = ctx.alloc_host(uint64_t(d_model) * 4);
+    VkCommandBuffer down = begin();
+    VkBufferCopy cp{dev.offset, host.offset, uint64_t(d_model) * 4};
+    a.vkCmdCopyBuffer(down, dev.buffer, host.buffer, 1, &cp);
+    barrier(down);
+    check(a.vkEndCommandBuffer(down), "vkEndCommandBuffer");
+    VkCommandBuffer up = begin();
+    VkBufferCopy cu{host.offset, dev.offset, uint64_t(d_model) * 4};
+    a.vkCmdCopyBuffer(up, host.buffer, dev.buffer, 1, &cu);
+    barrier(up);
+    check(a.vkEndCommandBuffer(up), "vkEndCommandBuffer");
+    std::vector<double> t;
+    for (int i = 0; i < 51; ++i) {
+      const int64_t t0 = now_ns();
+      ctx.submit_and_wait(down);
+      ctx.submit_and_wait(up);
+      if (i > 0) t.push_back(double(now_ns() - t0) * 1e-3);
+    }
+    std::sort(t.begin(), t.end());
+    r.roundtrip_us = t[t.size() / 2];
+  }
+  r.bytes = int64_t(bytes);
+  return r;
+}
 
 GpuForward::GpuForward(const Model& model, const ExpertPlacement& placement, Communicator& comm,
                        const EngineLimits& limits, int device)

@@ -66,6 +66,20 @@ struct LayerTimes {
   int64_t calls = 0;
 };
 
+// What `moep calibrate --device gpu` measures on a device, for the performance model's GPU class.
+struct GpuCalibration {
+  DeviceSummary device;
+  double read_gbs = 0;        // a plain shader reading device memory
+  double matvec_gbs = 0;      // the decode shader (mv1) streaming a bf16 matrix of the same size
+  double dispatch_us = 0;     // one more small dispatch (with its barrier) in a recorded command buffer
+  double submit_us = 0;       // submitting a command buffer and waiting for it (per step; per segment)
+  double roundtrip_us = 0;    // a layer's all-reduce without the network: copy d_model × rows floats to the
+                              // host, wait, and hand them back (one extra submission); median of 50
+  int64_t bytes = 0;          // of the read and matrix-vector tests
+};
+// Measures GPU `device` (an index of list_gpus()) with buffers of `bytes` (capped at an eighth of its memory).
+GpuCalibration calibrate_gpu(int device, uint64_t bytes, int64_t d_model);
+
 // Whether this thread is inside a call into the Vulkan driver that runs work (a submission, a wait): the
 // steady-state test counts the host allocations of moep's own code apart from the driver's.
 bool inside_driver_call();

@@ -1,5 +1,6 @@
 // moep calibrate [--out FILE] [--name NAME] [--threads T] [--dtype bf16,f32] [--expert-shape D,FFN] [--quick]
 // Measures this machine, or every rank of the mpirun job it runs in, and writes a profile for `moep plan`.
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,8 @@
 #include "common.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "gpu/gpu_forward.h"
+#include "moep_commit.h"
 #include "perf/calibrate.h"
 #include "this_machine.h"
 
@@ -37,6 +40,56 @@ std::vector<int64_t> parse_ints(const std::string& s, const char* flag) {
   return v;
 }
 
+// `moep calibrate --device gpu`: a vulkan hardware profile of this GPU, every timing figure measured.
+void calibrate_gpu_profile(int index, uint64_t bytes, int64_t d_model, std::string name, const std::string& out) {
+  std::fprintf(stderr, "calibrate: GPU %d, buffers of %.0f MiB, all-reduce round trip of %lld floats\n", index,
+               double(bytes) / (1 << 20), (long long)d_model);
+  const gpu::GpuCalibration c = gpu::calibrate_gpu(index, bytes, d_model);
+  const std::string how = str_cat("measured by moep calibrate --device gpu (commit ", MOEP_GIT_COMMIT, ") on ",
+                                  c.device.name, ", driver ", c.device.driver);
+  perf::HardwareProfile h;
+  if (name.empty()) {
+    name = "measured-vulkan-" + c.device.name;
+    for (char& ch : name)
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-') ch = '-';
+  }
+  h.name = name;
+  h.description = str_cat(c.device.name, " (", c.device.type, ") through moep's Vulkan backend, measured");
+  h.backend = perf::Backend::Vulkan;
+  auto fig = [&](double v, const std::string& what) {
+    perf::Figure f;
+    f.value = v;
+    f.source = str_cat(what, "; ", how);
+    f.present = true;
+    return f;
+  };
+  h.memory_bandwidth_gbs = fig(c.read_gbs, str_cat("a plain shader reading ", c.bytes >> 20, " MiB of device memory"));
+  h.memory_gb = fig(double(c.device.memory_bytes) / 1e9, "the largest device-local heap");
+  h.bandwidth_efficiency =
+      fig(c.matvec_gbs / c.read_gbs, str_cat("the decode shader (mv1, bf16) streamed ", c.matvec_gbs, " GB/s of it"));
+  h.dispatch_us = fig(c.dispatch_us, "one more small dispatch with its barrier in a recorded command buffer");
+  h.allreduce_roundtrip_us =
+      fig(c.roundtrip_us, str_cat("copying ", d_model, " floats to host memory and back, two submissions (median of 50)"));
+  std::fprintf(stderr,
+               "calibrate: %s: read %.1f GB/s, decode shader %.1f GB/s (%.0f%%), %.2f us per dispatch, %.1f us per "
+               "submission, %.1f us all-reduce round trip\n",
+               c.device.name.c_str(), c.read_gbs, c.matvec_gbs, 100 * c.matvec_gbs / c.read_gbs, c.dispatch_us,
+               c.submit_us, c.roundtrip_us);
+  nlohmann::json j;
+  j["profiles"] = nlohmann::json::array({perf::hardware_profile_to_json(h)});
+  const std::string text = j.dump(2) + "\n";
+  if (out.empty()) {
+    std::fputs(text.c_str(), stdout);
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(out).parent_path(), ec);
+  std::ofstream f(out);
+  f << text;
+  if (!f) fail("--out: cannot write ", out);
+  std::fprintf(stderr, "calibrate: wrote %s (hardware '%s')\n", out.c_str(), h.name.c_str());
+}
+
 }  // namespace
 
 void register_calibrate(CLI::App& app) {
@@ -47,6 +100,8 @@ void register_calibrate(CLI::App& app) {
     bool quick = false, save = false;
     std::string weights = "auto";
     int64_t rotation_mb = 0;  // 0: CalibrateOptions' default
+    std::string device = "cpu";
+    int gpu = 0;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
@@ -74,7 +129,17 @@ void register_calibrate(CLI::App& app) {
                   "the file mappings have) or auto (copy when this is the only rank on its host, as the engine does)")
       ->check(CLI::IsMember({"auto", "copy", "map"}));
   cmd->add_flag("--quick", o->quick, "Shorter timings and fewer batch sizes (less accurate)");
+  cmd->add_option("--device", o->device,
+                  "What to measure: cpu (default), or gpu: the Vulkan device's read bandwidth, the decode shader's "
+                  "share of it, the cost of a dispatch and the all-reduce's host round trip (a vulkan profile)")
+      ->check(CLI::IsMember({"cpu", "gpu"}));
+  cmd->add_option("--gpu", o->gpu, "Which GPU with --device gpu (an index of `moep devices`)")->check(CLI::Range(0, 1024));
   cmd->callback([o] {
+    if (o->device == "gpu") {
+      calibrate_gpu_profile(o->gpu, uint64_t(std::max<int64_t>(o->membw_mb, 256)) << 20,
+                            parse_ints(o->expert_shape, "--expert-shape").at(0), o->name, o->save ? stored_calibration_path() : o->out);
+      return;
+    }
     auto comm = make_communicator();
     ThreadPool pool(thread_count_or_default(o->threads));
     perf::CalibrateOptions co;
