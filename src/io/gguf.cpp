@@ -172,7 +172,8 @@ ParsedPart parse_part(const MappedFile& file, int part) {
       fail(path, ": GGUF version 1, which moep does not read (it reads versions 2 and 3); convert the model again ",
            "with a current llama.cpp");
     if ((out.version & 0xffff) == 0)
-      fail(path, ": GGUF version ", out.version, " reads as a big-endian file (version ", __builtin_bswap32(out.version),
+      fail(path, ": GGUF version ", out.version, " reads as a big-endian file (version ",
+           __builtin_bswap32(out.version),
            " byte-swapped); moep reads little-endian GGUF, versions 2 and 3");
     fail(path, ": unsupported GGUF version ", out.version, "; moep reads versions 2 and 3");
   }
@@ -237,8 +238,8 @@ ParsedPart parse_part(const MappedFile& file, int part) {
     const uint64_t blocks = uint64_t(numel) / uint64_t(traits->block_weights);
     uint64_t nbytes;
     if (__builtin_mul_overflow(blocks, uint64_t(traits->block_bytes), &nbytes) || nbytes > file.size())
-      fail(path, ": tensor '", t.name, "' ", t.shape_str(), " of ", traits->name, " needs more bytes than the file has (",
-           file.size(), ")");
+      fail(path, ": tensor '", t.name, "' ", t.shape_str(), " of ", traits->name,
+           " needs more bytes than the file has (", file.size(), ")");
     t.nbytes = size_t(nbytes);
     t.part = part;
     offsets.push_back(c.read<uint64_t>("the data offset of tensor '" + t.name + "'"));

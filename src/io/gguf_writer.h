@@ -37,6 +37,7 @@ class GgufWriter {
   // An array of `count` numbers of type `elem` (not String or Array) at `data`, little-endian.
   void set_array(const std::string& key, GgufType elem, const void* data, size_t count);
   void set_string_array(const std::string& key, const std::vector<std::string>& v);
+  bool has(const std::string& key) const { return keys_.count(key) != 0; }
 
   // A tensor of `type` with `dims` in ggml order (dims[0] the row length, a whole number of blocks). `fill` writes
   // its ggml_row_bytes(type, dims[0]) × rows bytes; called once, in the order added, while writing.
