@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "core/quant.h"
 #include "io/gguf_writer.h"
 #include "test_util.h"
 
@@ -366,6 +367,47 @@ TEST(Gguf, SplitModelErrors) {
   std::filesystem::rename(gguf_split_path(prefix, 2, 3), dir.str() + "/renamed.gguf");
   m = open_error(dir.str() + "/renamed.gguf");
   EXPECT_NE(m.find("its name is not NAME-0000k-of-0000n.gguf"), std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace moep
+
+namespace moep {
+namespace {
+
+std::vector<uint8_t> testdata_bytes(const std::string& rel) { return read_all(test::testdata_path(rel)); }
+
+// tests/data/quant/ggml.gguf was written by ggml's own gguf writer (make_fixtures.c).
+TEST(Gguf, ReadsAFileWrittenByGgml) {
+  const GgufFile g = GgufFile::open(test::testdata_path("quant/ggml.gguf"));
+  EXPECT_EQ(g.version(), 3u);
+  EXPECT_EQ(g.get_string("general.architecture"), "qwen3moe");
+  EXPECT_EQ(g.get_u32("qwen3moe.block_count"), 48u);
+  EXPECT_EQ(g.get_f32("qwen3moe.rope.freq_base"), 1e6f);
+  EXPECT_TRUE(g.get_bool("t.bool"));
+  EXPECT_EQ(g.get_i64("t.i64"), -5);
+  EXPECT_EQ(g.get_u32("split.count"), 1u);
+  EXPECT_EQ(g.get_string_array("tokenizer.ggml.tokens"), (std::vector<std::string>{"<s>", "hello", ""}));
+  EXPECT_EQ(g.get_f32_array("tokenizer.ggml.scores"), (std::vector<float>{0.f, -1.5f, 2.25f}));
+
+  const GgufTensor* q = g.find_tensor("row0.q4_K");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->type, GgmlType::Q4_K);
+  EXPECT_EQ(q->dims, (std::vector<int64_t>{256, 2}));
+  ASSERT_EQ(q->nbytes, 2u * 144u);
+  const std::vector<uint8_t> want_q = testdata_bytes("quant/q4_K.q");  // row 0 (512 values) comes first
+  EXPECT_EQ(std::memcmp(q->data, want_q.data(), q->nbytes), 0);
+  std::vector<float> deq(512);
+  dequantize_row(q->type, q->data, deq.data(), 512);
+  const std::vector<uint8_t> want_deq = testdata_bytes("quant/q4_K.deq");
+  EXPECT_EQ(std::memcmp(deq.data(), want_deq.data(), 512 * 4), 0);
+
+  const GgufTensor* f = g.find_tensor("row3.f32");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->type, GgmlType::F32);
+  const std::vector<uint8_t> input = testdata_bytes("quant/input.bin");
+  const size_t row3 = 4 * 6 + 4 * size_t(512 + 256 + 256);  // header: 5 rows; rows 0-2 before it
+  EXPECT_EQ(std::memcmp(f->data, input.data() + row3, 8 * 4), 0);
 }
 
 }  // namespace

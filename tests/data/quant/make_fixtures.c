@@ -5,6 +5,8 @@
 //   input.bin          u32 rows, u32 length of each row, then every row's f32 values
 //   <type>.q           ggml_quantize_chunk(type, row, no importance matrix), row after row
 //   <type>.deq         ggml's to_float of those bytes (f32), row after row
+//   ggml.gguf          a GGUF file written by ggml's gguf writer: metadata of several types, and tensors
+//                      "row0.q4_K" (row 0 as q4_K, dims [256, 2]) and "row3.f32" (the first 8 values of row 3)
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "ggml.h"
+#include "gguf.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -90,6 +93,36 @@ int main(int argc, char** argv) {
     free(q);
     free(deq);
   }
+
+  struct ggml_init_params params = {1 << 20, NULL, false};
+  struct ggml_context* ctx = ggml_init(params);
+  struct gguf_context* gguf = gguf_init_empty();
+  gguf_set_val_str(gguf, "general.architecture", "qwen3moe");
+  gguf_set_val_u32(gguf, "qwen3moe.block_count", 48);
+  gguf_set_val_f32(gguf, "qwen3moe.rope.freq_base", 1e6f);
+  gguf_set_val_bool(gguf, "t.bool", true);
+  gguf_set_val_i64(gguf, "t.i64", -5);
+  gguf_set_val_u16(gguf, "split.count", 1);
+  const char* tokens[] = {"<s>", "hello", ""};
+  gguf_set_arr_str(gguf, "tokenizer.ggml.tokens", tokens, 3);
+  const float scores[] = {0.f, -1.5f, 2.25f};
+  gguf_set_arr_data(gguf, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, 3);
+  struct ggml_tensor* q = ggml_new_tensor_2d(ctx, GGML_TYPE_Q4_K, 256, 2);
+  ggml_set_name(q, "row0.q4_K");
+  ggml_quantize_chunk(GGML_TYPE_Q4_K, x, q->data, 0, 2, 256, NULL);
+  struct ggml_tensor* f = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 8);
+  ggml_set_name(f, "row3.f32");
+  memcpy(f->data, x + kLen[0] + kLen[1] + kLen[2], 8 * sizeof(float));
+  gguf_add_tensor(gguf, q);
+  gguf_add_tensor(gguf, f);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/ggml.gguf", dir);
+  if (!gguf_write_to_file(gguf, path, false)) {
+    fprintf(stderr, "cannot write %s\n", path);
+    return 1;
+  }
+  gguf_free(gguf);
+  ggml_free(ctx);
   free(x);
   free(in);
   return 0;
