@@ -1,5 +1,6 @@
 #include "io/gguf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -270,6 +271,22 @@ ParsedPart parse_part(const MappedFile& file, int part) {
            out.data_offset, " of ", file.size(), "): truncated or corrupt");
     t.file_offset = out.data_offset + size_t(off);
     t.data = file.data() + t.file_offset;
+  }
+  // No two tensors share bytes (a writer's bug, or a crafted file): in offset order, each ends before the next.
+  std::vector<const GgufTensor*> by_offset;
+  by_offset.reserve(out.tensors.size());
+  for (const GgufTensor& t : out.tensors)
+    if (t.nbytes > 0) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const GgufTensor* a, const GgufTensor* b) {
+              return a->file_offset != b->file_offset ? a->file_offset < b->file_offset : a->name < b->name;
+            });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GgufTensor& a = *by_offset[i - 1];
+    const GgufTensor& b = *by_offset[i];
+    if (a.file_offset + a.nbytes > b.file_offset)
+      fail(path, ": tensors '", a.name, "' (bytes [", a.file_offset, ", ", a.file_offset + a.nbytes, ")) and '", b.name,
+           "' (from byte ", b.file_offset, ") overlap; each tensor's data must be its own");
   }
   return out;
 }

@@ -205,7 +205,7 @@ TEST(Gguf, WrongMagicAndVersions) {
   EXPECT_EQ(GgufFile::open(bad).version(), 2u);
 }
 
-TEST(Gguf, TensorDataOutOfRangeOrMisaligned) {
+TEST(Gguf, TensorDataOutOfRangeMisalignedOrOverlapping) {
   test::TempDir dir;
   const std::string good = dir.str() + "/good.gguf", bad = dir.str() + "/bad.gguf";
   write_sample(good);
@@ -227,6 +227,14 @@ TEST(Gguf, TensorDataOutOfRangeOrMisaligned) {
   write_all(bad, b);
   m = open_error(bad);
   EXPECT_NE(m.find("'w.q4k' [256] q4_K takes bytes"), std::string::npos) << m;
+
+  b = bytes;
+  patch<uint64_t>(b, offset_pos, 0);  // onto w.f32's bytes
+  write_all(bad, b);
+  m = open_error(bad);
+  EXPECT_NE(m.find("tensors 'w.f32' (bytes ["), std::string::npos) << m;
+  EXPECT_NE(m.find("and 'w.q4k' (from byte "), std::string::npos) << m;
+  EXPECT_NE(m.find(") overlap"), std::string::npos) << m;
 
   b = bytes;
   patch<uint64_t>(b, offset_pos, ~uint64_t(0) - 31);  // aligned, and would wrap around
