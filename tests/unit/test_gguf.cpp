@@ -162,7 +162,8 @@ TEST(Gguf, EveryTruncationIsAnError) {
   write_sample(good);
   const std::vector<uint8_t> bytes = read_all(good);
   // The padding after the last tensor's data may go: the file ends where that data does.
-  const GgufTensor* last = GgufFile::open(good).find_tensor("w.q4k");
+  const GgufFile sample = GgufFile::open(good);
+  const GgufTensor* last = sample.find_tensor("w.q4k");
   const size_t end = last->file_offset + last->nbytes;
   ASSERT_LT(end, bytes.size());
   write_all(bad, std::vector<uint8_t>(bytes.begin(), bytes.begin() + end));
