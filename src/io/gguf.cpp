@@ -15,7 +15,7 @@ namespace {
 constexpr uint32_t kMaxDims = 4;          // GGML_MAX_DIMS
 constexpr size_t kDefaultAlignment = 32;  // GGUF_DEFAULT_ALIGNMENT
 
-// Bytes of one scalar of type t; 0 for String and Array (variable), -1 never: t is checked before.
+// Bytes of one scalar of type t; 0 for String and Array, whose sizes vary.
 size_t scalar_size(GgufType t) {
   switch (t) {
     case GgufType::U8: case GgufType::I8: case GgufType::Bool: return 1;
