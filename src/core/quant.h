@@ -1,0 +1,52 @@
+// ggml's weight types as GGUF files store them: block layouts, scalar dequantization to f32 and the reference
+// quantizers. Both directions are bit-identical to ggml's (dequantize_row_* and quantize_row_*_ref of
+// ggml-quants.c, without an importance matrix); tests/data/quant holds ggml's own output to prove it.
+//
+// A row of n weights is n / block_weights blocks laid end to end; a block is a few f16 scales followed by packed
+// integers. Little-endian, as GGUF is.
+//
+// These are not DType values: the kernels read F32/F16/BF16 only, and a GgmlType names a tensor of a GGUF file
+// until a kernel for it exists.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moep {
+
+// ggml's numeric type ids (enum ggml_type), as stored in a GGUF tensor info. Only the types moep reads.
+enum class GgmlType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q8_0 = 8,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  BF16 = 30,
+};
+
+struct GgmlTypeTraits {
+  GgmlType type;
+  const char* name;     // ggml's spelling: "f32", "q4_K", ...
+  int block_weights;    // weights per block: 1 (f32, f16, bf16), 32 or 256
+  int block_bytes;      // bytes per block
+};
+
+// The traits of a type id moep reads, or nullptr for any other id (ggml's other types, or no type at all).
+const GgmlTypeTraits* ggml_type_traits(uint32_t id);
+const GgmlTypeTraits& ggml_type_traits(GgmlType type);
+// ggml's name of any type id it has ever defined ("q2_K", "iq4_xs", ...), or nullptr if it names none: for errors
+// that say which type a file uses that moep does not read.
+const char* ggml_type_name_any(uint32_t id);
+
+// Bytes of a row of n weights; n must be a multiple of the type's block_weights (MOEP_ASSERT).
+size_t ggml_row_bytes(GgmlType type, int64_t n);
+
+// Converts n weights (a multiple of block_weights) from `src` (ggml_row_bytes(type, n) bytes) to f32.
+void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n);
+// Quantizes n f32 weights (a multiple of block_weights) into ggml_row_bytes(type, n) bytes at `dst`, exactly as
+// ggml's reference quantizer (no importance matrix) does. Every type above has one.
+void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n);
+
+}  // namespace moep
