@@ -164,13 +164,15 @@ TEST(PerfProfiles, EveryShippedProfileLoadsAndNamesItsBackend) {
       EXPECT_FALSE(h.op_overhead_us.present) << n;
     }
   }
-  // The H200 through the Vulkan backend, marked as not calibrated.
+  // The H200 through the Vulkan backend: efficiencies from moep bench on an H200, timing figures still estimates.
   const HardwareProfile& h200 = set.hardware("h200-vulkan");
   EXPECT_EQ(h200.backend, Backend::Vulkan);
   EXPECT_DOUBLE_EQ(h200.memory_bandwidth_gbs.value, 4800);
   EXPECT_DOUBLE_EQ(h200.peak_tflops_16.value, 989);
   EXPECT_FALSE(h200.measured.has_value());
-  EXPECT_NE(h200.description.find("not yet calibrated"), std::string::npos);
+  EXPECT_NE(h200.description.find("still estimates"), std::string::npos);
+  EXPECT_FALSE(h200.bandwidth_efficiency.estimate);
+  EXPECT_NE(h200.bandwidth_efficiency.source.find("measured"), std::string::npos);
   EXPECT_TRUE(h200.dispatch_us.estimate);
   EXPECT_TRUE(h200.host_copy_gbs.present);  // a discrete GPU: the all-reduce's buffer crosses PCIe
 }
