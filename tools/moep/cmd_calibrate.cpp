@@ -136,8 +136,10 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--gpu", o->gpu, "Which GPU with --device gpu (an index of `moep devices`)")->check(CLI::Range(0, 1024));
   cmd->callback([o] {
     if (o->device == "gpu") {
+      // --save keeps the CPU calibration `moep plan` uses for this machine by default; a GPU profile goes to a file.
+      if (o->save) fail("--save stores this machine's CPU calibration; with --device gpu write the profile with --out FILE");
       calibrate_gpu_profile(o->gpu, uint64_t(std::max<int64_t>(o->membw_mb, 256)) << 20,
-                            parse_ints(o->expert_shape, "--expert-shape").at(0), o->name, o->save ? stored_calibration_path() : o->out);
+                            parse_ints(o->expert_shape, "--expert-shape").at(0), o->name, o->out);
       return;
     }
     auto comm = make_communicator();
