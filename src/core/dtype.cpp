@@ -1,17 +1,42 @@
 #include "core/dtype.h"
 
+#include <cctype>
 #include <cmath>
+
+#include "core/error.h"
 
 namespace moep {
 
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "f32";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
-  }
-  return "?";
+namespace {
+struct DTypeInfo {
+  const char* name;
+  int block_weights;
+  int block_bytes;
+};
+// Block layouts as ggml defines them (core/quant.h holds the bit layouts).
+constexpr DTypeInfo kInfo[] = {
+    {"f32", 1, 4},     {"f16", 1, 2},      {"bf16", 1, 2},     {"q8_0", 32, 34},
+    {"q4_0", 32, 18},  {"q4_K", 256, 144}, {"q5_K", 256, 176}, {"q6_K", 256, 210},
+};
+const DTypeInfo& info(DType t) { return kInfo[static_cast<int>(t)]; }
+}  // namespace
+
+const char* dtype_name(DType t) { return info(t).name; }
+int dtype_block_weights(DType t) { return info(t).block_weights; }
+int dtype_block_bytes(DType t) { return info(t).block_bytes; }
+
+size_t dtype_row_bytes(DType t, int64_t n) {
+  const DTypeInfo& i = info(t);
+  MOEP_ASSERT(n >= 0 && n % i.block_weights == 0);
+  return size_t(n / i.block_weights) * size_t(i.block_bytes);
 }
+
+size_t dtype_size(DType t) {
+  MOEP_ASSERT(!dtype_is_quantized(t));
+  return size_t(info(t).block_bytes);
+}
+
+double dtype_bytes_per_weight(DType t) { return double(info(t).block_bytes) / info(t).block_weights; }
 
 bool dtype_from_safetensors(std::string_view s, DType* out) {
   if (s == "F32") { *out = DType::F32; return true; }
@@ -24,6 +49,13 @@ bool dtype_from_name(std::string_view s, DType* out) {
   if (s == "f32" || s == "float32" || s == "F32") { *out = DType::F32; return true; }
   if (s == "f16" || s == "float16" || s == "F16") { *out = DType::F16; return true; }
   if (s == "bf16" || s == "bfloat16" || s == "BF16") { *out = DType::BF16; return true; }
+  std::string lower(s);
+  for (char& c : lower) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "q8_0") { *out = DType::Q8_0; return true; }
+  if (lower == "q4_0") { *out = DType::Q4_0; return true; }
+  if (lower == "q4_k") { *out = DType::Q4_K; return true; }
+  if (lower == "q5_k") { *out = DType::Q5_K; return true; }
+  if (lower == "q6_k") { *out = DType::Q6_K; return true; }
   return false;
 }
 

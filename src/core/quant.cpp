@@ -422,6 +422,36 @@ const char* ggml_type_name_any(uint32_t id) {
   return id < sizeof(kNames) / sizeof(kNames[0]) ? kNames[id] : nullptr;
 }
 
+GgmlType ggml_type_of(DType t) {
+  switch (t) {
+    case DType::F32: return GgmlType::F32;
+    case DType::F16: return GgmlType::F16;
+    case DType::BF16: return GgmlType::BF16;
+    case DType::Q8_0: return GgmlType::Q8_0;
+    case DType::Q4_0: return GgmlType::Q4_0;
+    case DType::Q4_K: return GgmlType::Q4_K;
+    case DType::Q5_K: return GgmlType::Q5_K;
+    case DType::Q6_K: return GgmlType::Q6_K;
+  }
+  MOEP_ASSERT(false, "ggml_type_of: no such DType");
+  return GgmlType::F32;
+}
+
+DType dtype_of_ggml(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return DType::F32;
+    case GgmlType::F16: return DType::F16;
+    case GgmlType::BF16: return DType::BF16;
+    case GgmlType::Q8_0: return DType::Q8_0;
+    case GgmlType::Q4_0: return DType::Q4_0;
+    case GgmlType::Q4_K: return DType::Q4_K;
+    case GgmlType::Q5_K: return DType::Q5_K;
+    case GgmlType::Q6_K: return DType::Q6_K;
+  }
+  MOEP_ASSERT(false, "dtype_of_ggml: no such GgmlType");
+  return DType::F32;
+}
+
 size_t ggml_row_bytes(GgmlType type, int64_t n) {
   const GgmlTypeTraits& t = ggml_type_traits(type);
   MOEP_ASSERT(n >= 0 && n % t.block_weights == 0, n, " weights are not whole blocks of ", t.name);

@@ -5,12 +5,13 @@
 // A row of n weights is n / block_weights blocks laid end to end; a block is a few f16 scales followed by packed
 // integers. Little-endian, as GGUF is.
 //
-// These are not DType values: the kernels read F32/F16/BF16 only, and a GgmlType names a tensor of a GGUF file
-// until a kernel for it exists.
+// Every GgmlType here has a DType of the same layout (ggml_type_of / dtype_of_ggml convert).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+
+#include "core/dtype.h"
 
 namespace moep {
 
@@ -39,6 +40,10 @@ const GgmlTypeTraits& ggml_type_traits(GgmlType type);
 // ggml's name of any type id it has ever defined ("q2_K", "iq4_xs", ...), or nullptr if it names none: for errors
 // that say which type a file uses that moep does not read.
 const char* ggml_type_name_any(uint32_t id);
+
+// The GgmlType of the same layout as a DType, and back.
+GgmlType ggml_type_of(DType t);
+DType dtype_of_ggml(GgmlType t);
 
 // Bytes of a row of n weights; n must be a multiple of the type's block_weights (MOEP_ASSERT).
 size_t ggml_row_bytes(GgmlType type, int64_t n);

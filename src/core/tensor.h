@@ -25,7 +25,7 @@ struct MatRef {
 
   bool empty() const { return data == nullptr; }
   const uint8_t* row_ptr(int64_t r) const {
-    return static_cast<const uint8_t*>(data) + size_t(r) * size_t(row_stride) * dtype_size(dtype);
+    return static_cast<const uint8_t*>(data) + size_t(r) * dtype_row_bytes(dtype, row_stride);
   }
   // Rows [r0, r0 + n) as a view.
   MatRef row_block(int64_t r0, int64_t n) const {
@@ -34,7 +34,7 @@ struct MatRef {
     m.rows = n;
     return m;
   }
-  int64_t bytes() const { return rows * cols * int64_t(dtype_size(dtype)); }
+  int64_t bytes() const { return rows * int64_t(dtype_row_bytes(dtype, cols)); }
 };
 
 // A vector of `dtype` elements (norm weights, biases).
@@ -48,6 +48,7 @@ struct VecRef {
       case DType::F32: return static_cast<const float*>(data)[i];
       case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
       case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+      default: break;  // vectors (norms, biases) are never block-quantized: the loader converts them
     }
     return 0.f;
   }

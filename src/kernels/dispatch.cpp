@@ -71,6 +71,19 @@ const KernelTable& best_kernels() {
   return chosen_kernels();
 }
 
+const KernelTable& kernels_for(DType w) {
+  const KernelTable& best = best_kernels();
+  if (!dtype_is_quantized(w) || best.quantized) return best;
+  static const KernelTable* quantized = [] {
+    const KernelTable* tables[8];
+    const int n = available_kernel_tables(tables, 8);
+    for (int i = 0; i < n; ++i)
+      if (tables[i]->quantized) return tables[i];
+    return &reference_kernels();
+  }();
+  return *quantized;
+}
+
 const KernelTable* bf16_dot_kernels() { return get(avx512_bf16dot_kernels); }
 
 void set_bf16_dot(bool on) {

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "kernels/scratch.h"
 
@@ -221,6 +222,7 @@ template <class Fn>
     case DType::F32: fn(std::integral_constant<DType, DType::F32>{}); break;
     case DType::BF16: fn(std::integral_constant<DType, DType::BF16>{}); break;
     case DType::F16: fn(std::integral_constant<DType, DType::F16>{}); break;
+    default: MOEP_ASSERT(false, "the element-type kernels were given block-quantized weights (see kernels_for)");
   }
 }
 

@@ -33,6 +33,9 @@ struct KernelTable {
   GemmNT gemm_nt;
   GemmNN gemm_nn;
   ToF32 to_f32;
+  // gemm_nt and to_f32 also read ggml's block-quantized weights (DType::Q8_0 … Q6_K, whole blocks; gemm_nn
+  // never does). Tables without it leave such weights to kernels_for's choice.
+  bool quantized = false;
 };
 
 // Runs a tiny product through best_kernels() on the calling thread, so that the thread's kernel scratch
@@ -45,6 +48,9 @@ const KernelTable& reference_kernels();
 // The fastest table this CPU supports (chosen once). MOEP_KERNELS=scalar|avx2|avx512|neon forces one.
 // While set_bf16_dot(true) is in effect: the "avx512+bf16dot" table instead.
 const KernelTable& best_kernels();
+// The table for weights of type `w`: best_kernels(), unless `w` is block-quantized and that table cannot read
+// it (then the fastest available table that can; the scalar reference always can).
+const KernelTable& kernels_for(DType w);
 // All tables this CPU can run (for tests and benchmarks). The bf16-dot table is not among them (it computes a
 // different function); see bf16_dot_kernels().
 int available_kernel_tables(const KernelTable** out, int max);

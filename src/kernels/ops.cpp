@@ -35,9 +35,9 @@ int64_t block_size(int64_t n, int64_t bytes_per_output, int threads) {
 }  // namespace
 
 void linear(ThreadPool& pool, const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy) {
-  const auto& k = kernels::best_kernels();
+  const auto& k = kernels::kernels_for(W.dtype);
   const int64_t rows = W.rows;
-  const int64_t block = block_size(rows, W.cols * int64_t(dtype_size(W.dtype)), pool.size());
+  const int64_t block = block_size(rows, int64_t(dtype_row_bytes(W.dtype, W.cols)), pool.size());
   const int64_t n_tasks = (rows + block - 1) / block;
   pool.parallel_for(n_tasks, [&](int64_t i) {
     const int64_t r0 = i * block;
@@ -58,7 +58,7 @@ namespace {
 // streams worse. The chunk count depends only on the matrix (not on the thread count), so results do not
 // depend on --threads.
 int64_t chunks_of(int64_t in, int64_t out, DType dt) {
-  return std::clamp<int64_t>(in * out * int64_t(dtype_size(dt)) / kRowChunkBytes, 1, kMaxRowChunks);
+  return std::clamp<int64_t>(in * int64_t(dtype_row_bytes(dt, out)) / kRowChunkBytes, 1, kMaxRowChunks);
 }
 // 0: this product takes the column split instead.
 int64_t row_chunks(const MatRef& W, int64_t T, int threads) {
@@ -107,7 +107,7 @@ int64_t job_of(const int64_t* off, int64_t n_jobs, int64_t task) {
 // its columns; with fewer tasks per thread each row segment is longer, which streams better.
 void in_out_by_columns(ThreadPool& pool, const kernels::KernelTable& k, const LinearJob& job) {
   const int64_t rows = job.W.rows, cols = job.W.cols;
-  const int64_t block = block_size(cols, rows * int64_t(dtype_size(job.W.dtype)), std::max(1, pool.size() / 2));
+  const int64_t block = block_size(cols, int64_t(dtype_row_bytes(job.W.dtype, rows)), std::max(1, pool.size() / 2));
   const int64_t n_tasks = (cols + block - 1) / block;
   pool.parallel_for(n_tasks, [&](int64_t i) {
     const int64_t c0 = i * block;
@@ -174,7 +174,6 @@ void linear_in_out(ThreadPool& pool, const MatRef& W, const float* X, int64_t T,
 }
 
 void linear_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManyScratch& scratch) {
-  const auto& k = kernels::best_kernels();
   const int64_t cap = scratch.max_jobs();
   MOEP_ASSERT(cap >= 1, "linear_many: the scratch was not reserved");
   int64_t* off = scratch.offsets_.data();
@@ -189,14 +188,15 @@ void linear_many(ThreadPool& pool, const LinearJob* jobs, int64_t n_jobs, ManySc
     off[0] = 0;
     for (int64_t j = 0; j < n; ++j) {
       const MatRef& W = group[j].W;
-      const int64_t block = block_size(W.rows, W.cols * int64_t(dtype_size(W.dtype)), pool.size());
+      const int64_t block = block_size(W.rows, int64_t(dtype_row_bytes(W.dtype, W.cols)), pool.size());
       off[j + 1] = off[j] + (W.rows + block - 1) / block;
     }
     pool.parallel_for(off[n], [&](int64_t task) {
       const int64_t j = job_of(off, n, task);
       const LinearJob& job = group[j];
       const MatRef& W = job.W;
-      const int64_t block = block_size(W.rows, W.cols * int64_t(dtype_size(W.dtype)), pool.size());
+      const auto& k = kernels::kernels_for(W.dtype);
+      const int64_t block = block_size(W.rows, int64_t(dtype_row_bytes(W.dtype, W.cols)), pool.size());
       const int64_t r0 = (task - off[j]) * block;
       k.gemm_nt(W, job.X, W.cols, job.T, job.Y, W.rows, r0, std::min(W.rows, r0 + block));
     });
@@ -337,6 +337,6 @@ void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const flo
   });
 }
 
-void to_f32(const void* src, DType dtype, float* dst, int64_t n) { kernels::best_kernels().to_f32(src, dtype, dst, n); }
+void to_f32(const void* src, DType dtype, float* dst, int64_t n) { kernels::kernels_for(dtype).to_f32(src, dtype, dst, n); }
 
 }  // namespace moep::ops

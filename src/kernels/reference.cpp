@@ -4,6 +4,8 @@
 #include <limits>
 #include <vector>
 
+#include "core/error.h"
+#include "core/quant.h"
 #include "kernels/attention.h"
 #include "kernels/kernels.h"
 
@@ -16,12 +18,33 @@ inline float load(const uint8_t* row, DType t, int64_t i) {
     case DType::F32: return reinterpret_cast<const float*>(row)[i];
     case DType::BF16: return bf16_to_f32(reinterpret_cast<const uint16_t*>(row)[i]);
     case DType::F16: return f16_to_f32(reinterpret_cast<const uint16_t*>(row)[i]);
+    default: MOEP_ASSERT(false, "load: quantized weights are read a block at a time");
   }
   return 0.f;
 }
 
+// A quantized row dequantized to f32 in a buffer of the calling thread (grown once, then reused).
+const float* dequantized_row(const uint8_t* row, DType t, int64_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < size_t(n)) buf.resize(size_t(n));
+  dequantize_row(ggml_type_of(t), row, buf.data(), n);
+  return buf.data();
+}
+
 void gemm_nt_ref(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r0,
                  int64_t r1) {
+  if (dtype_is_quantized(W.dtype)) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* w = dequantized_row(W.row_ptr(r), W.dtype, W.cols);
+      for (int64_t t = 0; t < T; ++t) {
+        const float* x = X + t * ldx;
+        float acc = 0.f;
+        for (int64_t c = 0; c < W.cols; ++c) acc += w[c] * x[c];
+        Y[t * ldy + r] = acc;
+      }
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* w = W.row_ptr(r);
     for (int64_t t = 0; t < T; ++t) {
@@ -35,6 +58,7 @@ void gemm_nt_ref(const MatRef& W, const float* X, int64_t ldx, int64_t T, float*
 
 void gemm_nn_ref(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t c0,
                  int64_t c1) {
+  MOEP_ASSERT(!dtype_is_quantized(W.dtype), "gemm_nn: quantized weights are stored [out, in] and read by gemm_nt");
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = c0; c < c1; ++c) Y[t * ldy + c] = 0.f;
   for (int64_t r = 0; r < W.rows; ++r) {
@@ -49,13 +73,17 @@ void gemm_nn_ref(const MatRef& W, const float* X, int64_t ldx, int64_t T, float*
 
 void to_f32_ref(const void* src, DType dtype, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
+  if (dtype_is_quantized(dtype)) {
+    dequantize_row(ggml_type_of(dtype), p, dst, n);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) dst[i] = load(p, dtype, i);
 }
 
 }  // namespace
 
 const KernelTable& reference_kernels() {
-  static const KernelTable table{"scalar", gemm_nt_ref, gemm_nn_ref, to_f32_ref};
+  static const KernelTable table{"scalar", gemm_nt_ref, gemm_nn_ref, to_f32_ref, /*quantized=*/true};
   return table;
 }
 
