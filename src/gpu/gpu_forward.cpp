@@ -217,6 +217,8 @@ struct GpuForward::Impl {
 
   // Pipelines: [dtype] for the weight-reading shaders.
   VkPipeline mv1[3]{}, mv8[3]{}, mm[3]{}, embed[3]{};
+  // Output features per workgroup of the mv1 / mv8 pipelines, and per workgroup column of mm's.
+  uint32_t mv1_nr[3]{4, 4, 4}, mv8_nr[3]{2, 2, 2}, mm_bn[3]{64, 64, 64};
   VkPipeline norm = VK_NULL_HANDLE, qkv_post = VK_NULL_HANDLE, attention = VK_NULL_HANDLE, router = VK_NULL_HANDLE,
              moe_sort = VK_NULL_HANDLE, combine = VK_NULL_HANDLE, add = VK_NULL_HANDLE, membw = VK_NULL_HANDLE;
 
@@ -273,6 +275,11 @@ struct GpuForward::Impl {
       mv1[i] = get("mv1");
       mv8[i] = get("mv8");
       mm[i] = get("mm");
+      // Tuning: MOEP_GPU_MM=mm2 takes the 64×128 tile shader.
+      if (const char* v = std::getenv("MOEP_GPU_MM"); v && std::string(v) == "mm2") {
+        mm[i] = get("mm2");
+        mm_bn[i] = 128;
+      }
       embed[i] = get("embed");
     }
     auto get1 = [&](const char* name) {
@@ -281,6 +288,16 @@ struct GpuForward::Impl {
       pipe_names[p] = s.name;
       return p;
     };
+    // Tuning: MOEP_GPU_MV1 / MOEP_GPU_MV8 = a variant of the bf16 shader (n<features>w<threads>[u<in flight>], the
+    // list in CMakeLists.txt).
+    auto variant = [&](const char* env, const char* base, VkPipeline* p, uint32_t* nr) {
+      const char* v = std::getenv(env);
+      if (!v || !*v) return;
+      *p = get1((std::string(base) + "_" + v + "_bf16").c_str());
+      *nr = uint32_t(std::atoi(v + 1));
+    };
+    variant("MOEP_GPU_MV1", "mv1", &mv1[2], &mv1_nr[2]);
+    variant("MOEP_GPU_MV8", "mv8", &mv8[2], &mv8_nr[2]);
     norm = get1("norm");
     qkv_post = get1("qkv_post");
     attention = get1("attention");
@@ -607,10 +624,12 @@ struct GpuForward::Impl {
               int64_t T, uint32_t flags, uint64_t bias = 0) {
     MvPush p{w.table, w2 ? w2->table : 0, xa, 0, ya, bias, 0, w.n, w.k, w.ldw8, ldx, ldy, uint32_t(T),
              flags | (w2 ? F_SWIGLU : 0u) | (bias ? F_BIAS : 0u) | x4_flag(ldx), 0};
-    if (T <= 8)
-      dispatch(cb, (T == 1 ? mv1 : mv8)[w.dt], p, (w.n + (T == 1 ? 3 : 1)) / (T == 1 ? 4 : 2));
-    else
-      dispatch(cb, mm[w.dt], p, (w.n + 63) / 64, uint32_t((T + 63) / 64));
+    if (T <= 8) {
+      const uint32_t nr = (T == 1 ? mv1_nr : mv8_nr)[w.dt];
+      dispatch(cb, (T == 1 ? mv1 : mv8)[w.dt], p, (w.n + nr - 1) / nr);
+    } else {
+      dispatch(cb, mm[w.dt], p, (w.n + mm_bn[w.dt] - 1) / mm_bn[w.dt], uint32_t((T + 63) / 64));
+    }
   }
   // The experts of a layer: rows grouped by expert (offsets), tables of E matrices.
   void grouped(VkCommandBuffer cb, uint64_t table, uint64_t table2, uint32_t N, uint32_t K, int dt, uint64_t xa,
@@ -619,10 +638,12 @@ struct GpuForward::Impl {
     MvPush p{table, table2, xa, xrow, ya, 0, offsets, N, K, uint32_t(pad8(K) / 8), ldx, ldy, uint32_t(T),
              flags | F_GROUPED | (xrow ? F_XROW : 0u) | (table2 ? F_SWIGLU : 0u) | x4_flag(ldx), 0};
     // At most T rows per expert (a token picks an expert once).
-    if (T <= 8)
-      dispatch(cb, (T == 1 ? mv1 : mv8)[dt], p, (N + (T == 1 ? 3 : 1)) / (T == 1 ? 4 : 2), E);
-    else
-      dispatch(cb, mm[dt], p, (N + 63) / 64, uint32_t((T + 63) / 64), E);
+    if (T <= 8) {
+      const uint32_t nr = (T == 1 ? mv1_nr : mv8_nr)[dt];
+      dispatch(cb, (T == 1 ? mv1 : mv8)[dt], p, (N + nr - 1) / nr, E);
+    } else {
+      dispatch(cb, mm[dt], p, (N + mm_bn[dt] - 1) / mm_bn[dt], uint32_t((T + 63) / 64), E);
+    }
   }
   void norm_rows(VkCommandBuffer cb, uint64_t xa, uint64_t ya, uint64_t w, uint64_t b, uint32_t n, int64_t rows,
                  uint64_t row_index = 0) {

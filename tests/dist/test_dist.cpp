@@ -45,11 +45,16 @@ RunOut run(const std::string& fixture, int n, const std::string& placement, cons
   RunOut r;
   if (st != 0) return r;
   r.logits = read_npy_f32(out);
-  // The greedy ids are the last non-empty line.
-  std::string line;
-  size_t end = text.find_last_not_of("\n");
-  size_t begin = text.rfind('\n', end);
-  r.greedy = text.substr(begin == std::string::npos ? 0 : begin + 1, end - (begin == std::string::npos ? 0 : begin + 1) + 1);
+  // The greedy ids are the last line of digits and commas: stdout and stderr come through mpirun on separate
+  // channels, so a note on stderr may arrive after them.
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    const std::string line = text.substr(pos, eol - pos);
+    if (!line.empty() && line.find_first_not_of("0123456789,") == std::string::npos) r.greedy = line;
+    pos = eol + 1;
+  }
   return r;
 }
 
