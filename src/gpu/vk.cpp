@@ -1,5 +1,7 @@
 #include "gpu/vk.h"
 
+#include <chrono>
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -409,7 +411,14 @@ void Context::submit_and_wait(VkCommandBuffer cb) {
   si.pCommandBuffers = &cb;
   DriverCall in_driver;
   check(a.vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
-  check(a.vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+  // On a hardware GPU, poll for up to 20 ms before sleeping in the driver: a decode step takes a few milliseconds,
+  // and waking from vkWaitForFences costs tens of microseconds of each. (A software device computes on this
+  // host's cores: polling would take one from it.)
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(info_.software ? 0 : 20);
+  VkResult st = a.vkGetFenceStatus(device_, fence_);
+  while (st == VK_NOT_READY && std::chrono::steady_clock::now() < until) st = a.vkGetFenceStatus(device_, fence_);
+  if (st != VK_SUCCESS && st != VK_NOT_READY) check(st, "vkGetFenceStatus");
+  if (st == VK_NOT_READY) check(a.vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
   check(a.vkResetFences(device_, 1, &fence_), "vkResetFences");
 }
 

@@ -137,7 +137,7 @@ struct Api {
   X(vkBeginCommandBuffer) X(vkEndCommandBuffer) X(vkCmdBindPipeline) X(vkCmdPushConstants) X(vkCmdDispatch)     \
   X(vkCmdPipelineBarrier) X(vkCmdCopyBuffer) X(vkCmdFillBuffer) X(vkCmdWriteTimestamp) X(vkCmdResetQueryPool)   \
   X(vkCreateQueryPool) X(vkDestroyQueryPool) X(vkGetQueryPoolResults) X(vkQueueSubmit) X(vkQueueWaitIdle)      \
-  X(vkCreateFence) X(vkDestroyFence) X(vkWaitForFences) X(vkResetFences) X(vkDeviceWaitIdle)
+  X(vkCreateFence) X(vkDestroyFence) X(vkGetFenceStatus) X(vkWaitForFences) X(vkResetFences) X(vkDeviceWaitIdle)
 #define MOEP_VK_DECLARE(f) PFN_##f f = nullptr;
   MOEP_VK_FNS(MOEP_VK_DECLARE)
 #undef MOEP_VK_DECLARE

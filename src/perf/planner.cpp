@@ -93,12 +93,24 @@ std::vector<int> sweep_nodes(const PlanRequest& req) {
 }  // namespace
 
 int smallest_fitting_nodes(const ModelShape& model, const HardwareProfile& hw, const Scenario& base, int max_nodes) {
+  // A node's share of the model shrinks as nodes are added (fewer whole experts, or a thinner slice of each), so
+  // whether it fits is monotone in the count: a binary search. (A linear scan costs nodes² × layers × experts: a
+  // profile with little memory, which needs thousands of nodes for DBRX, took minutes.)
   Scenario s = base;
-  for (int n = 1; n <= max_nodes; ++n) {
+  auto fits = [&](int n) {
     s.nodes = n;
-    if (memory_use(model, hw, s).fits()) return n;
+    return memory_use(model, hw, s).fits();
+  };
+  if (max_nodes < 1 || !fits(max_nodes)) return -1;
+  int lo = 1, hi = max_nodes;  // hi fits
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (fits(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
   }
-  return -1;
+  return hi;
 }
 
 double PlanRow::tps_per_kusd() const { return p.price_usd > 0 ? p.decode_tokens_per_s / (p.price_usd / 1000.0) : 0.0; }

@@ -1,5 +1,6 @@
-// The device's read bandwidth: every thread reads 16-byte words at a stride of the whole grid and keeps their xor,
-// written once per thread so that no read can be left out.
+// The device's read bandwidth: each workgroup reads blocks of 4096 16-byte words (64 KiB), the blocks taken at a
+// stride of the grid; every thread has 16 loads in flight (words t, t + 256, …, t + 15·256 of a block) and keeps
+// their xor, written once per thread so that no read can be left out.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -9,13 +10,20 @@ layout(push_constant) uniform PC {
   Ints dst;
   uint n;  // uvec4 words
 } pc;
+const uint BLOCK = 4096u;
 void main() {
-  const uint stride = gl_NumWorkGroups.x * 256u;
+  const uint tid = gl_LocalInvocationID.x;
   uvec4 acc = uvec4(0u);
-  // Four loads in flight per thread.
-  uint i = gl_GlobalInvocationID.x;
-  for (; i + 3u * stride < pc.n; i += 4u * stride)
-    acc ^= pc.src.v[i] ^ pc.src.v[i + stride] ^ pc.src.v[i + 2u * stride] ^ pc.src.v[i + 3u * stride];
-  for (; i < pc.n; i += stride) acc ^= pc.src.v[i];
+  for (uint b = gl_WorkGroupID.x; b * BLOCK < pc.n; b += gl_NumWorkGroups.x) {
+    const uint base = b * BLOCK + tid;
+    if (base + 15u * 256u < pc.n) {
+      uvec4 v[16];
+      for (uint u = 0u; u < 16u; ++u) v[u] = pc.src.v[base + u * 256u];
+      for (uint u = 0u; u < 16u; ++u) acc ^= v[u];
+    } else {
+      for (uint u = 0u; u < 16u; ++u)
+        if (base + u * 256u < pc.n) acc ^= pc.src.v[base + u * 256u];
+    }
+  }
   pc.dst.v[gl_GlobalInvocationID.x] = int(acc.x ^ acc.y ^ acc.z ^ acc.w);
 }
