@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -50,6 +51,8 @@ struct Family {
   json tokenizer_config;
   json config;
 };
+
+void PrintTo(const Family& f, std::ostream* os) { *os << f.name; }
 
 std::vector<Family> families() {
   return {
@@ -148,7 +151,12 @@ TEST_P(GgufTokenizerFamily, MatchesTokenizerJson) {
       EXPECT_EQ(tok.decode(ids, false), ref.decode(expected, false)) << json(text).dump();
       EXPECT_EQ(tok.decode(ids, true), ref.decode(expected, true)) << json(text).dump();
     }
-    EXPECT_EQ(tok.decode(tok.encode(text, false), false), text) << json(text).dump();
+    // The text comes back, except where SentencePiece's ▁ after a special token adds a space (as it does from
+    // tokenizer.json: the decodes above are equal).
+    const std::vector<int32_t> ids = tok.encode(text, false);
+    if (std::none_of(ids.begin(), ids.end(), [&](int32_t id) { return tok.is_special(id); })) {
+      EXPECT_EQ(tok.decode(ids, false), text) << json(text).dump();
+    }
   }
 
   // Special tokens: the ids tokenizer_config.json names, add-BOS as the tokenizer.json post-processor has it.
