@@ -196,7 +196,10 @@ std::vector<std::string> gguf_pre_tokenizers() {
 
 GgufSpecialTokens gguf_special_tokens(const GgufFile& f) {
   const std::string model = f.get_string("tokenizer.ggml.model");
-  const uint64_t n_tokens = f.get_string_array("tokenizer.ggml.tokens").size();
+  const GgufValue* token_list = f.find("tokenizer.ggml.tokens");
+  if (!token_list || token_list->type != GgufType::Array || token_list->elem_type != GgufType::String)
+    f.get_string_array("tokenizer.ggml.tokens");  // throws, naming the key and what it holds
+  const uint64_t n_tokens = token_list->count;
   GgufSpecialTokens s;
   if (model == "llama") {
     s = GgufSpecialTokens{1, 2, 0, -1, true, false};

@@ -109,7 +109,7 @@ BpeModel::BpeModel(const std::vector<std::string>& tokens, const std::vector<std
     const size_t sp = line.empty() ? std::string::npos : line.find(' ', 1);
     if (sp == std::string::npos)
       fail(where, ": tokenizer.ggml.merges[", i, "] = \"", line, "\": expected \"A B\" (two tokens and a space)");
-    add_merge(line.substr(0, sp), line.substr(sp + 1), str_cat(where, ": tokenizer.ggml.merges[", i, "]"));
+    add_merge(line.substr(0, sp), line.substr(sp + 1), str_cat(where, ": tokenizer.ggml.merges[", i, "]"), true);
   }
 }
 
@@ -121,7 +121,7 @@ void BpeModel::init_byte_ids() {
   }
 }
 
-void BpeModel::add_merge(const std::string& a, const std::string& b, const std::string& what) {
+void BpeModel::add_merge(const std::string& a, const std::string& b, const std::string& what, bool keep_first) {
   const int32_t a_id = token_to_id(a), b_id = token_to_id(b);
   if (a_id < 0) fail(what, ": token \"", a, "\" is not in the vocabulary");
   if (b_id < 0) fail(what, ": token \"", b, "\" is not in the vocabulary");
@@ -130,7 +130,9 @@ void BpeModel::add_merge(const std::string& a, const std::string& b, const std::
   const std::string merged = a + b.substr(prefix_len);
   const int32_t new_id = token_to_id(merged);
   if (new_id < 0) fail(what, ": merged token \"", merged, "\" is not in the vocabulary");
-  merges_[pair_key(a_id, b_id)] = MergeInfo{next_rank_++, new_id};
+  const MergeInfo info{next_rank_++, new_id};
+  if (keep_first) merges_.emplace(pair_key(a_id, b_id), info);
+  else merges_[pair_key(a_id, b_id)] = info;
 }
 
 int32_t BpeModel::token_to_id(std::string_view token) const {

@@ -168,8 +168,9 @@ class BpeModel final : public Model {
 
  private:
   void init_byte_ids();
-  // Adds merge `a b` at the next rank; `what` names the merge in error messages.
-  void add_merge(const std::string& a, const std::string& b, const std::string& what);
+  // Adds merge `a b` at the next rank; `what` names the merge in error messages. A pair already there keeps its
+  // rank if keep_first (llama.cpp), else takes the new one (tokenizers).
+  void add_merge(const std::string& a, const std::string& b, const std::string& what, bool keep_first = false);
   struct MergeInfo {
     uint32_t rank;
     int32_t new_id;

@@ -229,6 +229,29 @@ TEST(GgufTokenizer, WritesWhatConvertWrites) {
   EXPECT_EQ(m.get_u32("tokenizer.ggml.unknown_token_id"), 0u);
 }
 
+// A split model keeps the tokenizer in its first part's metadata; any part loads it.
+TEST(GgufTokenizer, LoadsFromAnyPartOfASplitModel) {
+  const Family qwen = families()[2];
+  const auto files = make_family_files(qwen);
+  const std::string prefix = files->dir.str() + "/split";
+  for (int k = 1; k <= 2; ++k) {
+    GgufWriter w;
+    w.set_u16("split.no", uint16_t(k - 1));
+    w.set_u16("split.count", 2);
+    w.set_i32("split.tensors.count", 2);
+    if (k == 1) add_tokenizer_metadata(files->dir.str(), w);
+    w.add_tensor("t" + std::to_string(k), GgmlType::F32, {4}, std::vector<uint8_t>(16, 0));
+    w.write(gguf_split_path(prefix, k, 2));
+  }
+  const Tokenizer ref = Tokenizer::load(files->dir.str());
+  const Tokenizer tok = Tokenizer::load(gguf_split_path(prefix, 2, 2));
+  const std::string text = "<|im_start|>user\nSplit 12345 café 中文<|im_end|>";
+  EXPECT_EQ(tok.encode(text, true), ref.encode(text, true));
+  const ordered_json messages = {{{"role", "user"}, {"content", "Hi"}}};
+  EXPECT_EQ(render_chat(ChatTemplate::load(gguf_split_path(prefix, 2, 2)), messages, true),
+            render_chat(ChatTemplate::load(files->dir.str()), messages, true));
+}
+
 // A list of named templates in tokenizer_config.json becomes tokenizer.chat_template (default) and
 // tokenizer.chat_template.tool_use; the GGUF chooses between them as the directory does.
 TEST(GgufTokenizer, NamedChatTemplates) {
