@@ -398,7 +398,9 @@ std::string choose_pre(const json& tok, const std::string& model_type, const std
   const json& pre = member(tok, "pre_tokenizer");
   const std::string type = string_member(pre, "type");
   const json& use_regex = member(pre, "use_regex");
-  if (type == "ByteLevel" && !(use_regex.is_boolean() && !use_regex.get<bool>()))
+  const json& prefix_space = member(pre, "add_prefix_space");
+  if (type == "ByteLevel" && !(use_regex.is_boolean() && !use_regex.get<bool>()) &&
+      prefix_space.is_boolean() && !prefix_space.get<bool>())
     return model_type.starts_with("olmo") ? "olmo" : "gpt-2";
   const json& steps = member(pre, "pretokenizers");
   if (type == "Sequence" && steps.is_array() && steps.size() == 2 && string_member(steps[0], "type") == "Split" &&
@@ -408,8 +410,8 @@ std::string choose_pre(const json& tok, const std::string& model_type, const std
     if (regex == kHfQwen2Regex) return "qwen2";
   }
   fail(where, ": pre_tokenizer ", pre.dump().substr(0, 300),
-       " is not one moep can name for llama.cpp (expected ByteLevel with the GPT-2 regex, or a Split with the "
-       "Llama 3 or Qwen2 regex then ByteLevel)");
+       " is not one moep can name for llama.cpp (expected ByteLevel with the GPT-2 regex and no prefix space, or a "
+       "Split with the Llama 3 or Qwen2 regex then ByteLevel)");
 }
 
 // The text of a special token entry of tokenizer_config.json: "text", or {"content": "text"}.
