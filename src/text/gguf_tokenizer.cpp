@@ -244,6 +244,8 @@ std::shared_ptr<TokenizerImpl> build_from_gguf(const GgufFile& f) {
   std::vector<std::string> tokens = f.get_string_array("tokenizer.ggml.tokens");
   const size_t n = tokens.size();
   if (n == 0) fail(source, ": tokenizer.ggml.tokens is empty");
+  for (size_t id = 0; id < n; ++id)
+    if (tokens[id].empty()) tokens[id] = str_cat("[EMPTY_", id, "]");  // as llama.cpp names an empty token
   // One type and one score per token: a count that differs means the arrays do not describe the same tokens.
   auto check_count = [&](const char* key, size_t count) {
     if (count != n)

@@ -157,6 +157,12 @@ TEST_P(GgufTokenizerFamily, MatchesTokenizerJson) {
     if (std::none_of(ids.begin(), ids.end(), [&](int32_t id) { return tok.is_special(id); })) {
       EXPECT_EQ(tok.decode(ids, false), text) << json(text).dump();
     }
+    // Streamed one id at a time, the pieces add up to decode's text.
+    StreamDecoder stream(tok, false);
+    std::string streamed;
+    for (int32_t id : ids) streamed += stream.step(id);
+    streamed += stream.finish();
+    EXPECT_EQ(streamed, tok.decode(ids, false)) << json(text).dump();
   }
 
   // Special tokens: the ids tokenizer_config.json names, add-BOS as the tokenizer.json post-processor has it.
