@@ -9,7 +9,7 @@
 # Dependencies point one way (STYLE.md): runtime → {model, moe} → {kernels, comm, io} → core. moe sits on model
 # (the MoE block computes with a layer's weights and the model's config); perf runs without weights, so it
 # may take the config and the expert placement but not the model's weights or loader. text (tokenizer, chat
-# templates) needs core only; server is the only folder that speaks HTTP. tools/, tests/ and bench/ may
+# templates) needs core, and io to read a tokenizer from GGUF metadata; server is the only folder that speaks HTTP. tools/, tests/ and bench/ may
 # include any folder.
 #
 # cmake/check_layers.cmake enforces the lists at every build: a source that includes from a folder, or a header,
@@ -23,7 +23,7 @@ set(MOEP_LAYER_core "")
 set(MOEP_LAYER_io core)
 set(MOEP_LAYER_kernels core)
 set(MOEP_LAYER_comm core)
-set(MOEP_LAYER_text core)
+set(MOEP_LAYER_text core io)
 # The loader reads which experts (or which slice) this rank holds from the placement. moe/placement.h and its .cpp
 # use core alone and form their own library, moep_placement (CMakeLists.txt), so model does not link the MoE block.
 set(MOEP_LAYER_model core io moe/placement.h)

@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/gguf.h"
+#include "text/gguf_tokenizer.h"
 
 namespace moep {
 namespace {
@@ -53,8 +55,32 @@ ChatTemplate ChatTemplate::from_string(const std::string& jinja_source, const st
   return t;
 }
 
+ChatTemplate ChatTemplate::from_gguf(const GgufFile& file) {
+  ChatTemplate t;
+  t.source = file.files().front()->path();
+  if (!file.has("tokenizer.chat_template") && !file.has("tokenizer.chat_templates"))
+    fail(t.source, ": no chat template (expected tokenizer.chat_template in the GGUF metadata)");
+  if (file.has("tokenizer.chat_template"))
+    t.templates.emplace_back("default", parse(file.get_string("tokenizer.chat_template"), t.source + " tokenizer.chat_template"));
+  if (file.has("tokenizer.chat_templates"))
+    for (const std::string& name : file.get_string_array("tokenizer.chat_templates")) {
+      const std::string key = "tokenizer.chat_template." + name;
+      t.templates.emplace_back(name, parse(file.get_string(key), t.source + " " + key));
+    }
+  if (file.has("tokenizer.ggml.tokens")) {
+    const std::vector<std::string> tokens = file.get_string_array("tokenizer.ggml.tokens");
+    const GgufSpecialTokens ids = gguf_special_tokens(file);
+    for (const auto& [name, id] : {std::pair{"bos_token", ids.bos}, std::pair{"eos_token", ids.eos},
+                                   std::pair{"unk_token", ids.unk}, std::pair{"pad_token", ids.pad}})
+      if (id >= 0) t.special_tokens.emplace_back(name, tokens[size_t(id)]);
+  }
+  return t;
+}
+
 ChatTemplate ChatTemplate::load(const std::string& model_dir) {
   const fs::path dir(model_dir);
+  if (std::error_code ec; dir.extension() == ".gguf" && fs::is_regular_file(dir, ec))
+    return from_gguf(GgufFile::open(model_dir));
   if (!fs::is_directory(dir)) fail(model_dir, ": not a directory (expected a model directory with tokenizer_config.json)");
   ChatTemplate t;
   t.source = model_dir;

@@ -6,6 +6,9 @@
 //      additional_chat_templates/<name>.jinja;
 //   2. else "chat_template" in tokenizer_config.json: a string, or a list of {"name", "template"};
 //   3. else "chat_template" in chat_template.json (older processor checkpoints).
+// A GGUF file has it in its metadata: tokenizer.chat_template, and named ones as tokenizer.chat_template.<name>
+// listed in tokenizer.chat_templates; bos_token, eos_token, unk_token and pad_token are the texts of the tokens
+// that tokenizer.ggml.*_token_id names (as llama.cpp passes them).
 // Special tokens (bos_token, eos_token, unk_token, pad_token, ...) come from tokenizer_config.json; each may be a
 // string or an AddedToken object {"content": ...}; null or absent means the template sees it as undefined.
 //
@@ -26,6 +29,8 @@
 
 namespace moep {
 
+class GgufFile;
+
 struct ChatTemplate {
   // Named templates, parsed; a single template is named "default".
   std::vector<std::pair<std::string, std::shared_ptr<const jinja::Template>>> templates;
@@ -35,7 +40,10 @@ struct ChatTemplate {
 
   // Reads the template from `model_dir`. Throws moep::Error naming the directory when there is none, when
   // tokenizer_config.json is not valid JSON, or (with line and column) when a template has a syntax error.
+  // `model_dir` may also be a .gguf file (any part of a split model).
   static ChatTemplate load(const std::string& model_dir);
+  // Reads the template from a GGUF file's metadata. Throws moep::Error naming the file when it has none.
+  static ChatTemplate from_gguf(const GgufFile& file);
   // One template from its text, with optional bos/eos tokens (empty string = not set).
   static ChatTemplate from_string(const std::string& jinja_source, const std::string& bos_token = "",
                                   const std::string& eos_token = "", const std::string& name = "chat template");

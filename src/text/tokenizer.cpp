@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/gguf.h"
 #include "text/tokenizer_internal.h"
 
 namespace moep {
@@ -263,6 +264,7 @@ Tokenizer Tokenizer::load(const std::string& path_or_dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path path(path_or_dir);
+  if (path.extension() == ".gguf" && fs::is_regular_file(path, ec)) return from_gguf(GgufFile::open(path.string()));
   if (fs::is_directory(path, ec)) path /= "tokenizer.json";
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -274,6 +276,8 @@ Tokenizer Tokenizer::load(const std::string& path_or_dir) {
   if (in.bad()) fail(path.string(), ": read error");
   return from_json(buf.str(), path.string());
 }
+
+Tokenizer Tokenizer::from_gguf(const GgufFile& file) { return Tokenizer(tok::build_from_gguf(file)); }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
   size_t bad = 0;
@@ -326,6 +330,10 @@ int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 bool Tokenizer::is_special(int32_t id) const {
   const std::string* t = impl_->token_string(id);
   return t && impl_->is_special_content(*t);
+}
+
+Tokenizer::SpecialIds Tokenizer::special_ids() const {
+  return SpecialIds{impl_->bos_id, impl_->eos_id, impl_->unk_id, impl_->pad_id};
 }
 
 StreamDecoder::StreamDecoder(Tokenizer tokenizer, bool skip_special_tokens)

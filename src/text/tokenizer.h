@@ -27,6 +27,8 @@
 
 namespace moep {
 
+class GgufFile;
+
 namespace tok {
 struct TokenizerImpl;
 }
@@ -34,10 +36,15 @@ struct TokenizerImpl;
 // A loaded tokenizer. Immutable after load; every const method is thread-safe. Copies share the loaded data.
 class Tokenizer {
  public:
-  // Loads `path_or_dir`: a tokenizer.json file, or a directory holding one (DIR/tokenizer.json).
-  // Throws moep::Error naming the file when it is missing, is not valid JSON, or describes something
-  // unsupported or inconsistent (e.g. a merge of tokens that are not in the vocabulary).
+  // Loads `path_or_dir`: a tokenizer.json file, a directory holding one (DIR/tokenizer.json), or a .gguf file
+  // (any part of a split model; see from_gguf). Throws moep::Error naming the file when it is missing, is not
+  // valid JSON or GGUF, or describes something unsupported or inconsistent (e.g. a merge of tokens that are not
+  // in the vocabulary).
   static Tokenizer load(const std::string& path_or_dir);
+  // The tokenizer of a GGUF file's metadata, as llama.cpp's tokenizer reads it (text/gguf_tokenizer.h).
+  // Throws moep::Error naming the file and the key for an unknown tokenizer.ggml.model or .pre, arrays of
+  // tokens, types and scores of different lengths, a merge of an unknown token, a bad special token id.
+  static Tokenizer from_gguf(const GgufFile& file);
   // Same, from a tokenizer.json document in memory; `source` names it in error messages.
   static Tokenizer from_json(std::string_view json_text, const std::string& source = "tokenizer.json");
 
@@ -58,6 +65,13 @@ class Tokenizer {
   int32_t vocab_size() const;
   // True if `id` is a special token (one that decode(..., skip_special_tokens=true) drops).
   bool is_special(int32_t id) const;
+
+  // The special token ids a GGUF file names (tokenizer.ggml.bos_token_id, …, with llama.cpp's defaults);
+  // -1 where it names none. A tokenizer.json names none (tokenizer_config.json does): all -1.
+  struct SpecialIds {
+    int32_t bos = -1, eos = -1, unk = -1, pad = -1;
+  };
+  SpecialIds special_ids() const;
 
  private:
   explicit Tokenizer(std::shared_ptr<const tok::TokenizerImpl> impl) : impl_(std::move(impl)) {}

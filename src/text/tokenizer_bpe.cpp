@@ -63,17 +63,11 @@ BpeModel::BpeModel(const json& model, const std::string& where) : where_(where) 
   byte_fallback_ = optional_bool(model, "byte_fallback", where);
   ignore_merges_ = optional_bool(model, "ignore_merges", where);
 
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof name, "<0x%02X>", b);
-    byte_ids_[size_t(b)] = token_to_id(name);
-  }
+  init_byte_ids();
 
   // Merges: rank = position in the list ("#version" lines of the legacy form excluded); a pair that appears
   // twice keeps its last rank, as tokenizers' HashMap collect does.
-  const size_t prefix_len = continuing_subword_prefix_ ? continuing_subword_prefix_->size() : 0;
   merges_.reserve(m->size());
-  uint32_t rank = 0;
   for (size_t i = 0; i < m->size(); ++i) {
     const json& e = (*m)[i];
     std::string a, b;
@@ -91,16 +85,54 @@ BpeModel::BpeModel(const json& model, const std::string& where) : where_(where) 
     } else {
       fail(where, ".merges[", i, "]: expected \"A B\" or [\"A\", \"B\"]");
     }
-    const int32_t a_id = token_to_id(a), b_id = token_to_id(b);
-    if (a_id < 0) fail(where, ".merges[", i, "]: token \"", a, "\" is not in the vocabulary");
-    if (b_id < 0) fail(where, ".merges[", i, "]: token \"", b, "\" is not in the vocabulary");
-    if (b.size() < prefix_len) fail(where, ".merges[", i, "]: token \"", b, "\" is shorter than the subword prefix");
-    const std::string merged = a + b.substr(prefix_len);
-    const int32_t new_id = token_to_id(merged);
-    if (new_id < 0) fail(where, ".merges[", i, "]: merged token \"", merged, "\" is not in the vocabulary");
-    merges_[pair_key(a_id, b_id)] = MergeInfo{rank, new_id};
-    ++rank;
+    add_merge(a, b, str_cat(where, ".merges[", i, "]"));
   }
+}
+
+BpeModel::BpeModel(const std::vector<std::string>& tokens, const std::vector<std::string>& merges, bool ignore_merges,
+                   const std::string& where)
+    : where_(where), ignore_merges_(ignore_merges) {
+  if (int64_t(tokens.size()) >= kMaxTokenId) fail(where, ": ", tokens.size(), " tokens is more than supported");
+  vocab_.reserve(tokens.size());
+  vocab_r_ = tokens;
+  has_id_.assign(tokens.size(), true);
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    auto [it, added] = vocab_.emplace(tokens[id], int32_t(id));
+    if (!added)
+      fail(where, ": token \"", tokens[id], "\" appears twice in tokenizer.ggml.tokens (ids ", it->second, " and ", id,
+           "); expected each token once");
+  }
+  init_byte_ids();
+  merges_.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const std::string& line = merges[i];
+    const size_t sp = line.empty() ? std::string::npos : line.find(' ', 1);
+    if (sp == std::string::npos)
+      fail(where, ": tokenizer.ggml.merges[", i, "] = \"", line, "\": expected \"A B\" (two tokens and a space)");
+    add_merge(line.substr(0, sp), line.substr(sp + 1), str_cat(where, ": tokenizer.ggml.merges[", i, "]"), true);
+  }
+}
+
+void BpeModel::init_byte_ids() {
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    byte_ids_[size_t(b)] = token_to_id(name);
+  }
+}
+
+void BpeModel::add_merge(const std::string& a, const std::string& b, const std::string& what, bool keep_first) {
+  const int32_t a_id = token_to_id(a), b_id = token_to_id(b);
+  if (a_id < 0) fail(what, ": token \"", a, "\" is not in the vocabulary");
+  if (b_id < 0) fail(what, ": token \"", b, "\" is not in the vocabulary");
+  const size_t prefix_len = continuing_subword_prefix_ ? continuing_subword_prefix_->size() : 0;
+  if (b.size() < prefix_len) fail(what, ": token \"", b, "\" is shorter than the subword prefix");
+  const std::string merged = a + b.substr(prefix_len);
+  const int32_t new_id = token_to_id(merged);
+  if (new_id < 0) fail(what, ": merged token \"", merged, "\" is not in the vocabulary");
+  const MergeInfo info{next_rank_++, new_id};
+  if (keep_first) merges_.emplace(pair_key(a_id, b_id), info);
+  else merges_[pair_key(a_id, b_id)] = info;
 }
 
 int32_t BpeModel::token_to_id(std::string_view token) const {

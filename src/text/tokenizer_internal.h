@@ -15,6 +15,10 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+namespace moep {
+class GgufFile;
+}
+
 namespace moep::tok {
 
 // ---------------------------------------------------------------------------------------------------------
@@ -126,7 +130,8 @@ int byte_fallback_value(std::string_view token);
 bool has_byte_fallback(const nlohmann::json& decoder);
 
 // ---------------------------------------------------------------------------------------------------------
-// The BPE model (tokenizer_bpe.cpp).
+// Models: the BPE of tokenizer.json (tokenizer_bpe.cpp) and llama.cpp's score-ordered SentencePiece merging
+// for GGUF files of tokenizer model "llama" (gguf_tokenizer.cpp).
 
 struct StringHash {
   using is_transparent = void;
@@ -134,17 +139,38 @@ struct StringHash {
 };
 using Vocab = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
-class BpeModel {
+class Model {
+ public:
+  virtual ~Model() = default;
+  // Appends the ids of one pre-tokenized word. Thread-safe.
+  virtual void tokenize(std::string_view word, std::vector<int32_t>& out) const = 0;
+  virtual int32_t token_to_id(std::string_view token) const = 0;  // -1 if none
+  virtual const std::string* id_to_token(int32_t id) const = 0;   // nullptr if none
+  virtual size_t vocab_len() const = 0;
+  virtual int32_t max_id() const = 0;
+};
+
+class BpeModel final : public Model {
  public:
   BpeModel(const nlohmann::json& model, const std::string& where);
-  // Appends the ids of one pre-tokenized word. Thread-safe (the word cache is locked).
-  void tokenize(std::string_view word, std::vector<int32_t>& out) const;
-  int32_t token_to_id(std::string_view token) const;  // -1 if none
-  const std::string* id_to_token(int32_t id) const;   // nullptr if none
-  size_t vocab_len() const { return vocab_.size(); }
-  int32_t max_id() const { return int32_t(vocab_r_.size()) - 1; }
+  // A byte-level BPE as llama.cpp's GGUF keys give it: `tokens` (id = index; none twice) and `merges` ("A B",
+  // split at the first space after the first byte, as llama.cpp does), every token of a merge and its result
+  // in `tokens`. ignore_merges: a word that is a token is that token (llama.cpp's llama-bpe pre-tokenizers).
+  // `where` names the file in error messages.
+  BpeModel(const std::vector<std::string>& tokens, const std::vector<std::string>& merges, bool ignore_merges,
+           const std::string& where);
+  // The cache is locked, so tokenize is thread-safe.
+  void tokenize(std::string_view word, std::vector<int32_t>& out) const override;
+  int32_t token_to_id(std::string_view token) const override;
+  const std::string* id_to_token(int32_t id) const override;
+  size_t vocab_len() const override { return vocab_.size(); }
+  int32_t max_id() const override { return int32_t(vocab_r_.size()) - 1; }
 
  private:
+  void init_byte_ids();
+  // Adds merge `a b` at the next rank; `what` names the merge in error messages. A pair already there keeps its
+  // rank if keep_first (llama.cpp), else takes the new one (tokenizers).
+  void add_merge(const std::string& a, const std::string& b, const std::string& what, bool keep_first = false);
   struct MergeInfo {
     uint32_t rank;
     int32_t new_id;
@@ -157,6 +183,7 @@ class BpeModel {
   std::vector<std::string> vocab_r_;  // id → token ("" where no token has the id)
   std::vector<bool> has_id_;
   std::unordered_map<uint64_t, MergeInfo> merges_;  // (left id, right id) → rank, merged id
+  uint32_t next_rank_ = 0;
   std::optional<std::string> unk_token_;
   std::optional<std::string> continuing_subword_prefix_;
   std::optional<std::string> end_of_word_suffix_;
@@ -199,7 +226,7 @@ class TokenTrie {
 
 struct TokenizerImpl {
   std::string source;  // file name for messages
-  std::unique_ptr<BpeModel> model;
+  std::unique_ptr<Model> model;
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
   std::unique_ptr<PostProcessor> post_processor;
@@ -213,6 +240,8 @@ struct TokenizerImpl {
   TokenTrie normalized_trie;  // tokens with normalized=true, matched on the normalized text
   int32_t vocab_size = 0;
   bool byte_fallback_decoder = false;  // the decoder has a ByteFallback step
+  // Special token ids named by a GGUF file (tokenizer.ggml.*_token_id); -1 for none and for a tokenizer.json.
+  int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
 
   // Splits `text` around added tokens found by `trie` (with their single_word/lstrip/rstrip rules).
   void split_added(const Piece& piece, const TokenTrie& trie, std::vector<Piece>& out) const;
@@ -221,5 +250,8 @@ struct TokenizerImpl {
   const std::string* token_string(int32_t id) const;
   bool is_special_content(std::string_view s) const { return special_contents.find(s) != special_contents.end(); }
 };
+
+// The tokenizer of a GGUF file's metadata (gguf_tokenizer.cpp).
+std::shared_ptr<TokenizerImpl> build_from_gguf(const GgufFile& file);
 
 }  // namespace moep::tok
