@@ -132,6 +132,13 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   const int local_rank = local_rank_on_this_host(c);
   run_collectively(c, [&] {
     if (opts.device == gpu::DeviceKind::Cpu) return;
+    if (const DType q = e->model_->quantized_dtype(); dtype_is_quantized(q)) {
+      const std::string why = str_cat("this model's weights are block-quantized (", dtype_name(q),
+                                      "), which the GPU backend does not read yet");
+      if (opts.device == gpu::DeviceKind::Gpu) fail("--device gpu: ", why, "; run it with --device cpu");
+      e->device_note_ = str_cat("--device auto: ", why, "; running on the CPU");
+      return;
+    }
     std::vector<gpu::DeviceSummary> devs;
     try {
       devs = gpu::list_gpus();
