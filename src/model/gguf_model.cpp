@@ -29,6 +29,16 @@ std::map<std::string, TensorInfo> gguf_tensor_index(const GgufFile& f) {
   return out;
 }
 
+int64_t ffn_block_weights(const std::string& model_path) {
+  if (!is_gguf_path(model_path)) return 1;
+  const GgufFile f = GgufFile::open(model_path);
+  int64_t block = 1;
+  for (const auto& [name, t] : f.tensors())
+    if (name.find("ffn_down_exps") != std::string::npos || name.find("ffn_down_shexp") != std::string::npos)
+      block = std::max<int64_t>(block, ggml_type_traits(t.type).block_weights);
+  return block;
+}
+
 std::string gguf_arch_name(const std::string& model_type) {
   if (model_type == "mixtral") return "llama";
   if (model_type == "qwen2_moe") return "qwen2moe";

@@ -38,6 +38,11 @@ std::string gguf_arch_name(const std::string& model_type);
 // stores each head's rows (first half, second half) interleaved, pair by pair.
 int64_t llama_rope_stored_row(int64_t r, int64_t head_dim);
 
+// The block (in weights) that a split of the ffn dimensions must not cut: the largest block among the tensors whose
+// rows run along an ffn dimension (ffn_down_exps, ffn_down_shexp) of a GGUF model; 1 for a checkpoint directory
+// (ExpertPlacement::set_ffn_block).
+int64_t ffn_block_weights(const std::string& model_path);
+
 // Binds a GGUF model's tensors into w (of the experts, those b.share() holds, each its slice). Throws moep::Error
 // naming the tensor for a missing one or a wrong shape (in torch's order), and for a split that would cut a
 // quantized block.

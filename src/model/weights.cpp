@@ -70,21 +70,12 @@ MatRef WeightBinder::cols_of(const TensorInfo& t, int64_t base_row, int64_t rows
   MOEP_ASSERT(col0 >= 0 && n > 0 && col0 + n <= total_cols);
   if (n == total_cols) return rows_of(t, base_row, rows, total_cols, 0, rows);
   const int64_t block = dtype_block_weights(t.dtype);
-  if (col0 % block != 0 || n % block != 0) {
-    // Which rank counts would cut this dimension on block boundaries (split cuts in steps of 32, see ffn_split).
-    std::string works;
-    for (int ranks = 2; ranks <= 16; ++ranks) {
-      bool ok = total_cols >= ranks;
-      for (int r = 0; ok && r < ranks; ++r) ok = ffn_split(total_cols, r, ranks).first % block == 0;
-      if (ok) works += str_cat(works.empty() ? "" : ", ", ranks);
-    }
+  if (col0 % block != 0 || n % block != 0)
     fail("tensor '", t.name, "' holds rows of ", total_cols, " ", dtype_name(t.dtype), " weights in blocks of ", block,
          "; this rank's slice of the ffn dimension, columns [", col0, ", ", col0 + n,
-         "), does not start and end on a block boundary, and moep does not cut blocks. A split placement works here "
-         "with ", works.empty() ? std::string("no number of ranks up to 16") : str_cat(works, " ranks"),
-         "; otherwise use --placement contiguous or round-robin (whole experts per rank), or a type of 32-weight "
-         "blocks (moep quantize --type q8_0 or q4_0)");
-  }
+         "), does not start and end on a block boundary, and moep does not cut blocks: a split placement must cut ",
+         "this model's ffn dimensions at multiples of ", block, " (ExpertPlacement::set_ffn_block, which the engine ",
+         "sets from the file), or use --placement contiguous or round-robin (whole experts per rank)");
   const size_t row_bytes = dtype_row_bytes(t.dtype, total_cols), col_bytes = dtype_row_bytes(t.dtype, col0);
   const size_t base = size_t(base_row) * row_bytes;
   ranges_.push_back({t.file, t.file_offset + base + col_bytes, dtype_row_bytes(t.dtype, n), size_t(rows), row_bytes});

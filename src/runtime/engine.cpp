@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "kernels/kernels.h"
+#include "model/gguf_model.h"
 
 namespace moep {
 
@@ -91,6 +92,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     const ModelConfig cfg = opts.model_config ? *opts.model_config : load_model_config(opts.model_dir);
     e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
                                                c.size());
+    // A GGUF model's quantized down projections are cut between blocks (a checkpoint's anywhere).
+    e->placement_.set_ffn_block(ffn_block_weights(opts.model_dir));
     e->placement_.require_splittable(cfg.expert_ffn);
     e->placement_.require_splittable(cfg.shared_expert_ffn);
     LoadOptions lo;
