@@ -23,8 +23,10 @@
 namespace moep {
 namespace {
 
-std::unique_ptr<Engine> make_engine(const std::string& path, gpu::DeviceKind device = gpu::DeviceKind::Cpu) {
+std::unique_ptr<Engine> make_engine(const std::string& path, gpu::DeviceKind device = gpu::DeviceKind::Cpu,
+                                    WeightResidence weights = WeightResidence::Auto) {
   EngineOptions o;
+  o.weights = weights;
   o.model_dir = path;
   o.threads = 2;
   o.limits.max_rows = 64;
@@ -34,9 +36,11 @@ std::unique_ptr<Engine> make_engine(const std::string& path, gpu::DeviceKind dev
   return Engine::create(o, std::make_unique<LocalCommunicator>());
 }
 
-// Logits [tokens, vocab] of `ids` (whole prompt, or one token at a time).
-std::vector<float> logits(const std::string& path, const std::vector<int32_t>& ids, bool incremental) {
-  auto e = make_engine(path);
+// Logits [tokens, vocab] of `ids` (whole prompt, or one token at a time). The weights are copied (auto, one rank)
+// unless `weights` says otherwise.
+std::vector<float> logits(const std::string& path, const std::vector<int32_t>& ids, bool incremental,
+                          WeightResidence weights = WeightResidence::Auto) {
+  auto e = make_engine(path, gpu::DeviceKind::Cpu, weights);
   std::vector<float> out(ids.size() * size_t(e->config().vocab_size));
   e->run_sequence(ids, 0, 0, true, incremental, out.data());
   return out;
@@ -76,6 +80,9 @@ TEST_P(GgufF32, LogitsEqualTheCheckpoints) {
     for (bool incremental : {false, true})
       expect_close(logits(gguf, ids, incremental), logits(test::fixture_dir(fx), ids, incremental), a.vocab_size,
                    1e-5, fx + (incremental ? " incremental" : " whole"));
+    // Read in place from the mapping rather than copied.
+    expect_close(logits(gguf, ids, false, WeightResidence::Map), logits(test::fixture_dir(fx), ids, false),
+                 a.vocab_size, 1e-5, fx + " mapped");
   }
 }
 
