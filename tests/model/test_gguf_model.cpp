@@ -361,6 +361,49 @@ TEST(GgufQuantized, NRanksEqualOne) {
   }
 }
 
+// A GGUF split in 3 parts (NAME-0000k-of-00003.gguf, as llama.cpp's gguf-split writes them): any part loads the
+// whole model, the same logits as the one file (Mixtral: its q/k rows come from whichever part holds them).
+TEST(GgufSplit, AnyPartLoadsTheModel) {
+  test::TempDir d;
+  const std::string one = d.str() + "/one.gguf", prefix = d.str() + "/model";
+  quantize_to_gguf(test::fixture_dir("mixtral_bf16"), one, GgufFileType::Q8_0);
+  const GgufFile f = GgufFile::open(one);
+  std::vector<const GgufTensor*> tensors;
+  for (const auto& [name, t] : f.tensors()) tensors.push_back(&t);
+  for (int k = 0; k < 3; ++k) {
+    GgufWriter w;
+    if (k == 0)
+      for (const auto& [key, v] : f.metadata()) {
+        if (v.type == GgufType::U32) w.set_u32(key, uint32_t(v.raw));
+        else if (v.type == GgufType::Bool) w.set_bool(key, v.raw != 0);
+        else if (v.type == GgufType::String) w.set_string(key, std::string(v.str));
+        else if (v.type == GgufType::F32) {
+          float x;
+          const uint32_t bits = uint32_t(v.raw);
+          std::memcpy(&x, &bits, 4);
+          w.set_f32(key, x);
+        } else {
+          FAIL() << key << ": " << v.type_str();
+        }
+      }
+    w.set_u16("split.no", uint16_t(k));
+    w.set_u16("split.count", 3);
+    w.set_i32("split.tensors.count", int32_t(tensors.size()));
+    for (size_t i = size_t(k); i < tensors.size(); i += 3)
+      w.add_tensor(tensors[i]->name, tensors[i]->type, tensors[i]->dims,
+                   std::vector<uint8_t>(tensors[i]->data, tensors[i]->data + tensors[i]->nbytes));
+    w.write(gguf_split_path(prefix, k + 1, 3));
+  }
+  const std::vector<int32_t> ids = {1, 7, 200, 33, 5};
+  const std::vector<float> want = logits(one, ids, false);
+  for (int k = 1; k <= 3; ++k) {
+    const std::string part = gguf_split_path(prefix, k, 3);
+    expect_close(logits(part, ids, false), want, load_model_config(one).vocab_size, 0.0, part);
+    expect_close(logits(part, ids, false, WeightResidence::Map), want, load_model_config(one).vocab_size, 0.0,
+                 part + " mapped");
+  }
+}
+
 // ---- errors ---------------------------------------------------------------------------------------------------
 
 // A copy of a GGUF file through GgufWriter (scalar and string metadata, as moep quantize writes), with `edit`
