@@ -21,7 +21,8 @@ void vector_to_f32(const TensorInfo& t, float* out) {
     dequantize_row(ggml_type_of(t.dtype), t.data, out, n);
     return;
   }
-  for (int64_t i = 0; i < n; ++i) out[i] = VecRef{t.data, t.dtype, n}.at(i);
+  const VecRef v{t.data, t.dtype, n};
+  for (int64_t i = 0; i < n; ++i) out[i] = v.at(i);
 }
 
 }  // namespace

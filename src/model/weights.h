@@ -136,9 +136,9 @@ class WeightBinder {
  private:
   const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape);
   bool record(const std::string& name, const std::vector<int64_t>& shape);
-  // Rows [row0, row0 + n) of the [rows, cols] matrix `base_rows` rows into tensor t.
+  // Rows [row0, row0 + n) of the [rows, cols] matrix that starts base_row rows into tensor t.
   MatRef rows_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t row0, int64_t n);
-  // Columns [col0, col0 + n) of that matrix; refuses a cut inside a quantized block (naming what would work).
+  // Columns [col0, col0 + n) of that matrix; refuses a cut inside a quantized block, naming the tensor.
   MatRef cols_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t col0, int64_t n);
   std::vector<float>& converted(const std::string& name, size_t floats, bool* fresh);
   const std::map<std::string, TensorInfo>* tensors_ = nullptr;

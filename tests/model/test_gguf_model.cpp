@@ -408,9 +408,14 @@ TEST(GgufSplit, AnyPartLoadsTheModel) {
 
 // A copy of a GGUF file through GgufWriter (scalar and string metadata, as moep quantize writes), with `edit`
 // deciding each tensor's fate: false drops it; it may change the dims (same byte count). `extra` adds to it.
-void rewrite(const std::string& src, const std::string& dst,
-             const std::function<bool(const std::string&, std::vector<int64_t>&)>& edit,
-             const std::function<void(GgufWriter&)>& extra = {}) {
+struct TensorEdit {
+  std::vector<int64_t> dims;
+  GgmlType type;
+  std::vector<uint8_t> bytes;
+};
+void rewrite_tensors(const std::string& src, const std::string& dst,
+                     const std::function<bool(const std::string&, TensorEdit&)>& edit,
+                     const std::function<void(GgufWriter&)>& extra = {}) {
   const GgufFile f = GgufFile::open(src);
   GgufWriter w;
   for (const auto& [key, v] : f.metadata()) {
@@ -429,12 +434,18 @@ void rewrite(const std::string& src, const std::string& dst,
     }
   }
   for (const auto& [name, t] : f.tensors()) {
-    std::vector<int64_t> dims = t.dims;
-    if (!edit(name, dims)) continue;
-    w.add_tensor(name, t.type, dims, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+    TensorEdit e{t.dims, t.type, std::vector<uint8_t>(t.data, t.data + t.nbytes)};
+    if (!edit(name, e)) continue;
+    w.add_tensor(name, e.type, e.dims, std::move(e.bytes));
   }
   if (extra) extra(w);
   w.write(dst);
+}
+
+void rewrite(const std::string& src, const std::string& dst,
+             const std::function<bool(const std::string&, std::vector<int64_t>&)>& edit,
+             const std::function<void(GgufWriter&)>& extra = {}) {
+  rewrite_tensors(src, dst, [&](const std::string& name, TensorEdit& e) { return edit(name, e.dims); }, extra);
 }
 
 std::string load_error(const std::string& path) {
@@ -510,6 +521,47 @@ TEST(GgufErrors, ClearMessages) {
     EXPECT_NE(msg.find("q2_K"), std::string::npos) << msg;
     EXPECT_NE(msg.find("which moep does not read"), std::string::npos) << msg;
   }
+}
+
+// Vectors stored block-quantized (llama.cpp never writes them, but a file may) are made f32 at load: the same
+// logits as the file with those values stored f32.
+TEST(GgufQuantized, QuantizedVectorsAreMadeF32) {
+  test::TempDir d;
+  const std::string f32 = d.str() + "/f32.gguf", q = d.str() + "/qvec.gguf", deq = d.str() + "/deq.gguf";
+  quantize_to_gguf(test::fixture_dir("olmoe_f32"), f32, GgufFileType::F32);
+  auto requantize = [](TensorEdit& e, bool keep_quantized) {
+    const int64_t n = e.dims[0];
+    std::vector<float> x(static_cast<size_t>(n));
+    std::memcpy(x.data(), e.bytes.data(), size_t(n) * 4);
+    std::vector<uint8_t> qb(ggml_row_bytes(GgmlType::Q8_0, n));
+    quantize_row(GgmlType::Q8_0, x.data(), qb.data(), n);
+    if (keep_quantized) {
+      e.type = GgmlType::Q8_0;
+      e.bytes = qb;
+      return;
+    }
+    dequantize_row(GgmlType::Q8_0, qb.data(), x.data(), n);
+    std::memcpy(e.bytes.data(), x.data(), size_t(n) * 4);
+  };
+  auto is_vector = [](const std::string& name) {
+    return name == "blk.0.attn_norm.weight" || name == "blk.1.attn_q_norm.weight" || name == "output_norm.weight";
+  };
+  rewrite_tensors(f32, q, [&](const std::string& name, TensorEdit& e) {
+    if (is_vector(name)) requantize(e, true);
+    return true;
+  });
+  rewrite_tensors(f32, deq, [&](const std::string& name, TensorEdit& e) {
+    if (is_vector(name)) requantize(e, false);
+    return true;
+  });
+  const auto m = Model::load(q);
+  EXPECT_EQ(m->weights().layers[0].attn_norm_w.dtype, DType::F32);
+  EXPECT_EQ(m->weights().final_norm_w.dtype, DType::F32);
+  const std::vector<int32_t> ids = {4, 90, 17, 300};
+  const int64_t V = m->config().vocab_size;
+  expect_close(logits(q, ids, false), logits(deq, ids, false), V, 1e-6, "q8_0 norms");
+  // ... and differ from the unrounded norms (the test sees the stored values).
+  EXPECT_GT(test::rel_max(logits(q, ids, false).data(), logits(f32, ids, false).data(), size_t(V)), 1e-6);
 }
 
 TEST(GgufErrors, UnknownQuantizationType) {
