@@ -1,10 +1,12 @@
 #include "model/gguf_export.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "core/error.h"
 #include "io/gguf_writer.h"
@@ -290,7 +292,8 @@ GgmlType gguf_tensor_type(GgufFileType ftype, const std::string& name, const std
 }
 
 QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string& out_path, GgufFileType ftype,
-                                const std::function<void(size_t, size_t)>& progress) {
+                                const std::function<void(size_t, size_t)>& progress, int threads) {
+  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   LoadOptions lo;
   lo.prefault = false;  // read as written, tensor by tensor, from the mapping
   lo.residence = WeightResidence::Map;
@@ -318,16 +321,25 @@ QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string
     const GgmlType type = gguf_tensor_type(ftype, src.name, src.dims, ctx, &fell_back);
     result.tensors.push_back({src.name, src.dims, type, fell_back});
     auto shared = std::make_shared<Source>(std::move(src));
-    writer.add_tensor(shared->name, type, shared->dims, [shared, type, done, total, &progress](uint8_t* out) {
-      const int64_t cols = shared->dims[0], rows = shared->rows();
+    writer.add_tensor(shared->name, type, shared->dims, [shared, type, done, total, threads, &progress](uint8_t* out) {
+      const int64_t cols = shared->dims[0], rows = shared->rows(), chunk = shared->chunk;
       const size_t row_bytes = ggml_row_bytes(type, cols);
-      std::vector<float> buf(size_t(shared->chunk * cols));
-      for (int64_t r0 = 0; r0 < rows; r0 += shared->chunk) {
-        const int64_t n = std::min(shared->chunk, rows - r0);
-        shared->fill(r0, n, buf.data());
-        for (int64_t r = 0; r < n; ++r)
-          quantize_row(type, buf.data() + r * cols, out + size_t(r0 + r) * row_bytes, cols);
-      }
+      // Chunks of rows on every thread, each row quantized on its own: the bytes do not depend on the threads.
+      const int64_t n_chunks = (rows + chunk - 1) / chunk;
+      std::atomic<int64_t> next{0};
+      auto work = [&] {
+        std::vector<float> buf(size_t(chunk * cols));
+        for (int64_t c = next++; c < n_chunks; c = next++) {
+          const int64_t r0 = c * chunk, n = std::min(chunk, rows - r0);
+          shared->fill(r0, n, buf.data());
+          for (int64_t r = 0; r < n; ++r)
+            quantize_row(type, buf.data() + r * cols, out + size_t(r0 + r) * row_bytes, cols);
+        }
+      };
+      std::vector<std::thread> helpers;
+      for (int t = 1; t < std::min<int64_t>(threads, n_chunks); ++t) helpers.emplace_back(work);
+      work();
+      for (auto& h : helpers) h.join();
       ++*done;
       if (progress) progress(*done, total);
     });

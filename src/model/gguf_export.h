@@ -63,10 +63,11 @@ struct QuantizeResult {
 };
 
 // Writes the model at `model_path` to `out_path` as a GGUF of type `ftype`. Streams: the source stays in its memory
-// mapping, and one tensor at a time is converted (its output bytes, and f32 rows of up to one expert's slab, in
-// memory). `progress(tensors done, total)` may be empty. Throws moep::Error for a model GGUF cannot describe as
-// llama.cpp reads it (DBRX with a top-k p-norm other than 1), or an I/O error.
+// mapping (clean file pages the kernel may drop), and one tensor at a time is converted (its output bytes, and per
+// thread f32 rows of up to one expert's slab, in memory). `threads` quantize rows at once (0: every core; the bytes
+// are the same). `progress(tensors done, total)` may be empty. Throws moep::Error for a model GGUF cannot describe
+// as llama.cpp reads it (DBRX with a top-k p-norm other than 1), or an I/O error.
 QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string& out_path, GgufFileType ftype,
-                                const std::function<void(size_t, size_t)>& progress = {});
+                                const std::function<void(size_t, size_t)>& progress = {}, int threads = 0);
 
 }  // namespace moep

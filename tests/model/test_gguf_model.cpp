@@ -174,6 +174,17 @@ TEST(GgufQuantized, KQuantMixturesFollowLlamaCppAndEqualTheirDequantizedWeights)
   }
 }
 
+TEST(GgufQuantized, ThreadsDoNotChangeTheFile) {
+  test::TempDir d;
+  const std::string dir = synth_model(d, "qwen3_moe", 4), a = d.str() + "/a.gguf", b = d.str() + "/b.gguf";
+  quantize_to_gguf(dir, a, GgufFileType::Q4_K_M, {}, 1);
+  quantize_to_gguf(dir, b, GgufFileType::Q4_K_M, {}, 3);
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  const std::vector<char> ba((std::istreambuf_iterator<char>(fa)), {}), bb((std::istreambuf_iterator<char>(fb)), {});
+  EXPECT_GT(ba.size(), 1000000u);
+  EXPECT_TRUE(ba == bb);
+}
+
 TEST(GgufQuantized, TypeRulesOfLlamaCpp) {
   GgufTypeContext c;
   c.n_layers = 16;

@@ -14,6 +14,7 @@ void register_quantize(CLI::App& app) {
   struct Opts {
     std::string model, out, type = "q4_k_m";
     bool list = false;
+    int threads = 0;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand(
@@ -24,12 +25,14 @@ void register_quantize(CLI::App& app) {
                   "f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k (the K mixtures as llama.cpp chooses per tensor; "
                   "no importance matrix)");
   cmd->add_flag("--list", o->list, "Print each tensor's name, dims and type");
+  cmd->add_option("--threads,-t", o->threads, "Threads quantizing (0: every core; the file is the same)")
+      ->check(CLI::Range(0, 4096));
   cmd->callback([o] {
     const GgufFileType type = parse_gguf_file_type(o->type);
     ProgressBar bar("quantizing");
     const auto t0 = std::chrono::steady_clock::now();
     const QuantizeResult r =
-        quantize_to_gguf(o->model, o->out, type, [&](size_t done, size_t total) { bar.update(done, total); });
+        quantize_to_gguf(o->model, o->out, type, [&](size_t done, size_t total) { bar.update(done, total); }, o->threads);
     bar.finish();
     std::map<std::string, int> by_type;
     int fell_back = 0;
