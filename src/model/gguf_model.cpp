@@ -121,6 +121,9 @@ void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
     L.experts.resize(size_t(E));
     const std::string gate = p + "ffn_gate_exps.weight", up = p + "ffn_up_exps.weight",
                       down = p + "ffn_down_exps.weight";
+    if (!b.has(gate) && b.has(p + "ffn_gate.0.weight"))
+      fail("tensor '", p, "ffn_gate.0.weight': this GGUF stores each expert as its own tensor, llama.cpp's layout before ",
+           "April 2024; moep reads the stacked ", gate, " of files converted since (convert it again)");
     for (int64_t e = 0; e < E; ++e) {
       ExpertWeights& x = L.experts[size_t(e)];
       if (!b.share().holds(i, e)) continue;

@@ -497,6 +497,12 @@ TEST(GgufErrors, ClearMessages) {
               std::string::npos)
         << msg;
   }
+  // llama.cpp's old layout of one tensor per expert.
+  rewrite(good, bad, [](const std::string& n, std::vector<int64_t>&) { return n != "blk.0.ffn_gate_exps.weight"; },
+          [](GgufWriter& w) {
+            w.add_tensor("blk.0.ffn_gate.0.weight", GgmlType::F32, {64, 32}, std::vector<uint8_t>(64 * 32 * 4, 0));
+          });
+  EXPECT_NE(load_error(bad).find("stores each expert as its own tensor"), std::string::npos) << load_error(bad);
   // A tensor nothing uses.
   rewrite(good, bad, [](const std::string&, std::vector<int64_t>&) { return true; }, [](GgufWriter& w) {
     w.add_tensor("blk.0.extra.weight", GgmlType::F32, {4}, std::vector<uint8_t>(16, 1));
