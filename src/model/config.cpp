@@ -6,7 +6,10 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/gguf.h"
 #include "model/arch.h"
+#include "model/gguf_config.h"
+#include "model/gguf_model.h"
 
 namespace moep {
 
@@ -207,6 +210,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
 
 ModelConfig load_model_config(const std::string& dir_or_file) {
   namespace fs = std::filesystem;
+  if (is_gguf_path(dir_or_file)) return model_config_from_gguf(GgufFile::open(dir_or_file));
   fs::path p(dir_or_file);
   if (fs::is_directory(p)) p /= "config.json";
   if (!fs::exists(p)) fail("no config.json at ", p.string());

@@ -65,7 +65,7 @@ struct ModelConfig {
   uint64_t fingerprint() const;
 };
 
-// Reads DIR/config.json (or a config.json path). Throws moep::Error for a missing or malformed file, an
+// Reads DIR/config.json (or a config.json path), or the metadata of a .gguf file (model_config_from_gguf). Throws moep::Error for a missing or malformed file, an
 // unknown model_type, or missing / nonsensical fields (naming the field).
 ModelConfig load_model_config(const std::string& dir_or_file);
 // The same from parsed JSON; `source` names the file in messages.

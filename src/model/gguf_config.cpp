@@ -67,7 +67,15 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   // expert_feed_forward_length (Qwen's feed_forward_length is then a dense MLP's, which its MoE layers lack).
   c.expert_ffn = g.has(key("expert_feed_forward_length")) ? g.get_u32(key("expert_feed_forward_length"))
                                                           : g.get_u32(key("feed_forward_length"));
+  // A layer without a router is a dense MLP layer (Qwen2-MoE's mlp_only_layers: moep writes them as llama.cpp's
+  // dense ffn_gate/ffn_up/ffn_down, of feed_forward_length; llama.cpp's qwen2moe itself has none).
   c.layer_is_moe.assign(size_t(std::max<int64_t>(c.n_layers, 0)), true);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string blk = "blk." + std::to_string(i) + ".";
+    if (g.find_tensor(blk + "ffn_gate_inp.weight") || !g.find_tensor(blk + "ffn_gate.weight")) continue;
+    c.layer_is_moe[size_t(i)] = false;
+    c.dense_ffn = g.get_u32(key("feed_forward_length"));
+  }
 
   if (arch == "dbrx") {
     c.norm = NormKind::LayerNorm;
@@ -83,6 +91,10 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   }
   // Top-k renormalization and q/k norms are not stored: llama.cpp builds each family's graph with them fixed.
   if (arch == "llama" || arch == "qwen3moe") c.topk_norm = TopKNorm::Sum;
+  // Where the file says it (llama.cpp's expert_weights_norm), that wins: moep writes it for Qwen and OLMoE, whose
+  // checkpoints choose (norm_topk_prob).
+  if (arch != "dbrx" && g.has(key("expert_weights_norm")))
+    c.topk_norm = g.get_bool(key("expert_weights_norm")) ? TopKNorm::Sum : TopKNorm::None;
   if (arch == "qwen3moe") c.qk_norm = QKNorm::PerHead;
   if (arch == "olmoe") {
     c.qk_norm = QKNorm::Full;

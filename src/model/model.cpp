@@ -17,7 +17,9 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "io/gguf.h"
 #include "model/arch.h"
+#include "model/gguf_model.h"
 
 namespace moep {
 
@@ -128,6 +130,20 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
 
 }  // namespace
 
+DType Model::quantized_dtype() const {
+  std::vector<const MatRef*> mats = {&weights_.embed, &weights_.lm_head};
+  for (const auto& L : weights_.layers) {
+    for (const MatRef* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.router, &L.shared_expert_gate, &L.shared_expert.gate,
+                            &L.shared_expert.up, &L.shared_expert.down, &L.dense.gate, &L.dense.up, &L.dense.down})
+      mats.push_back(m);
+    for (const auto& x : L.experts)
+      for (const MatRef* m : {&x.gate, &x.up, &x.down}) mats.push_back(m);
+  }
+  for (const MatRef* m : mats)
+    if (!m->empty() && dtype_is_quantized(m->dtype)) return m->dtype;
+  return DType::F32;
+}
+
 WeightResidence parse_weight_residence(std::string_view name) {
   if (name == "auto") return WeightResidence::Auto;
   if (name == "copy") return WeightResidence::Copy;
@@ -147,11 +163,25 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
   auto m = std::make_unique<Model>();
   m->dir_ = dir;
   m->config_ = std::move(config);
-  m->index_ = SafetensorsIndex::open(dir);
-  const ArchSpec* arch = find_arch(m->config_.model_type);
-  MOEP_ASSERT(arch != nullptr);
-  WeightBinder binder(m->index_, opts.share);
-  arch->bind(m->config_, binder, m->weights_);
+  // A binder over the checkpoint's tensors, and what binds them: the family's names, or llama.cpp's in a GGUF.
+  std::function<WeightBinder()> make_binder;
+  void (*bind)(const ModelConfig&, WeightBinder&, ModelWeights&) = nullptr;
+  if (is_gguf_path(dir)) {
+    m->gguf_ = std::make_unique<GgufFile>(GgufFile::open(dir));
+    m->gguf_tensors_ = gguf_tensor_index(*m->gguf_);
+    for (const auto& f : m->gguf_->files()) m->checkpoint_bytes_ += f->size();
+    make_binder = [&m, &opts] { return WeightBinder(m->gguf_tensors_, opts.share, &m->converted_); };
+    bind = bind_gguf_weights;
+  } else {
+    m->index_ = SafetensorsIndex::open(dir);
+    m->checkpoint_bytes_ = m->index_.total_bytes();
+    make_binder = [&m, &opts] { return WeightBinder(m->index_, opts.share); };
+    const ArchSpec* arch = find_arch(m->config_.model_type);
+    MOEP_ASSERT(arch != nullptr);
+    bind = arch->bind;
+  }
+  WeightBinder binder = make_binder();
+  bind(m->config_, binder, m->weights_);
   binder.finish();
   m->bytes_used_ = binder.bytes_read();
   m->residence_ = "mapped from the checkpoint files";
@@ -192,10 +222,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
       // copy (pages another process maps are kept): reclaiming them under pressure measured 1.2-3x slower here.
       copy_file_ranges(jobs, total, avail != 0 && 2 * total > avail, opts.progress);
       // Bind again with every view pointing into the copies.
-      WeightBinder relocated(m->index_, opts.share);
+      WeightBinder relocated = make_binder();
       relocated.relocate_to(std::move(dest));
       m->weights_ = ModelWeights{};
-      arch->bind(m->config_, relocated, m->weights_);
+      bind(m->config_, relocated, m->weights_);
       MOEP_ASSERT(relocated.read_ranges().size() == ranges.size());
       for (size_t k = 0; k < ranges.size(); ++k) m->spans_.push_back({m->arena_.data() + offset[k], ranges[k].total()});
       bool locked = true;

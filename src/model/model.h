@@ -4,12 +4,14 @@
 // is resident before the first token, so that no page fault happens while generating.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/page_buffer.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -40,17 +42,20 @@ struct LoadOptions {
 
 class Model {
  public:
-  // Loads config.json and the safetensors checkpoint in `dir`. Throws moep::Error for any problem with the
-  // files: missing, truncated or malformed, a missing tensor, a wrong shape, an unused tensor.
+  // Loads config.json and the safetensors checkpoint in `dir`, or a GGUF file (a path ending in .gguf; of a split
+  // model any part: see model/gguf_model.h). Throws moep::Error for any problem with the files: missing,
+  // truncated or malformed, a missing tensor, a wrong shape, an unused tensor.
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opts = {});
-  // The same with config.json already parsed (load_model_config(dir)).
+  // The same with the config already read (load_model_config(dir)).
   static std::unique_ptr<Model> load(const std::string& dir, ModelConfig config, const LoadOptions& opts);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   const std::string& dir() const { return dir_; }
   size_t bytes_mapped_for_use() const { return bytes_used_; }  // weight bytes this rank reads
-  size_t checkpoint_bytes() const { return index_.total_bytes(); }
+  size_t checkpoint_bytes() const { return checkpoint_bytes_; }
+  // The first block-quantized dtype among the matrices (GGUF files), or F32 when there is none.
+  DType quantized_dtype() const;
   bool locked() const { return locked_; }
   // The byte ranges of the mapping that hold the weights this rank uses (one per tensor, in load order).
   struct Span {
@@ -68,6 +73,10 @@ class Model {
   std::string dir_;
   ModelConfig config_;
   SafetensorsIndex index_;
+  std::unique_ptr<GgufFile> gguf_;                  // a GGUF model's file (index_ stays empty then)
+  std::map<std::string, TensorInfo> gguf_tensors_;  // its tensors, as the binder indexes them
+  ConvertedTensors converted_;                      // tensors rewritten at load (see WeightBinder)
+  size_t checkpoint_bytes_ = 0;
   ModelWeights weights_;
   size_t bytes_used_ = 0;
   bool locked_ = false;

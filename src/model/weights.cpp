@@ -1,8 +1,10 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/error.h"
+#include "core/quant.h"
 
 namespace moep {
 
@@ -12,23 +14,41 @@ std::string shape_str(const std::vector<int64_t>& s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
+// All n elements of a vector tensor as f32 (any dtype: whole blocks when quantized).
+void vector_to_f32(const TensorInfo& t, float* out) {
+  const int64_t n = t.numel();
+  if (dtype_is_quantized(t.dtype)) {
+    dequantize_row(ggml_type_of(t.dtype), t.data, out, n);
+    return;
+  }
+  const VecRef v{t.data, t.dtype, n};
+  for (int64_t i = 0; i < n; ++i) out[i] = v.at(i);
+}
+
 }  // namespace
 
 bool WeightBinder::record(const std::string& name, const std::vector<int64_t>& shape) {
-  if (index_) return false;
+  if (tensors_) return false;
   if (used_.insert(name).second) recorded_.push_back({name, shape});
   return true;
 }
 
 const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<int64_t>& shape) {
-  const TensorInfo* t = index_->find(name);
-  if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
-  if (t->shape != shape)
-    fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
-  if (!t->dtype_supported)
-    fail("tensor '", name, "' has dtype ", t->dtype_name, "; supported weight dtypes are F32, BF16 and F16");
+  auto it = tensors_->find(name);
+  if (it == tensors_->end()) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
+  const TensorInfo& t = it->second;
+  if (t.shape != shape)
+    fail("tensor '", name, "' has shape ", t.shape_str(), " but the config implies ", shape_str(shape));
+  if (!t.dtype_supported)
+    fail("tensor '", name, "' has dtype ", t.dtype_name, "; supported weight dtypes are F32, BF16 and F16");
   used_.insert(name);
-  return *t;
+  return t;
+}
+
+std::vector<int64_t> WeightBinder::shape_of(const std::string& name) const {
+  if (!tensors_) return {};
+  auto it = tensors_->find(name);
+  return it == tensors_->end() ? std::vector<int64_t>{} : it->second.shape;
 }
 
 const void* WeightBinder::placed(const void* mapped) const {
@@ -37,45 +57,118 @@ const void* WeightBinder::placed(const void* mapped) const {
   return dest_[ranges_.size() - 1];
 }
 
+MatRef WeightBinder::rows_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t row0,
+                             int64_t n) {
+  MOEP_ASSERT(row0 >= 0 && row0 + n <= rows);
+  const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
+  const size_t offset = size_t(base_row + row0) * row_bytes;
+  ranges_.push_back({t.file, t.file_offset + offset, size_t(n) * row_bytes});
+  return MatRef{placed(t.data + offset), t.dtype, n, cols, cols, on_small_pages()};
+}
+
+MatRef WeightBinder::cols_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t total_cols, int64_t col0,
+                             int64_t n) {
+  MOEP_ASSERT(col0 >= 0 && n > 0 && col0 + n <= total_cols);
+  if (n == total_cols) return rows_of(t, base_row, rows, total_cols, 0, rows);
+  const int64_t block = dtype_block_weights(t.dtype);
+  if (col0 % block != 0 || n % block != 0)
+    fail("tensor '", t.name, "' holds rows of ", total_cols, " ", dtype_name(t.dtype), " weights in blocks of ", block,
+         "; this rank's slice of the ffn dimension, columns [", col0, ", ", col0 + n,
+         "), does not start and end on a block boundary, and moep does not cut blocks: a split placement must cut ",
+         "this model's ffn dimensions at multiples of ", block, " (ExpertPlacement::set_ffn_block, which the engine ",
+         "sets from the file), or use --placement contiguous or round-robin (whole experts per rank)");
+  const size_t row_bytes = dtype_row_bytes(t.dtype, total_cols), col_bytes = dtype_row_bytes(t.dtype, col0);
+  const size_t base = size_t(base_row) * row_bytes;
+  ranges_.push_back({t.file, t.file_offset + base + col_bytes, dtype_row_bytes(t.dtype, n), size_t(rows), row_bytes});
+  if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n, on_small_pages()};
+  return MatRef{t.data + base + col_bytes, t.dtype, rows, n, total_cols, on_small_pages()};
+}
+
 MatRef WeightBinder::matrix(const std::string& name, int64_t rows, int64_t cols) {
-  if (record(name, {rows, cols})) return {};
-  const TensorInfo& t = get(name, {rows, cols});
-  ranges_.push_back({t.file, t.file_offset, t.nbytes});
-  return MatRef{placed(t.data), t.dtype, rows, cols, cols, on_small_pages()};
+  return matrix_as(name, rows, cols, {rows, cols});
+}
+
+MatRef WeightBinder::matrix_as(const std::string& name, int64_t rows, int64_t cols,
+                               const std::vector<int64_t>& stored_shape) {
+  if (record(name, stored_shape)) return {};
+  return rows_of(get(name, stored_shape), 0, rows, cols, 0, rows);
 }
 
 MatRef WeightBinder::matrix_rows(const std::string& name, int64_t total_rows, int64_t cols, int64_t row0,
                                  int64_t n) {
   if (record(name, {total_rows, cols})) return {};
-  const TensorInfo& t = get(name, {total_rows, cols});
-  MOEP_ASSERT(row0 >= 0 && row0 + n <= total_rows);
-  const size_t row_bytes = size_t(cols) * dtype_size(t.dtype);
-  ranges_.push_back({t.file, t.file_offset + size_t(row0) * row_bytes, size_t(n) * row_bytes});
-  MatRef m{t.data, t.dtype, total_rows, cols, cols, on_small_pages()};
-  m = m.row_block(row0, n);
-  m.data = placed(m.data);
-  return m;
+  return rows_of(get(name, {total_rows, cols}), 0, total_rows, cols, row0, n);
 }
 
 MatRef WeightBinder::matrix_cols(const std::string& name, int64_t rows, int64_t total_cols, int64_t col0,
                                  int64_t n) {
   if (record(name, {rows, total_cols})) return {};
-  const TensorInfo& t = get(name, {rows, total_cols});
-  MOEP_ASSERT(col0 >= 0 && n > 0 && col0 + n <= total_cols);
-  if (n == total_cols) {
-    ranges_.push_back({t.file, t.file_offset, t.nbytes});
-    return MatRef{placed(t.data), t.dtype, rows, total_cols, total_cols, on_small_pages()};
+  return cols_of(get(name, {rows, total_cols}), 0, rows, total_cols, col0, n);
+}
+
+MatRef WeightBinder::slab_rows(const std::string& name, int64_t n_experts, int64_t rows, int64_t cols, int64_t e,
+                               int64_t row0, int64_t n) {
+  if (record(name, {n_experts, rows, cols})) return {};
+  MOEP_ASSERT(e >= 0 && e < n_experts);
+  return rows_of(get(name, {n_experts, rows, cols}), e * rows, rows, cols, row0, n);
+}
+
+MatRef WeightBinder::slab_cols(const std::string& name, int64_t n_experts, int64_t rows, int64_t cols, int64_t e,
+                               int64_t col0, int64_t n) {
+  if (record(name, {n_experts, rows, cols})) return {};
+  MOEP_ASSERT(e >= 0 && e < n_experts);
+  return cols_of(get(name, {n_experts, rows, cols}), e * rows, rows, cols, col0, n);
+}
+
+std::vector<float>& WeightBinder::converted(const std::string& name, size_t floats, bool* fresh) {
+  MOEP_ASSERT(converted_ != nullptr, "tensor '", name, "' needs converting but the binder has no store for it");
+  auto [it, inserted] = converted_->try_emplace(name);
+  if (inserted) it->second.resize(floats);
+  MOEP_ASSERT(it->second.size() == floats);
+  *fresh = inserted;
+  return it->second;
+}
+
+MatRef WeightBinder::matrix_row_permuted(const std::string& name, int64_t rows, int64_t cols,
+                                         const std::function<int64_t(int64_t)>& source_row) {
+  if (record(name, {rows, cols})) return {};
+  const TensorInfo& t = get(name, {rows, cols});
+  const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
+  bool fresh = false;
+  std::vector<float>& out = converted(name, (size_t(rows) * row_bytes + 3) / 4, &fresh);
+  auto* dst = reinterpret_cast<uint8_t*>(out.data());
+  if (fresh)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t s = source_row(r);
+      MOEP_ASSERT(s >= 0 && s < rows);
+      std::memcpy(dst + size_t(r) * row_bytes, t.data + size_t(s) * row_bytes, row_bytes);
+    }
+  return MatRef{dst, t.dtype, rows, cols, cols, true};
+}
+
+VecRef WeightBinder::vector_permuted(const std::string& name, int64_t n,
+                                     const std::function<int64_t(int64_t)>& source_row) {
+  if (record(name, {n})) return {};
+  const TensorInfo& t = get(name, {n});
+  bool fresh = false;
+  std::vector<float>& out = converted(name, size_t(n), &fresh);
+  if (fresh) {
+    std::vector<float> all(static_cast<size_t>(n));
+    vector_to_f32(t, all.data());
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = all[size_t(source_row(i))];
   }
-  const size_t es = dtype_size(t.dtype), row_bytes = size_t(total_cols) * es;
-  ranges_.push_back({t.file, t.file_offset + size_t(col0) * es, size_t(n) * es, size_t(rows), row_bytes});
-  if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n, on_small_pages()};
-  return MatRef{static_cast<const uint8_t*>(t.data) + size_t(col0) * es, t.dtype, rows, n, total_cols,
-                on_small_pages()};
+  return VecRef{out.data(), DType::F32, n};
 }
 
 VecRef WeightBinder::vector(const std::string& name, int64_t n) {
   if (record(name, {n})) return {};
   const TensorInfo& t = get(name, {n});
+  if (dtype_is_quantized(t.dtype)) {
+    bool fresh = false;
+    std::vector<float>& out = converted(name, size_t(n), &fresh);
+    if (fresh) vector_to_f32(t, out.data());
+    return VecRef{out.data(), DType::F32, n};
+  }
   ranges_.push_back({t.file, t.file_offset, t.nbytes});
   return VecRef{placed(t.data), t.dtype, n};
 }
@@ -87,7 +180,8 @@ VecRef WeightBinder::optional_vector(const std::string& name, int64_t n) {
 
 void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& shape) {
   if (record(name, shape)) return;
-  const TensorInfo* t = index_->find(name);
+  auto it = tensors_->find(name);
+  const TensorInfo* t = it == tensors_->end() ? nullptr : &it->second;
   if (!t) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
   if (t->shape != shape)
     fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
@@ -95,9 +189,9 @@ void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& sha
 }
 
 void WeightBinder::finish() const {
-  if (!index_) return;
+  if (!tensors_) return;
   std::vector<std::string> unused;
-  for (const auto& [name, t] : index_->tensors())
+  for (const auto& [name, t] : *tensors_)
     if (!used_.count(name)) unused.push_back(name);
   if (unused.empty()) return;
   std::string list;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -50,19 +51,34 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 };
 
+// Tensors the loader had to rewrite rather than view in place (rows reordered, small block-quantized tensors made
+// f32), by checkpoint name: owned by the Model, so that a second binding of the same model (relocation) finds
+// them made and views them again. Each entry's bytes start 16-byte aligned.
+using ConvertedTensors = std::map<std::string, std::vector<float>>;
+
 // Hands out checkpoint tensors by name, checking dtype and shape, and remembers what was used so that
 // finish() can refuse a checkpoint with tensors the model did not use. Byte ranges that this rank will read
 // are collected for prefaulting.
+//
+// Shapes are in torch's order, outermost first (a GGUF tensor's ggml dims reversed). Block-quantized tensors
+// (GGUF) are viewed in whole blocks: a part of a row must start and end on a block boundary.
 class WeightBinder {
  public:
   // Binds what `share` holds: whole experts where share.holds, and of each bound expert and of a shared expert
   // only the slice share.ffn_slice (rows of gate and up, the matching inputs of down).
-  explicit WeightBinder(const SafetensorsIndex& index, RankShare share = {}) : index_(&index), share_(share) {}
+  explicit WeightBinder(const SafetensorsIndex& index, RankShare share = {})
+      : tensors_(&index.tensors()), share_(share) {}
+  // The same over any index of tensors (a GGUF file's, see model/gguf_model.h); `converted` holds what
+  // matrix_row_permuted and small quantized vectors make (may be null when nothing needs converting).
+  WeightBinder(const std::map<std::string, TensorInfo>& tensors, RankShare share, ConvertedTensors* converted)
+      : tensors_(&tensors), share_(share), converted_(converted) {}
   // Recording mode: no checkpoint; every request records (name, shape) and returns an empty view. Used to
   // list the tensors a model of some config needs (moep synth writes exactly these).
   WeightBinder() = default;
 
-  bool has(const std::string& name) const { return index_ && index_->find(name) != nullptr; }
+  bool has(const std::string& name) const { return tensors_ && tensors_->count(name) != 0; }
+  // The stored shape of a tensor (empty when absent).
+  std::vector<int64_t> shape_of(const std::string& name) const;
   const RankShare& share() const { return share_; }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);
@@ -72,7 +88,21 @@ class WeightBinder {
   // Columns [col0, col0 + n) of a [rows, total_cols] tensor: recorded as a strided range (rows pieces of n
   // elements). In the mapping the view's row stride is total_cols; a relocated copy is dense (stride n).
   MatRef matrix_cols(const std::string& name, int64_t rows, int64_t total_cols, int64_t col0, int64_t n);
-  // A [n] vector.
+  // Expert `e` of a stacked [n_experts, rows, cols] tensor (GGUF's ffn_*_exps): its rows [row0, row0 + n)
+  // (slab_rows), or its columns [col0, col0 + n) (slab_cols, as matrix_cols). The whole tensor counts as used.
+  MatRef slab_rows(const std::string& name, int64_t n_experts, int64_t rows, int64_t cols, int64_t e, int64_t row0,
+                   int64_t n);
+  MatRef slab_cols(const std::string& name, int64_t n_experts, int64_t rows, int64_t cols, int64_t e, int64_t col0,
+                   int64_t n);
+  // A [rows, cols] matrix stored as `stored_shape` of as many elements (GGUF's [cols] for a [1, cols] matrix).
+  MatRef matrix_as(const std::string& name, int64_t rows, int64_t cols, const std::vector<int64_t>& stored_shape);
+  // A [rows, cols] matrix whose row r is the stored row source_row(r): copied once into the converted tensors
+  // (a permutation of whole rows, any dtype; e.g. undoing llama.cpp's reordering of q and k for its RoPE).
+  MatRef matrix_row_permuted(const std::string& name, int64_t rows, int64_t cols,
+                             const std::function<int64_t(int64_t)>& source_row);
+  // The same for a [n] vector (a bias of such a matrix), made f32.
+  VecRef vector_permuted(const std::string& name, int64_t n, const std::function<int64_t(int64_t)>& source_row);
+  // A [n] vector. Block-quantized ones are converted to f32 once (the forward pass reads vectors element-wise).
   VecRef vector(const std::string& name, int64_t n);
   // Optional vector: empty when absent (shape still checked when present).
   VecRef optional_vector(const std::string& name, int64_t n);
@@ -106,12 +136,18 @@ class WeightBinder {
  private:
   const TensorInfo& get(const std::string& name, const std::vector<int64_t>& shape);
   bool record(const std::string& name, const std::vector<int64_t>& shape);
-  const SafetensorsIndex* index_ = nullptr;
+  // Rows [row0, row0 + n) of the [rows, cols] matrix that starts base_row rows into tensor t.
+  MatRef rows_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t row0, int64_t n);
+  // Columns [col0, col0 + n) of that matrix; refuses a cut inside a quantized block, naming the tensor.
+  MatRef cols_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t col0, int64_t n);
+  std::vector<float>& converted(const std::string& name, size_t floats, bool* fresh);
+  const std::map<std::string, TensorInfo>* tensors_ = nullptr;
   std::vector<Recorded> recorded_;
   std::set<std::string> used_;
   std::vector<Range> ranges_;
   std::vector<const uint8_t*> dest_;
   RankShare share_;
+  ConvertedTensors* converted_ = nullptr;
   // Where the range just pushed lives: its relocated copy, or `mapped` (its bytes in the mapping).
   const void* placed(const void* mapped) const;
   // Views into the mapping sit on the page cache's 4 KiB pages; relocated copies on the arena's 2 MiB pages.

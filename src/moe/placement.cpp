@@ -49,10 +49,10 @@ ExpertPlacement ExpertPlacement::split(int64_t n_layers, int64_t n_experts, int 
   return p;
 }
 
-FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks) {
-  MOEP_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks);
+FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks, int64_t block) {
+  MOEP_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks && block >= 1);
   if (n_ranks == 1) return {0, ffn};
-  const int64_t unit = ffn >= 32 * int64_t(n_ranks) ? 32 : 1;
+  const int64_t unit = block > 1 ? block : ffn >= 32 * int64_t(n_ranks) ? 32 : 1;
   const int64_t units = (ffn + unit - 1) / unit;
   auto edge = [&](int r) { return std::min(ffn, units * int64_t(r) / n_ranks * unit); };
   const int64_t b = edge(rank), e = rank + 1 == n_ranks ? ffn : edge(rank + 1);
@@ -70,7 +70,7 @@ FfnSlice RankShare::ffn_slice(int64_t ffn) const {
 bool RankShare::is_split() const { return placement_ && placement_->is_split(); }
 
 FfnSlice ExpertPlacement::ffn_slice(int rank, int64_t ffn) const {
-  return split_ ? ffn_split(ffn, rank, n_ranks_) : FfnSlice{0, ffn};
+  return split_ ? ffn_split(ffn, rank, n_ranks_, ffn_block_) : FfnSlice{0, ffn};
 }
 
 int64_t ExpertPlacement::largest_ffn_slice(int64_t ffn) const {
@@ -83,6 +83,12 @@ void ExpertPlacement::require_splittable(int64_t ffn) const {
   if (split_ && ffn > 0 && ffn < n_ranks_)
     fail("placement split: ", n_ranks_, " ranks cannot each take a part of an ffn dimension of ", ffn,
          " (use at most ", ffn, " ranks, or --placement contiguous)");
+  if (split_ && ffn > 0 && ffn_block_ > 1 && ffn / ffn_block_ < n_ranks_)
+    fail("placement split: ", n_ranks_, " ranks cannot each take a part of an ffn dimension of ", ffn,
+         ", which the model's quantized down projection stores in ", ffn / ffn_block_, " block(s) of ", ffn_block_,
+         " weights that moep does not cut (use at most ", std::max<int64_t>(1, ffn / ffn_block_),
+         " ranks, --placement contiguous or round-robin for whole experts, or a type of 32-weight blocks: moep "
+         "quantize --type q8_0 or q4_0)");
 }
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,
@@ -207,6 +213,7 @@ uint64_t ExpertPlacement::fingerprint() const {
   mix(uint64_t(n_layers_));
   mix(uint64_t(n_experts_));
   mix(uint64_t(split_));
+  if (ffn_block_ > 1) mix(uint64_t(ffn_block_));  // placements of unquantized models keep their fingerprints
   for (const auto& r : replicas_) {
     mix(r.size());
     for (int x : r) mix(uint64_t(x));

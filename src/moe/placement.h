@@ -20,11 +20,13 @@ namespace moep {
 inline constexpr const char* kDefaultPlacement = "split";
 
 // Rank `rank`'s part [first, first + count) of an ffn dimension of size ffn split over n_ranks: equal parts on
-// 32-element boundaries (64 bytes of bf16) where every rank still gets some, plain equal parts otherwise.
+// 32-element boundaries (64 bytes of bf16) where every rank still gets some, plain equal parts otherwise. With
+// block > 1 (the weights of a quantized type's block, which a slice of a down projection must not cut), the parts
+// are whole blocks, as equal as blocks allow (a rank may get none when there are fewer blocks than ranks).
 struct FfnSlice {
   int64_t first = 0, count = 0;
 };
-FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks);
+FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks, int64_t block = 1);
 
 class ExpertPlacement;
 
@@ -94,6 +96,10 @@ class ExpertPlacement {
   // Throws moep::Error if a split placement cannot give every rank a part of an ffn dimension of size ffn
   // (0: none, accepted).
   void require_splittable(int64_t ffn) const;
+  // Split cuts the ffn dimensions in whole blocks of `weights` (1: anywhere; 32 or 256 for a GGUF model's
+  // quantized down projections: model/gguf_model.h's ffn_block_weights). Part of the fingerprint.
+  void set_ffn_block(int64_t weights) { ffn_block_ = weights; }
+  int64_t ffn_block() const { return ffn_block_; }
   int64_t experts_held(int rank) const;  // summed over layers
 
   // For n_pairs (token, expert) pairs of one layer, in token-major order, writes the rank that computes each
@@ -110,6 +116,7 @@ class ExpertPlacement {
   int64_t n_experts_ = 0;
   std::string kind_;
   bool split_ = false;
+  int64_t ffn_block_ = 1;
   // No experts placed yet: the fields set, replicas_ sized; throws moep::Error for n_ranks < 1.
   static ExpertPlacement blank(std::string kind, int64_t n_layers, int64_t n_experts, int n_ranks);
   std::vector<std::vector<int>> replicas_;  // [layer * E + expert] -> ranks (sorted, unique)

@@ -16,6 +16,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 double mat_bytes(const MatRef& m) { return m.empty() ? 0.0 : double(m.bytes()); }
+// Weights (not bytes: a GGUF model mixes types of different sizes) of a matrix.
+double mat_weights(const MatRef& m) { return m.empty() ? 0.0 : double(m.rows) * double(m.cols); }
 
 // Weight bytes this rank reads: per step for everything but experts, and per local expert that has work.
 struct WeightCost {
@@ -29,23 +31,25 @@ struct WeightCost {
 WeightCost weight_cost(const Engine& e) {
   WeightCost c;
   const ModelWeights& w = e.model().weights();
-  const double esz = dtype_size(w.embed.dtype);
+  double expert_weights = 0;
   for (const auto& L : w.layers) {
-    const double attn = mat_bytes(L.wq) + mat_bytes(L.wk) + mat_bytes(L.wv) + mat_bytes(L.wo);
-    const double mlp = mat_bytes(L.router) + mat_bytes(L.dense.gate) + mat_bytes(L.dense.up) +
-                       mat_bytes(L.dense.down) + mat_bytes(L.shared_expert.gate) + mat_bytes(L.shared_expert.up) +
-                       mat_bytes(L.shared_expert.down) + mat_bytes(L.shared_expert_gate);
-    c.per_step += attn + mlp;
-    c.flops_per_token_dense += 2.0 * (attn + mlp) / esz;
+    const MatRef* non_expert[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.router, &L.dense.gate, &L.dense.up, &L.dense.down,
+                                  &L.shared_expert.gate, &L.shared_expert.up, &L.shared_expert.down,
+                                  &L.shared_expert_gate};
+    for (const MatRef* m : non_expert) {
+      c.per_step += mat_bytes(*m);
+      c.flops_per_token_dense += 2.0 * mat_weights(*m);
+    }
     for (const auto& x : L.experts)
       if (x.local) {
         c.per_expert = mat_bytes(x.gate) + mat_bytes(x.up) + mat_bytes(x.down);
+        expert_weights = mat_weights(x.gate) + mat_weights(x.up) + mat_weights(x.down);
         break;
       }
   }
   c.per_step += mat_bytes(w.lm_head);
-  c.head_flops = 2.0 * mat_bytes(w.lm_head) / esz;
-  c.flops_per_expert_pair = 2.0 * c.per_expert / esz;
+  c.head_flops = 2.0 * mat_weights(w.lm_head);
+  c.flops_per_expert_pair = 2.0 * expert_weights;
   return c;
 }
 

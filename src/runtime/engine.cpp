@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "kernels/kernels.h"
+#include "model/gguf_model.h"
 
 namespace moep {
 
@@ -91,6 +92,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     const ModelConfig cfg = opts.model_config ? *opts.model_config : load_model_config(opts.model_dir);
     e->placement_ = ExpertPlacement::from_spec(opts.placement, cfg.n_layers, std::max<int64_t>(cfg.n_experts, 1),
                                                c.size());
+    // A GGUF model's quantized down projections are cut between blocks (a checkpoint's anywhere).
+    e->placement_.set_ffn_block(ffn_block_weights(opts.model_dir));
     e->placement_.require_splittable(cfg.expert_ffn);
     e->placement_.require_splittable(cfg.shared_expert_ffn);
     LoadOptions lo;
@@ -132,6 +135,13 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
   const int local_rank = local_rank_on_this_host(c);
   run_collectively(c, [&] {
     if (opts.device == gpu::DeviceKind::Cpu) return;
+    if (const DType q = e->model_->quantized_dtype(); dtype_is_quantized(q)) {
+      const std::string why = str_cat("this model's weights are block-quantized (", dtype_name(q),
+                                      "), which the GPU backend does not read yet");
+      if (opts.device == gpu::DeviceKind::Gpu) fail("--device gpu: ", why, "; run it with --device cpu");
+      e->device_note_ = str_cat("--device auto: ", why, "; running on the CPU");
+      return;
+    }
     std::vector<gpu::DeviceSummary> devs;
     try {
       devs = gpu::list_gpus();

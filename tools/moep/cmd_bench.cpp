@@ -30,7 +30,7 @@ void register_bench(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against the machine's limits");
-  cmd->add_option("model", o->model, "Model directory (optional with --membw)");
+  cmd->add_option("model", o->model, "Model directory or .gguf file (optional with --membw)");
   cmd->add_option("--prompt,-p", o->bench.prompt, "Prompt tokens to prefill (per sequence)")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--gen,-n", o->bench.gen, "Decode steps")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--batch,-b", o->bench.batch, "Sequences decoded together")->check(CLI::Range(1, 4096));

@@ -21,7 +21,7 @@ void register_logits(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("logits", "Write the logits of a token sequence as a float32 .npy [tokens, vocab]");
-  cmd->add_option("model", o->model, "Model directory (config.json + safetensors)")->required();
+  cmd->add_option("model", o->model, "Model directory (config.json + safetensors) or a .gguf file")->required();
   cmd->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   cmd->add_option("--out", o->out, "Output .npy file")->required();
   cmd->add_flag("--incremental", o->incremental, "Feed one token at a time through the KV cache");

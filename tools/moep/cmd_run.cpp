@@ -49,7 +49,7 @@ void register_run(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("run", "Generate text from a prompt, or chat (--chat)");
-  cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json)")->required();
+  cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json) or a .gguf file")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text (with --chat: the first user message)");
   cmd->add_flag("--chat", o->chat,
                 "Interactive conversation through the model's chat template (stdin; leave with /bye, /exit or Ctrl-D)");

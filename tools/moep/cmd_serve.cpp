@@ -104,7 +104,8 @@ class SignalWatcher {
 std::string default_model_id(const std::string& dir) {
   std::filesystem::path p(dir);
   while (!p.empty() && p.filename().empty()) p = p.parent_path();  // "models/foo/" -> "models/foo"
-  const std::string name = p.filename().string();
+  // A GGUF file names its model without the extension ("models/x-Q4_K_M.gguf" -> "x-Q4_K_M").
+  const std::string name = (p.extension() == ".gguf" ? p.stem() : p.filename()).string();
   return name.empty() || name == "." ? "moep" : name;
 }
 
@@ -122,7 +123,7 @@ void register_serve(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API (see docs/SERVER.md)");
-  cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json)")->required();
+  cmd->add_option("model", o->model, "Model directory (config.json, safetensors, tokenizer.json) or a .gguf file")->required();
   cmd->add_option("--host", o->server.host, "Address to listen on (default 127.0.0.1: this machine only)")
       ->capture_default_str();
   cmd->add_option("--port", o->server.port, "Port (0: any free port, printed at start)")->check(CLI::Range(0, 65535))

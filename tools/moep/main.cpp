@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   moep::cli::register_run(app);
   moep::cli::register_serve(app);
   moep::cli::register_devices(app);
+  moep::cli::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
