@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/gguf.h"
 #include "io/gguf_writer.h"
 #include "model/gguf_model.h"
 #include "model/model.h"
@@ -224,10 +225,43 @@ void write_metadata(const ModelConfig& c, const std::string& name, GgufFileType 
   if (c.shared_expert_ffn > 0) g.set_u32(key("expert_shared_feed_forward_length"), uint32_t(c.shared_expert_ffn));
   g.set_u32("general.file_type", uint32_t(ftype));
   if (is_block_quantized(file_type(ftype).base)) g.set_u32("general.quantization_version", 2);  // GGML_QNT_VERSION
-  // TOKENIZER METADATA GOES HERE: the tokenizer.ggml.* keys (tokens, merges, token types, bos/eos ids) and
-  // tokenizer.chat_template, from the model directory's tokenizer.json / tokenizer_config.json (src/text's writer,
-  // another engineer's). Until then the file carries none, and moep runs it with --prompt-ids, or with a
-  // tokenizer beside it.
+}
+
+// One metadata value of a GGUF file, written again under its key.
+void copy_value(GgufWriter& g, const std::string& key, const GgufValue& v) {
+  switch (v.type) {
+    case GgufType::String: g.set_string(key, std::string(v.str)); return;
+    case GgufType::Array:
+      if (v.elem_type == GgufType::String) {
+        g.set_string_array(key, std::vector<std::string>(v.strings.begin(), v.strings.end()));
+      } else {
+        g.set_array(key, v.elem_type, v.array_data, size_t(v.count));
+      }
+      return;
+    case GgufType::U8: g.set_u8(key, uint8_t(v.raw)); return;
+    case GgufType::I8: g.set_i8(key, int8_t(v.raw)); return;
+    case GgufType::U16: g.set_u16(key, uint16_t(v.raw)); return;
+    case GgufType::I16: g.set_i16(key, int16_t(v.raw)); return;
+    case GgufType::U32: g.set_u32(key, uint32_t(v.raw)); return;
+    case GgufType::I32: g.set_i32(key, int32_t(v.raw)); return;
+    case GgufType::U64: g.set_u64(key, v.raw); return;
+    case GgufType::I64: g.set_i64(key, int64_t(v.raw)); return;
+    case GgufType::Bool: g.set_bool(key, v.raw != 0); return;
+    case GgufType::F32: {
+      float f;
+      const uint32_t u = uint32_t(v.raw);
+      std::memcpy(&f, &u, 4);
+      g.set_f32(key, f);
+      return;
+    }
+    case GgufType::F64: {
+      double d;
+      std::memcpy(&d, &v.raw, 8);
+      g.set_f64(key, d);
+      return;
+    }
+  }
+  fail("GGUF metadata ", key, ": a value of type ", v.type_str(), " cannot be copied");
 }
 
 }  // namespace
@@ -292,7 +326,8 @@ GgmlType gguf_tensor_type(GgufFileType ftype, const std::string& name, const std
 }
 
 QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string& out_path, GgufFileType ftype,
-                                const std::function<void(size_t, size_t)>& progress, int threads) {
+                                const std::function<void(size_t, size_t)>& progress, int threads,
+                                const std::function<void(GgufWriter&)>& tokenizer_metadata) {
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   LoadOptions lo;
   lo.prefault = false;  // read as written, tensor by tensor, from the mapping
@@ -304,6 +339,13 @@ QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string
 
   GgufWriter writer;
   write_metadata(c, name_path.stem().string(), ftype, writer);
+  if (is_gguf_path(model_path)) {
+    const GgufFile src = GgufFile::open(model_path);
+    for (const auto& [key, value] : src.metadata())
+      if (key.rfind("tokenizer.", 0) == 0) copy_value(writer, key, value);
+  } else if (tokenizer_metadata) {
+    tokenizer_metadata(writer);
+  }
   std::vector<Source> sources = gguf_sources(c, model->weights());
   QuantizeResult result;
   GgufTypeContext ctx;

@@ -31,6 +31,7 @@
 namespace moep {
 
 struct ModelConfig;
+class GgufWriter;
 
 // llama.cpp's llama_ftype, with its values (general.file_type).
 enum class GgufFileType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 7, Q4_K_M = 15, Q5_K_M = 17, Q6_K = 18, BF16 = 32 };
@@ -67,7 +68,11 @@ struct QuantizeResult {
 // thread f32 rows of up to one expert's slab, in memory). `threads` quantize rows at once (0: every core; the bytes
 // are the same). `progress(tensors done, total)` may be empty. Throws moep::Error for a model GGUF cannot describe
 // as llama.cpp reads it (DBRX with a top-k p-norm other than 1), or an I/O error.
+//
+// The tokenizer: a GGUF source's tokenizer.* keys are copied as they are; for a model directory, `tokenizer_metadata`
+// (the caller's: `moep quantize` passes src/text's add_tokenizer_metadata) writes them from its tokenizer files.
 QuantizeResult quantize_to_gguf(const std::string& model_path, const std::string& out_path, GgufFileType ftype,
-                                const std::function<void(size_t, size_t)>& progress = {}, int threads = 0);
+                                const std::function<void(size_t, size_t)>& progress = {}, int threads = 0,
+                                const std::function<void(GgufWriter&)>& tokenizer_metadata = {});
 
 }  // namespace moep

@@ -594,3 +594,36 @@ TEST(GgufErrors, UnknownQuantizationType) {
 
 }  // namespace
 }  // namespace moep
+
+namespace moep {
+namespace {
+
+// `moep quantize` writes the model directory's tokenizer into the GGUF, and re-quantizing a GGUF copies it: the
+// three tokenize a text alike and the GGUFs know the end-of-sequence id.
+TEST(GgufTokenizer, QuantizeCarriesTheTokenizer) {
+  test::TempDir d;
+  const std::string dir = d.str() + "/m", q8 = d.str() + "/m-q8_0.gguf", f32 = d.str() + "/m-f32.gguf";
+  const std::string bin = test::moep_binary();
+  std::string out;
+  ASSERT_EQ(test::run_command(bin + " synth " + dir + " --arch mixtral --layers 1 --d-model 64 --ffn 64 --heads 4 "
+                                    "--kv-heads 2 --experts 4 --top-k 2 --dtype f32",
+                              &out),
+            0)
+      << out;
+  ASSERT_EQ(test::run_command(bin + " quantize " + dir + " " + q8 + " --type q8_0", &out), 0) << out;
+  ASSERT_EQ(test::run_command(bin + " quantize " + q8 + " " + f32 + " --type f32", &out), 0) << out;
+  const std::string text = "'Hello, world!  It''s 2026: café, naïve, 東京 🙂'";
+  std::string want, got;
+  ASSERT_EQ(test::run_command(bin + " tokenize " + dir + " " + text, &want), 0) << want;
+  EXPECT_NE(want.find(','), std::string::npos) << want;  // several ids
+  for (const std::string& g : {q8, f32}) {
+    ASSERT_EQ(test::run_command(bin + " tokenize " + g + " " + text, &got), 0) << got;
+    EXPECT_EQ(got, want) << g;
+    const GgufFile f = GgufFile::open(g);
+    EXPECT_NE(f.metadata().count("tokenizer.ggml.tokens"), 0u) << g;
+    EXPECT_NE(f.metadata().count("tokenizer.ggml.eos_token_id"), 0u) << g;
+  }
+}
+
+}  // namespace
+}  // namespace moep

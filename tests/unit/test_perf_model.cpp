@@ -673,7 +673,7 @@ TEST(PerfPlan, CheapestMeetingTargetAndSpeed) {
   req2.base.dtype = "q4_0";
   const auto t1 = std::chrono::steady_clock::now();
   const PlanResult res2 = make_plan(req2);
-  // Not a speed figure: a guard against the exact enumeration (minutes here) being taken. 10 s leaves room for a
+  // Not a speed figure: a guard against the estimate blowing up into an exact enumeration. 10 s leaves room for a
   // loaded CI machine (1.02 s was seen with other builds running).
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), 10.0);
   EXPECT_FALSE(res2.rows.front().p.experts_exact);

@@ -1,11 +1,14 @@
 // moep quantize MODEL OUT.gguf --type TYPE
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 
 #include "commands.h"
 #include "core/error.h"
+#include "io/gguf_writer.h"
 #include "model/gguf_export.h"
+#include "text/gguf_tokenizer.h"
 #include "progress.h"
 
 namespace moep::cli {
@@ -32,7 +35,15 @@ void register_quantize(CLI::App& app) {
     ProgressBar bar("quantizing");
     const auto t0 = std::chrono::steady_clock::now();
     const QuantizeResult r =
-        quantize_to_gguf(o->model, o->out, type, [&](size_t done, size_t total) { bar.update(done, total); }, o->threads);
+        quantize_to_gguf(
+            o->model, o->out, type, [&](size_t done, size_t total) { bar.update(done, total); }, o->threads,
+            [&](GgufWriter& w) {
+              if (std::filesystem::exists(std::filesystem::path(o->model) / "tokenizer.json"))
+                add_tokenizer_metadata(o->model, w);
+              else
+                std::fprintf(stderr, "note: %s has no tokenizer.json: %s carries no tokenizer\n", o->model.c_str(),
+                             o->out.c_str());
+            });
     bar.finish();
     std::map<std::string, int> by_type;
     int fell_back = 0;

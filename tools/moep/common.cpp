@@ -126,13 +126,15 @@ std::vector<int32_t> eos_token_ids(const std::string& dir, const ModelConfig& cf
         if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
   };
   namespace fs = std::filesystem;
+  // A GGUF file carries its end-of-sequence id in tokenizer.ggml.eos_token_id.
+  if (tok && tok->special_ids().eos >= 0) ids.push_back(tok->special_ids().eos);
   try {
-    if (fs::exists(fs::path(dir) / "generation_config.json")) {
+    if (fs::is_directory(dir) && fs::exists(fs::path(dir) / "generation_config.json")) {
       std::ifstream f(fs::path(dir) / "generation_config.json");
       const auto j = nlohmann::json::parse(f);
       if (j.contains("eos_token_id")) add_json(j["eos_token_id"]);
     }
-    if (tok && fs::exists(fs::path(dir) / "tokenizer_config.json")) {
+    if (tok && fs::is_directory(dir) && fs::exists(fs::path(dir) / "tokenizer_config.json")) {
       std::ifstream f(fs::path(dir) / "tokenizer_config.json");
       const auto j = nlohmann::json::parse(f);
       if (j.contains("eos_token")) {
