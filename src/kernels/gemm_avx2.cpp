@@ -132,6 +132,7 @@ struct Avx2 {
   static constexpr int64_t kPanelDepth = kKC;
   static constexpr int64_t kPanelBlock = kNC;
   static constexpr int64_t kPackMinTokensNt = kPackMinTnt;
+  static constexpr bool kQuantized = false;
   static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
   static constexpr int kNnStreamMaxTokens = 5;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats1;
