@@ -126,11 +126,24 @@ struct QBlockK45 {
   static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144;
   static constexpr int kQ = kFive ? 48 : 16;  // offset of q
   struct Scales {
-    float scale[8], min[8];
+    alignas(64) float v[16];  // scale[j] = v[j], min[j] = v[8 + j]
   };
+  // k_scales in one vector: lanes 0-7 the scales, 8-15 the mins. The 6-bit values of sub-blocks 0-3 are the low
+  // bits of bytes j (scale) and j + 4 (min); those of 4-7 take their low 4 bits from byte j + 4 (low nibble:
+  // scale, high: min) and their top 2 from the top bits of bytes j - 4 (scale) and j (min).
   static Scales scales(const uint8_t* b) {
+    const __m512i p = u8x16(b + 4);  // the 12 bytes and 4 of q, unused
+    const __m512i low = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11), p);
+    const __m512i top = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7), p);
+    const __m512i low_bits = _mm512_and_si512(
+        _mm512_srlv_epi32(low, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4)),
+        _mm512_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m512i six = _mm512_mask_or_epi32(low_bits, __mmask16(0xf0f0), low_bits,
+                                             _mm512_slli_epi32(_mm512_srli_epi32(top, 6), 4));
+    const __m512 d = _mm512_castps256_ps512(_mm256_set1_ps(f16_at(b)));
+    const __m512 dd = _mm512_insertf32x8(d, _mm256_set1_ps(f16_at(b + 2)), 1);
     Scales s;
-    k_scales(b + 4, f16_at(b), f16_at(b + 2), s.scale, s.min);
+    _mm512_store_ps(s.v, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(six)));
     return s;
   }
   template <int S>
@@ -141,7 +154,7 @@ struct QBlockK45 {
       const __mmask16 high = _mm512_test_epi32_mask(u8x16(b + 16 + l0), _mm512_set1_epi32(1 << j));
       q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(16));
     }
-    return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(s.scale[j]), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(s.min[j]));
+    return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(s.v[j]), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(s.v[8 + j]));
   }
 };
 template <>
@@ -155,13 +168,11 @@ template <>
 struct QBlock<DType::Q6_K> {
   static constexpr int kWeights = 256, kBytes = 210;
   struct Scales {
-    float scale[16];
+    alignas(64) float scale[16];
   };
   static Scales scales(const uint8_t* b) {
     Scales s;
-    const float d = f16_at(b + 208);
-    const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
-    for (int i = 0; i < 16; ++i) s.scale[i] = d * float(sc[i]);
+    _mm512_store_ps(s.scale, _mm512_mul_ps(_mm512_set1_ps(f16_at(b + 208)), _mm512_cvtepi32_ps(i8x16(b + 192))));
     return s;
   }
   template <int S>
