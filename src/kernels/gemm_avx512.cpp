@@ -10,6 +10,12 @@
 //  - many tokens (prefill): compute-bound. A block of weights is widened once into an f32 panel that stays in
 //    L1/L2, and a register-blocked micro-kernel (kM tokens × kNR outputs) reuses it for every token.
 //
+// ggml's block-quantized weights (gemm_nt and to_f32 only) take the same two paths: blocks are decoded in
+// registers to exactly dequantize_row's f32 values (QBlock), so results still differ from the reference only in
+// the order of the additions. Activations stay f32 (llama.cpp instead rounds them to 8 bits per block for
+// integer dot products): the results stay exact, at the price of one-token decode of the 4-6 bit types being
+// bound by the decoding work (about 6 vector operations per 16 weights) rather than by memory.
+//
 // Built with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 (see CMakeLists.txt); avx512_kernels()
 // checks the first four at run time before handing out the table, avx512_bf16dot_kernels() avx512bf16 too.
 // GCC 12's own intrinsics (_mm512_cvtepu16_epi32 and others start from an undefined register) trip
