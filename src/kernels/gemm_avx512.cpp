@@ -243,8 +243,12 @@ inline void transpose16(__m512 (&a)[16]) {
 constexpr int64_t kPackMinTnt = 24;
 constexpr int64_t kPackMinTnn = 16;
 // Block-quantized weights: the streaming path decodes every block once per token block (at most 5 or 8 tokens),
-// so packing (decoding once per panel for all tokens) pays from fewer tokens than for bf16.
-constexpr int64_t kPackMinTntQuant = 6;
+// packing once per panel for all tokens. Measured (one thread, 10752×6144, Zen 5, shared machine): Q8_0, cheap
+// to decode, streams faster than it packs up to ~32 tokens (T = 16: 139 GFLOP/s against 70; T = 32: 121 against
+// 115), as bf16 does; the 4-6 bit types pack faster from ~16 (Q4_K T = 16: 98 against 86; T = 24: 123 against
+// 88; Q6_K T = 24: 117 against 105), and stream faster below (T = 6 streaming: Q4_K 91, Q6_K 71 GFLOP/s;
+// packed: 67, 61).
+constexpr int64_t kPackMinTntQuant4to6 = 16;
 // Packed path: micro-kernel of kM tokens × kNV vectors (kNR = 48 outputs): 24 accumulators + 3 weight vectors
 // + 1 broadcast of 32 registers. A panel is [kKC reductions][kNR outputs] f32 = 48 KiB; kNC outputs (2 panels)
 // are packed per reduction block and reused for all tokens. (kKC 128..512 and kNC 1..8 panels measured within
@@ -282,7 +286,7 @@ struct Avx512 {
   static constexpr int kNnStreamMaxTokens = 8;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats;
   static constexpr bool kQuantized = true;
-  static constexpr int64_t kPackMinTokensNtQuant = kPackMinTntQuant;
+  static constexpr int64_t pack_min_tokens_quant(DType d) { return d == DType::Q8_0 ? kPackMinTnt : kPackMinTntQuant4to6; }
 
   // A lane mask: the micro-kernel's masked loads and stores take it.
   using Lanes = __mmask16;

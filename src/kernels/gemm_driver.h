@@ -28,7 +28,7 @@
 //   kQuantized               whether gemm_nt and to_f32 also take ggml's block-quantized weights (DType::Q8_0 …
 //                            Q6_K); then pack_nt, nt_stream and convert take them too (pack_nt with k0 a multiple
 //                            of 256 and kc a multiple of the block: kPanelDepth must be a multiple of 256)
-//   kPackMinTokensNtQuant    with kQuantized: the token count from which gemm_nt packs quantized weights
+//   pack_min_tokens_quant(D) with kQuantized: the token count from which gemm_nt packs quantized weights of D
 //
 // Everything here has internal linkage: each instruction-set file compiles its own copy with its own flags. A
 // shared inline definition would be merged by the linker, and the AVX-512 copy could run on a CPU without it.
@@ -281,7 +281,7 @@ void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
     int64_t pack_min = Isa::kPackMinTokensNt;
     if constexpr (kBlockQuantized<D>) {
       static_assert(Isa::kPanelDepth % 256 == 0, "packed panels of quantized weights start at block boundaries");
-      pack_min = Isa::kPackMinTokensNtQuant;
+      pack_min = Isa::pack_min_tokens_quant(D);
     }
     if (T >= pack_min && W.cols > 0) {
       packed_gemm<Isa>(T, W.cols, r0, r1, X, ldx, Y, ldy, [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
