@@ -125,7 +125,7 @@ struct QBlock<DType::Q4_0> {
   }
 };
 // d, dmin (f16) | scales[12] | [qh[32] (Q5_K)] | q[128]: weight w of sub-block j = w / 32 is
-// scale[j] · q − min[j] (k_scales), q the low (j even) or high nibble of q[32·(w / 64) + w % 32], plus 16 where
+// scale[j] · q − min[j] (the 6-bit sub-block scale and min times d and dmin), q the low (j even) or high nibble of q[32·(w / 64) + w % 32], plus 16 where
 // bit j of qh[w % 32] is set (Q5_K).
 template <bool kFive>
 struct QBlockK45 {
@@ -134,7 +134,7 @@ struct QBlockK45 {
   struct Scales {
     alignas(64) float v[16];  // scale[j] = v[j], min[j] = v[8 + j]
   };
-  // k_scales in one vector: lanes 0-7 the scales, 8-15 the mins. The 6-bit values of sub-blocks 0-3 are the low
+  // The scales and mins in one vector: lanes 0-7 the scales, 8-15 the mins. The 6-bit values of sub-blocks 0-3 are the low
   // bits of bytes j (scale) and j + 4 (min); those of 4-7 take their low 4 bits from byte j + 4 (low nibble:
   // scale, high: min) and their top 2 from the top bits of bytes j - 4 (scale) and j (min).
   static Scales scales(const uint8_t* b) {

@@ -171,20 +171,6 @@ int64_t nn_prefetch_ahead(const MatRef& W, int64_t tile, int64_t c0, int64_t c1,
 template <DType D>
 constexpr bool kBlockQuantized = D >= DType::Q8_0;
 
-// The 6-bit scales and mins of a Q4_K / Q5_K super-block (core/quant.cpp's scale_min_k4) times the block's d and
-// dmin: scale[j] = d · sc_j and min[j] = dmin · m_j for its 8 sub-blocks of 32 weights, rounded as
-// dequantize_row rounds them. `packed` is the block's 12 bytes of scales.
-inline void k_scales(const uint8_t* packed, float d, float dmin, float* scale, float* min) {
-  for (int j = 0; j < 4; ++j) {
-    scale[j] = d * float(packed[j] & 63);
-    min[j] = dmin * float(packed[j + 4] & 63);
-  }
-  for (int j = 4; j < 8; ++j) {
-    scale[j] = d * float((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4));
-    min[j] = dmin * float((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
-  }
-}
-
 // Compile-time loop: fn(Count<0>{}), …, fn(Count<N - 1>{}) (the pieces of a quantized block, whose offsets
 // and shifts are constants).
 template <int N, class Fn>
