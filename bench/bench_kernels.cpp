@@ -4,7 +4,7 @@
 //
 // Decode (T = 1..8) is memory-bound: the figure of merit is GB/s of weights streamed, to be compared with
 // `membw` (the machine's read bandwidth, measured here the same way as `moep bench --membw`). Prefill
-// (T = 32, 128) is compute-bound: GFLOP/s (2·rows·cols·T per call), to be compared with `peak_fma` (a loop of
+// (T = 32, 128, 512) is compute-bound: GFLOP/s (2·rows·cols·T per call), to be compared with `peak_fma` (a loop of
 // independent FMAs, the most this CPU's vector units give on the same threads).
 //
 // Weights live in a ring of copies of at least 1 GiB, and each iteration reads the next copy, so no cache
@@ -29,6 +29,7 @@
 
 #include "core/dtype.h"
 #include "core/page_buffer.h"
+#include "core/quant.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/membw.h"
@@ -65,14 +66,22 @@ std::string cpu_model() {
 
 // Copies of one [rows, cols] weight matrix, back to back, ≥ 1 GiB in all. Values are pseudo-random in
 // [-1, 1) (never zero pages: the kernel would map them all to one physical page and reads would hit cache).
+// Block-quantized dtypes: kQuantRows distinct rows quantized by quantize_row (ggml's reference quantizer, too
+// slow for a whole ring), laid out in a different order in every copy.
 class WeightRing {
  public:
+  static constexpr int64_t kQuantRows = 256;
+
   WeightRing(DType dtype, int64_t rows, int64_t cols) : dtype_(dtype), rows_(rows), cols_(cols) {
-    matrix_bytes_ = size_t(rows * cols) * dtype_size(dtype);
+    matrix_bytes_ = size_t(rows) * dtype_row_bytes(dtype, cols);
     copies_ = std::max<size_t>(2, (size_t(1) << 30) / matrix_bytes_ + 1);
     bytes_ = matrix_bytes_ * copies_;
     buf_ = PageBuffer(bytes_, true);  // 2 MiB pages, like the engine's copied weights (--weights copy)
     mem_ = buf_.data();
+    if (dtype_is_quantized(dtype)) {
+      fill_quantized();
+      return;
+    }
     // Filled by all threads: one copy (rows × cols elements) per task.
     pool().parallel_for(int64_t(copies_), [&](int64_t i) {
       uint32_t s = uint32_t(i) * 2654435761u + 1u;
@@ -91,6 +100,7 @@ class WeightRing {
     });
   }
   bool matches(DType d, int64_t r, int64_t c) const { return d == dtype_ && r == rows_ && c == cols_; }
+  size_t matrix_bytes() const { return matrix_bytes_; }
   MatRef next() {
     MatRef m{mem_ + next_ * matrix_bytes_, dtype_, rows_, cols_, cols_};
     next_ = (next_ + 1) % copies_;
@@ -98,6 +108,26 @@ class WeightRing {
   }
 
  private:
+  void fill_quantized() {
+    const size_t row_bytes = dtype_row_bytes(dtype_, cols_);
+    std::vector<uint8_t> distinct(size_t(kQuantRows) * row_bytes);
+    pool().parallel_for(kQuantRows, [&](int64_t r) {
+      std::vector<float> v(static_cast<size_t>(cols_));
+      uint32_t s = uint32_t(r) * 2654435761u + 1u;
+      for (auto& f : v) {
+        s = s * 1664525u + 1013904223u;
+        f = float(int32_t(s >> 8) - (1 << 23)) * (1.f / float(1 << 23));
+      }
+      quantize_row(ggml_type_of(dtype_), v.data(), distinct.data() + size_t(r) * row_bytes, cols_);
+    });
+    pool().parallel_for(int64_t(copies_), [&](int64_t i) {
+      uint8_t* base = mem_ + size_t(i) * matrix_bytes_;
+      for (int64_t r = 0; r < rows_; ++r)
+        std::memcpy(base + size_t(r) * row_bytes, distinct.data() + size_t((r * 7 + i) % kQuantRows) * row_bytes,
+                    row_bytes);
+    });
+  }
+
   DType dtype_;
   int64_t rows_, cols_;
   size_t matrix_bytes_ = 0, copies_ = 0, bytes_ = 0, next_ = 0;
@@ -157,7 +187,7 @@ void BM_gemm(benchmark::State& st, const kernels::KernelTable* k, Op op, DType d
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  const double bytes = double(rows * cols) * double(dtype_size(dt));
+  const double bytes = double(ring.matrix_bytes());
   st.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["GFLOP/s"] =
       benchmark::Counter(2.0 * double(rows * cols) * double(T) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -352,9 +382,20 @@ void register_all() {
       reg("ops/linear/" + d + "/10752x6144/T:" + std::to_string(T), nullptr, Op::NT, dt, kFfn, kD, T);
       reg("ops/linear_in_out/" + d + "/10752x6144/T:" + std::to_string(T), nullptr, Op::NN, dt, kFfn, kD, T);
     }
+    reg("ops/linear/" + d + "/10752x6144/T:512", nullptr, Op::NT, dt, kFfn, kD, 512);  // beside the quantized types
   }
   for (int64_t T : {32, 128}) {
     reg("ops/linear/f32/10752x6144/T:" + std::to_string(T), nullptr, Op::NT, DType::F32, kFfn, kD, T);
+  }
+  // ggml's block-quantized weights (gemm_nt only), beside bf16 at the same shape: decode GB/s (of the quantized
+  // bytes) for every table that reads them natively, then prefill GFLOP/s.
+  for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    const std::string d = dtype_name(dt);
+    for (int i = 0; i < n_tables; ++i)
+      if (tables[i]->quantized && tables[i] != &kernels::reference_kernels())
+        reg(std::string(tables[i]->name) + "/nt/" + d + "/10752x6144/T:1", tables[i], Op::NT, dt, kFfn, kD, 1);
+    for (int64_t T : {1, 8, 32, 512})
+      reg("ops/linear/" + d + "/10752x6144/T:" + std::to_string(T), nullptr, Op::NT, dt, kFfn, kD, T);
   }
   // The output head, one token.
   reg("ops/linear/bf16/100352x6144/T:1", nullptr, Op::NT, DType::BF16, kVocab, kD, 1);

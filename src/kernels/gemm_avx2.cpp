@@ -73,6 +73,143 @@ struct WLoad<DType::F16> {
   static __m256 part(const uint8_t* row, int64_t c, int64_t n) { return _mm256_cvtph_ps(load16_part(row + 2 * c, n)); }
 };
 
+// Block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h), decoded in registers kL at a time, as in
+// gemm_avx512.cpp (see there). QBlock<D>:
+//   kWeights, kBytes      weights and bytes per block
+//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones), read once per block
+//   piece<S>(b, scales)   weights [kL·S, kL·S + kL) of the block as f32
+// The pieces are bit for bit dequantize_row's values (the same products in the same order, each rounded).
+
+inline float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+// The 8 bytes at p zero- (u8) or sign-extended (i8) to 32-bit lanes.
+inline __m256i u8x8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+inline __m256i i8x8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+// The low (kHigh false) or high nibble of each lane of v (lanes hold bytes).
+template <bool kHigh>
+inline __m256i nibble(__m256i v) {
+  return kHigh ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0f));
+}
+
+template <DType D>
+struct QBlock;
+// d (f16) | int8 q[32]: weight j = q[j] · d.
+template <>
+struct QBlock<DType::Q8_0> {
+  static constexpr int kWeights = 32, kBytes = 34;
+  struct Scales {
+    float d;
+  };
+  static Scales scales(const uint8_t* b) { return {f16_at(b)}; }
+  template <int S>
+  static __m256 piece(const uint8_t* b, const Scales& s) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(i8x8(b + 2 + kL * S)), _mm256_set1_ps(s.d));
+  }
+};
+// d (f16) | u8 q[16]: weight j = (nibble − 8) · d, the low nibbles of q being weights 0-15, the high ones 16-31.
+template <>
+struct QBlock<DType::Q4_0> {
+  static constexpr int kWeights = 32, kBytes = 18;
+  struct Scales {
+    float d;
+  };
+  static Scales scales(const uint8_t* b) { return {f16_at(b)}; }
+  template <int S>
+  static __m256 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S;
+    const __m256i q = _mm256_sub_epi32(nibble<(w >= 16)>(u8x8(b + 2 + w % 16)), _mm256_set1_epi32(8));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(s.d));
+  }
+};
+// d, dmin (f16) | scales[12] | [qh[32] (Q5_K)] | q[128]: weight w of sub-block j = w / 32 is
+// scale[j] · q − min[j] (the 6-bit sub-block scale and min times d and dmin), q the low (j even) or high nibble of q[32·(w / 64) + w % 32], plus 16 where
+// bit j of qh[w % 32] is set (Q5_K).
+template <bool kFive>
+struct QBlockK45 {
+  static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144;
+  static constexpr int kQ = kFive ? 48 : 16;  // offset of q
+  struct Scales {
+    alignas(32) float scale[8];
+    alignas(32) float min[8];
+  };
+  // The scales and mins in two vectors. The 6-bit values of sub-blocks 0-3 are the low bits of bytes j (scale) and j + 4
+  // (min); those of 4-7 take their low 4 bits from byte j + 4 (low nibble: scale, high: min) and their top 2
+  // from the top bits of bytes j - 4 (scale) and j (min).
+  static Scales scales(const uint8_t* b) {
+    const __m256i p0 = u8x8(b + 4), p1 = u8x8(b + 12);  // bytes 0-7 and 8-11 (and 4 of what follows, unused)
+    const __m256i upper = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
+    const __m256i keep = _mm256_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15);
+    auto top2 = [&](__m256i v) { return _mm256_and_si256(_mm256_slli_epi32(_mm256_srli_epi32(v, 6), 4), upper); };
+    const __m256i sc = _mm256_or_si256(_mm256_and_si256(_mm256_permute2x128_si256(p0, p1, 0x20), keep),
+                                       top2(_mm256_permute2x128_si256(p0, p0, 0x00)));
+    const __m256i low_m = _mm256_srlv_epi32(_mm256_permute2x128_si256(p0, p1, 0x21), _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    const __m256i m = _mm256_or_si256(_mm256_and_si256(low_m, keep), top2(_mm256_permute2x128_si256(p0, p0, 0x11)));
+    Scales s;
+    _mm256_store_ps(s.scale, _mm256_mul_ps(_mm256_set1_ps(f16_at(b)), _mm256_cvtepi32_ps(sc)));
+    _mm256_store_ps(s.min, _mm256_mul_ps(_mm256_set1_ps(f16_at(b + 2)), _mm256_cvtepi32_ps(m)));
+    return s;
+  }
+  template <int S>
+  static __m256 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S, j = w / 32, l0 = w % 32;
+    __m256i q = nibble<j % 2 == 1>(u8x8(b + kQ + 32 * (w / 64) + l0));
+    if constexpr (kFive) {
+      const __m256i bit = _mm256_and_si256(u8x8(b + 16 + l0), _mm256_set1_epi32(1 << j));  // moved to bit 4: +16
+      if constexpr (j <= 4) {
+        q = _mm256_or_si256(q, _mm256_slli_epi32(bit, 4 - j));
+      } else {
+        q = _mm256_or_si256(q, _mm256_srli_epi32(bit, j - 4));
+      }
+    }
+    return _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(s.scale[j]), _mm256_cvtepi32_ps(q)), _mm256_set1_ps(s.min[j]));
+  }
+};
+template <>
+struct QBlock<DType::Q4_K> : QBlockK45<false> {};
+template <>
+struct QBlock<DType::Q5_K> : QBlockK45<true> {};
+// ql[128] | qh[64] | int8 sc[16] | d (f16): two halves h of 128 weights; weight 32k + l of a half (k < 4, l < 32)
+// is (d · sc[8h + l / 16 + 2k]) · (q − 32), q's low 4 bits the low (k < 2) or high nibble of ql[64h + 32(k % 2)
+// + l] and its top 2 bits bits 2k, 2k + 1 of qh[32h + l].
+template <>
+struct QBlock<DType::Q6_K> {
+  static constexpr int kWeights = 256, kBytes = 210;
+  struct Scales {
+    alignas(32) float scale[16];
+  };
+  static Scales scales(const uint8_t* b) {
+    Scales s;
+    const __m256 d = _mm256_set1_ps(f16_at(b + 208));
+    _mm256_store_ps(s.scale, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i8x8(b + 192))));
+    _mm256_store_ps(s.scale + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i8x8(b + 200))));
+    return s;
+  }
+  template <int S>
+  static __m256 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S, h = w / 128, k = w % 128 / 32, l0 = w % 32;
+    const __m256i low = nibble<(k >= 2)>(u8x8(b + 64 * h + 32 * (k % 2) + l0));
+    const __m256i top = _mm256_and_si256(_mm256_srli_epi32(u8x8(b + 128 + 32 * h + l0), 2 * k), _mm256_set1_epi32(3));
+    const __m256i q = _mm256_sub_epi32(_mm256_or_si256(low, _mm256_slli_epi32(top, 4)), _mm256_set1_epi32(32));
+    return _mm256_mul_ps(_mm256_set1_ps(s.scale[8 * h + l0 / 16 + 2 * k]), _mm256_cvtepi32_ps(q));
+  }
+};
+
+// dst[i] = W[row, k0 + i] for i < n: whole blocks (k0 and n multiples of the block).
+template <DType D>
+void dequantize_cols(const uint8_t* row, int64_t k0, int64_t n, float* dst) {
+  using Q = QBlock<D>;
+  const uint8_t* b = row + k0 / Q::kWeights * Q::kBytes;
+  for (int64_t c = 0; c < n; c += Q::kWeights, b += Q::kBytes) {
+    const typename Q::Scales s = Q::scales(b);
+    for_pieces<Q::kWeights / kL>([&](auto S) MOEP_LOOP_BODY {
+      _mm256_storeu_ps(dst + c + kL * S(), Q::template piece<S()>(b, s));
+    });
+  }
+}
+
 // In-register transpose of an 8×8 f32 block: a[i][j] → a[j][i].
 inline void transpose8(__m256 (&a)[8]) {
   __m256 t[8], u[8];
@@ -103,6 +240,11 @@ inline void transpose8(__m256 (&a)[8]) {
 // the weights once per 5 tokens and stops at 2 passes.
 constexpr int64_t kPackMinTnt = 20;
 constexpr int64_t kPackMinTnn = 11;
+// Block-quantized weights: the streaming path decodes every block once per token block (2 to 5 tokens), packing
+// once per panel for all tokens. As on AVX-512 (see there), Q8_0 takes bf16's threshold and the 4-6 bit types
+// pack from fewer tokens (measured with this table on Zen 5, one thread, 10752×6144: streaming 11 tokens Q4_K
+// 57, Q6_K 35 GFLOP/s; packed 12 tokens 65 and 54).
+constexpr int64_t kPackMinTntQuant4to6 = 12;
 // Packed path: kM tokens × kNV vectors (kNR = 16 outputs): 12 accumulators + 2 weight vectors + 1 broadcast of
 // 16 registers. Panels [kKC][kNR] f32 = 16 KiB (L1); kNC outputs packed per reduction block (64 KiB, L2).
 constexpr int kM = 6;
@@ -132,6 +274,8 @@ struct Avx2 {
   static constexpr int64_t kPanelDepth = kKC;
   static constexpr int64_t kPanelBlock = kNC;
   static constexpr int64_t kPackMinTokensNt = kPackMinTnt;
+  static constexpr bool kQuantized = true;
+  static constexpr int64_t pack_min_tokens_quant(DType d) { return d == DType::Q8_0 ? kPackMinTnt : kPackMinTntQuant4to6; }
   static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
   static constexpr int kNnStreamMaxTokens = 5;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats1;
@@ -205,13 +349,62 @@ void nt_block(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ld
     for (int i = 0; i < R; ++i) Y[t * ldy + r + i * step] = hsum(acc[i][t]);
 }
 
+// nt_block for block-quantized weights: the R rows decoded a block at a time in registers (QBlock), each piece
+// used for all TB tokens.
+template <DType D, int R, int TB>
+void nt_block_quant(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t r, int64_t step) {
+  using Q = QBlock<D>;
+  constexpr int64_t kAhead = kPrefetchInFlight / R / 64 * 64;
+  const uint8_t* w[R];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i * step);
+  __m256 acc[R][TB];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i)
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm256_setzero_ps();
+  const int64_t n_blocks = W.cols / Q::kWeights;
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    const uint8_t* b[R];
+    typename Q::Scales s[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) {
+      b[i] = w[i] + blk * Q::kBytes;
+      // Blocks are contiguous, so prefetching every 64 bytes from each block's start touches every line.
+      MOEP_UNROLL
+      for (int o = 0; o < Q::kBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(b[i] + o + kAhead), _MM_HINT_T0);
+      s[i] = Q::scales(b[i]);
+    }
+    const float* x = X + blk * Q::kWeights;
+    for_pieces<Q::kWeights / kL>([&](auto S) MOEP_LOOP_BODY {
+      __m256 wv[R];
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) wv[i] = Q::template piece<S()>(b[i], s[i]);
+      MOEP_UNROLL
+      for (int t = 0; t < TB; ++t) {
+        const __m256 xv = _mm256_loadu_ps(x + t * ldx + kL * S());
+        MOEP_UNROLL
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
+      }
+    });
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) Y[t * ldy + r + i * step] = hsum(acc[i][t]);
+}
+
 // Rows r + i·step (i < R) for all T tokens, in token blocks of at most kMaxTB (R·TB + R + 1 ≤ 16 registers).
 template <DType D, int R>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, int64_t ldy, int64_t r,
               int64_t step) {
   constexpr int kMaxTB = R >= 4 ? 2 : R == 3 ? 3 : R == 2 ? 5 : 8;
   for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
-    nt_block<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
+    if constexpr (kBlockQuantized<D>) {
+      nt_block_quant<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
+    } else {
+      nt_block<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
+    }
   });
 }
 
@@ -310,26 +503,44 @@ void Avx2::micro(const float* P, int64_t kc, const float* X, int64_t ldx, float*
 }
 
 // P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
+// Block-quantized weights: each row's kc weights are decoded into an L1 tile, then transposed from there.
 template <DType D>
 void Avx2::pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
-  for (int v = 0; v < kNV; ++v) {
-    const int64_t gb = jb + v * kL;
-    const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
-    for (int64_t kk = 0; kk < kc; kk += kL) {
-      const int64_t nk = std::min<int64_t>(kL, kc - kk);
-      __m256 a[8];
-      MOEP_UNROLL
-      for (int i = 0; i < 8; ++i) {
-        if (i >= n_rows) {
-          a[i] = _mm256_setzero_ps();
-        } else if (nk == kL) {
-          a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
-        } else {
-          a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, nk);
-        }
+  if constexpr (kBlockQuantized<D>) {
+    alignas(32) float tile[kL][kKC];
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t gb = jb + v * kL;
+      const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+      for (int64_t i = 0; i < n_rows; ++i) dequantize_cols<D>(W.row_ptr(gb + i), k0, kc, tile[i]);
+      for (int64_t kk = 0; kk < kc; kk += kL) {  // kc is a multiple of the block, so of kL
+        __m256 a[8];
+        MOEP_UNROLL
+        for (int i = 0; i < 8; ++i) a[i] = i < n_rows ? _mm256_load_ps(&tile[i][kk]) : _mm256_setzero_ps();
+        transpose8(a);
+        MOEP_UNROLL
+        for (int i = 0; i < 8; ++i) _mm256_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
       }
-      transpose8(a);
-      for (int64_t i = 0; i < nk; ++i) _mm256_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
+    }
+  } else {
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t gb = jb + v * kL;
+      const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+      for (int64_t kk = 0; kk < kc; kk += kL) {
+        const int64_t nk = std::min<int64_t>(kL, kc - kk);
+        __m256 a[8];
+        MOEP_UNROLL
+        for (int i = 0; i < 8; ++i) {
+          if (i >= n_rows) {
+            a[i] = _mm256_setzero_ps();
+          } else if (nk == kL) {
+            a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
+          } else {
+            a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, nk);
+          }
+        }
+        transpose8(a);
+        for (int64_t i = 0; i < nk; ++i) _mm256_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
+      }
     }
   }
 }
@@ -377,15 +588,20 @@ void Avx2::nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, fl
 template <DType D>
 void Avx2::convert(const void* src, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
-  int64_t i = 0;
-  for (; i + kL <= n; i += kL) _mm256_storeu_ps(dst + i, WLoad<D>::full(p, i));
-  if (i < n) store_part(dst + i, WLoad<D>::part(p, i, n - i), n - i);
+  if constexpr (kBlockQuantized<D>) {
+    MOEP_ASSERT(n % QBlock<D>::kWeights == 0, "to_f32: a quantized row is whole blocks");
+    dequantize_cols<D>(p, 0, n, dst);
+  } else {
+    int64_t i = 0;
+    for (; i + kL <= n; i += kL) _mm256_storeu_ps(dst + i, WLoad<D>::full(p, i));
+    if (i < n) store_part(dst + i, WLoad<D>::part(p, i, n - i), n - i);
+  }
 }
 
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table{"avx2", gemm_nt<Avx2>, gemm_nn<Avx2>, to_f32<Avx2>};
+  static const KernelTable table{"avx2", gemm_nt<Avx2>, gemm_nn<Avx2>, to_f32<Avx2>, /*quantized=*/true};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &table : nullptr;

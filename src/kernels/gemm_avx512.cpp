@@ -10,6 +10,12 @@
 //  - many tokens (prefill): compute-bound. A block of weights is widened once into an f32 panel that stays in
 //    L1/L2, and a register-blocked micro-kernel (kM tokens × kNR outputs) reuses it for every token.
 //
+// ggml's block-quantized weights (gemm_nt and to_f32 only) take the same two paths: blocks are decoded in
+// registers to exactly dequantize_row's f32 values (QBlock), so results still differ from the reference only in
+// the order of the additions. Activations stay f32 (llama.cpp instead rounds them to 8 bits per block for
+// integer dot products): the results stay exact, at the price of one-token decode of the 4-6 bit types being
+// bound by the decoding work (about 6 vector operations per 16 weights) rather than by memory.
+//
 // Built with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 (see CMakeLists.txt); avx512_kernels()
 // checks the first four at run time before handing out the table, avx512_bf16dot_kernels() avx512bf16 too.
 // GCC 12's own intrinsics (_mm512_cvtepu16_epi32 and others start from an undefined register) trip
@@ -68,6 +74,136 @@ struct WLoad<DType::F16> {
   }
 };
 
+// Block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h), decoded in registers kL at a time. QBlock<D>:
+//   kWeights, kBytes      weights and bytes per block
+//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones), read once per block
+//   piece<S>(b, scales)   weights [kL·S, kL·S + kL) of the block as f32
+// The pieces are bit for bit dequantize_row's values: the same products in the same order, each rounded (no
+// FMA), so products with the activations differ from the reference only in the order of the additions.
+
+inline float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+// The 16 bytes at p zero- (u8) or sign-extended (i8) to 32-bit lanes.
+inline __m512i u8x16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m512i i8x16(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+// The low (kHigh false) or high nibble of each lane of v (lanes hold bytes).
+template <bool kHigh>
+inline __m512i nibble(__m512i v) {
+  return kHigh ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0f));
+}
+
+template <DType D>
+struct QBlock;
+// d (f16) | int8 q[32]: weight j = q[j] · d.
+template <>
+struct QBlock<DType::Q8_0> {
+  static constexpr int kWeights = 32, kBytes = 34;
+  struct Scales {
+    float d;
+  };
+  static Scales scales(const uint8_t* b) { return {f16_at(b)}; }
+  template <int S>
+  static __m512 piece(const uint8_t* b, const Scales& s) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(i8x16(b + 2 + kL * S)), _mm512_set1_ps(s.d));
+  }
+};
+// d (f16) | u8 q[16]: weight j = (nibble − 8) · d, the low nibbles of q being weights 0-15, the high ones 16-31.
+template <>
+struct QBlock<DType::Q4_0> {
+  static constexpr int kWeights = 32, kBytes = 18;
+  struct Scales {
+    float d;
+  };
+  static Scales scales(const uint8_t* b) { return {f16_at(b)}; }
+  template <int S>
+  static __m512 piece(const uint8_t* b, const Scales& s) {
+    const __m512i q = _mm512_sub_epi32(nibble<S == 1>(u8x16(b + 2)), _mm512_set1_epi32(8));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s.d));
+  }
+};
+// d, dmin (f16) | scales[12] | [qh[32] (Q5_K)] | q[128]: weight w of sub-block j = w / 32 is
+// scale[j] · q − min[j] (the 6-bit sub-block scale and min times d and dmin), q the low (j even) or high nibble of q[32·(w / 64) + w % 32], plus 16 where
+// bit j of qh[w % 32] is set (Q5_K).
+template <bool kFive>
+struct QBlockK45 {
+  static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144;
+  static constexpr int kQ = kFive ? 48 : 16;  // offset of q
+  struct Scales {
+    alignas(64) float v[16];  // scale[j] = v[j], min[j] = v[8 + j]
+  };
+  // The scales and mins in one vector: lanes 0-7 the scales, 8-15 the mins. The 6-bit values of sub-blocks 0-3 are the low
+  // bits of bytes j (scale) and j + 4 (min); those of 4-7 take their low 4 bits from byte j + 4 (low nibble:
+  // scale, high: min) and their top 2 from the top bits of bytes j - 4 (scale) and j (min).
+  static Scales scales(const uint8_t* b) {
+    const __m512i p = u8x16(b + 4);  // the 12 bytes and 4 of q, unused
+    const __m512i low = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11), p);
+    const __m512i top = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7), p);
+    const __m512i low_bits = _mm512_and_si512(
+        _mm512_srlv_epi32(low, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4)),
+        _mm512_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m512i six = _mm512_mask_or_epi32(low_bits, __mmask16(0xf0f0), low_bits,
+                                             _mm512_slli_epi32(_mm512_srli_epi32(top, 6), 4));
+    const __m512 d = _mm512_castps256_ps512(_mm256_set1_ps(f16_at(b)));
+    const __m512 dd = _mm512_insertf32x8(d, _mm256_set1_ps(f16_at(b + 2)), 1);
+    Scales s;
+    _mm512_store_ps(s.v, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(six)));
+    return s;
+  }
+  template <int S>
+  static __m512 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S, j = w / 32, l0 = w % 32;
+    __m512i q = nibble<j % 2 == 1>(u8x16(b + kQ + 32 * (w / 64) + l0));
+    if constexpr (kFive) {
+      const __mmask16 high = _mm512_test_epi32_mask(u8x16(b + 16 + l0), _mm512_set1_epi32(1 << j));
+      q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(16));
+    }
+    return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(s.v[j]), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(s.v[8 + j]));
+  }
+};
+template <>
+struct QBlock<DType::Q4_K> : QBlockK45<false> {};
+template <>
+struct QBlock<DType::Q5_K> : QBlockK45<true> {};
+// ql[128] | qh[64] | int8 sc[16] | d (f16): two halves h of 128 weights; weight 32k + l of a half (k < 4, l < 32)
+// is (d · sc[8h + l / 16 + 2k]) · (q − 32), q's low 4 bits the low (k < 2) or high nibble of ql[64h + 32(k % 2)
+// + l] and its top 2 bits bits 2k, 2k + 1 of qh[32h + l].
+template <>
+struct QBlock<DType::Q6_K> {
+  static constexpr int kWeights = 256, kBytes = 210;
+  struct Scales {
+    alignas(64) float scale[16];
+  };
+  static Scales scales(const uint8_t* b) {
+    Scales s;
+    _mm512_store_ps(s.scale, _mm512_mul_ps(_mm512_set1_ps(f16_at(b + 208)), _mm512_cvtepi32_ps(i8x16(b + 192))));
+    return s;
+  }
+  template <int S>
+  static __m512 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S, h = w / 128, k = w % 128 / 32, l0 = w % 32;
+    const __m512i low = nibble<(k >= 2)>(u8x16(b + 64 * h + 32 * (k % 2) + l0));
+    const __m512i top = _mm512_and_si512(_mm512_srli_epi32(u8x16(b + 128 + 32 * h + l0), 2 * k), _mm512_set1_epi32(3));
+    const __m512i q = _mm512_sub_epi32(_mm512_or_si512(low, _mm512_slli_epi32(top, 4)), _mm512_set1_epi32(32));
+    return _mm512_mul_ps(_mm512_set1_ps(s.scale[8 * h + l0 / 16 + 2 * k]), _mm512_cvtepi32_ps(q));
+  }
+};
+
+// dst[i] = W[row, k0 + i] for i < n: whole blocks (k0 and n multiples of the block).
+template <DType D>
+void dequantize_cols(const uint8_t* row, int64_t k0, int64_t n, float* dst) {
+  using Q = QBlock<D>;
+  const uint8_t* b = row + k0 / Q::kWeights * Q::kBytes;
+  for (int64_t c = 0; c < n; c += Q::kWeights, b += Q::kBytes) {
+    const typename Q::Scales s = Q::scales(b);
+    for_pieces<Q::kWeights / kL>([&](auto S) MOEP_LOOP_BODY {
+      _mm512_storeu_ps(dst + c + kL * S(), Q::template piece<S()>(b, s));
+    });
+  }
+}
+
 // In-register transpose of a 16×16 f32 block: a[i][j] → a[j][i].
 inline void transpose16(__m512 (&a)[16]) {
   __m512 t[16], u[16];
@@ -106,6 +242,13 @@ inline void transpose16(__m512 (&a)[16]) {
 // to the other cores.
 constexpr int64_t kPackMinTnt = 24;
 constexpr int64_t kPackMinTnn = 16;
+// Block-quantized weights: the streaming path decodes every block once per token block (at most 5 or 8 tokens),
+// packing once per panel for all tokens. Measured (one thread, 10752×6144, Zen 5, shared machine): Q8_0, cheap
+// to decode, streams faster than it packs up to ~32 tokens (T = 16: 139 GFLOP/s against 70; T = 32: 121 against
+// 115), as bf16 does; the 4-6 bit types pack faster from ~16 (Q4_K T = 16: 98 against 86; T = 24: 123 against
+// 88; Q6_K T = 24: 117 against 105), and stream faster below (T = 6 streaming: Q4_K 91, Q6_K 71 GFLOP/s;
+// packed: 67, 61).
+constexpr int64_t kPackMinTntQuant4to6 = 16;
 // Packed path: micro-kernel of kM tokens × kNV vectors (kNR = 48 outputs): 24 accumulators + 3 weight vectors
 // + 1 broadcast of 32 registers. A panel is [kKC reductions][kNR outputs] f32 = 48 KiB; kNC outputs (2 panels)
 // are packed per reduction block and reused for all tokens. (kKC 128..512 and kNC 1..8 panels measured within
@@ -142,6 +285,8 @@ struct Avx512 {
   static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
   static constexpr int kNnStreamMaxTokens = 8;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats;
+  static constexpr bool kQuantized = true;
+  static constexpr int64_t pack_min_tokens_quant(DType d) { return d == DType::Q8_0 ? kPackMinTnt : kPackMinTntQuant4to6; }
 
   // A lane mask: the micro-kernel's masked loads and stores take it.
   using Lanes = __mmask16;
@@ -242,13 +387,62 @@ void nt_block(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int
     for (int i = 0; i < R; ++i) Y[t * ldy + r + i * step] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
+// nt_block for block-quantized weights: Y[t, r + i·step] = Σ_c W[r + i·step, c] · X[t, c] for i < R, t < TB, the
+// R rows decoded a block at a time in registers (QBlock), each piece used for all TB tokens.
+template <DType D, int R, int TB>
+void nt_block_quant(const MatRef& W, const float* X, int64_t ldx, float* Y, int64_t ldy, int64_t r, int64_t step) {
+  using Q = QBlock<D>;
+  const int64_t kAhead = prefetch_ahead(R, W);
+  const uint8_t* w[R];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i) w[i] = W.row_ptr(r + i * step);
+  __m512 acc[R][TB];
+  MOEP_UNROLL
+  for (int i = 0; i < R; ++i)
+    MOEP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
+  const int64_t n_blocks = W.cols / Q::kWeights;
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    const uint8_t* b[R];
+    typename Q::Scales s[R];
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) {
+      b[i] = w[i] + blk * Q::kBytes;
+      // Blocks are contiguous, so prefetching every 64 bytes from each block's start touches every line.
+      MOEP_UNROLL
+      for (int o = 0; o < Q::kBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(b[i] + o + kAhead), _MM_HINT_T0);
+      s[i] = Q::scales(b[i]);
+    }
+    const float* x = X + blk * Q::kWeights;
+    for_pieces<Q::kWeights / kL>([&](auto S) MOEP_LOOP_BODY {
+      __m512 wv[R];
+      MOEP_UNROLL
+      for (int i = 0; i < R; ++i) wv[i] = Q::template piece<S()>(b[i], s[i]);
+      MOEP_UNROLL
+      for (int t = 0; t < TB; ++t) {
+        const __m512 xv = _mm512_loadu_ps(x + t * ldx + kL * S());
+        MOEP_UNROLL
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+      }
+    });
+  }
+  MOEP_UNROLL
+  for (int t = 0; t < TB; ++t)
+    MOEP_UNROLL
+    for (int i = 0; i < R; ++i) Y[t * ldy + r + i * step] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
 // Rows r + i·step (i < R) for all T tokens, in token blocks of at most kMaxTB.
 template <DType D, int R, bool kPairs>
 void nt_group(const MatRef& W, const float* X, int64_t ldx, const float* Xp, int64_t ldp, int64_t T, float* Y,
               int64_t ldy, int64_t r, int64_t step) {
   constexpr int kMaxTB = R >= 6 ? 1 : R >= 4 ? 5 : 8;  // R·TB + R + 1 ≤ 32 registers (R = 8: decode only)
   for_token_blocks<kMaxTB>(T, [&](auto tokens, int64_t t0) MOEP_LOOP_BODY {
-    nt_block<D, R, tokens(), kPairs>(W, X + t0 * ldx, ldx, Xp + t0 * ldp, ldp, Y + t0 * ldy, ldy, r, step);
+    if constexpr (kBlockQuantized<D>) {
+      nt_block_quant<D, R, tokens()>(W, X + t0 * ldx, ldx, Y + t0 * ldy, ldy, r, step);
+    } else {
+      nt_block<D, R, tokens(), kPairs>(W, X + t0 * ldx, ldx, Xp + t0 * ldp, ldp, Y + t0 * ldy, ldy, r, step);
+    }
   });
 }
 
@@ -377,28 +571,47 @@ void Avx512::micro(const float* P, int64_t kc, const float* X, int64_t ldx, floa
 }
 
 // P[k][j] = W[jb + j, k0 + k] for k < kc, j < kNR; zero for rows at or past je. (gemm_nt: transposes.)
+// Block-quantized weights: each row's kc weights are decoded into an L1 tile, then transposed from there.
 template <DType D>
 void Avx512::pack_nt(float* P, const MatRef& W, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
-  MOEP_UNROLL
-  for (int v = 0; v < kNV; ++v) {
-    const int64_t gb = jb + v * kL;
-    const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
-    for (int64_t kk = 0; kk < kc; kk += kL) {
-      const int64_t nk = std::min<int64_t>(kL, kc - kk);
-      const __mmask16 m = lanes(nk);
-      __m512 a[16];
-      MOEP_UNROLL
-      for (int i = 0; i < 16; ++i) {
-        if (i >= n_rows) {
-          a[i] = _mm512_setzero_ps();
-        } else if (nk == kL) {
-          a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
-        } else {
-          a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, m);
-        }
+  if constexpr (kBlockQuantized<D>) {
+    alignas(64) float tile[kL][kKC];
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t gb = jb + v * kL;
+      const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+      for (int64_t i = 0; i < n_rows; ++i) dequantize_cols<D>(W.row_ptr(gb + i), k0, kc, tile[i]);
+      for (int64_t kk = 0; kk < kc; kk += kL) {  // kc is a multiple of the block, so of kL
+        __m512 a[16];
+        MOEP_UNROLL
+        for (int i = 0; i < 16; ++i) a[i] = i < n_rows ? _mm512_load_ps(&tile[i][kk]) : _mm512_setzero_ps();
+        transpose16(a);
+        MOEP_UNROLL
+        for (int i = 0; i < 16; ++i) _mm512_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
       }
-      transpose16(a);
-      for (int64_t i = 0; i < nk; ++i) _mm512_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
+    }
+  } else {
+    MOEP_UNROLL
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t gb = jb + v * kL;
+      const int64_t n_rows = std::clamp<int64_t>(je - gb, 0, kL);
+      for (int64_t kk = 0; kk < kc; kk += kL) {
+        const int64_t nk = std::min<int64_t>(kL, kc - kk);
+        const __mmask16 m = lanes(nk);
+        __m512 a[16];
+        MOEP_UNROLL
+        for (int i = 0; i < 16; ++i) {
+          if (i >= n_rows) {
+            a[i] = _mm512_setzero_ps();
+          } else if (nk == kL) {
+            a[i] = WLoad<D>::full(W.row_ptr(gb + i), k0 + kk);
+          } else {
+            a[i] = WLoad<D>::part(W.row_ptr(gb + i), k0 + kk, m);
+          }
+        }
+        transpose16(a);
+        for (int64_t i = 0; i < nk; ++i) _mm512_store_ps(P + (kk + i) * kNR + v * kL, a[i]);
+      }
     }
   }
 }
@@ -823,11 +1036,16 @@ void Avx512::nt_stream(const MatRef& W, const float* X, int64_t ldx, int64_t T, 
 template <DType D>
 void Avx512::convert(const void* src, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
-  int64_t i = 0;
-  for (; i + kL <= n; i += kL) _mm512_storeu_ps(dst + i, WLoad<D>::full(p, i));
-  if (i < n) {
-    const __mmask16 m = lanes(n - i);
-    _mm512_mask_storeu_ps(dst + i, m, WLoad<D>::part(p, i, m));
+  if constexpr (kBlockQuantized<D>) {
+    MOEP_ASSERT(n % QBlock<D>::kWeights == 0, "to_f32: a quantized row is whole blocks");
+    dequantize_cols<D>(p, 0, n, dst);
+  } else {
+    int64_t i = 0;
+    for (; i + kL <= n; i += kL) _mm512_storeu_ps(dst + i, WLoad<D>::full(p, i));
+    if (i < n) {
+      const __mmask16 m = lanes(n - i);
+      _mm512_mask_storeu_ps(dst + i, m, WLoad<D>::part(p, i, m));
+    }
   }
 }
 
@@ -875,7 +1093,7 @@ static_assert(kBf16DotAlwaysFromT == 2 && kBf16DotAlwaysFromT <= kPackMinTnn && 
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table{"avx512", gemm_nt<Avx512>, gemm_nn<Avx512>, to_f32<Avx512>};
+  static const KernelTable table{"avx512", gemm_nt<Avx512>, gemm_nn<Avx512>, to_f32<Avx512>, /*quantized=*/true};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return supported ? &table : nullptr;
@@ -885,7 +1103,7 @@ const KernelTable* avx512_kernels() {
 // AVX512_BF16 as well. Not among available_kernel_tables(): it does not compute the reference's function (the
 // activations are rounded); set_bf16_dot() (dispatch.cpp) selects it.
 const KernelTable* avx512_bf16dot_kernels() {
-  static const KernelTable table{"avx512+bf16dot", gemm_nt_dot, gemm_nn_dot, to_f32<Avx512>};
+  static const KernelTable table{"avx512+bf16dot", gemm_nt_dot, gemm_nn_dot, to_f32<Avx512>, /*quantized=*/true};
   static const bool supported = avx512_kernels() != nullptr && __builtin_cpu_supports("avx512bf16");
   return supported ? &table : nullptr;
 }

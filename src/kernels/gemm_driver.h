@@ -25,6 +25,10 @@
 //   nt_stream<D>(W, X, ldx, T, Y, ldy, r0, r1)          gemm_nt's streaming path (T below kPackMinTokensNt)
 //   nn_stream<D, TB>(W, X, ldx, Y, ldy, c0, c1)         gemm_nn's streaming path for exactly TB tokens
 //   convert<D>(src, dst, n)                              to_f32 for one dtype
+//   kQuantized               whether gemm_nt and to_f32 also take ggml's block-quantized weights (DType::Q8_0 …
+//                            Q6_K); then pack_nt, nt_stream and convert take them too (pack_nt with k0 a multiple
+//                            of 256 and kc a multiple of the block: kPanelDepth must be a multiple of 256)
+//   pack_min_tokens_quant(D) with kQuantized: the token count from which gemm_nt packs quantized weights of D
 //
 // Everything here has internal linkage: each instruction-set file compiles its own copy with its own flags. A
 // shared inline definition would be merged by the linker, and the AVX-512 copy could run on a CPU without it.
@@ -34,6 +38,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -160,6 +165,19 @@ int64_t nn_prefetch_ahead(const MatRef& W, int64_t tile, int64_t c0, int64_t c1,
   return whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
 }
 
+// ---- block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h) -------------------------------------------
+
+// ggml's block-quantized types (dtype_is_quantized), as a constant expression.
+template <DType D>
+constexpr bool kBlockQuantized = D >= DType::Q8_0;
+
+// Compile-time loop: fn(Count<0>{}), …, fn(Count<N - 1>{}) (the pieces of a quantized block, whose offsets
+// and shifts are constants).
+template <int N, class Fn>
+[[gnu::always_inline]] inline void for_pieces(Fn&& fn) {
+  [&]<int... S>(std::integer_sequence<int, S...>) MOEP_LOOP_BODY { (fn(Count<S>{}), ...); }(std::make_integer_sequence<int, N>{});
+}
+
 // ---- packed path (many tokens) --------------------------------------------------------------------------
 
 // Isa::micro<m> for the m = T mod kMicroTokens tokens left over, m in [1, M].
@@ -215,15 +233,27 @@ void packed_gemm(int64_t T, int64_t K, int64_t j0, int64_t j1, const float* X, i
 
 // ---- entry points ---------------------------------------------------------------------------------------
 
-// fn(std::integral_constant<DType, dtype>{}): the weights' dtype as a template argument.
-template <class Fn>
+// fn(std::integral_constant<DType, dtype>{}): the weights' dtype as a template argument. Block-quantized dtypes
+// only where kQuantized (gemm_nt and to_f32 of a table that reads them).
+template <bool kQuantized = false, class Fn>
 [[gnu::always_inline]] inline void with_dtype(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::F32: fn(std::integral_constant<DType, DType::F32>{}); break;
-    case DType::BF16: fn(std::integral_constant<DType, DType::BF16>{}); break;
-    case DType::F16: fn(std::integral_constant<DType, DType::F16>{}); break;
-    default: MOEP_ASSERT(false, "the element-type kernels were given block-quantized weights (see kernels_for)");
+    case DType::F32: fn(std::integral_constant<DType, DType::F32>{}); return;
+    case DType::BF16: fn(std::integral_constant<DType, DType::BF16>{}); return;
+    case DType::F16: fn(std::integral_constant<DType, DType::F16>{}); return;
+    default: break;
   }
+  if constexpr (kQuantized) {
+    switch (dtype) {
+      case DType::Q8_0: fn(std::integral_constant<DType, DType::Q8_0>{}); return;
+      case DType::Q4_0: fn(std::integral_constant<DType, DType::Q4_0>{}); return;
+      case DType::Q4_K: fn(std::integral_constant<DType, DType::Q4_K>{}); return;
+      case DType::Q5_K: fn(std::integral_constant<DType, DType::Q5_K>{}); return;
+      case DType::Q6_K: fn(std::integral_constant<DType, DType::Q6_K>{}); return;
+      default: break;
+    }
+  }
+  MOEP_ASSERT(false, "these kernels were given block-quantized weights they do not read (see kernels_for)");
 }
 
 // kernels.h's GemmNT.
@@ -232,9 +262,14 @@ void gemm_nt(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
              int64_t r1) {
   if (T <= 0 || r0 >= r1) return;
   thread_scratch<Isa>();
-  with_dtype(W.dtype, [&](auto dtype) MOEP_LOOP_BODY {
+  with_dtype<Isa::kQuantized>(W.dtype, [&](auto dtype) MOEP_LOOP_BODY {
     constexpr DType D = dtype();
-    if (T >= Isa::kPackMinTokensNt && W.cols > 0) {
+    int64_t pack_min = Isa::kPackMinTokensNt;
+    if constexpr (kBlockQuantized<D>) {
+      static_assert(Isa::kPanelDepth % 256 == 0, "packed panels of quantized weights start at block boundaries");
+      pack_min = Isa::pack_min_tokens_quant(D);
+    }
+    if (T >= pack_min && W.cols > 0) {
       packed_gemm<Isa>(T, W.cols, r0, r1, X, ldx, Y, ldy, [&](float* P, int64_t jb, int64_t je, int64_t k0, int64_t kc) {
         Isa::template pack_nt<D>(P, W, jb, je, k0, kc);
       });
@@ -267,7 +302,7 @@ void gemm_nn(const MatRef& W, const float* X, int64_t ldx, int64_t T, float* Y, 
 // kernels.h's ToF32.
 template <class Isa>
 void to_f32(const void* src, DType dtype, float* dst, int64_t n) {
-  with_dtype(dtype, [&](auto d) MOEP_LOOP_BODY { Isa::template convert<d()>(src, dst, n); });
+  with_dtype<Isa::kQuantized>(dtype, [&](auto d) MOEP_LOOP_BODY { Isa::template convert<d()>(src, dst, n); });
 }
 
 }  // namespace

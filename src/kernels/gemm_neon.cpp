@@ -117,6 +117,7 @@ struct Neon {
   static constexpr int64_t kPanelDepth = kKC;
   static constexpr int64_t kPanelBlock = kNC;
   static constexpr int64_t kPackMinTokensNt = kPackMinTnt;
+  static constexpr bool kQuantized = false;
   static constexpr int64_t kPackMinTokensNn = kPackMinTnn;
   static constexpr int kNnStreamMaxTokens = 8;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats;

@@ -1,5 +1,5 @@
-// Numeric kernels used by the forward pass. Weights come in the checkpoint's dtype (f32, bf16, f16) and are
-// converted as they are read; activations and accumulation are f32.
+// Numeric kernels used by the forward pass. Weights come in the checkpoint's dtype (f32, bf16, f16, or one of
+// ggml's block-quantized types) and are converted as they are read; activations and accumulation are f32.
 //
 // Every kernel has a scalar reference (kernels/reference.cpp) and may have fast versions (AVX-512, AVX2,
 // NEON) chosen once at start-up from what the CPU supports (see kernels/dispatch.cpp). Fast versions must
@@ -59,8 +59,8 @@ int available_kernel_tables(const KernelTable** out, int max);
 // "avx512+bf16dot" table: gemm_nt / gemm_nn on bf16 weights with at least kBf16DotAlwaysFromT (2) tokens round
 // X to bf16 (round to nearest even; f32 denormals become zero) and multiply with bf16 dot products (vdpbf16ps:
 // exact products, f32 accumulation), in the packed (many tokens) and the streaming (few tokens) paths alike. A
-// call rounds all of X or none of it. One token (decode), f32 and f16 weights are computed as by the plain
-// avx512 table, bit for bit. Results are not those of the reference: relative to the exact products the error
+// call rounds all of X or none of it. One token (decode), f32, f16 and quantized weights are computed as by the
+// plain avx512 table, bit for bit. Results are not those of the reference: relative to the exact products the error
 // is that of rounding X (2^-9 per element), not of f32 summation.
 // set_bf16_dot(true) throws moep::Error (naming why) unless best_kernels() would be the avx512 table and the CPU
 // has AVX512_BF16; set_bf16_dot(false) always succeeds. Set it before running anything on other threads.
