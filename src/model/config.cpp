@@ -1,11 +1,11 @@
 #include "model/config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_read.h"
 #include "model/arch.h"
 
 namespace moep {
@@ -210,11 +210,11 @@ ModelConfig load_model_config(const std::string& dir_or_file) {
   fs::path p(dir_or_file);
   if (fs::is_directory(p)) p /= "config.json";
   if (!fs::exists(p)) fail("no config.json at ", p.string());
-  std::ifstream f(p);
-  if (!f) fail("cannot read ", p.string());
+  const std::string text = read_regular_file(p.string(), kMaxConfigJsonBytes, "config.json");
+  check_json_depth(text, kMaxJsonDepth, p.string());
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail(p.string(), ": malformed JSON (", e.what(), ")");
   }

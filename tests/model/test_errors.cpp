@@ -2,6 +2,9 @@
 // inconsistent or of the wrong shape, config.json files that are malformed or name an unknown model, bad flags.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <list>
@@ -143,6 +146,109 @@ TEST(CheckpointErrors, OverlappingTensors) {
   f << header << std::string(12, '\0');
   f.close();
   expect_clean_error(run_logits(d.path()), "overlap");
+}
+
+// A hand-made safetensors file: the header JSON, then `data_bytes` zero bytes.
+void write_raw_safetensors(const fs::path& path, const std::string& header, size_t data_bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  const uint64_t len = header.size();
+  f.write(reinterpret_cast<const char*>(&len), 8);
+  f << header << std::string(data_bytes, '\0');
+}
+
+std::string open_error(const fs::path& path) {
+  try {
+    SafetensorsIndex::open(path.string());
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CheckpointErrors, ShapeProductOverflowIsRefused) {
+  test::TempDir d;
+  // [2^40, 2^40] F32 wraps to 0 elements: it matched an empty byte range.
+  write_raw_safetensors(d.path() / "a.safetensors",
+                        R"({"huge":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})", 0);
+  std::string m = open_error(d.path() / "a.safetensors");
+  EXPECT_NE(m.find("tensor 'huge'"), std::string::npos) << m;
+  EXPECT_NE(m.find("more elements or bytes than fit in 64 bits"), std::string::npos) << m;
+  // (2^62 + 2) F32 is 2^64 + 8 bytes, which wraps to exactly the 8 bytes stored.
+  write_raw_safetensors(d.path() / "b.safetensors",
+                        R"({"wraps":{"dtype":"F32","shape":[4611686018427387906],"data_offsets":[0,8]}})", 8);
+  m = open_error(d.path() / "b.safetensors");
+  EXPECT_NE(m.find("tensor 'wraps'"), std::string::npos) << m;
+  EXPECT_NE(m.find("64 bits"), std::string::npos) << m;
+  // A dimension beyond int64 (it read back negative).
+  write_raw_safetensors(d.path() / "c.safetensors",
+                        R"({"neg":{"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,0]}})", 0);
+  m = open_error(d.path() / "c.safetensors");
+  EXPECT_NE(m.find("tensor 'neg'"), std::string::npos) << m;
+  // Through the CLI: a clean error, exit status 1.
+  test::TempDir model;
+  copy_fixture("olmoe_bf16", model.path());
+  fs::copy_file(d.path() / "b.safetensors", model.path() / "model.safetensors", fs::copy_options::overwrite_existing);
+  expect_clean_error(run_logits(model.path()), "tensor 'wraps'");
+}
+
+TEST(CheckpointErrors, IndexShardOutsideTheModelDirectoryIsRefused) {
+  test::TempDir d;
+  const fs::path model = d.path() / "hub" / "model", outside = d.path() / "outside";
+  fs::create_directories(model);
+  fs::create_directories(outside);
+  copy_fixture("dbrx_bf16", model);
+  // A complete shard, moved out of the directory and named from the index by a path that climbs out of it.
+  const std::string shard = "model-00002-of-00004.safetensors";
+  fs::rename(model / shard, outside / "x.safetensors");
+  std::ifstream in(model / "model.safetensors.index.json");
+  auto j = nlohmann::json::parse(in);
+  in.close();
+  for (auto& [name, file] : j["weight_map"].items())
+    if (file == shard) file = "../../outside/x.safetensors";
+  std::ofstream(model / "model.safetensors.index.json") << j.dump();
+  expect_clean_error(run_logits(model), "shard '../../outside/x.safetensors'");
+  expect_clean_error(run_logits(model), "is outside the model directory");
+  // An absolute name too.
+  for (auto& [name, file] : j["weight_map"].items())
+    if (file == "../../outside/x.safetensors") file = (outside / "x.safetensors").string();
+  std::ofstream(model / "model.safetensors.index.json") << j.dump();
+  expect_clean_error(run_logits(model), "is outside the model directory");
+}
+
+// Runs `moep logits` on DIR with a time limit; the elapsed seconds in *seconds.
+RunResult run_logits_timed(const fs::path& dir, double* seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  RunResult r;
+  r.status = test::run_command("timeout 20 " + test::moep_binary() + " logits " + dir.string() + " --ids 1,2,3 --out " +
+                                   (dir / "out.npy").string() + " --device cpu",
+                               &r.output);
+  *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+TEST(CheckpointErrors, FifoConfigOrShardIsRefusedAtOnce) {
+  test::TempDir d;
+  copy_fixture("mixtral_f32", d.path());
+  fs::remove(d.path() / "config.json");
+  ASSERT_EQ(::mkfifo((d.path() / "config.json").c_str(), 0600), 0);
+  double seconds = 0;
+  expect_clean_error(run_logits_timed(d.path(), &seconds), "config.json is a FIFO (named pipe); expected a regular file");
+  EXPECT_LT(seconds, 10);  // refused, not waited on (timeout kills at 20 s)
+  fs::remove(d.path() / "config.json");
+  fs::copy_file(test::fixture_dir("mixtral_f32") + "/config.json", d.path() / "config.json");
+  const fs::path shard = d.path() / "model-00002-of-00004.safetensors";
+  fs::remove(shard);
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0600), 0);
+  expect_clean_error(run_logits_timed(d.path(), &seconds), "model-00002-of-00004.safetensors is a FIFO (named pipe)");
+  EXPECT_LT(seconds, 10);
+}
+
+TEST(CheckpointErrors, OversizedConfigIsRefusedNamingTheCap) {
+  test::TempDir d;
+  copy_fixture("mixtral_f32", d.path());
+  // A sparse file: 16 MiB + 1 of zeros costs no disk and is refused before a byte is read.
+  fs::resize_file(d.path() / "config.json", (size_t(16) << 20) + 1);
+  expect_clean_error(run_logits(d.path()), "at most 16 MiB for config.json");
 }
 
 TEST(ConfigErrors, UnknownModelType) {

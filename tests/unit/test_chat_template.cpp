@@ -6,6 +6,8 @@
 // MatchesTransformersVectors checks every one of them when that file is present.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -248,6 +250,22 @@ TEST(ChatTemplate, SyntaxErrorNamesFileLineAndColumn) {
   write_file(dir.path() / "chat_template.jinja", "{% for m in messages %}\n{{ m.content }\n{% endfor %}");
   std::string err = error_of([&] { ChatTemplate::load(dir.str()); });
   EXPECT_NE(err.find("chat_template.jinja: syntax error at line 2, column"), std::string::npos) << err;
+}
+
+TEST(ChatTemplate, OnlyRegularFilesOfBoundedSizeAreRead) {
+  test::TempDir dir;
+  ASSERT_EQ(::mkfifo((dir.path() / "chat_template.jinja").c_str(), 0600), 0);
+  std::string err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("chat_template.jinja is a FIFO (named pipe); expected a regular file"), std::string::npos) << err;
+  fs::remove(dir.path() / "chat_template.jinja");
+  write_file(dir.path() / "chat_template.jinja", "");
+  fs::resize_file(dir.path() / "chat_template.jinja", (size_t(4) << 20) + 1);  // sparse
+  err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("at most 4 MiB for a chat template"), std::string::npos) << err;
+  fs::remove(dir.path() / "chat_template.jinja");
+  fs::create_symlink("/dev/zero", dir.path() / "tokenizer_config.json");
+  err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("tokenizer_config.json is a character device"), std::string::npos) << err;
 }
 
 // --- transformers' own renderings -------------------------------------------------------------------------------------
