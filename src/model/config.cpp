@@ -40,6 +40,22 @@ int64_t ConfigReader::get_int(std::string_view key, int64_t fallback) const {
   return has(key) ? get_int(key) : fallback;
 }
 
+int64_t ConfigReader::get_size(std::string_view key, int64_t max) const {
+  const int64_t v = get_int(key);
+  if (v > max) bad(key, str_cat("is ", v, "; moep reads at most ", max, " (a corrupt or hostile config.json?)"));
+  return v;
+}
+
+int64_t ConfigReader::get_size(std::string_view key, int64_t fallback, int64_t max) const {
+  return has(key) ? get_size(key, max) : fallback;
+}
+
+int64_t ConfigReader::get_size_any(std::initializer_list<std::string_view> keys, int64_t max) const {
+  for (auto k : keys)
+    if (has(k)) return get_size(k, max);
+  return get_int_any(keys);  // none present: the error naming them all
+}
+
 int64_t ConfigReader::get_int_any(std::initializer_list<std::string_view> keys) const {
   for (auto k : keys)
     if (has(k)) return get_int(k);
@@ -138,6 +154,21 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   pos("number of attention heads", c.n_heads);
   pos("number of key/value heads", c.n_kv_heads);
   pos("head dimension", c.head_dim);
+  // The readers of config.json refuse these by field name; this also covers configs from GGUF metadata.
+  auto at_most = [&](const char* what, int64_t v, int64_t max) {
+    if (v > max) fail(src, ": ", what, " is ", v, "; moep reads at most ", max, " (a corrupt or hostile file?)");
+  };
+  at_most("vocab size", c.vocab_size, ConfigLimits::vocab);
+  at_most("hidden size", c.d_model, ConfigLimits::d_model);
+  at_most("number of layers", c.n_layers, ConfigLimits::layers);
+  at_most("number of attention heads", c.n_heads, ConfigLimits::heads);
+  at_most("number of key/value heads", c.n_kv_heads, ConfigLimits::heads);
+  at_most("head dimension", c.head_dim, ConfigLimits::head_dim);
+  at_most("number of experts", c.n_experts, ConfigLimits::experts);
+  at_most("experts per token", c.top_k, ConfigLimits::experts);
+  at_most("expert intermediate size", c.expert_ffn, ConfigLimits::ffn);
+  at_most("dense intermediate size", c.dense_ffn, ConfigLimits::ffn);
+  at_most("shared expert intermediate size", c.shared_expert_ffn, ConfigLimits::ffn);
   if (c.n_heads % c.n_kv_heads != 0)
     fail(src, ": attention heads (", c.n_heads, ") must be a multiple of key/value heads (", c.n_kv_heads, ")");
   if (c.head_dim % 2 != 0) fail(src, ": head dimension must be even for RoPE, got ", c.head_dim);

@@ -148,6 +148,11 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
   m->dir_ = dir;
   m->config_ = std::move(config);
   m->index_ = SafetensorsIndex::open(dir);
+  // Every layer has tensors of its own: a config with more layers than the checkpoint has tensors is refused
+  // before anything is sized by the layer count.
+  if (size_t(m->config_.n_layers) > m->index_.tensors().size())
+    fail(dir, ": the config says ", m->config_.n_layers, " layers, but the checkpoint holds only ",
+         m->index_.tensors().size(), " tensors");
   const ArchSpec* arch = find_arch(m->config_.model_type);
   MOEP_ASSERT(arch != nullptr);
   WeightBinder binder(m->index_, opts.share);

@@ -291,6 +291,41 @@ TEST(ConfigErrors, ConfigDisagreesWithCheckpoint) {
   expect_clean_error(run_logits(d.path()), "but the config implies");
 }
 
+// Sets `field` of DIR/config.json to `value`.
+void set_config_field(const fs::path& dir, const std::string& field, const nlohmann::json& value) {
+  std::ifstream in(dir / "config.json");
+  auto j = nlohmann::json::parse(in);
+  in.close();
+  j[field] = value;
+  std::ofstream(dir / "config.json") << j.dump();
+}
+
+TEST(ConfigErrors, AbsurdSizesFailBeforeAllocating) {
+  test::TempDir d;
+  copy_fixture("mixtral_f32", d.path());
+  // 10 million layers allocated over 4 GB before any tensor was checked; under a 1 GB address-space limit that was
+  // a bad_alloc. Now the field is refused by name before anything is sized by it.
+  set_config_field(d.path(), "num_hidden_layers", 10000000);
+  expect_clean_error(run_logits(d.path(), "") , "field 'num_hidden_layers' is 10000000; moep reads at most 4096");
+  RunResult limited;
+  limited.status = test::run_command("ulimit -v 1000000; " + test::moep_binary() + " logits " + d.str() +
+                                         " --ids 1,2,3 --out " + (d.path() / "out.npy").string() + " --device cpu",
+                                     &limited.output);
+  expect_clean_error(limited, "field 'num_hidden_layers' is 10000000");
+  // Within the bound, but more layers than the checkpoint has tensors.
+  set_config_field(d.path(), "num_hidden_layers", 4000);
+  expect_clean_error(run_logits(d.path()), "the config says 4000 layers, but the checkpoint holds only");
+  set_config_field(d.path(), "num_hidden_layers", 2);
+  set_config_field(d.path(), "vocab_size", int64_t(1) << 40);
+  expect_clean_error(run_logits(d.path()), "field 'vocab_size' is 1099511627776; moep reads at most 16777216");
+  set_config_field(d.path(), "vocab_size", 256);
+  set_config_field(d.path(), "hidden_size", int64_t(1) << 50);
+  expect_clean_error(run_logits(d.path()), "field 'hidden_size' is 1125899906842624");
+  set_config_field(d.path(), "hidden_size", 64);
+  set_config_field(d.path(), "num_local_experts", 1000000);
+  expect_clean_error(run_logits(d.path()), "field 'num_local_experts' is 1000000");
+}
+
 TEST(ConfigErrors, NoConfig) {
   test::TempDir d;
   expect_clean_error(run_logits(d.path()), "no config.json");
