@@ -331,6 +331,42 @@ TEST(ConfigErrors, NoConfig) {
   expect_clean_error(run_logits(d.path()), "no config.json");
 }
 
+// Hostile chat templates through `moep run --chat`: the deep-nesting inputs of issue 21 (a SIGSEGV each before) and
+// a runaway loop (ran without bound) end with a one-line error and exit status 1.
+TEST(TemplateErrors, HostileTemplatesEndCleanly) {
+  test::TempDir d;
+  std::string out;
+  ASSERT_EQ(test::run_command(test::moep_binary() + " synth " + d.str() +
+                                  " --layers 1 --d-model 32 --ffn 32 --experts 2 --top-k 1 --heads 2 --kv-heads 1",
+                              &out),
+            0)
+      << out;
+  auto repeated = [](const std::string& piece, int n) {
+    std::string r;
+    for (int i = 0; i < n; ++i) r += piece;
+    return r;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {repeated("{% if true %}", 100000) + "x" + repeated("{% endif %}", 100000), "nested more than 300 levels deep"},
+      {"{{ messages[0].content" + repeated("|trim", 100000) + " }}", "expression nested more than 300 levels deep"},
+      {"{{ 1" + repeated(" + 1", 100000) + " }}", "expression nested more than 300 levels deep"},
+      {"{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}",
+       "more than 1000000 steps"},
+  };
+  for (const auto& [tmpl, error] : cases) {
+    std::ofstream(d.path() / "chat_template.jinja") << tmpl;
+    RunResult r;
+    r.status = test::run_command("timeout 30 " + test::moep_binary() + " run " + d.str() +
+                                     " --chat -p hi -n 1 --device cpu",
+                                 &r.output);
+    // Less the notes before it (random weights, chat mode).
+    while (r.output.rfind("moep: ", 0) == 0 && r.output.rfind("moep: error: ", 0) != 0)
+      r.output.erase(0, r.output.find('\n') + 1);
+    expect_clean_error(r, error);
+    expect_clean_error(r, "chat_template.jinja");
+  }
+}
+
 TEST(FlagErrors, BadIds) {
   RunResult r;
   r.status = test::run_command(test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") +

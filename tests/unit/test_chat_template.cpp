@@ -268,6 +268,35 @@ TEST(ChatTemplate, OnlyRegularFilesOfBoundedSizeAreRead) {
   EXPECT_NE(err.find("tokenizer_config.json is a character device"), std::string::npos) << err;
 }
 
+// The render budget's default (jinja::RenderOptions) is far above what real templates use: every stored template
+// renders a 400-message conversation within a hundredth of it.
+TEST(ChatTemplate, StoredTemplatesUseAFractionOfTheRenderBudget) {
+  ordered_json messages = ordered_json::array();
+  for (int i = 0; i < 200; ++i) {
+    messages.push_back(msg("user", "Question " + std::to_string(i) + ": what is " + std::to_string(i) + " + 1?"));
+    messages.push_back(msg("assistant", "It is " + std::to_string(i + 1) + "."));
+  }
+  jinja::RenderOptions hundredth;
+  hundredth.max_steps = jinja::RenderOptions{}.max_steps / 100;
+  size_t rendered = 0;
+  for (const auto& e : fs::directory_iterator(test::testdata_path("chat_templates"))) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".jinja" && !e.is_directory()) continue;
+    const ChatTemplate t = e.is_directory() ? ChatTemplate::load(e.path().string())
+                                            : ChatTemplate::from_string(read_file(e.path().string()), "<s>", "</s>", name);
+    std::string out;
+    try {
+      out = render_chat(t, messages, true, ordered_json::object(), hundredth);
+    } catch (const jinja::TemplateRaised& r) {
+      ADD_FAILURE() << name << " raised: " << r.message();
+      continue;
+    }
+    EXPECT_NE(out.find("Question 199"), std::string::npos) << name;
+    ++rendered;
+  }
+  EXPECT_GE(rendered, 10u);
+}
+
 // --- transformers' own renderings -------------------------------------------------------------------------------------
 
 TEST(ChatTemplate, MatchesTransformersVectors) {
