@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <tuple>
 
@@ -118,7 +119,13 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
   };
   const int helpers = int(std::min<size_t>(pieces.size(), std::clamp(std::thread::hardware_concurrency(), 1u, 4u))) - 1;
   std::vector<std::thread> threads;
-  for (int t = 0; t < helpers; ++t) threads.emplace_back(work, false);
+  for (int t = 0; t < helpers; ++t) {
+    try {
+      threads.emplace_back(work, false);
+    } catch (const std::system_error&) {
+      break;  // helpers only speed the copy up: go on with those that started
+    }
+  }
   work(true);
   for (auto& t : threads) t.join();
   close_all();

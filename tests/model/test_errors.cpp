@@ -367,6 +367,36 @@ TEST(TemplateErrors, HostileTemplatesEndCleanly) {
   }
 }
 
+// -t 150 under an address-space limit: thread creation or an allocation fails somewhere between start-up and the
+// first token, depending on the limit. Each ended in SIGABRT (a joinable thread destroyed, a worker's exception, glibc
+// failing to register a thread-local destructor); now every limit gives exit status 0 or a one-line error, status 1.
+TEST(ResourceErrors, ThreadAndAllocationFailuresAreCleanErrors) {
+  test::TempDir d;
+  std::string out;
+  ASSERT_EQ(test::run_command(test::moep_binary() + " synth " + d.str() +
+                                  " --layers 1 --d-model 32 --ffn 32 --experts 2 --top-k 1 --heads 2 --kv-heads 1",
+                              &out),
+            0)
+      << out;
+  int errors = 0;
+  for (int limit_mb : {700, 1000, 1500, 2000, 2500, 3000}) {
+    RunResult r;
+    // stderr only: the generated text goes to /dev/null.
+    r.status = test::run_command("(ulimit -v " + std::to_string(limit_mb * 1000) + "; " + test::moep_binary() + " run " +
+                                     d.str() + " -p hi -n 2 --device cpu -t 150 2>&1 >/dev/null)",
+                                 &r.output);
+    if (r.status == 0) continue;
+    while (r.output.rfind("moep: ", 0) == 0 && r.output.rfind("moep: error: ", 0) != 0)
+      r.output.erase(0, r.output.find('\n') + 1);  // the notes before it
+    ++errors;
+    expect_clean_error(r, "");
+    EXPECT_TRUE(r.output.find("cannot start thread") != std::string::npos ||
+                r.output.find("out of memory") != std::string::npos)
+        << limit_mb << " MB: " << r.output;
+  }
+  EXPECT_GT(errors, 0);  // the smallest limits do fail
+}
+
 TEST(FlagErrors, BadIds) {
   RunResult r;
   r.status = test::run_command(test::moep_binary() + " logits " + test::fixture_dir("olmoe_f32") +

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <fstream>
 
 #include "core/dtype.h"
@@ -59,6 +60,23 @@ TEST(ThreadPool, RunsEveryTaskOnce) {
 
 // The pool's accounting: regions counted, busy time within threads × wall, and a region whose tasks are
 // lopsided (one long task, the others short) shows the others waiting.
+// A task that throws (an allocation that failed in a worker) ended the process with std::terminate; the exception
+// now reaches the caller of parallel_for once every thread is done, and the pool stays usable.
+TEST(ThreadPool, ATasksExceptionReachesTheCaller) {
+  ThreadPool pool(4);
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<int> ran{0};
+    EXPECT_THROW(pool.parallel_for(64, [&](int64_t i) {
+      ran.fetch_add(1);
+      if (i == round) throw std::bad_alloc();
+    }), std::bad_alloc);
+    EXPECT_GE(ran.load(), 1);
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(100, [&](int64_t i) { sum.fetch_add(i); });
+    EXPECT_EQ(sum.load(), 4950);
+  }
+}
+
 TEST(ThreadPool, StatsSeeRegionsAndWaiting) {
   ThreadPool pool(2);
   pool.reset_stats();
