@@ -54,7 +54,7 @@ struct RenderOptions {
   // built; max_output_bytes bounds the output and any one string. The defaults are far above what real chat
   // templates use (the largest stored under tests/data takes a few thousand steps for a long conversation) and stop
   // a runaway template within about a second. Exceeding either is a moep::Error naming the template and the limit.
-  int64_t max_steps = 1'000'000;
+  int64_t max_steps = 500'000;
   size_t max_output_bytes = size_t(32) << 20;
 };
 
