@@ -6,6 +6,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
+#include <mutex>
+#include <system_error>
+#include <utility>
+
+#include "core/error.h"
 
 namespace moep {
 
@@ -24,7 +30,16 @@ constexpr int kSpinRounds = 20000;
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   workers_.reserve(n_threads_ - 1);
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n_threads_; ++i) {
+    try {
+      workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (const std::system_error& e) {
+      // No destructor runs for a constructor that throws: end the workers started so far here (a joinable thread
+      // left to its destructor would terminate the process), and say what failed.
+      stop_workers();
+      fail("cannot start thread ", i + 1, " of ", n_threads_, " (", e.what(), "); use fewer threads (--threads)");
+    }
+  }
   // Take every code path of the pool once now (yield, futex wait and wake), so that their pages are mapped
   // before the first token rather than during decoding.
   std::this_thread::yield();
@@ -34,11 +49,14 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   stop_.store(true);
   generation_.fetch_add(1);
   generation_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 namespace {
@@ -55,7 +73,15 @@ void ThreadPool::work(int64_t n_tasks) {
     const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= n_tasks) break;
     const int64_t t0 = mono_ns();
-    fn_(ctx_, i);
+    try {
+      fn_(ctx_, i);
+    } catch (...) {
+      // A task that throws (an allocation that failed) must not end the process from a worker: the first error
+      // is kept, the tasks not yet handed out are skipped, and run() rethrows it once every thread is done.
+      std::lock_guard<std::mutex> lock(failure_mu_);
+      if (!failure_) failure_ = std::current_exception();
+      next_.store(n_tasks, std::memory_order_relaxed);
+    }
     busy += mono_ns() - t0;
   }
   busy_ns_.fetch_add(busy, std::memory_order_relaxed);
@@ -81,6 +107,10 @@ void ThreadPool::run(int64_t n_tasks, void* ctx, TaskFn fn) {
   }
   regions_.fetch_add(1, std::memory_order_relaxed);
   wall_ns_.fetch_add(mono_ns() - start, std::memory_order_relaxed);
+  if (failure_) {
+    std::exception_ptr e = std::exchange(failure_, nullptr);
+    std::rethrow_exception(e);
+  }
 }
 
 void ThreadPool::worker_loop(int /*index*/) {

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -35,7 +37,8 @@ class ThreadPool {
     busy_ns_.store(0);
   }
 
-  // Calls fn(task) for every task in [0, n_tasks), spread over the threads; returns when all are done.
+  // Calls fn(task) for every task in [0, n_tasks), spread over the threads; returns when all are done. If a task
+  // throws, the tasks not yet started are skipped and the first exception is rethrown here once all threads are done.
   // Tasks are handed out one at a time from a shared counter, so uneven tasks balance themselves.
   template <class F>
   void parallel_for(int64_t n_tasks, F&& fn) {
@@ -94,6 +97,9 @@ class ThreadPool {
   alignas(64) std::atomic<int64_t> next_{0};
   alignas(64) std::atomic<int> pending_{0};
   alignas(64) std::atomic<uint32_t> generation_{0};
+  std::mutex failure_mu_;
+  std::exception_ptr failure_;  // the first exception a task of the current job threw
+  void stop_workers();  // ends and joins every worker
   std::atomic<bool> stop_{false};
   alignas(64) std::atomic<int64_t> regions_{0}, wall_ns_{0}, busy_ns_{0};
 };

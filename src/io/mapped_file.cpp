@@ -1,8 +1,6 @@
 #include "io/mapped_file.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,19 +8,13 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep {
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("cannot open ", path, ": ", std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    fail("cannot stat ", path, ": ", std::strerror(e));
-  }
-  size_ = size_t(st.st_size);
+  // A regular file only: a FIFO or a device named as a checkpoint is refused at once, not waited on.
+  const int fd = open_regular_file(path, &size_);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {

@@ -9,7 +9,8 @@ namespace moep {
 
 class MappedFile {
  public:
-  // Maps the whole file read-only. Throws moep::Error naming the file if it cannot be opened or mapped.
+  // Maps the whole file read-only. Throws moep::Error naming the file if it cannot be opened or mapped, or is not
+  // a regular file (a FIFO or a device is refused at once).
   explicit MappedFile(const std::string& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;

@@ -1,11 +1,17 @@
 #include "io/npy.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep {
 
@@ -35,6 +41,8 @@ void write_npy_f32(const std::string& path, const float* data, const std::vector
 }
 
 NpyArray read_npy_f32(const std::string& path) {
+  size_t file_size = 0;
+  ::close(open_regular_file(path, &file_size));
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open ", path);
   char magic[8];
@@ -48,6 +56,9 @@ NpyArray read_npy_f32(const std::string& path) {
   } else {
     f.read(reinterpret_cast<char*>(&hlen), 4);
   }
+  const size_t prefix = magic[6] == 1 ? 10 : 12;
+  if (!f || hlen > file_size - std::min(file_size, prefix))
+    fail(path, ": truncated .npy header (", hlen, " bytes announced, the file has ", file_size, ")");
   std::string header(hlen, '\0');
   f.read(header.data(), hlen);
   if (!f) fail(path, ": truncated .npy header");
@@ -57,18 +68,24 @@ NpyArray read_npy_f32(const std::string& path) {
   if (s == std::string::npos) fail(path, ": no shape in .npy header");
   NpyArray a;
   const char* p = header.c_str() + s + 10;
-  int64_t count = 1;
+  // The element count, checked: it must fit the bytes after the header before anything is allocated for it.
+  const size_t data_bytes = file_size - prefix - hlen;
+  uint64_t count = 1;
   while (*p && *p != ')') {
     if (*p >= '0' && *p <= '9') {
       char* end;
-      const long long v = std::strtoll(p, &end, 10);
-      a.shape.push_back(v);
-      count *= v;
+      errno = 0;
+      const unsigned long long v = std::strtoull(p, &end, 10);
+      if (errno == ERANGE || v > uint64_t(INT64_MAX) || __builtin_mul_overflow(count, uint64_t(v), &count))
+        fail(path, ": .npy shape overflows 64 bits");
+      a.shape.push_back(int64_t(v));
       p = end;
     } else {
       ++p;
     }
   }
+  if (count > data_bytes / sizeof(float))
+    fail(path, ": .npy shape holds ", count, " floats but the file has ", data_bytes, " bytes of data");
   a.data.resize(size_t(count));
   f.read(reinterpret_cast<char*>(a.data.data()), std::streamsize(count * sizeof(float)));
   if (!f) fail(path, ": truncated .npy data");

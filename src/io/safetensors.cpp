@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep {
 
@@ -77,19 +77,27 @@ void SafetensorsIndex::add_file(const std::string& path, const std::vector<std::
     const size_t esize = stored_dtype_size(info.dtype_name);
     if (esize == 0) bad("unknown dtype '" + info.dtype_name + "'");
     info.dtype_supported = dtype_from_safetensors(info.dtype_name, &info.dtype);
-    size_t numel = 1;
+    // Checked products: a shape whose element or byte count wraps 64 bits could otherwise match the stored byte
+    // count and index far outside the mapping.
+    int64_t numel = 1;
+    bool overflow = false;
     for (const auto& d : t["shape"]) {
       if (!d.is_number_unsigned()) bad("shape entries must be non-negative integers");
-      info.shape.push_back(d.get<int64_t>());
-      numel *= d.get<size_t>();
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim > uint64_t(INT64_MAX)) bad(str_cat("shape entry ", dim, " is larger than 2^63 - 1"));
+      info.shape.push_back(int64_t(dim));
+      overflow |= __builtin_mul_overflow(numel, int64_t(dim), &numel);
     }
-    const size_t b = off[0].get<size_t>(), e = off[1].get<size_t>();
+    uint64_t need = 0;
+    if (overflow || __builtin_mul_overflow(uint64_t(numel), uint64_t(esize), &need))
+      bad(str_cat(info.dtype_name, " ", info.shape_str(), " has more elements or bytes than fit in 64 bits"));
+    const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
     if (e < b) bad("data_offsets end before they begin");
     if (e > data_size)
       bad(str_cat("data ends at byte ", e, " but the file's data section has only ", data_size,
                   " bytes (truncated file?)"));
-    if (e - b != numel * esize)
-      bad(str_cat("holds ", e - b, " bytes but ", info.dtype_name, " ", info.shape_str(), " needs ", numel * esize));
+    if (e - b != need)
+      bad(str_cat("holds ", e - b, " bytes but ", info.dtype_name, " ", info.shape_str(), " needs ", need));
     info.nbytes = e - b;
     info.data = file->data() + data_start + b;
     info.file = file.get();
@@ -120,18 +128,19 @@ void SafetensorsIndex::add_file(const std::string& path, const std::vector<std::
 
 SafetensorsIndex SafetensorsIndex::open(const std::string& path) {
   SafetensorsIndex idx;
-  if (fs::is_regular_file(path)) {
-    idx.add_file(path, nullptr);
+  if (!fs::is_directory(path)) {
+    if (!fs::exists(path)) fail("checkpoint path ", path, " does not exist");
+    idx.add_file(path, nullptr);  // refuses anything but a regular file
     return idx;
   }
-  if (!fs::is_directory(path)) fail("checkpoint path ", path, " does not exist");
   const fs::path dir(path);
   const fs::path index_path = dir / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
     json j;
-    std::ifstream f(index_path);
+    const std::string text = read_regular_file(index_path.string(), kMaxIndexJsonBytes, "a safetensors index");
+    check_json_depth(text, kMaxJsonDepth, index_path.string());
     try {
-      j = json::parse(f);
+      j = json::parse(text);
     } catch (const json::exception& e) {
       fail(index_path.string(), ": not valid JSON (", e.what(), ")");
     }
@@ -144,6 +153,15 @@ SafetensorsIndex SafetensorsIndex::open(const std::string& path) {
     }
     if (by_file.empty()) fail(index_path.string(), ": weight_map is empty");
     for (const auto& [fn, names] : by_file) {
+      // Shards live in the model directory: a name that leaves it (absolute, or through "..") would read any
+      // file of the machine the index names. Checked on the name, not the resolved path: a hub cache's shards
+      // are links into a blob folder outside the directory, and following them is fine.
+      const fs::path rel(fn);
+      const bool leaves = fn.empty() || rel.is_absolute() || rel.has_root_name() ||
+                          std::any_of(rel.begin(), rel.end(), [](const fs::path& part) { return part == ".."; });
+      if (leaves)
+        fail(index_path.string(), ": shard '", fn, "' (of tensor '", names.front(),
+             "') is outside the model directory; expected a file name inside ", dir.string());
       const fs::path p = dir / fn;
       if (!fs::exists(p)) fail(index_path.string(), ": shard ", fn, " is missing from ", dir.string());
       idx.add_file(p.string(), &names);

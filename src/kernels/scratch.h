@@ -3,7 +3,8 @@
 // Each kernel table (one instruction-set file) keeps its own set of slots, with sizes fixed by its blocking. A
 // thread's set is created on its first kernel call and written through once, so that the decode loop neither
 // allocates nor takes a page fault for scratch; a call that needs more than a slot holds grows it, once, which
-// happens during warm-up. Buffers are 64-byte aligned and freed when the thread ends.
+// happens during warm-up. Buffers are 64-byte aligned and freed when the thread ends. An allocation that fails
+// throws std::bad_alloc.
 //
 // Compiled with the baseline flags (not an instruction-set file), so every table can use it.
 #pragma once

@@ -21,8 +21,13 @@ class ConfigReader {
   bool has(std::string_view key) const;  // present and not null
   int64_t get_int(std::string_view key) const;
   int64_t get_int(std::string_view key, int64_t fallback) const;
+  // A size or count: an integer of at most `max` (ConfigLimits), refused naming the field above it. Zero and negative
+  // values pass, for validate_config to name what must be positive.
+  int64_t get_size(std::string_view key, int64_t max) const;
+  int64_t get_size(std::string_view key, int64_t fallback, int64_t max) const;
   // The first present key of several spellings.
   int64_t get_int_any(std::initializer_list<std::string_view> keys) const;
+  int64_t get_size_any(std::initializer_list<std::string_view> keys, int64_t max) const;
   double get_double(std::string_view key, double fallback) const;
   bool get_bool(std::string_view key, bool fallback) const;
   std::string get_string(std::string_view key, const std::string& fallback) const;

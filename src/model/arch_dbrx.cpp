@@ -13,10 +13,10 @@ namespace {
 
 void parse_dbrx(const ConfigReader& r, ModelConfig& c) {
   read_common_fields(r, c);
-  c.d_model = r.get_int("d_model");
-  c.n_heads = r.get_int("n_heads");
-  c.n_layers = r.get_int("n_layers");
-  c.vocab_size = r.get_int("vocab_size");
+  c.d_model = r.get_size("d_model", ConfigLimits::d_model);
+  c.n_heads = r.get_size("n_heads", ConfigLimits::heads);
+  c.n_layers = r.get_size("n_layers", ConfigLimits::layers);
+  c.vocab_size = r.get_size("vocab_size", ConfigLimits::vocab);
   c.max_position = r.get_int("max_seq_len", 2048);
   c.norm = NormKind::LayerNorm;
   c.norm_eps = 1e-5f;
@@ -25,16 +25,17 @@ void parse_dbrx(const ConfigReader& r, ModelConfig& c) {
   c.head_dim = c.d_model / c.n_heads;
 
   const ConfigReader attn = r.sub("attn_config");
-  c.n_kv_heads = attn.has("kv_n_heads") ? attn.get_int("kv_n_heads") : r.get_int("num_key_value_heads", 1);
+  c.n_kv_heads = attn.has("kv_n_heads") ? attn.get_size("kv_n_heads", ConfigLimits::heads)
+                                       : r.get_size("num_key_value_heads", 1, ConfigLimits::heads);
   c.clip_qkv = float(attn.get_double("clip_qkv", 0.0));
   if (c.clip_qkv < 0) attn.bad("clip_qkv", "must be positive or null");
   // The checkpoint's own attn_config.rope_theta wins; the newer top-level spelling is the fallback.
   c.rope_theta = attn.has("rope_theta") ? attn.get_double("rope_theta", 10000.0) : read_rope_theta(r, 10000.0);
 
   const ConfigReader ffn = r.sub("ffn_config");
-  c.expert_ffn = ffn.get_int("ffn_hidden_size");
-  c.n_experts = ffn.get_int("moe_num_experts");
-  c.top_k = ffn.get_int("moe_top_k");
+  c.expert_ffn = ffn.get_size("ffn_hidden_size", ConfigLimits::ffn);
+  c.n_experts = ffn.get_size("moe_num_experts", ConfigLimits::experts);
+  c.top_k = ffn.get_size("moe_top_k", ConfigLimits::experts);
   if (ffn.has("moe_normalize_expert_weights")) {
     c.topk_norm = TopKNorm::PNorm;
     c.topk_pnorm = ffn.get_double("moe_normalize_expert_weights", 1.0);

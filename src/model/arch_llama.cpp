@@ -30,20 +30,20 @@ MlpWeights bind_shared_expert(WeightBinder& b, const std::string& p, int64_t d, 
 
 void read_llama_family(const ConfigReader& r, const LlamaFamily& f, ModelConfig& c) {
   read_common_fields(r, c);
-  c.d_model = r.get_int("hidden_size");
-  c.n_layers = r.get_int("num_hidden_layers");
-  c.n_heads = r.get_int("num_attention_heads");
-  c.n_kv_heads = r.get_int("num_key_value_heads", c.n_heads);
-  c.vocab_size = r.get_int("vocab_size");
+  c.d_model = r.get_size("hidden_size", ConfigLimits::d_model);
+  c.n_layers = r.get_size("num_hidden_layers", ConfigLimits::layers);
+  c.n_heads = r.get_size("num_attention_heads", ConfigLimits::heads);
+  c.n_kv_heads = r.get_size("num_key_value_heads", c.n_heads, ConfigLimits::heads);
+  c.vocab_size = r.get_size("vocab_size", ConfigLimits::vocab);
   if (c.n_heads <= 0) r.bad("num_attention_heads", "must be positive");
-  c.head_dim = f.head_dim_key ? r.get_int("head_dim", c.d_model / c.n_heads) : c.d_model / c.n_heads;
+  c.head_dim = f.head_dim_key ? r.get_size("head_dim", c.d_model / c.n_heads, ConfigLimits::head_dim) : c.d_model / c.n_heads;
   c.max_position = r.get_int("max_position_embeddings", f.default_max_position);
   c.norm = NormKind::RMSNorm;
   c.norm_eps = float(r.get_double("rms_norm_eps", f.default_norm_eps));
   c.rope_theta = read_rope_theta(r, f.default_rope_theta);
-  c.n_experts = r.get_int_any({f.expert_count_keys[0], f.expert_count_keys[1]});
-  c.top_k = r.get_int("num_experts_per_tok");
-  c.expert_ffn = r.get_int(f.expert_ffn_key);
+  c.n_experts = r.get_size_any({f.expert_count_keys[0], f.expert_count_keys[1]}, ConfigLimits::experts);
+  c.top_k = r.get_size("num_experts_per_tok", ConfigLimits::experts);
+  c.expert_ffn = r.get_size(f.expert_ffn_key, ConfigLimits::ffn);
   c.layer_is_moe.assign(size_t(c.n_layers), true);
 }
 

@@ -38,13 +38,13 @@ void parse_qwen_common(const ConfigReader& r, ModelConfig& c) {
     c.layer_is_moe[size_t(i)] = !dense && c.n_experts > 0 && (i + 1) % step == 0;
   }
   for (bool m : c.layer_is_moe)
-    if (!m) c.dense_ffn = r.get_int("intermediate_size");
+    if (!m) c.dense_ffn = r.get_size("intermediate_size", ConfigLimits::ffn);
 }
 
 void parse_qwen2_moe(const ConfigReader& r, ModelConfig& c) {
   parse_qwen_common(r, c);
   c.qkv_bias = r.get_bool("qkv_bias", true);
-  c.shared_expert_ffn = r.get_int("shared_expert_intermediate_size", 0);
+  c.shared_expert_ffn = r.get_size("shared_expert_intermediate_size", 0, ConfigLimits::ffn);
 }
 
 void parse_qwen3_moe(const ConfigReader& r, ModelConfig& c) {

@@ -1,12 +1,12 @@
 #include "model/config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "core/file_read.h"
 #include "model/arch.h"
 #include "model/gguf_config.h"
 #include "model/gguf_model.h"
@@ -41,6 +41,22 @@ int64_t ConfigReader::get_int(std::string_view key) const {
 
 int64_t ConfigReader::get_int(std::string_view key, int64_t fallback) const {
   return has(key) ? get_int(key) : fallback;
+}
+
+int64_t ConfigReader::get_size(std::string_view key, int64_t max) const {
+  const int64_t v = get_int(key);
+  if (v > max) bad(key, str_cat("is ", v, "; moep reads at most ", max, " (a corrupt or hostile config.json?)"));
+  return v;
+}
+
+int64_t ConfigReader::get_size(std::string_view key, int64_t fallback, int64_t max) const {
+  return has(key) ? get_size(key, max) : fallback;
+}
+
+int64_t ConfigReader::get_size_any(std::initializer_list<std::string_view> keys, int64_t max) const {
+  for (auto k : keys)
+    if (has(k)) return get_size(k, max);
+  return get_int_any(keys);  // none present: the error naming them all
 }
 
 int64_t ConfigReader::get_int_any(std::initializer_list<std::string_view> keys) const {
@@ -141,6 +157,21 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   pos("number of attention heads", c.n_heads);
   pos("number of key/value heads", c.n_kv_heads);
   pos("head dimension", c.head_dim);
+  // The readers of config.json refuse these by field name; this also covers configs from GGUF metadata.
+  auto at_most = [&](const char* what, int64_t v, int64_t max) {
+    if (v > max) fail(src, ": ", what, " is ", v, "; moep reads at most ", max, " (a corrupt or hostile file?)");
+  };
+  at_most("vocab size", c.vocab_size, ConfigLimits::vocab);
+  at_most("hidden size", c.d_model, ConfigLimits::d_model);
+  at_most("number of layers", c.n_layers, ConfigLimits::layers);
+  at_most("number of attention heads", c.n_heads, ConfigLimits::heads);
+  at_most("number of key/value heads", c.n_kv_heads, ConfigLimits::heads);
+  at_most("head dimension", c.head_dim, ConfigLimits::head_dim);
+  at_most("number of experts", c.n_experts, ConfigLimits::experts);
+  at_most("experts per token", c.top_k, ConfigLimits::experts);
+  at_most("expert intermediate size", c.expert_ffn, ConfigLimits::ffn);
+  at_most("dense intermediate size", c.dense_ffn, ConfigLimits::ffn);
+  at_most("shared expert intermediate size", c.shared_expert_ffn, ConfigLimits::ffn);
   if (c.n_heads % c.n_kv_heads != 0)
     fail(src, ": attention heads (", c.n_heads, ") must be a multiple of key/value heads (", c.n_kv_heads, ")");
   if (c.head_dim % 2 != 0) fail(src, ": head dimension must be even for RoPE, got ", c.head_dim);
@@ -214,11 +245,11 @@ ModelConfig load_model_config(const std::string& dir_or_file) {
   fs::path p(dir_or_file);
   if (fs::is_directory(p)) p /= "config.json";
   if (!fs::exists(p)) fail("no config.json at ", p.string());
-  std::ifstream f(p);
-  if (!f) fail("cannot read ", p.string());
+  const std::string text = read_regular_file(p.string(), kMaxConfigJsonBytes, "config.json");
+  check_json_depth(text, kMaxJsonDepth, p.string());
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail(p.string(), ": malformed JSON (", e.what(), ")");
   }

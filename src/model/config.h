@@ -65,6 +65,20 @@ struct ModelConfig {
   uint64_t fingerprint() const;
 };
 
+// The largest sizes moep reads from a model's config (config.json or GGUF metadata), each far above every released
+// model (the largest known in parentheses). A config beyond them is refused, naming the field, before anything is
+// sized by it: a config.json claiming 10 million layers or a vocabulary of 2^40 is a corrupt or hostile file, and
+// products of these bounds (vocab × d_model, experts × ffn × d_model) stay far inside 64 bits.
+struct ConfigLimits {
+  static constexpr int64_t layers = 4096;            // (≈ 160)
+  static constexpr int64_t vocab = int64_t(1) << 24;  // (≈ 262k)
+  static constexpr int64_t d_model = int64_t(1) << 17;  // (≈ 18k)
+  static constexpr int64_t heads = 4096;             // attention and key/value heads (≈ 128)
+  static constexpr int64_t head_dim = 4096;          // (≈ 512)
+  static constexpr int64_t experts = int64_t(1) << 16;  // and experts per token (≈ 512)
+  static constexpr int64_t ffn = int64_t(1) << 20;   // any intermediate size (≈ 53k)
+};
+
 // Reads DIR/config.json (or a config.json path), or the metadata of a .gguf file (model_config_from_gguf). Throws moep::Error for a missing or malformed file, an
 // unknown model_type, or missing / nonsensical fields (naming the field).
 ModelConfig load_model_config(const std::string& dir_or_file);

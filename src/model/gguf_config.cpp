@@ -67,6 +67,9 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   // expert_feed_forward_length (Qwen's feed_forward_length is then a dense MLP's, which its MoE layers lack).
   c.expert_ffn = g.has(key("expert_feed_forward_length")) ? g.get_u32(key("expert_feed_forward_length"))
                                                           : g.get_u32(key("feed_forward_length"));
+  if (c.n_layers > ConfigLimits::layers)  // before anything is sized by it
+    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
+         " (a corrupt or hostile file?)");
   // A layer without a router is a dense MLP layer (Qwen2-MoE's mlp_only_layers: moep writes them as llama.cpp's
   // dense ffn_gate/ffn_up/ffn_down, of feed_forward_length; llama.cpp's qwen2moe itself has none).
   c.layer_is_moe.assign(size_t(std::max<int64_t>(c.n_layers, 0)), true);

@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <tuple>
 
@@ -120,7 +121,13 @@ void copy_file_ranges(const std::vector<CopyJob>& jobs, size_t total, bool drop_
   };
   const int helpers = int(std::min<size_t>(pieces.size(), std::clamp(std::thread::hardware_concurrency(), 1u, 4u))) - 1;
   std::vector<std::thread> threads;
-  for (int t = 0; t < helpers; ++t) threads.emplace_back(work, false);
+  for (int t = 0; t < helpers; ++t) {
+    try {
+      threads.emplace_back(work, false);
+    } catch (const std::system_error&) {
+      break;  // helpers only speed the copy up: go on with those that started
+    }
+  }
   work(true);
   for (auto& t : threads) t.join();
   close_all();
@@ -174,6 +181,11 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
     bind = bind_gguf_weights;
   } else {
     m->index_ = SafetensorsIndex::open(dir);
+    // Every layer has tensors of its own: a config with more layers than the checkpoint has tensors is refused
+    // before anything is sized by the layer count.
+    if (size_t(m->config_.n_layers) > m->index_.tensors().size())
+      fail(dir, ": the config says ", m->config_.n_layers, " layers, but the checkpoint holds only ",
+           m->index_.tensors().size(), " tensors");
     m->checkpoint_bytes_ = m->index_.total_bytes();
     make_binder = [&m, &opts] { return WeightBinder(m->index_, opts.share); };
     const ArchSpec* arch = find_arch(m->config_.model_type);

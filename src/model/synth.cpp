@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/file_read.h"
 #include "core/thread_pool.h"
 #include "io/safetensors_writer.h"
 #include "model/arch.h"
@@ -80,11 +81,12 @@ struct TokenizerInfo {
 };
 
 TokenizerInfo inspect_tokenizer(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("--tokenizer: cannot read ", path);
+  if (!std::filesystem::exists(path)) fail("--tokenizer: cannot read ", path);
+  const std::string text = read_regular_file(path, kMaxTokenizerJsonBytes, "tokenizer.json");
+  check_json_depth(text, kMaxJsonDepth, path);
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail(path, ": not valid JSON (", e.what(), ")");
   }

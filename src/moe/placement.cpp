@@ -1,11 +1,12 @@
 #include "moe/placement.h"
 
 #include <algorithm>
-#include <fstream>
+#include <filesystem>
 #include <utility>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep {
 
@@ -93,11 +94,12 @@ void ExpertPlacement::require_splittable(int64_t ffn) const {
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,
                                                 int n_ranks) {
-  std::ifstream f(path);
-  if (!f) fail("placement file ", path, " cannot be read");
+  if (!std::filesystem::exists(path)) fail("placement file ", path, " cannot be read");
+  const std::string text = read_regular_file(path, kMaxConfigJsonBytes, "a placement file");
+  check_json_depth(text, kMaxJsonDepth, path);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(f);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail(path, ": placement file is not valid JSON (", e.what(), ")");
   }

@@ -9,6 +9,7 @@
 
 #include "core/data_paths.h"
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep::perf {
 
@@ -513,11 +514,12 @@ void ProfileSet::add(const NetworkProfile& n) {
 }
 
 void ProfileSet::load_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("cannot read profile file ", path);
+  if (!std::filesystem::exists(path)) fail("cannot read profile file ", path);
+  const std::string text = read_regular_file(path, kMaxConfigJsonBytes, "a profile file");
+  check_json_depth(text, kMaxJsonDepth, path);
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail(path, ": malformed JSON (", e.what(), ")");
   }

@@ -2,17 +2,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/file_read.h"
 
 namespace moep::perf {
 
 using nlohmann::json;
 
 RoutingRecord parse_routing_record(const std::string& text, const std::string& source) {
+  check_json_depth(text, kMaxJsonDepth, source);
   json j;
   try {
     j = json::parse(text);
@@ -173,11 +175,8 @@ void RoutingCounter::write(const std::string& path) const {
 }
 
 RoutingRecord load_routing_record(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("cannot read routing record ", path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_routing_record(ss.str(), path);
+  if (!std::filesystem::exists(path)) fail("cannot read routing record ", path);
+  return parse_routing_record(read_regular_file(path, kMaxRoutingRecordBytes, "a routing record"), path);
 }
 
 void check_routing_matches(const RoutingRecord& r, const ModelShape& s) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_read.h"
 #include "perf/perf_model.h"
 #include "perf/routing.h"
 
@@ -22,10 +23,11 @@ namespace fs = std::filesystem;
 namespace {
 
 json read_json(const std::string& path, const char* what) {
-  std::ifstream f(path);
-  if (!f) fail("cannot read ", what, " ", path);
+  if (!fs::exists(path)) fail("cannot read ", what, " ", path);
+  const std::string text = read_regular_file(path, kMaxConfigJsonBytes, what);
+  check_json_depth(text, kMaxJsonDepth, path);
   try {
-    return json::parse(f);
+    return json::parse(text);
   } catch (const json::exception& e) {
     fail(path, ": malformed JSON (", e.what(), ")");
   }

@@ -2,28 +2,25 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 #include "io/gguf.h"
 #include "text/gguf_tokenizer.h"
+#include "core/file_read.h"
 
 namespace moep {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_text(const fs::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path.string(), ": cannot open for reading");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+std::string read_template(const fs::path& path) {
+  return read_regular_file(path.string(), kMaxChatTemplateBytes, "a chat template");
 }
 
 nlohmann::ordered_json read_json(const fs::path& path) {
-  std::string text = read_text(path);
+  // tokenizer_config.json or chat_template.json: templates, special tokens, sometimes every added token.
+  const std::string text = read_regular_file(path.string(), kMaxTokenizerConfigBytes, path.filename().string());
+  check_json_depth(text, kMaxJsonDepth, path.string());
   try {
     return nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::json::exception& e) {
@@ -100,14 +97,14 @@ ChatTemplate ChatTemplate::load(const std::string& model_dir) {
 
   const fs::path jinja_path = dir / "chat_template.jinja";
   if (fs::exists(jinja_path)) {
-    t.templates.emplace_back("default", parse(read_text(jinja_path), jinja_path.string()));
+    t.templates.emplace_back("default", parse(read_template(jinja_path), jinja_path.string()));
     const fs::path extra_dir = dir / "additional_chat_templates";
     if (fs::is_directory(extra_dir)) {
       std::vector<fs::path> files;
       for (const auto& e : fs::directory_iterator(extra_dir))
         if (e.path().extension() == ".jinja") files.push_back(e.path());
       std::sort(files.begin(), files.end());
-      for (const auto& f : files) t.templates.emplace_back(f.stem().string(), parse(read_text(f), f.string()));
+      for (const auto& f : files) t.templates.emplace_back(f.stem().string(), parse(read_template(f), f.string()));
     }
     return t;
   }

@@ -2,6 +2,8 @@
 // jinja2's lexer.py and parser.py so that whitespace control and operator precedence come out the same.
 #include "text/jinja.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -386,17 +388,36 @@ struct Ctx {
 
 enum class Flow { Normal, Break, Continue };
 
-constexpr size_t kMaxOutput = size_t(256) << 20;
 constexpr int kMaxCallDepth = 200;
+// Blocks and expressions nest at most this deep, counted together while parsing (real templates: under 20). The
+// parser recurses once per level, and the evaluator and the destructors recurse once per level of the tree, so
+// this bound also keeps them far from the stack's end.
 constexpr int kMaxParseDepth = 300;
 constexpr int64_t kMaxRange = 100000;  // jinja2.sandbox.MAX_RANGE
 
 struct Expr {
   size_t pos = 0;
+  // Levels of the tree under and including this node (a leaf: 1). The parser sets it as it completes each node
+  // (Parser::seal), from the children's: chains such as a + b + c or x|f|g build depth without recursing, so the
+  // parser's own depth does not bound it.
+  int height = 1;
   virtual ~Expr() = default;
-  virtual Value eval(Ctx& ctx, const ScopePtr& scope) const = 0;
+  Value eval(Ctx& ctx, const ScopePtr& scope) const {
+    check_stack();
+    return evaluate(ctx, scope);
+  }
+  virtual Value evaluate(Ctx& ctx, const ScopePtr& scope) const = 0;
+  // The largest height among the children (0 for a leaf).
+  virtual int child_height() const { return 0; }
 };
 using ExprPtr = std::unique_ptr<Expr>;
+
+int height_of(const ExprPtr& e) { return e ? e->height : 0; }
+int height_of(const std::vector<ExprPtr>& es) {
+  int h = 0;
+  for (const auto& e : es) h = std::max(h, height_of(e));
+  return h;
+}
 
 struct Stmt {
   size_t pos = 0;
@@ -407,10 +428,11 @@ using StmtPtr = std::unique_ptr<Stmt>;
 using Body = std::vector<StmtPtr>;
 
 Flow exec_body(const Body& body, Ctx& ctx, const ScopePtr& scope, std::string& out) {
+  check_stack();
   for (const auto& s : body) {
     Flow f = s->exec(ctx, scope, out);
     if (f != Flow::Normal) return f;
-    if (out.size() > kMaxOutput) throw_error("rendered output exceeds 256 MiB");
+    check_size(out.size());
   }
   return Flow::Normal;
 }
@@ -419,6 +441,11 @@ struct Arguments {
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   ExprPtr dyn_args, dyn_kwargs;  // f(*xs, **kw)
+  int height() const {
+    int h = std::max({height_of(args), height_of(dyn_args), height_of(dyn_kwargs)});
+    for (const auto& kv : kwargs) h = std::max(h, height_of(kv.second));
+    return h;
+  }
   CallArgs eval(Ctx& ctx, const ScopePtr& scope) const {
     CallArgs a;
     for (const auto& e : args) a.args.push_back(e->eval(ctx, scope));
@@ -436,12 +463,12 @@ struct Arguments {
 
 struct Const : Expr {
   Value value;
-  Value eval(Ctx&, const ScopePtr&) const override { return value; }
+  Value evaluate(Ctx&, const ScopePtr&) const override { return value; }
 };
 
 struct Name : Expr {
   std::string name;
-  Value eval(Ctx&, const ScopePtr& scope) const override {
+  Value evaluate(Ctx&, const ScopePtr& scope) const override {
     if (const Value* v = scope->find(name)) return *v;
     return Value::undefined(py_string_repr(name) + " is undefined");
   }
@@ -450,7 +477,8 @@ struct Name : Expr {
 struct ListExpr : Expr {
   std::vector<ExprPtr> items;
   bool tuple = false;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return height_of(items); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     List out;
     for (const auto& e : items) out.push_back(e->eval(ctx, scope));
     return tuple ? Value::make_tuple(std::move(out)) : Value::make_list(std::move(out));
@@ -459,7 +487,12 @@ struct ListExpr : Expr {
 
 struct DictExpr : Expr {
   std::vector<std::pair<ExprPtr, ExprPtr>> items;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override {
+    int h = 0;
+    for (const auto& [k, v] : items) h = std::max({h, height_of(k), height_of(v)});
+    return h;
+  }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Dict d;
     for (const auto& [k, v] : items) {
       Value key = k->eval(ctx, scope);
@@ -474,7 +507,8 @@ struct DictExpr : Expr {
 struct Getattr : Expr {
   ExprPtr obj;
   std::string attr;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return height_of(obj); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value o = obj->eval(ctx, scope);
     ctx.pos = pos;
     return get_attr(o, attr);
@@ -483,7 +517,8 @@ struct Getattr : Expr {
 
 struct Getitem : Expr {
   ExprPtr obj, key;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return std::max(height_of(obj), height_of(key)); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value o = obj->eval(ctx, scope);
     Value k = key->eval(ctx, scope);
     ctx.pos = pos;
@@ -493,7 +528,10 @@ struct Getitem : Expr {
 
 struct SliceExpr : Expr {
   ExprPtr obj, start, stop, step;  // bounds may be null
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override {
+    return std::max({height_of(obj), height_of(start), height_of(stop), height_of(step)});
+  }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value o = obj->eval(ctx, scope);
     auto bound = [&](const ExprPtr& e) { return e ? e->eval(ctx, scope) : Value::none(); };
     Value a = bound(start), b = bound(stop), c = bound(step);
@@ -505,10 +543,12 @@ struct SliceExpr : Expr {
 struct Call : Expr {
   ExprPtr callee;
   Arguments args;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return std::max(height_of(callee), args.height()); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value f = callee->eval(ctx, scope);
     CallArgs a = args.eval(ctx, scope);
     ctx.pos = pos;
+    charge_steps(1);
     return call_value(f, a);
   }
 };
@@ -517,24 +557,28 @@ struct FilterExpr : Expr {
   ExprPtr input;  // null inside filter blocks: the block's text is the input
   std::string name;
   Arguments args;
+  int child_height() const override { return std::max(height_of(input), args.height()); }
   Value apply(Ctx& ctx, const ScopePtr& scope, const Value& in) const {
     CallArgs a = args.eval(ctx, scope);
     ctx.pos = pos;
+    charge_steps(1);
     FilterFn f = find_filter(name);
     if (!f) throw_error("No filter named " + py_string_repr(name) + ".");
     return f(in, a);
   }
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override { return apply(ctx, scope, input->eval(ctx, scope)); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override { return apply(ctx, scope, input->eval(ctx, scope)); }
 };
 
 struct TestExpr : Expr {
   ExprPtr input;
   std::string name;
   Arguments args;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return std::max(height_of(input), args.height()); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value in = input->eval(ctx, scope);
     CallArgs a = args.eval(ctx, scope);
     ctx.pos = pos;
+    charge_steps(1);
     TestFn t = find_test(name);
     if (!t) throw_error("No test named " + py_string_repr(name) + ".");
     return Value::boolean(t(in, a));
@@ -544,7 +588,8 @@ struct TestExpr : Expr {
 struct Unary : Expr {
   char op;  // '-', '+', '!' (not)
   ExprPtr operand;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return height_of(operand); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value v = operand->eval(ctx, scope);
     ctx.pos = pos;
     if (op == '!') return Value::boolean(!truthy(v));
@@ -558,7 +603,8 @@ struct Unary : Expr {
 struct Binary : Expr {
   std::string op;
   ExprPtr left, right;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return std::max(height_of(left), height_of(right)); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value a = left->eval(ctx, scope);
     if (op == "and") return truthy(a) ? right->eval(ctx, scope) : a;
     if (op == "or") return truthy(a) ? a : right->eval(ctx, scope);
@@ -571,6 +617,11 @@ struct Binary : Expr {
 struct Compare : Expr {
   ExprPtr first;
   std::vector<std::pair<std::string, ExprPtr>> rest;
+  int child_height() const override {
+    int h = height_of(first);
+    for (const auto& r : rest) h = std::max(h, height_of(r.second));
+    return h;
+  }
   static bool compare(const std::string& op, const Value& a, const Value& b) {
     if (op == "==") return py_equal(a, b);
     if (op == "!=") return !py_equal(a, b);
@@ -582,7 +633,7 @@ struct Compare : Expr {
     if (op == ">") return c > 0;
     return c >= 0;
   }
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     Value a = first->eval(ctx, scope);
     for (const auto& [op, e] : rest) {
       Value b = e->eval(ctx, scope);
@@ -596,7 +647,8 @@ struct Compare : Expr {
 
 struct Concat : Expr {
   std::vector<ExprPtr> parts;
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return height_of(parts); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     std::string out;
     for (const auto& p : parts) out += py_str(p->eval(ctx, scope));
     return Value::string(std::move(out));
@@ -605,7 +657,8 @@ struct Concat : Expr {
 
 struct CondExpr : Expr {
   ExprPtr test, then, otherwise;  // otherwise may be null
-  Value eval(Ctx& ctx, const ScopePtr& scope) const override {
+  int child_height() const override { return std::max({height_of(test), height_of(then), height_of(otherwise)}); }
+  Value evaluate(Ctx& ctx, const ScopePtr& scope) const override {
     if (truthy(test->eval(ctx, scope))) return then->eval(ctx, scope);
     if (otherwise) return otherwise->eval(ctx, scope);
     return Value::undefined("the inline if-expression evaluated to false and no else section was defined.");
@@ -680,6 +733,7 @@ struct For : Stmt {
     if (filter) {
       List kept;
       for (const Value& item : items) {
+        charge_steps(1);
         auto probe = std::make_shared<Scope>();
         probe->parent = scope;
         assign(target, item, *probe, probe);
@@ -690,6 +744,8 @@ struct For : Stmt {
     if (items.empty()) return exec_body(otherwise, ctx, scope, out);
     const int64_t n = int64_t(items.size());
     for (int64_t k = 0; k < n; ++k) {
+      ctx.pos = pos;
+      charge_steps(1);
       auto iteration = std::make_shared<Scope>();
       iteration->parent = scope;
       assign(target, items[size_t(k)], *iteration, iteration);
@@ -864,6 +920,7 @@ struct CallBlock : Stmt {
     CallArgs a = call->args.eval(ctx, scope);
     a.kwargs.emplace_back("caller", make_macro(&caller, scope, &ctx));
     ctx.pos = pos;
+    charge_steps(1);
     out += py_str(call_value(f, a));
     return Flow::Normal;
   }
@@ -942,10 +999,22 @@ class Parser {
   struct DepthGuard {
     int& d;
     DepthGuard(int& depth, const Parser& p) : d(depth) {
-      if (++d > kMaxParseDepth) p.fail("template nested too deeply");
+      if (++d > kMaxParseDepth)
+        p.fail("blocks and expressions nested more than " + std::to_string(kMaxParseDepth) + " levels deep");
     }
     ~DepthGuard() { --d; }
   };
+
+  // Completes a node whose children are set: its height from theirs, refused beyond the limit before the tree
+  // can grow deeper than the evaluator and the destructors may recurse.
+  template <class N>
+  std::unique_ptr<N> seal(std::unique_ptr<N> n) {
+    n->height = 1 + n->child_height();
+    if (n->height > kMaxParseDepth)
+      fail("expression nested more than " + std::to_string(kMaxParseDepth) + " levels deep (a chain of operators, " +
+           "filters or calls counts one level per link)");
+    return n;
+  }
 
   // Statements until a block tag named in `end_tags`; stops with the stream at that tag's name.
   Body subparse(std::initializer_list<const char*> end_tags) {
@@ -994,6 +1063,7 @@ class Parser {
   }
 
   StmtPtr parse_statement() {
+    DepthGuard g(depth_, *this);  // a block inside a block
     const Token& tok = cur();
     if (tok.type != T::Name) fail("tag name expected");
     const std::string name = tok.text;
@@ -1159,7 +1229,7 @@ class Parser {
       c->test = parse_or();
       if (skip_name("else")) c->otherwise = parse_condexpr();
       c->then = std::move(e);
-      e = std::move(c);
+      e = seal(std::move(c));
     }
     return e;
   }
@@ -1169,7 +1239,7 @@ class Parser {
     b->op = op;
     b->left = std::move(l);
     b->right = std::move(r);
-    return b;
+    return seal(std::move(b));
   }
 
   ExprPtr parse_or() {
@@ -1196,7 +1266,7 @@ class Parser {
       auto u = make<Unary>(next().pos);
       u->op = '!';
       u->operand = parse_not();
-      return u;
+      return seal(std::move(u));
     }
     return parse_compare();
   }
@@ -1226,7 +1296,7 @@ class Parser {
       }
       c->rest.emplace_back(op, parse_math1());
     }
-    if (c) return c;
+    if (c) return seal(std::move(c));
     return first;
   }
 
@@ -1246,7 +1316,7 @@ class Parser {
     auto c = make<Concat>(pos);
     c->parts.push_back(std::move(first));
     while (skip_op("~")) c->parts.push_back(parse_math2());
-    return c;
+    return seal(std::move(c));
   }
 
   ExprPtr parse_math2() {
@@ -1275,7 +1345,7 @@ class Parser {
       auto u = make<Unary>(cur().pos);
       u->op = next().text[0];
       u->operand = parse_unary(false);
-      node = std::move(u);
+      node = seal(std::move(u));
     } else {
       node = parse_primary();
     }
@@ -1333,7 +1403,7 @@ class Parser {
         l->items.push_back(parse_expression(true));
       }
       expect_op("]");
-      return l;
+      return seal(std::move(l));
     }
     if (is_op("{")) {
       auto d = make<DictExpr>(next().pos);
@@ -1345,7 +1415,7 @@ class Parser {
         d->items.emplace_back(std::move(k), parse_expression(true));
       }
       expect_op("}");
-      return d;
+      return seal(std::move(d));
     }
     fail("unexpected " + describe(t));
   }
@@ -1375,7 +1445,7 @@ class Parser {
     auto t = make<ListExpr>(pos);
     t->tuple = true;
     t->items = std::move(items);
-    return t;
+    return seal(std::move(t));
   }
 
   ExprPtr parse_postfix(ExprPtr node) {
@@ -1386,14 +1456,14 @@ class Parser {
           auto g = make<Getattr>(pos);
           g->obj = std::move(node);
           g->attr = next().text;
-          node = std::move(g);
+          node = seal(std::move(g));
         } else if (cur().type == T::Int) {
           auto g = make<Getitem>(pos);
           g->obj = std::move(node);
           auto c = make<Const>(cur().pos);
           c->value = Value::integer(next().ival);
           g->key = std::move(c);
-          node = std::move(g);
+          node = seal(std::move(g));
         } else {
           fail("expected name or number");
         }
@@ -1439,7 +1509,7 @@ class Parser {
     expect_op("]");
     if (slice_node) {
       static_cast<SliceExpr*>(slice_node.get())->obj = std::move(node);
-      return slice_node;
+      return seal(std::move(slice_node));
     }
     if (keys.empty()) fail("expected a subscript");
     auto g = make<Getitem>(pos);
@@ -1450,9 +1520,9 @@ class Parser {
       auto t = make<ListExpr>(pos);
       t->tuple = true;
       t->items = std::move(keys);
-      g->key = std::move(t);
+      g->key = seal(std::move(t));
     }
-    return g;
+    return seal(std::move(g));
   }
 
   Arguments parse_call_args() {
@@ -1487,7 +1557,7 @@ class Parser {
     auto c = make<Call>(cur().pos);
     c->callee = std::move(node);
     c->args = parse_call_args();
-    return c;
+    return seal(std::move(c));
   }
 
   std::unique_ptr<FilterExpr> parse_one_filter(ExprPtr input) {
@@ -1496,7 +1566,7 @@ class Parser {
     while (skip_op(".")) f->name += "." + expect_name();
     if (is_op("(")) f->args = parse_call_args();
     f->input = std::move(input);
-    return f;
+    return seal(std::move(f));
   }
 
   FilterChain parse_filter_chain(bool start_inline) {
@@ -1539,11 +1609,11 @@ class Parser {
       t->args.args.push_back(parse_postfix(parse_primary()));
     }
     t->input = std::move(node);
-    if (!negated) return t;
+    if (!negated) return seal(std::move(t));
     auto u = make<Unary>(pos);
     u->op = '!';
-    u->operand = std::move(t);
-    return u;
+    u->operand = seal(std::move(t));
+    return seal(std::move(u));
   }
 
   std::vector<Token> t_;
@@ -1638,6 +1708,25 @@ std::pair<int, int> line_col(const std::string& src, size_t pos) {
   return {line, int(utf8_length(std::string_view(src).substr(line_start, pos - line_start))) + 1};
 }
 
+// The stack a render may use: 1 MiB, or half of what is left of this thread's stack where that is less.
+size_t render_stack_bytes() {
+  constexpr size_t kBudget = size_t(1) << 20;
+  thread_local const char* stack_low = [] {
+    const char* low = nullptr;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* addr = nullptr;
+      size_t size = 0;
+      if (pthread_attr_getstack(&attr, &addr, &size) == 0) low = static_cast<const char*>(addr);
+      pthread_attr_destroy(&attr);
+    }
+    return low;
+  }();
+  const char* here = reinterpret_cast<const char*>(__builtin_frame_address(0));
+  if (!stack_low || here <= stack_low) return kBudget;
+  return std::min(kBudget, size_t(here - stack_low) / 2);
+}
+
 }  // namespace
 
 Template::Template(std::string_view source, std::string name) : name_(std::move(name)) {
@@ -1659,6 +1748,17 @@ Template& Template::operator=(Template&&) noexcept = default;
 
 std::string Template::render(const nlohmann::ordered_json& variables, const RenderOptions& options) const {
   if (!variables.is_null() && !variables.is_object()) fail(name_, ": template variables must be a JSON object");
+  if (options.max_steps < 0) fail(name_, ": RenderOptions::max_steps must not be negative");
+  RenderBudget budget;
+  budget.max_steps = budget.steps_left = options.max_steps;
+  budget.max_bytes = options.max_output_bytes;
+  budget.stack_bytes = render_stack_bytes();
+  budget.stack_floor = reinterpret_cast<const char*>(__builtin_frame_address(0)) - budget.stack_bytes;
+  struct Install {
+    RenderBudget* previous;
+    explicit Install(RenderBudget* b) : previous(current_budget()) { current_budget() = b; }
+    ~Install() { current_budget() = previous; }
+  } install(&budget);
   Ctx ctx;
   ctx.options = &options;
   auto globals = std::make_shared<Scope>();
@@ -1680,10 +1780,10 @@ std::string Template::render(const nlohmann::ordered_json& variables, const Rend
   });
   auto scope = std::make_shared<Scope>();
   scope->parent = globals;
-  if (variables.is_object())
-    for (auto it = variables.begin(); it != variables.end(); ++it) scope->vars[it.key()] = from_json(it.value());
   std::string out;
   try {
+    if (variables.is_object())
+      for (auto it = variables.begin(); it != variables.end(); ++it) scope->vars[it.key()] = from_json(it.value());
     exec_body(program_->body, ctx, scope, out);
   } catch (const RenderError& e) {
     int line = line_col(source_, ctx.pos).first;

@@ -49,6 +49,13 @@ class TemplateRaised : public Error {
 struct RenderOptions {
   // The time strftime_now() formats (local time); nullopt means now.
   std::optional<std::time_t> now;
+  // The budget of one render: a template comes with a model, from anyone, and runs on every chat request. Steps
+  // are loop iterations, calls (macros, functions, methods), filters and tests, and elements of the lists and dicts
+  // built; max_output_bytes bounds the output and any one string. The defaults are far above what real chat
+  // templates use (the largest stored under tests/data takes a few thousand steps for a long conversation) and stop
+  // a runaway template within about a second. Exceeding either is a moep::Error naming the template and the limit.
+  int64_t max_steps = 500'000;
+  size_t max_output_bytes = size_t(32) << 20;
 };
 
 namespace detail {

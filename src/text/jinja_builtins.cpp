@@ -254,7 +254,10 @@ std::string format_field(const Value& v, const std::string& spec) {
     k = 1;
   }
   size_t width = 0;
-  while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) width = width * 10 + size_t(spec[k++] - '0');
+  while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) {
+    width = width * 10 + size_t(spec[k++] - '0');
+    check_size(width);  // padded to it below
+  }
   int precision = -1;
   if (k < spec.size() && spec[k] == '.') {
     precision = 0;
@@ -450,6 +453,7 @@ Value str_method(const std::string& s, const std::string& name, CallArgs& a) {
     std::string fill = name == "zfill" ? "0" : a.args.size() > 1 ? require_str(a.args[1], "fillchar") : " ";
     int64_t len = int64_t(utf8_length(s));
     if (width <= len) return Value::string(s);
+    check_size(size_t(width));  // padded to it below
     int64_t pad = width - len;
     int64_t left = name == "rjust" || name == "zfill" ? pad : name == "ljust" ? 0 : pad / 2 + (pad & width & 1);
     std::string out;
@@ -682,12 +686,18 @@ void check_overflow(bool overflow) {
 
 Value repeat(const Value& seq, int64_t times) {
   if (times < 0) times = 0;
+  // Sized before it is built: the string against the size limit, the list's elements against the steps.
+  const size_t unit = seq.is_string() ? seq.s.size() : seq.list->size();
+  size_t total = 0;
+  if (__builtin_mul_overflow(unit, size_t(times), &total) || total > size_t(INT64_MAX))
+    throw_error("repeated " + type_name(seq) + " too long");
   if (seq.is_string()) {
-    if (times > 0 && seq.s.size() * size_t(times) > (size_t(1) << 28)) throw_error("repeated string too long");
+    check_size(total);
     std::string out;
     for (int64_t k = 0; k < times; ++k) out += seq.s;
     return Value::string(out);
   }
+  charge_steps(int64_t(total));
   List out;
   for (int64_t k = 0; k < times; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
   Value r = Value::make_list(std::move(out));
@@ -988,7 +998,9 @@ Value f_indent(const Value& v, CallArgs& a) {
   a.check("indent", 3, {"width", "first", "blank"});
   Value width = a.get(0, "width", Value::integer(4));
   bool first = truthy(a.get(1, "first", Value::boolean(false))), blank = truthy(a.get(2, "blank", Value::boolean(false)));
-  std::string indention = width.is_string() ? width.s : std::string(size_t(std::max<int64_t>(0, int_arg(width, "width"))), ' ');
+  const size_t indent_width = width.is_string() ? width.s.size() : size_t(std::max<int64_t>(0, int_arg(width, "width")));
+  check_size(indent_width);
+  std::string indention = width.is_string() ? width.s : std::string(indent_width, ' ');
   CallArgs none;
   Value lines_v = str_method(py_str(v) + "\n", "splitlines", none);
   const List& lines = *lines_v.list;

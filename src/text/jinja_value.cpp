@@ -11,6 +11,56 @@ namespace moep::jinja::detail {
 
 void throw_error(const std::string& what) { throw RenderError(what); }
 
+RenderBudget*& current_budget() {
+  thread_local RenderBudget* budget = nullptr;
+  return budget;
+}
+
+void charge_steps(int64_t n) {
+  RenderBudget* b = current_budget();
+  if (!b) return;
+  b->steps_left -= n;
+  if (b->steps_left < 0)
+    throw_error("rendering took more than " + std::to_string(b->max_steps) +
+                " steps (loop iterations, calls, list and dict elements built; the limit is RenderOptions::max_steps)");
+}
+
+void check_size(size_t bytes) {
+  const RenderBudget* b = current_budget();
+  if (b && bytes > b->max_bytes)
+    throw_error("rendering made a string or an output of more than " + std::to_string(b->max_bytes) +
+                " bytes (the limit is RenderOptions::max_output_bytes)");
+}
+
+void check_stack() {
+  const RenderBudget* b = current_budget();
+  char here;
+  if (b && &here < b->stack_floor)
+    throw_error("calls or values nested too deeply: rendering used all the stack it may (" +
+                std::to_string(b->stack_bytes >> 10) + " KiB at most)");
+}
+
+void Value::release_nested(Value& v) {
+  // Containers whose last reference goes away wait here; the outermost release destroys them one at a time, and
+  // the releases their destruction starts only add to the queue.
+  thread_local std::vector<std::shared_ptr<void>> pending;
+  thread_local bool draining = false;
+  auto defer = [](auto& p) {
+    if (p && p.use_count() == 1) pending.push_back(std::move(p));
+  };
+  defer(v.list);
+  defer(v.dict);
+  defer(v.obj);
+  if (draining) return;
+  draining = true;
+  while (!pending.empty()) {
+    std::shared_ptr<void> last = std::move(pending.back());
+    pending.pop_back();
+    last.reset();
+  }
+  draining = false;
+}
+
 const Value* Dict::find(std::string_view key) const {
   for (const auto& [k, v] : items)
     if (k == key) return &v;
@@ -216,6 +266,7 @@ std::string object_type_repr(const Value& v) {
 }
 
 bool py_equal(const Value& a, const Value& b) {
+  check_stack();
   if (a.is_number() && b.is_number()) {
     if (a.kind == Kind::Float || b.kind == Kind::Float) return a.as_double() == b.as_double();
     return a.as_int() == b.as_int();
@@ -247,6 +298,7 @@ bool py_equal(const Value& a, const Value& b) {
 }
 
 int py_compare(const Value& a, const Value& b) {
+  check_stack();
   if (a.is_number() && b.is_number()) {
     if (a.kind == Kind::Float || b.kind == Kind::Float) {
       double x = a.as_double(), y = b.as_double();
@@ -345,6 +397,7 @@ static std::string repr_sequence(const Value& v) {
 }
 
 std::string py_repr(const Value& v) {
+  check_stack();
   switch (v.kind) {
     case Kind::Undefined: return "Undefined";
     case Kind::None: return "None";
@@ -454,6 +507,7 @@ static void json_string(std::string& out, std::string_view s, bool ensure_ascii)
 }
 
 static void json_value(std::string& out, const Value& v, const JsonOptions& opt, int level) {
+  check_stack();
   switch (v.kind) {
     case Kind::None: out += "null"; return;
     case Kind::Bool: out += v.b ? "true" : "false"; return;
@@ -514,6 +568,7 @@ std::string to_json(const Value& v, const JsonOptions& opt) {
 }
 
 Value from_json(const nlohmann::ordered_json& j) {
+  check_stack();
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());

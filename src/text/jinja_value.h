@@ -24,6 +24,26 @@ struct RenderError : std::runtime_error {
 
 [[noreturn]] void throw_error(const std::string& what);
 
+// The limits of the render running on this thread (Template::render installs them; outside a render nothing is
+// limited). A template comes with a model from anyone and runs on every chat request: these bound its work, its
+// memory and its recursion, each failing with a RenderError that names the limit.
+struct RenderBudget {
+  int64_t max_steps = 0;
+  int64_t steps_left = 0;  // loop iterations, calls and filters, elements of lists and dicts built
+  size_t max_bytes = 0;    // the output, and any one string
+  const char* stack_floor = nullptr;  // rendering may not grow the stack below this address
+  size_t stack_bytes = 0;             // how far below the render's start that is
+};
+// The budget installed on this thread, or null.
+RenderBudget*& current_budget();
+// Counts n steps; throws when the budget's steps are spent.
+void charge_steps(int64_t n);
+// Throws when a string (or the output) of `bytes` would exceed the budget's size limit.
+void check_size(size_t bytes);
+// Throws when the stack has grown past the budget's floor: recursion of any kind (nested calls, deep values)
+// ends in an error, never at the stack's end.
+void check_stack();
+
 enum class Kind : uint8_t { Undefined, None, Bool, Int, Float, String, List, Tuple, Dict, Object, Callable };
 
 struct Value;
@@ -66,11 +86,30 @@ struct Value {
   static Value boolean(bool x) { Value v; v.kind = Kind::Bool; v.b = x; return v; }
   static Value integer(int64_t x) { Value v; v.kind = Kind::Int; v.i = x; return v; }
   static Value number(double x) { Value v; v.kind = Kind::Float; v.f = x; return v; }
-  static Value string(std::string x) { Value v; v.kind = Kind::String; v.s = std::move(x); return v; }
-  static Value make_list(List items = {}) { Value v; v.kind = Kind::List; v.list = std::make_shared<List>(std::move(items)); return v; }
+  static Value string(std::string x) { check_size(x.size()); Value v; v.kind = Kind::String; v.s = std::move(x); return v; }
+  static Value make_list(List items = {}) {
+    charge_steps(int64_t(items.size()));
+    Value v; v.kind = Kind::List; v.list = std::make_shared<List>(std::move(items)); return v;
+  }
   static Value make_tuple(List items) { Value v = make_list(std::move(items)); v.kind = Kind::Tuple; return v; }
-  static Value make_dict(Dict d = {}) { Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v; }
+  static Value make_dict(Dict d = {}) {
+    charge_steps(int64_t(d.items.size()));
+    Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v;
+  }
   static Value function(std::string name, std::function<Value(CallArgs&)> fn);
+
+  Value() = default;
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
+  // A template can nest values as deep as its steps allow (a loop of `set ns.x = [ns.x]`): the last reference to
+  // a list, dict or object is released through a queue (release_nested), so that destroying a deep value never
+  // recurses through its levels.
+  ~Value() {
+    if (list || dict || obj) release_nested(*this);
+  }
+  static void release_nested(Value& v);
 
   bool is_undefined() const { return kind == Kind::Undefined; }
   bool is_none() const { return kind == Kind::None; }

@@ -5,11 +5,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "core/file_read.h"
 #include "text/tokenizer_internal.h"
 
 namespace moep {
@@ -247,6 +246,7 @@ std::shared_ptr<TokenizerImpl> build(const json& j, const std::string& source) {
 }  // namespace tok
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& source) {
+  check_json_depth(json_text, kMaxJsonDepth, source);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(json_text.begin(), json_text.end());
@@ -266,15 +266,8 @@ Tokenizer Tokenizer::load(const std::string& path_or_dir) {
   fs::path path(path_or_dir);
   if (path.extension() == ".gguf" && fs::is_regular_file(path, ec)) return from_gguf(GgufFile::open(path.string()));
   if (fs::is_directory(path, ec)) path /= "tokenizer.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (!fs::exists(path, ec)) fail(path.string(), ": not found (expected a Hugging Face tokenizer.json)");
-    fail(path.string(), ": cannot be read");
-  }
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) fail(path.string(), ": read error");
-  return from_json(buf.str(), path.string());
+  if (!fs::exists(path, ec)) fail(path.string(), ": not found (expected a Hugging Face tokenizer.json)");
+  return from_json(read_regular_file(path.string(), kMaxTokenizerJsonBytes, "tokenizer.json"), path.string());
 }
 
 Tokenizer Tokenizer::from_gguf(const GgufFile& file) { return Tokenizer(tok::build_from_gguf(file)); }

@@ -746,12 +746,15 @@ class BpeDecoder final : public Decoder {
 };
 
 template <class T>
-std::vector<std::unique_ptr<T>> make_list(const json& j, const char* key, const std::string& where,
-                                          std::unique_ptr<T> (*make)(const json&, const std::string&)) {
+std::vector<std::unique_ptr<T>> make_list(const json& j, const char* key, const std::string& where, int depth,
+                                          std::unique_ptr<T> (*make)(const json&, const std::string&, int)) {
+  if (depth >= kMaxComponentNesting)
+    fail(where, ": Sequences nested more than ", kMaxComponentNesting, " deep; moep reads at most ",
+         kMaxComponentNesting, " levels");
   const json& a = get_array(j, key, where);
   std::vector<std::unique_ptr<T>> items;
   for (size_t i = 0; i < a.size(); ++i) {
-    auto item = make(a[i], str_cat(where, ".", key, "[", i, "]"));
+    auto item = make(a[i], str_cat(where, ".", key, "[", i, "]"), depth + 1);
     if (item) items.push_back(std::move(item));
   }
   return items;
@@ -782,10 +785,10 @@ bool has_byte_fallback(const json& d) {
   return false;
 }
 
-std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& where) {
+std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& where, int depth) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, where);
-  if (type == "Sequence") return std::make_unique<NormalizerSequence>(make_list<Normalizer>(j, "normalizers", where, make_normalizer));
+  if (type == "Sequence") return std::make_unique<NormalizerSequence>(make_list<Normalizer>(j, "normalizers", where, depth, make_normalizer));
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(NormalForm::NFC);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(NormalForm::NFD);
   if (type == "NFKC") return std::make_unique<UnicodeNormalizer>(NormalForm::NFKC);
@@ -800,11 +803,11 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& wh
   fail(where, ".type: normalizer \"", type, "\" is not supported");
 }
 
-std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::string& where) {
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::string& where, int depth) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, where);
   if (type == "Sequence")
-    return std::make_unique<PreTokenizerSequence>(make_list<PreTokenizer>(j, "pretokenizers", where, make_pre_tokenizer));
+    return std::make_unique<PreTokenizerSequence>(make_list<PreTokenizer>(j, "pretokenizers", where, depth, make_pre_tokenizer));
   if (type == "ByteLevel")
     return std::make_unique<ByteLevelPreTokenizer>(get_bool(j, "add_prefix_space", where, true),
                                                    get_bool(j, "use_regex", where, true));
@@ -835,7 +838,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
   fail(where, ".type: pre-tokenizer \"", type, "\" is not supported");
 }
 
-std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::string& where) {
+std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::string& where, int depth) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, where);
   if (type == "ByteLevel") return std::make_unique<ByteLevelPostProcessor>();
@@ -848,14 +851,14 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
     return std::make_unique<TemplatePostProcessor>(std::move(items));
   }
   if (type == "Sequence")
-    return std::make_unique<PostProcessorSequence>(make_list<PostProcessor>(j, "processors", where, make_post_processor));
+    return std::make_unique<PostProcessorSequence>(make_list<PostProcessor>(j, "processors", where, depth, make_post_processor));
   fail(where, ".type: post-processor \"", type, "\" is not supported");
 }
 
-std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
+std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where, int depth) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, where);
-  if (type == "Sequence") return std::make_unique<DecoderSequence>(make_list<Decoder>(j, "decoders", where, make_decoder));
+  if (type == "Sequence") return std::make_unique<DecoderSequence>(make_list<Decoder>(j, "decoders", where, depth, make_decoder));
   if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (type == "ByteFallback") return std::make_unique<ByteFallbackDecoder>();
   if (type == "Fuse") return std::make_unique<FuseDecoder>();

@@ -96,12 +96,17 @@ struct Span {
 // Components (tokenizer_components.cpp). Each is built from its JSON object; `where` names the object
 // (e.g. "tokenizer.json: pre_tokenizer.pretokenizers[1]") for error messages.
 
+// The components below nest through Sequences at most this deep (real tokenizers nest 1 or 2); the make_*
+// functions below refuse deeper nesting with an error naming the path, so that neither building nor running
+// them recurses without bound. `depth` counts the Sequences around `j`.
+inline constexpr int kMaxComponentNesting = 32;
+
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
   virtual void normalize(std::string& s) const = 0;
 };
-std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j, const std::string& where);
+std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j, const std::string& where, int depth = 0);
 
 class PreTokenizer {
  public:
@@ -109,21 +114,21 @@ class PreTokenizer {
   // Splits (and may transform) every piece that is not yet a token; drops empty pieces.
   virtual void pre_tokenize(std::vector<Piece>& pieces) const = 0;
 };
-std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, const std::string& where);
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, const std::string& where, int depth = 0);
 
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   virtual void process(std::vector<int32_t>& ids, bool add_special_tokens) const = 0;
 };
-std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& j, const std::string& where);
+std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& j, const std::string& where, int depth = 0);
 
 class Decoder {
  public:
   virtual ~Decoder() = default;
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
 };
-std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string& where);
+std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string& where, int depth = 0);
 // The byte of a byte-fallback token "<0xXX>" (as tokenizers' ByteFallback decoder reads it), or -1.
 int byte_fallback_value(std::string_view token);
 // True if the decoder object (or a Sequence inside it) has a ByteFallback step.

@@ -6,6 +6,8 @@
 // MatchesTransformersVectors checks every one of them when that file is present.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -248,6 +250,51 @@ TEST(ChatTemplate, SyntaxErrorNamesFileLineAndColumn) {
   write_file(dir.path() / "chat_template.jinja", "{% for m in messages %}\n{{ m.content }\n{% endfor %}");
   std::string err = error_of([&] { ChatTemplate::load(dir.str()); });
   EXPECT_NE(err.find("chat_template.jinja: syntax error at line 2, column"), std::string::npos) << err;
+}
+
+TEST(ChatTemplate, OnlyRegularFilesOfBoundedSizeAreRead) {
+  test::TempDir dir;
+  ASSERT_EQ(::mkfifo((dir.path() / "chat_template.jinja").c_str(), 0600), 0);
+  std::string err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("chat_template.jinja is a FIFO (named pipe); expected a regular file"), std::string::npos) << err;
+  fs::remove(dir.path() / "chat_template.jinja");
+  write_file(dir.path() / "chat_template.jinja", "");
+  fs::resize_file(dir.path() / "chat_template.jinja", (size_t(4) << 20) + 1);  // sparse
+  err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("at most 4 MiB for a chat template"), std::string::npos) << err;
+  fs::remove(dir.path() / "chat_template.jinja");
+  fs::create_symlink("/dev/zero", dir.path() / "tokenizer_config.json");
+  err = error_of([&] { ChatTemplate::load(dir.str()); });
+  EXPECT_NE(err.find("tokenizer_config.json is a character device"), std::string::npos) << err;
+}
+
+// The render budget's default (jinja::RenderOptions) is far above what real templates use: every stored template
+// renders a 400-message conversation within a hundredth of it.
+TEST(ChatTemplate, StoredTemplatesUseAFractionOfTheRenderBudget) {
+  ordered_json messages = ordered_json::array();
+  for (int i = 0; i < 200; ++i) {
+    messages.push_back(msg("user", "Question " + std::to_string(i) + ": what is " + std::to_string(i) + " + 1?"));
+    messages.push_back(msg("assistant", "It is " + std::to_string(i + 1) + "."));
+  }
+  jinja::RenderOptions hundredth;
+  hundredth.max_steps = jinja::RenderOptions{}.max_steps / 100;
+  size_t rendered = 0;
+  for (const auto& e : fs::directory_iterator(test::testdata_path("chat_templates"))) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".jinja" && !e.is_directory()) continue;
+    const ChatTemplate t = e.is_directory() ? ChatTemplate::load(e.path().string())
+                                            : ChatTemplate::from_string(read_file(e.path().string()), "<s>", "</s>", name);
+    std::string out;
+    try {
+      out = render_chat(t, messages, true, ordered_json::object(), hundredth);
+    } catch (const jinja::TemplateRaised& r) {
+      ADD_FAILURE() << name << " raised: " << r.message();
+      continue;
+    }
+    EXPECT_NE(out.find("Question 199"), std::string::npos) << name;
+    ++rendered;
+  }
+  EXPECT_GE(rendered, 10u);
 }
 
 // --- transformers' own renderings -------------------------------------------------------------------------------------

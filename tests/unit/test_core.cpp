@@ -5,8 +5,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <fstream>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/page_buffer.h"
 #include "core/thread_pool.h"
 #include "io/npy.h"
@@ -57,6 +60,23 @@ TEST(ThreadPool, RunsEveryTaskOnce) {
 
 // The pool's accounting: regions counted, busy time within threads × wall, and a region whose tasks are
 // lopsided (one long task, the others short) shows the others waiting.
+// A task that throws (an allocation that failed in a worker) ended the process with std::terminate; the exception
+// now reaches the caller of parallel_for once every thread is done, and the pool stays usable.
+TEST(ThreadPool, ATasksExceptionReachesTheCaller) {
+  ThreadPool pool(4);
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<int> ran{0};
+    EXPECT_THROW(pool.parallel_for(64, [&](int64_t i) {
+      ran.fetch_add(1);
+      if (i == round) throw std::bad_alloc();
+    }), std::bad_alloc);
+    EXPECT_GE(ran.load(), 1);
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(100, [&](int64_t i) { sum.fetch_add(i); });
+    EXPECT_EQ(sum.load(), 4950);
+  }
+}
+
 TEST(ThreadPool, StatsSeeRegionsAndWaiting) {
   ThreadPool pool(2);
   pool.reset_stats();
@@ -104,6 +124,36 @@ TEST(Npy, WriteThenRead) {
   auto a = read_npy_f32(p);
   ASSERT_EQ(a.shape, (std::vector<int64_t>{3, 5}));
   EXPECT_EQ(0, std::memcmp(a.data.data(), v.data(), v.size() * 4));
+}
+
+// A .npy whose shape claims more floats than the file holds (or than 64 bits count) is refused before anything
+// is allocated for it.
+TEST(Npy, AbsurdShapesAreRefusedBeforeAllocating) {
+  test::TempDir dir;
+  auto write = [&](const std::string& shape) {
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
+    header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+    header.push_back('\n');
+    std::ofstream f(dir.str() + "/a.npy", std::ios::binary | std::ios::trunc);
+    f.write("\x93NUMPY\x01\x00", 8);
+    const uint16_t len = uint16_t(header.size());
+    f.write(reinterpret_cast<const char*>(&len), 2);
+    f << header << std::string(8, '\0');  // two floats
+  };
+  auto error = [&] {
+    try {
+      read_npy_f32(dir.str() + "/a.npy");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  write("2,");
+  EXPECT_EQ(error(), "(no error)");
+  write("4611686018427387906,");  // 2^62 + 2 floats: 2^64 + 8 bytes, 8 after wrapping
+  EXPECT_NE(error().find("holds 4611686018427387906 floats but the file has 8 bytes"), std::string::npos) << error();
+  write("4294967296, 4294967296");  // the element count itself wraps to 0
+  EXPECT_NE(error().find("shape overflows 64 bits"), std::string::npos) << error();
 }
 
 }  // namespace

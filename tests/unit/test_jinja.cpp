@@ -6,6 +6,7 @@
 // itself into jinja_vectors.json; when that file is present every case is also checked against jinja2's output.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <set>
 
 #include <fstream>
@@ -176,6 +177,103 @@ TEST(Jinja, RecursiveMacroRendersNestedData) {
 TEST(Jinja, DeepNestingIsASyntaxErrorNotACrash) {
   std::string src = "{{ " + std::string(2000, '(') + "1" + std::string(2000, ')') + " }}";
   EXPECT_THROW(jinja::Template(src, "deep"), Error);
+}
+
+// The error of rendering `src` (or of parsing it), "" if it renders.
+std::string render_error(const std::string& src, const jinja::RenderOptions& opt = {}) {
+  try {
+    render(src, ordered_json::object(), opt);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string repeated(const std::string& piece, int n) {
+  std::string out;
+  out.reserve(piece.size() * size_t(n));
+  for (int i = 0; i < n; ++i) out += piece;
+  return out;
+}
+
+// The deep-nesting inputs of issue 21, each a stack overflow before: an error naming the template and the limit.
+TEST(JinjaLimits, DeepNestingIsAnErrorNamingTheLimit) {
+  const std::string ifs = repeated("{% if true %}", 100000) + "x" + repeated("{% endif %}", 100000);
+  std::string m = render_error(ifs);
+  EXPECT_NE(m.find("test: syntax error"), std::string::npos) << m;
+  EXPECT_NE(m.find("nested more than 300 levels deep"), std::string::npos) << m;
+  for (const std::string& chain : {"{{ 'x'" + repeated("|trim", 100000) + " }}", "{{ 1" + repeated(" + 1", 100000) + " }}",
+                                   "{{ x" + repeated(".a", 100000) + " }}", "{{ f" + repeated("()", 100000) + " }}"}) {
+    m = render_error(chain);
+    EXPECT_NE(m.find("expression nested more than 300 levels deep"), std::string::npos) << m.substr(0, 300);
+  }
+  // Below the limit, chains render.
+  EXPECT_EQ(render("{{ 1" + repeated(" + 1", 250) + " }}"), "251");
+  EXPECT_EQ(render("{{ ' x '" + repeated("|trim", 250) + " }}"), "x");
+  EXPECT_EQ(render(repeated("{% if true %}", 250) + "y" + repeated("{% endif %}", 250)), "y");
+}
+
+// A value nested 100,000 deep by a loop: printing it recursed to the stack's end, and so did destroying it.
+TEST(JinjaLimits, DeepValuesAreAnErrorAndAreFreedWithoutRecursion) {
+  const std::string src =
+      "{% set ns = namespace(x=0) %}{% for i in range(99999) %}{% set ns.x = [ns.x] %}{% endfor %}";
+  EXPECT_EQ(render(src + "done"), "done");  // built and destroyed
+  const std::string m = render_error(src + "{{ ns.x }}");
+  EXPECT_NE(m.find("test: line 1: calls or values nested too deeply"), std::string::npos) << m;
+  EXPECT_NE(m.find("KiB at most"), std::string::npos) << m;
+  EXPECT_NE(render_error(src + "{{ ns.x | tojson }}").find("nested too deeply"), std::string::npos);
+  EXPECT_NE(render_error(src + "{{ ns.x == ns.x }}").find("nested too deeply"), std::string::npos);
+}
+
+TEST(JinjaLimits, RunawayTemplatesStopWithinTwoSeconds) {
+  struct Case {
+    const char* what;
+    std::string src;
+    const char* error;
+  };
+  const std::vector<Case> cases = {
+      {"nested range(99999) loops", "{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}",
+       "more than 500000 steps"},
+      {"a list appended to in a loop",
+       "{% set ns = namespace(l=[]) %}{% for i in range(99999) %}{% for j in range(99999) %}{% set ns.l = ns.l + [j] %}"
+       "{% endfor %}{% endfor %}",
+       "more than 500000 steps"},
+      {"a string doubled in a loop",
+       "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+       "more than 33554432 bytes"},
+      {"output without end", "{% for i in range(99999) %}{{ 'x' * 1000 }}{% endfor %}", "more than 33554432 bytes"},
+      {"a huge repetition", "{{ 'x' * 1000000000000 }}", "more than 33554432 bytes"},
+      {"a huge list repetition", "{{ ([1] * 1000000000000) | length }}", "steps"},
+      {"a huge padding", "{{ 'x' | center(1000000000000) }}", "more than 33554432 bytes"},
+      {"a recursive macro fed by loops",
+       "{% macro f(n) %}{% for i in range(1000) %}{{ f(n + 1) if n < 5 }}{% endfor %}{% endmacro %}{{ f(0) }}", "steps"},
+  };
+  for (const Case& c : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string m = render_error(c.src);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(m.find("test: line"), std::string::npos) << c.what << ": " << m;
+    EXPECT_NE(m.find(c.error), std::string::npos) << c.what << ": " << m;
+    EXPECT_LT(seconds, 2.0) << c.what;
+  }
+}
+
+TEST(JinjaLimits, BudgetIsOverridable) {
+  const std::string loop = "{% for i in range(100) %}{{ i % 10 }}{% endfor %}";
+  jinja::RenderOptions small;
+  small.max_steps = 150;  // range's 100 elements and 100 iterations
+  EXPECT_NE(render_error(loop, small).find("more than 150 steps"), std::string::npos) << render_error(loop, small);
+  small.max_steps = 250;
+  EXPECT_EQ(render(loop, ordered_json::object(), small).size(), 100u);
+  jinja::RenderOptions tiny_output;
+  tiny_output.max_output_bytes = 50;
+  EXPECT_NE(render_error(loop, tiny_output).find("more than 50 bytes"), std::string::npos);
+  // A larger budget lets more run: 2,000 x 1,000 iterations are more than the default allows.
+  const std::string big = "{% for i in range(2000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}ok";
+  EXPECT_NE(render_error(big).find("steps"), std::string::npos);
+  jinja::RenderOptions large;
+  large.max_steps = 10'000'000;
+  EXPECT_EQ(render(big, ordered_json::object(), large), "ok");
 }
 
 }  // namespace

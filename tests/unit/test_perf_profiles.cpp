@@ -241,6 +241,20 @@ TEST(PerfProfiles, UserDirectoryAndFilePaths) {
   expect_error([&] { ProfileSet s; s.load_dir(dir.str()); }, "malformed JSON");
 }
 
+// JSON nested 70,000 deep crashed `moep plan --hardware` (a stack overflow in a recursive copy of the parse).
+TEST(PerfProfiles, DeeplyNestedFileIsAnErrorNotACrash) {
+  test::TempDir dir;
+  const std::string path = dir.str() + "/deep.json";
+  std::ofstream(path) << std::string(70000, '[') << std::string(70000, ']');
+  expect_error([&] { ProfileSet s; s.load_file(path); }, "deep.json: JSON nested more than 512 levels");
+  std::string out;
+  const int status =
+      test::run_command(test::moep_binary() + " plan --model dbrx --hardware " + path + " --network 10gbe-tcp", &out);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_EQ(out.rfind("moep: error: ", 0), 0u) << out;
+  EXPECT_NE(out.find("JSON nested more than 512 levels"), std::string::npos) << out;
+}
+
 TEST(PerfCalibrate, QuickLocalCalibrationGivesAUsableProfile) {
   LocalCommunicator comm;
   ThreadPool pool(1);

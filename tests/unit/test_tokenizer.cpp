@@ -2,6 +2,8 @@
 // `tokenizers` (tests/reference/make_tokenizer_vectors.py), the stream decoder, errors, and `moep tokenize`.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -342,6 +344,60 @@ TEST(TokenizerErrors, MalformedJson) {
   expect_contains(json_error(""), {"bad/tokenizer.json", "not valid JSON"});
   expect_contains(json_error("[1, 2]"), {"bad/tokenizer.json", "expected a JSON object"});
   expect_contains(json_error("{}"), {"bad/tokenizer.json", "model"});
+}
+
+TEST(TokenizerErrors, OnlyRegularFilesOfBoundedSizeAreRead) {
+  test::TempDir dir;
+  // A link to /dev/zero was read until bad_alloc.
+  fs::create_symlink("/dev/zero", dir.path() / "tokenizer.json");
+  expect_contains(load_error(dir.str()), {"tokenizer.json", "is a character device; expected a regular file"});
+  fs::remove(dir.path() / "tokenizer.json");
+  ASSERT_EQ(::mkfifo((dir.path() / "tokenizer.json").c_str(), 0600), 0);
+  expect_contains(load_error(dir.str()), {"tokenizer.json", "is a FIFO"});
+  fs::remove(dir.path() / "tokenizer.json");
+  // Sparse: 1 GiB + 1 byte of zeros costs no disk, and is refused before a byte is read.
+  std::ofstream(dir.path() / "tokenizer.json").close();
+  fs::resize_file(dir.path() / "tokenizer.json", (size_t(1) << 30) + 1);
+  expect_contains(load_error(dir.str()), {"tokenizer.json of 1073741825 bytes", "at most 1024 MiB for tokenizer.json"});
+}
+
+// 100,000 nested Sequence normalizers: a stack overflow, and memory quadratic in the depth, before the limits.
+std::string nested_sequences(const char* kind, const char* list_key, const char* leaf, int depth) {
+  std::string open = std::string(R"({"type": "Sequence", ")") + list_key + "\": [";
+  std::string text;
+  text.reserve(size_t(depth) * (open.size() + 2) + 64);
+  for (int i = 0; i < depth; ++i) text += open;
+  text += leaf;
+  for (int i = 0; i < depth; ++i) text += "]}";
+  const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+  return std::string("{\"") + kind + "\": " + text + ", " + model + "}";
+}
+
+TEST(TokenizerErrors, DeepNestingIsRefusedNamingTheLimit) {
+  // Deeper than any JSON moep reads: refused by the scan before parsing, naming the file and the limit.
+  expect_contains(json_error(nested_sequences("normalizer", "normalizers", R"({"type": "NFC"})", 100000)),
+                  {"bad/tokenizer.json", "JSON nested more than 512 levels"});
+  // Shallow enough for the JSON limit, deeper than components nest.
+  expect_contains(json_error(nested_sequences("normalizer", "normalizers", R"({"type": "NFC"})", 40)),
+                  {"bad/tokenizer.json: normalizer", "Sequences nested more than 32 deep"});
+  expect_contains(json_error(nested_sequences("pre_tokenizer", "pretokenizers", R"({"type": "Whitespace"})", 40)),
+                  {"pre_tokenizer", "more than 32 deep"});
+  expect_contains(json_error(nested_sequences("decoder", "decoders", R"({"type": "Fuse"})", 40)),
+                  {"decoder", "more than 32 deep"});
+  expect_contains(json_error(nested_sequences("post_processor", "processors", R"({"type": "ByteLevel"})", 40)),
+                  {"post_processor", "more than 32 deep"});
+  // Within the limits, nested Sequences still work.
+  const Tokenizer t = Tokenizer::from_json(nested_sequences("normalizer", "normalizers", R"({"type": "Lowercase"})", 30), "ok");
+  EXPECT_EQ(t.encode("AB", false), std::vector<int32_t>({2}));
+}
+
+TEST(TokenizerErrors, DeepNestingThroughTheCliExitsCleanly) {
+  test::TempDir dir;
+  std::ofstream(dir.path() / "tokenizer.json") << nested_sequences("normalizer", "normalizers", R"({"type": "NFC"})", 100000);
+  std::string out;
+  const int status = test::run_command(test::moep_binary() + " tokenize " + dir.str() + " hello", &out);
+  EXPECT_EQ(status, 1) << out;
+  expect_contains(out.substr(0, out.find_last_not_of('\n') + 1), {"moep: error:", "JSON nested more than 512 levels"});
 }
 
 TEST(TokenizerErrors, InconsistentOrUnsupportedContent) {

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -15,6 +14,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "core/file_read.h"
 #include "progress.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
@@ -28,9 +28,12 @@ namespace {
 
 
 bool is_synthetic(const std::string& dir) {
-  std::ifstream f(std::filesystem::path(dir) / "config.json");
   try {
-    const auto j = nlohmann::json::parse(f);
+    // Read as load_model_config reads it (which has refused a bad config.json before this runs).
+    const std::string path = (std::filesystem::path(dir) / "config.json").string();
+    const std::string text = read_regular_file(path, kMaxConfigJsonBytes, "config.json");
+    check_json_depth(text, kMaxJsonDepth, path);
+    const auto j = nlohmann::json::parse(text);
     return j.value("moep_synthetic", false);
   } catch (...) {
     return false;

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/file_read.h"
 #include "perf/routing.h"
 #include "runtime/run_report.h"
 
@@ -129,14 +129,17 @@ std::vector<int32_t> eos_token_ids(const std::string& dir, const ModelConfig& cf
   // A GGUF file carries its end-of-sequence id in tokenizer.ggml.eos_token_id.
   if (tok && tok->special_ids().eos >= 0) ids.push_back(tok->special_ids().eos);
   try {
+    auto read_json = [](const fs::path& path, size_t cap) {
+      const std::string text = read_regular_file(path.string(), cap, path.filename().string());
+      check_json_depth(text, kMaxJsonDepth, path.string());
+      return nlohmann::json::parse(text);
+    };
     if (fs::is_directory(dir) && fs::exists(fs::path(dir) / "generation_config.json")) {
-      std::ifstream f(fs::path(dir) / "generation_config.json");
-      const auto j = nlohmann::json::parse(f);
+      const auto j = read_json(fs::path(dir) / "generation_config.json", kMaxConfigJsonBytes);
       if (j.contains("eos_token_id")) add_json(j["eos_token_id"]);
     }
     if (tok && fs::is_directory(dir) && fs::exists(fs::path(dir) / "tokenizer_config.json")) {
-      std::ifstream f(fs::path(dir) / "tokenizer_config.json");
-      const auto j = nlohmann::json::parse(f);
+      const auto j = read_json(fs::path(dir) / "tokenizer_config.json", kMaxTokenizerConfigBytes);
       if (j.contains("eos_token")) {
         const auto& e = j["eos_token"];
         const std::string s = e.is_string() ? e.get<std::string>() : e.is_object() ? e.value("content", "") : "";

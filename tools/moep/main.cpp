@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <string>
 #include <exception>
+#include <new>
+#include <system_error>
 
 #include "commands.h"
 #include "core/error.h"
@@ -39,6 +41,14 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const moep::Error& e) {
     std::fprintf(stderr, "moep: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // Under MPI, as for any error: this rank ends with status 1 and mpirun ends the others.
+    std::fprintf(stderr, "moep: error: out of memory (an allocation failed); use a smaller model, context or batch, "
+                         "or fewer threads\n");
+    return 1;
+  } catch (const std::system_error& e) {  // e.g. a thread that could not be created
+    std::fprintf(stderr, "moep: error: %s (system error %d)\n", e.what(), e.code().value());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moep: error: %s\n", e.what());
