@@ -450,5 +450,54 @@ TEST_F(DistributedJob, IdleFollowerUsesUnderFivePercentOfACore) {
   EXPECT_LT(used / wall, 0.05) << "the idle follower used " << used << " CPU s in " << wall << " s";
 }
 
+// moep serve with a rank stopped: the request in flight and /health get 503 naming the rank, within the deadline
+// plus 5 s, and the job then ends with status 1.
+TEST_F(DistributedJob, ServerAnswers503WhenARankStops) {
+  std::string curl;
+  if (test::run_command("command -v curl", &curl) != 0) GTEST_SKIP() << "curl is not installed";
+  GroupJob job;
+  const double timeout = 3;
+  job.start(2, "serve " + job.synth_model() + " --port 0 --threads 1 --quiet --rank-timeout 3");
+  const auto pids = job.wait_for_ranks(2);
+  ASSERT_EQ(pids.size(), 2u) << job.log_text();
+  std::string url;
+  for (int i = 0; i < 300 && url.empty(); ++i) {
+    const std::string log = job.log_text();
+    const size_t at = log.find("listening on http://");
+    if (at != std::string::npos && log.find('(', at) != std::string::npos)
+      url = log.substr(at + 13, log.find(' ', at + 13) - (at + 13));
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(url.empty()) << job.log_text();
+  std::string health;
+  ASSERT_EQ(test::run_command("curl -s -m 5 " + url + "/health", &health), 0);
+  EXPECT_NE(health.find("\"ok\""), std::string::npos) << health;
+  for (long p : pids)
+    if (GroupJob::rank_of(p) == 1) test::run_command("kill -STOP " + std::to_string(p), nullptr);
+  const auto stopped = std::chrono::steady_clock::now();
+  std::string answer;
+  std::thread request([&] {
+    test::run_command("curl -s -m 30 -w ' HTTP %{http_code}' " + url +
+                          "/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\":\"hi\",\"max_tokens\":50}'",
+                      &answer);
+  });
+  std::string unhealthy;
+  while (unhealthy.empty() && std::chrono::steady_clock::now() - stopped < std::chrono::seconds(int(timeout) + 5)) {
+    std::string h;
+    test::run_command("curl -s -m 1 -w ' HTTP %{http_code}' " + url + "/health", &h);
+    if (h.find("HTTP 503") != std::string::npos) unhealthy = h;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  request.join();
+  const double answered = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  EXPECT_NE(unhealthy.find("rank 1 (host "), std::string::npos) << "no 503 from /health in time:\n" << job.log_text();
+  EXPECT_NE(answer.find("HTTP 503"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("rank 1 (host "), std::string::npos) << answer;
+  EXPECT_LT(answered, timeout + 5);
+  ASSERT_TRUE(job.wait_end(10)) << job.log_text();
+  EXPECT_EQ(job.status(), 1) << job.log_text();
+}
+
 }  // namespace
 }  // namespace moep
