@@ -99,9 +99,9 @@ class MpiCommunicator final : public Communicator {
     stats_.bytes_sent += uint64_t(log2_ceil(size_)) * count * sizeof(float);
     if (size_ == 1) return;
     spin_for_us(emulated_latency_us_ * log2_ceil(size_));
-    // MPI_Allreduce's algorithms (recursive doubling, ring, Rabenseifner) reduce each element once or
-    // symmetrically (a+b == b+a), so every rank receives the same bits; the engine relies on that for
-    // identical routing on every rank, and tests check it.
+    // MPI_Iallreduce's algorithms (OpenMPI's libnbc: binomial reduce + broadcast, chain, ring, reduce-scatter +
+    // all-gather) reduce each element on one rank and send the result to the others, so every rank receives the
+    // same bits; the engine relies on that for identical routing on every rank, and tests check it.
     MPI_Request req;
     check(MPI_Iallreduce(MPI_IN_PLACE, buf, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req), "MPI_Iallreduce");
     wait(req, "all-reduce", true);
