@@ -4,10 +4,15 @@
 // Contract: every rank calls the same collectives in the same order with the same sizes. A collective that
 // fails (a rank died, the network broke) does not return: the process prints a clear message and ends every
 // rank with a non-zero status (see MpiCommunicator).
+//
+// Deadlines: with set_rank_timeout(s > 0), a collective that has not completed after s seconds (a rank stopped,
+// its machine asleep or cut off) ends the job with a message naming the ranks that no longer answer and their
+// hosts. await_broadcast has no deadline: it is how followers wait, idle, for rank 0's next step.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +37,9 @@ class Communicator {
   virtual void allreduce_sum(float* buf, size_t count) = 0;
   // In place: data on `root` is copied to every rank.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // broadcast without a deadline, for a rank that waits for `root`'s next command (which may come after any idle
+  // time). Waits without spinning a core once the wait is longer than a step's.
+  virtual void await_broadcast(void* data, size_t bytes, int root) = 0;
   // out[r * bytes .. (r+1) * bytes) = rank r's `in` (out has size() * bytes bytes).
   virtual void allgather(const void* in, size_t bytes, void* out) = 0;
   virtual void barrier() = 0;
@@ -42,12 +50,22 @@ class Communicator {
   void set_emulated_latency_us(double us) { emulated_latency_us_ = us; }
   double emulated_latency_us() const { return emulated_latency_us_; }
 
+  // Deadline of every collective but await_broadcast, in seconds (0: none). Set once the ranks are in lockstep:
+  // before that (loading the model) ranks may legitimately take very different times.
+  void set_rank_timeout(double seconds) { rank_timeout_s_ = seconds; }
+  double rank_timeout() const { return rank_timeout_s_; }
+  // Called on the rank that sees a deadline pass, with the message naming the silent ranks, before the job ends
+  // (the server answers its clients with it). Runs on the thread that called the collective.
+  void set_stall_handler(std::function<void(const std::string&)> handler) { stall_handler_ = std::move(handler); }
+
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
 
  protected:
   CommStats stats_;
   double emulated_latency_us_ = 0.0;
+  double rank_timeout_s_ = 0.0;
+  std::function<void(const std::string&)> stall_handler_;
 };
 
 // Size-1 communicator: every collective is a no-op.
@@ -58,6 +76,7 @@ class LocalCommunicator final : public Communicator {
   std::string name() const override { return "local"; }
   void allreduce_sum(float*, size_t count) override;
   void broadcast(void*, size_t, int) override {}
+  void await_broadcast(void*, size_t, int) override {}
   void allgather(const void* in, size_t bytes, void* out) override;
   void barrier() override {}
   [[noreturn]] void abort(int code, const std::string& msg) override;

@@ -2,16 +2,26 @@
 //
 // Failure handling: MPI errors are returned (MPI_ERRORS_RETURN), and any failed call prints which collective
 // failed on which rank and calls MPI_Abort, which makes mpirun end every rank. A rank that dies outright is
-// noticed by mpirun, which ends the others.
+// noticed by mpirun, which ends the others. A rank that stops without dying (SIGSTOP, a sleeping or cut-off
+// machine) is noticed by the deadline (set_rank_timeout): see wait() and report_stall().
+//
+// Waiting: every collective is non-blocking (MPI_I*) and polled with MPI_Test. OpenMPI's blocking calls poll
+// without pause, so a follower idle between requests kept a core at 100%. Here a wait polls without pause for
+// its first kSpinSeconds (an all-reduce between two parts of a step, or the next decode step, comes sooner: no
+// added latency), then sleeps between polls for 1/8 of the time waited so far, from 50 µs to 4 ms: an idle rank
+// costs a poll every 4 ms, and a long wait overshoots by at most 1/8 of its length.
 #define OMPI_SKIP_MPICXX 1  // the C API only; OpenMPI's deprecated C++ bindings are not linked
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "core/error.h"
@@ -37,6 +47,17 @@ int log2_ceil(int n) {
   return s;
 }
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+constexpr double kSpinSeconds = 1e-3;
+constexpr double kMinSleepSeconds = 50e-6, kMaxSleepSeconds = 4e-3;
+// How long a rank that saw a deadline pass waits for the others to answer its ping before naming them silent.
+constexpr double kPingGraceSeconds = 2.0;
+constexpr int kHostNameBytes = 64;
+constexpr int kPingTag = 1, kPongTag = 2;
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator() {
@@ -55,6 +76,16 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     detail::set_abort_hook(abort_all);
+    // Pings (is a rank still there?) travel apart from the collectives, so they never match a collective's
+    // messages.
+    check(MPI_Comm_dup(MPI_COMM_WORLD, &ping_comm_), "MPI_Comm_dup");
+    // Every rank's host name, to name a silent rank's machine.
+    char mine[kHostNameBytes] = {};
+    ::gethostname(mine, sizeof mine - 1);
+    std::vector<char> all(size_t(size_) * kHostNameBytes);
+    check(MPI_Allgather(mine, kHostNameBytes, MPI_CHAR, all.data(), kHostNameBytes, MPI_CHAR, MPI_COMM_WORLD),
+          "MPI_Allgather (host names)");
+    for (int r = 0; r < size_; ++r) hosts_.emplace_back(&all[size_t(r) * kHostNameBytes]);
   }
 
   int rank() const override { return rank_; }
@@ -68,24 +99,16 @@ class MpiCommunicator final : public Communicator {
     stats_.bytes_sent += uint64_t(log2_ceil(size_)) * count * sizeof(float);
     if (size_ == 1) return;
     spin_for_us(emulated_latency_us_ * log2_ceil(size_));
-    // MPI_Allreduce's algorithms (recursive doubling, ring, Rabenseifner) reduce each element once or
-    // symmetrically (a+b == b+a), so every rank receives the same bits; the engine relies on that for
-    // identical routing on every rank, and tests check it.
-    check(MPI_Allreduce(MPI_IN_PLACE, buf, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    // MPI_Iallreduce's algorithms (OpenMPI's libnbc: binomial reduce + broadcast, chain, ring, reduce-scatter +
+    // all-gather) reduce each element on one rank and send the result to the others, so every rank receives the
+    // same bits; the engine relies on that for identical routing on every rank, and tests check it.
+    MPI_Request req;
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req), "MPI_Iallreduce");
+    wait(req, "all-reduce", true);
   }
 
-  void broadcast(void* data, size_t bytes, int root) override {
-    stats_.other_calls++;
-    stats_.other_bytes += bytes;
-    if (rank_ == root) stats_.bytes_sent += bytes * uint64_t(log2_ceil(size_));
-    if (size_ == 1) return;
-    spin_for_us(emulated_latency_us_ * log2_ceil(size_));
-    // Chunked below 2 GiB: MPI counts are ints.
-    auto* p = static_cast<uint8_t*>(data);
-    constexpr size_t kChunk = size_t(1) << 30;
-    for (size_t off = 0; off < bytes; off += kChunk)
-      check(MPI_Bcast(p + off, int(std::min(kChunk, bytes - off)), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
-  }
+  void broadcast(void* data, size_t bytes, int root) override { broadcast_chunks(data, bytes, root, true); }
+  void await_broadcast(void* data, size_t bytes, int root) override { broadcast_chunks(data, bytes, root, false); }
 
   void allgather(const void* in, size_t bytes, void* out) override {
     stats_.other_calls++;
@@ -96,13 +119,17 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     spin_for_us(emulated_latency_us_ * log2_ceil(size_));
-    check(MPI_Allgather(in, int(bytes), MPI_BYTE, out, int(bytes), MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
+    MPI_Request req;
+    check(MPI_Iallgather(in, int(bytes), MPI_BYTE, out, int(bytes), MPI_BYTE, MPI_COMM_WORLD, &req), "MPI_Iallgather");
+    wait(req, "all-gather", true);
   }
 
   void barrier() override {
     stats_.other_calls++;
     if (size_ == 1) return;
-    check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    MPI_Request req;
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
+    wait(req, "barrier", true);
   }
 
   [[noreturn]] void abort(int code, const std::string& msg) override {
@@ -113,6 +140,108 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  void broadcast_chunks(void* data, size_t bytes, int root, bool timed) {
+    stats_.other_calls++;
+    stats_.other_bytes += bytes;
+    if (rank_ == root) stats_.bytes_sent += bytes * uint64_t(log2_ceil(size_));
+    if (size_ == 1) return;
+    spin_for_us(emulated_latency_us_ * log2_ceil(size_));
+    // Chunked below 2 GiB: MPI counts are ints.
+    auto* p = static_cast<uint8_t*>(data);
+    constexpr size_t kChunk = size_t(1) << 30;
+    for (size_t off = 0; off < bytes; off += kChunk)
+    for (size_t off = 0; off < bytes; off += kChunk) {
+      MPI_Request req;
+      check(MPI_Ibcast(p + off, int(std::min(kChunk, bytes - off)), MPI_BYTE, root, MPI_COMM_WORLD, &req),
+            "MPI_Ibcast");
+      wait(req, "broadcast", timed);
+    }
+  }
+
+  // Polls `req` to completion (see the top of this file); with `timed` and a rank timeout, a wait longer than it
+  // ends the job (report_stall).
+  void wait(MPI_Request& req, const char* what, bool timed) {
+    int done = 0;
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    const Clock::time_point t0 = Clock::now();
+    for (;;) {
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
+      if (done) return;
+      const double waited = seconds_since(t0);
+      if (waited < kSpinSeconds) continue;
+      answer_pings();
+      if (timed && rank_timeout_s_ > 0 && waited > rank_timeout_s_) report_stall(what, waited);
+      const double nap = std::min(kMaxSleepSeconds, std::max(kMinSleepSeconds, waited / 8));
+      std::this_thread::sleep_for(std::chrono::duration<double>(nap));
+    }
+  }
+
+  // Answers every ping that has come: a rank whose collective is overdue asks who is still there. Only waiting
+  // ranks answer; a rank computing answers at its next wait, well within kPingGraceSeconds.
+  void answer_pings() {
+    for (;;) {
+      int pending = 0;
+      MPI_Status st;
+      check(MPI_Iprobe(MPI_ANY_SOURCE, kPingTag, ping_comm_, &pending, &st), "MPI_Iprobe");
+      if (!pending) return;
+      int32_t ping = 0;
+      check(MPI_Recv(&ping, 1, MPI_INT32_T, st.MPI_SOURCE, kPingTag, ping_comm_, MPI_STATUS_IGNORE), "MPI_Recv");
+      MPI_Request req;
+      check(MPI_Isend(&kPong, 1, MPI_INT32_T, st.MPI_SOURCE, kPongTag, ping_comm_, &req), "MPI_Isend");
+      check(MPI_Request_free(&req), "MPI_Request_free");
+    }
+  }
+
+  // A collective is overdue: pings every other rank, names those that do not answer within kPingGraceSeconds,
+  // tells the stall handler, and ends the job with status 1.
+  [[noreturn]] void report_stall(const char* what, double waited) {
+    std::vector<int32_t> pongs(size_t(size_), 0);
+    std::vector<MPI_Request> sent, answers(size_t(size_), MPI_REQUEST_NULL);
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Request req;
+      check(MPI_Isend(&kPing, 1, MPI_INT32_T, r, kPingTag, ping_comm_, &req), "MPI_Isend");
+      check(MPI_Request_free(&req), "MPI_Request_free");
+      check(MPI_Irecv(&pongs[size_t(r)], 1, MPI_INT32_T, r, kPongTag, ping_comm_, &answers[size_t(r)]), "MPI_Irecv");
+    }
+    const Clock::time_point t0 = Clock::now();
+    const double grace = std::min(kPingGraceSeconds, rank_timeout_s_);
+    std::vector<bool> answered(size_t(size_), false);
+    answered[size_t(rank_)] = true;
+    for (;;) {
+      bool all = true;
+      for (int r = 0; r < size_; ++r) {
+        if (answered[size_t(r)]) continue;
+        int done = 0;
+        check(MPI_Test(&answers[size_t(r)], &done, MPI_STATUS_IGNORE), "MPI_Test");
+        answered[size_t(r)] = done != 0;
+        all = all && done;
+      }
+      if (all || seconds_since(t0) > grace) break;
+      answer_pings();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::string silent;
+    int n_silent = 0;
+    for (int r = 0; r < size_; ++r) {
+      if (answered[size_t(r)]) continue;
+      silent += std::string(n_silent++ ? ", " : "") + std::to_string(r) + " (host " + hosts_[size_t(r)] + ")";
+    }
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%.1f", waited);
+    const std::string msg =
+        n_silent > 0
+            ? std::string(n_silent > 1 ? "ranks " : "rank ") + silent + " stopped answering: this rank's " + what +
+                  " has waited " + secs + " s for " + (n_silent > 1 ? "them" : "it") +
+                  " (--rank-timeout). A stopped process, or a machine asleep or cut off the network; ending every rank"
+            : std::string("this rank's ") + what + " has waited " + secs +
+                  " s (--rank-timeout) although every rank answers: a rank is slower than the deadline allows, or "
+                  "the ranks are out of step; ending every rank";
+    if (stall_handler_) stall_handler_(msg);
+    abort(1, msg);
+  }
+
   void check(int rc, const char* what) {
     if (rc == MPI_SUCCESS) return;
     char err[MPI_MAX_ERROR_STRING];
@@ -122,8 +251,11 @@ class MpiCommunicator final : public Communicator {
                  "); another rank has probably died. Ending every rank.");
   }
 
+  static constexpr int32_t kPing = 1, kPong = 2;  // the payloads (what matters is the tag)
   int rank_ = 0;
   int size_ = 1;
+  MPI_Comm ping_comm_ = MPI_COMM_NULL;
+  std::vector<std::string> hosts_;  // [rank]
 };
 
 }  // namespace

@@ -200,6 +200,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     e->rank_rss_bytes_.push_back(all[size_t(2 * r + 1)]);
   }
   e->rows_.reserve(size_t(opts.limits.max_rows));
+  // From here the ranks run in lockstep; loading, above, may take very different times on different ranks.
+  c.set_rank_timeout(opts.rank_timeout_s);
   return e;
 }
 

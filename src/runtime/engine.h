@@ -34,6 +34,8 @@ struct EngineOptions {
   // (and the copy fits).
   WeightResidence weights = WeightResidence::Auto;
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
+  // Deadline of every collective once the model is loaded (Communicator::set_rank_timeout; 0: none).
+  double rank_timeout_s = 60.0;
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
   size_t trace_events = 0;                // capacity of the trace buffer (0: no trace)
   // Where the forward pass runs: the CPU, a GPU (Vulkan), or a GPU when a usable hardware one with enough memory

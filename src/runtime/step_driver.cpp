@@ -37,7 +37,7 @@ int64_t StepDriver::follow() {
   MOEP_ASSERT(!engine_.is_root(), "rank 0 leads; it does not follow");
   int64_t steps = 0;
   for (;;) {
-    engine_.comm().broadcast(msg_.data(), msg_.size(), 0);
+    engine_.comm().await_broadcast(msg_.data(), msg_.size(), 0);  // idle between requests: no deadline
     Header h;
     std::memcpy(&h, msg_.data(), sizeof h);
     if (h.command == kRelease) return steps;

@@ -101,6 +101,9 @@ struct HttpServer::Impl {
   const int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> listen_fd{-1};  // the listening socket (set while binding)
   std::atomic<bool> stopping{false};
+  std::atomic<bool> failed{false};  // fail_all() was called: `failure` says why
+  std::mutex failure_mu;
+  std::string failure;
   std::atomic<int> in_flight{0};
   std::once_flag shutdown_once;
   std::mutex listen_mu;
@@ -198,6 +201,13 @@ struct HttpServer::Impl {
     }
   }
 
+  // What a request is refused with once the server stops taking requests.
+  ApiError refusal() {
+    if (!failed) return server_error(503, "the server is shutting down", "shutting_down");
+    std::lock_guard<std::mutex> lk(failure_mu);
+    return server_error(503, failure, "cluster_failed");
+  }
+
   // The error a generation that ended without "stop"/"length" is answered with.
   ApiError ended_badly(const RequestEvent& done, bool timed_out) const {
     if (done.finish_reason == "error") return server_error(500, "generation failed: " + done.error);
@@ -219,7 +229,7 @@ struct HttpServer::Impl {
       throw;
     }
     const std::string body = read_body(req, res, reader);
-    if (stopping) throw server_error(503, "the server is shutting down", "shutting_down");
+    if (stopping) throw refusal();
     ApiRequest r = parse_request(ep, body, opt.limits);
     std::vector<int32_t> ids = tokenize(r);
     fit_to_context(r, int64_t(ids.size()), opt.limits);
@@ -238,7 +248,7 @@ struct HttpServer::Impl {
     try {
       gen->id = sched.submit(std::move(g));
     } catch (const moep::Error& e) {
-      if (stopping) throw server_error(503, "the server is shutting down", "shutting_down");
+      if (stopping) throw refusal();
       throw ApiError(400, e.what(), "invalid_request_error");
     }
     const std::string id = new_id(ep == Endpoint::Chat ? "chatcmpl-" : "cmpl-");
@@ -265,6 +275,8 @@ struct HttpServer::Impl {
           done = std::move(e);
       }
       if (done) break;
+      // The engine cannot go on (fail_all()): no event will come.
+      if (failed) throw refusal();
       const double waited = seconds_since(t0);
       if (!timed_out && waited > opt.request_timeout_s) {
         sched.cancel(gen.id);
@@ -310,6 +322,12 @@ struct HttpServer::Impl {
         st->started = true;
         if (ep == Endpoint::Chat && !write(sse_event(chunk_json(ep, id, created_at, model, "", "", true))))
           return false;
+      }
+      if (failed) {  // the engine cannot go on (fail_all()): no Done will come
+        st->finished = true;
+        metrics.count_generation("error", 0);
+        if (write(sse_event(error_json(refusal())) + "data: [DONE]\n\n")) sink.done();
+        return false;
       }
       const std::vector<RequestEvent> events = gen->take(kPollInterval);
       std::string out;  // everything that came, in one write
@@ -388,7 +406,11 @@ struct HttpServer::Impl {
   void handle_health(httplib::Response& res) {
     // Open without a key (for liveness probes); says nothing but whether the server takes requests.
     ojson j = ojson::object();
-    j["status"] = stopping ? "shutting_down" : "ok";
+    j["status"] = failed ? "error" : stopping ? "shutting_down" : "ok";
+    if (failed) {
+      std::lock_guard<std::mutex> lk(failure_mu);
+      j["error"] = failure;
+    }
     res.status = stopping ? 503 : 200;
     res.set_content(dump_json(j), "application/json");
   }
@@ -497,6 +519,22 @@ void HttpServer::listen() {
     impl_->listen_started = true;
   }
   impl_->svr.listen_after_bind();
+}
+
+void HttpServer::fail_all(const std::string& message, double linger_s) {
+  Impl& m = *impl_;
+  {
+    std::lock_guard<std::mutex> lk(m.failure_mu);
+    m.failure = message;
+  }
+  m.failed = true;
+  m.stopping = true;
+  // Handlers poll every kPollInterval and answer with 503; httplib writes the answer after a handler returns, so
+  // wait a little past the last one. The linger also lets health probes see the 503.
+  const Clock::time_point t0 = Clock::now();
+  while (m.in_flight > 0 && seconds_since(t0) < linger_s) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const double least = std::min(linger_s, std::max(seconds_since(t0) + 0.2, 1.0));
+  while (seconds_since(t0) < least) std::this_thread::sleep_for(std::chrono::milliseconds(10));
 }
 
 void HttpServer::shutdown(double drain_s) {

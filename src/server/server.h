@@ -54,6 +54,11 @@ class HttpServer {
   // waits up to `drain_s` seconds for their handlers to finish, then stops listening. Idempotent; later callers
   // wait for the first to finish.
   void shutdown(double drain_s = 5.0);
+  // The engine cannot go on (a rank stopped answering): from now /health and every request, new or in flight,
+  // get 503 with `message`. Returns once the requests in flight are answered (at most `linger_s` seconds, and at
+  // least 1 s, so that health probes see it); the caller then ends the process. Any thread may call it, while the
+  // scheduler is stuck in a step.
+  void fail_all(const std::string& message, double linger_s = 3.0);
 
  private:
   struct Impl;

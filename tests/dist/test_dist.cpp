@@ -2,9 +2,12 @@
 // every fixture and every placement kind (split experts included); the only traffic per MoE layer is one all-reduce of
 // tokens × d_model values; a dead rank ends the job; disagreeing ranks refuse to start.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -286,38 +289,214 @@ TEST_F(DistributedJob, OneRankFailingToLoadEndsAll) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
 }
 
-// Killing one rank mid-run ends the whole job with a non-zero status within seconds.
+// A job started in its own process group, each rank writing its pid to a file, so that a test can stop or kill one
+// rank and its teardown can end whatever is left (a stopped rank included: no process outlives the test).
+class GroupJob {
+ public:
+  GroupJob() : pidfile_(dir_.str() + "/pids"), pgfile_(dir_.str() + "/pgid") {}
+  ~GroupJob() {
+    for (long p : rank_pids()) test::run_command("kill -CONT " + std::to_string(p) + " 2>/dev/null; kill -9 " +
+                                                 std::to_string(p) + " 2>/dev/null", nullptr);
+    std::ifstream f(pgfile_);
+    long pg = 0;
+    if (f >> pg && pg > 0) test::run_command("kill -9 -- -" + std::to_string(pg) + " 2>/dev/null", nullptr);
+    if (runner_.joinable()) runner_.join();
+  }
+  // `ranks` ranks of "moep ARGS" (stdout and stderr to log()), run on a thread until the job ends.
+  void start(int ranks, const std::string& args) {
+    const std::string cmd = "setsid bash -c 'echo $$ > " + pgfile_ + "; exec " + test::mpirun_prefix(ranks) +
+                            "bash -c \"echo \\$\\$ >> " + pidfile_ + "; exec " + test::moep_binary() + " " + args +
+                            "\"' > " + log() + " 2>&1";
+    runner_ = std::thread([this, cmd] {
+      status_ = test::run_command(cmd, nullptr);
+      ended_ = std::chrono::steady_clock::now();
+      done_ = true;
+    });
+  }
+  // Waits (up to 20 s) until all `n` ranks have written their pids; returns them in rank order of start.
+  std::vector<long> wait_for_ranks(size_t n) {
+    for (int i = 0; i < 200; ++i) {
+      auto p = rank_pids();
+      if (p.size() == n) return p;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return {};
+  }
+  // Waits up to `s` seconds for the job to end; true when it did.
+  bool wait_end(double s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!done_ && std::chrono::steady_clock::now() - t0 < std::chrono::duration<double>(s))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (done_) runner_.join();
+    return done_;
+  }
+  std::chrono::steady_clock::time_point ended() const { return ended_; }
+  int status() const { return status_; }
+  std::string log() const { return dir_.str() + "/log"; }
+  std::string log_text() const {
+    std::ifstream f(log());
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  // Which rank a pid is: OMPI_COMM_WORLD_RANK in its environment.
+  static int rank_of(long pid) {
+    std::string out;
+    test::run_command("tr '\\0' '\\n' < /proc/" + std::to_string(pid) + "/environ | sed -n 's/^OMPI_COMM_WORLD_RANK=//p'",
+                      &out);
+    return out.empty() ? -1 : std::atoi(out.c_str());
+  }
+  std::string dir() const { return dir_.str(); }
+  // A small random model with a tokenizer (the fixtures have none), in dir()/model.
+  std::string synth_model() const {
+    const std::string m = dir() + "/model";
+    std::string out;
+    EXPECT_EQ(test::run_command(test::moep_binary() + " synth " + m + " --preset demo", &out), 0) << out;
+    return m;
+  }
+
+ private:
+  std::vector<long> rank_pids() const {
+    std::ifstream f(pidfile_);
+    std::vector<long> pids;
+    long p;
+    while (f >> p) pids.push_back(p);
+    return pids;
+  }
+  test::TempDir dir_;
+  std::string pidfile_, pgfile_;
+  std::thread runner_;
+  std::atomic<bool> done_{false};
+  std::chrono::steady_clock::time_point ended_;
+  int status_ = -1;
+};
+
+// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+double cpu_seconds(long pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream rest(all.substr(all.rfind(')') + 2));  // fields after "(comm) ": state is field 3
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i)
+    if (i == 14 || i == 15) ticks += std::stod(field);
+  return ticks / double(sysconf(_SC_CLK_TCK));
+}
+
+// Killing one rank mid-run ends the whole job with a non-zero status within 5 s of the kill.
 TEST_F(DistributedJob, KilledRankEndsTheJob) {
-  test::TempDir d;
   std::vector<int32_t> ids;
   for (int i = 0; i < 200; ++i) ids.push_back(i % 300);
-  const std::string pidfile = d.str() + "/pids";
+  GroupJob job;
   // 20 ms per exchange step × 2 layers × 200 tokens: about 8 s if nothing is killed.
-  const std::string cmd = test::mpirun_prefix(3) + "bash -c 'echo $$ >> " + pidfile + "; exec " + test::moep_binary() +
-                          " logits " + test::fixture_dir("olmoe_f32") + " --ids " + ids_csv(ids) + " --out " + d.str() +
-                          "/x.npy --threads 1 --incremental --emulate-latency-us 20000'";
-  std::string text;
+  job.start(3, "logits " + test::fixture_dir("olmoe_f32") + " --ids " + ids_csv(ids) + " --out " + job.dir() +
+                   "/x.npy --threads 1 --incremental --emulate-latency-us 20000");
+  const auto pids = job.wait_for_ranks(3);
+  ASSERT_EQ(pids.size(), 3u) << job.log_text();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  const auto killed = std::chrono::steady_clock::now();
+  test::run_command("kill -9 " + std::to_string(pids[1]), nullptr);
+  ASSERT_TRUE(job.wait_end(30)) << job.log_text();
+  const double secs = std::chrono::duration<double>(job.ended() - killed).count();
+  EXPECT_NE(job.status(), 0) << job.log_text();
+  EXPECT_LT(secs, 5.0) << "the job should end soon after a rank dies; it took " << secs << " s\n" << job.log_text();
+}
+
+// A rank that stops without dying (SIGSTOP: a sleeping or cut-off machine) ends the job once the deadline has
+// passed, with a message naming that rank and its host, and status 1.
+TEST_F(DistributedJob, StoppedRankIsNamedOnceTheDeadlinePasses) {
+  GroupJob job;
+  const double timeout = 3;
+  job.start(2, "run " + job.synth_model() + " --prompt-ids 1,2,3 -n 100000 --ignore-eos --ctx 100000 "
+                   "--threads 1 --emulate-latency-us 2000 --rank-timeout 3");
+  const auto pids = job.wait_for_ranks(2);
+  ASSERT_EQ(pids.size(), 2u) << job.log_text();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  ASSERT_FALSE(job.wait_end(0)) << "the job ended before a rank was stopped:\n" << job.log_text();
+  long victim = pids[0];
+  for (long p : pids)
+    if (GroupJob::rank_of(p) == 1) victim = p;
+  const auto stopped = std::chrono::steady_clock::now();
+  test::run_command("kill -STOP " + std::to_string(victim), nullptr);
+  ASSERT_TRUE(job.wait_end(timeout + 20)) << job.log_text();
+  const double secs = std::chrono::duration<double>(job.ended() - stopped).count();
+  const std::string text = job.log_text();
+  EXPECT_EQ(job.status(), 1) << text;
+  EXPECT_LT(secs, timeout + 5) << text;
+  EXPECT_GE(secs, timeout) << text;
+  EXPECT_NE(text.find("rank 1 (host "), std::string::npos) << text;
+  EXPECT_NE(text.find("stopped answering"), std::string::npos) << text;
+}
+
+// A follower idle between requests waits without spinning: under 5% of a core over 3 s.
+TEST_F(DistributedJob, IdleFollowerUsesUnderFivePercentOfACore) {
+  GroupJob job;
+  job.start(2, "serve " + job.synth_model() + " --port 0 --threads 1 --quiet");
+  const auto pids = job.wait_for_ranks(2);
+  ASSERT_EQ(pids.size(), 2u) << job.log_text();
+  for (int i = 0; i < 300 && job.log_text().find("listening on") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(job.log_text().find("listening on"), std::string::npos) << job.log_text();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  long follower = -1;
+  for (long p : pids)
+    if (GroupJob::rank_of(p) == 1) follower = p;
+  ASSERT_GT(follower, 0);
+  const double c0 = cpu_seconds(follower);
   const auto t0 = std::chrono::steady_clock::now();
-  std::thread killer([&] {
-    // Wait until all three ranks have started, then kill the second one.
-    for (int i = 0; i < 100; ++i) {
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const double used = cpu_seconds(follower) - c0;
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(used / wall, 0.05) << "the idle follower used " << used << " CPU s in " << wall << " s";
+}
+
+// moep serve with a rank stopped: the request in flight and /health get 503 naming the rank, within the deadline
+// plus 5 s, and the job then ends with status 1.
+TEST_F(DistributedJob, ServerAnswers503WhenARankStops) {
+  std::string curl;
+  if (test::run_command("command -v curl", &curl) != 0) GTEST_SKIP() << "curl is not installed";
+  GroupJob job;
+  const double timeout = 3;
+  job.start(2, "serve " + job.synth_model() + " --port 0 --threads 1 --quiet --rank-timeout 3");
+  const auto pids = job.wait_for_ranks(2);
+  ASSERT_EQ(pids.size(), 2u) << job.log_text();
+  std::string url;
+  for (int i = 0; i < 300 && url.empty(); ++i) {
+    const std::string log = job.log_text();
+    const size_t at = log.find("listening on http://");
+    if (at != std::string::npos && log.find('(', at) != std::string::npos)
+      url = log.substr(at + 13, log.find(' ', at + 13) - (at + 13));
+    else
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      std::ifstream f(pidfile);
-      std::vector<long> pids;
-      long p;
-      while (f >> p) pids.push_back(p);
-      if (pids.size() == 3) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-        test::run_command("kill -9 " + std::to_string(pids[1]), nullptr);
-        return;
-      }
-    }
+  }
+  ASSERT_FALSE(url.empty()) << job.log_text();
+  std::string health;
+  ASSERT_EQ(test::run_command("curl -s -m 5 " + url + "/health", &health), 0);
+  EXPECT_NE(health.find("\"ok\""), std::string::npos) << health;
+  for (long p : pids)
+    if (GroupJob::rank_of(p) == 1) test::run_command("kill -STOP " + std::to_string(p), nullptr);
+  const auto stopped = std::chrono::steady_clock::now();
+  std::string answer;
+  std::thread request([&] {
+    test::run_command("curl -s -m 30 -w ' HTTP %{http_code}' " + url +
+                          "/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\":\"hi\",\"max_tokens\":50}'",
+                      &answer);
   });
-  const int st = test::run_command(cmd, &text);
-  killer.join();
-  const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_NE(st, 0) << text;
-  EXPECT_LT(secs, 7.0) << "the job should end soon after a rank dies; it took " << secs << " s\n" << text;
+  std::string unhealthy;
+  while (unhealthy.empty() && std::chrono::steady_clock::now() - stopped < std::chrono::seconds(int(timeout) + 5)) {
+    std::string h;
+    test::run_command("curl -s -m 1 -w ' HTTP %{http_code}' " + url + "/health", &h);
+    if (h.find("HTTP 503") != std::string::npos) unhealthy = h;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  request.join();
+  const double answered = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  EXPECT_NE(unhealthy.find("rank 1 (host "), std::string::npos) << "no 503 from /health in time:\n" << job.log_text();
+  EXPECT_NE(answer.find("HTTP 503"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("rank 1 (host "), std::string::npos) << answer;
+  EXPECT_LT(answered, timeout + 5);
+  ASSERT_TRUE(job.wait_end(10)) << job.log_text();
+  EXPECT_EQ(job.status(), 1) << job.log_text();
 }
 
 }  // namespace

@@ -272,6 +272,12 @@ void register_serve(CLI::App& app) {
       throw;
     }
 
+    // A rank that stops answering in a step: tell the clients (503) before the job ends (on this, the main thread,
+    // stuck in that step).
+    engine->comm().set_stall_handler([&](const std::string& msg) {
+      std::fprintf(stderr, "moep serve: %s\n", msg.c_str());
+      http->fail_all(msg);
+    });
     std::thread http_thread([&] { http->listen(); });
     {
       std::lock_guard<std::mutex> lk(http_mu);

@@ -35,6 +35,11 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
   cmd->add_option("--emulate-latency-us", f.emulate_latency_us,
                   "Add this many microseconds to every inter-rank exchange step (latency emulation, see docs)")
       ->check(CLI::Range(0.0, 1e7));
+  cmd->add_option("--rank-timeout", f.rank_timeout_s,
+                  "Under mpirun: seconds a rank waits for the others in a step before the job ends, naming the ranks "
+                  "that stopped answering and their hosts (0: wait for ever; see docs/NETWORK.md)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
   cmd->add_option("--device", f.device,
                   "Where the model runs: cpu, gpu (Vulkan; an error when no GPU can) or auto (default: a hardware GPU "
                   "with enough memory when there is one, else the CPU, with a note)")
@@ -61,6 +66,7 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.weights = parse_weight_residence(f.weights);
   o.bf16_dot = f.bf16_dot;  // applied by Engine::create, before the ranks compare kernel sets
   o.emulate_latency_us = f.emulate_latency_us;
+  o.rank_timeout_s = f.rank_timeout_s;
   if (!f.trace.empty()) o.trace_events = 1 << 20;
   o.device = gpu::parse_device_kind(f.device);
   o.gpu_index = f.gpu;
