@@ -16,7 +16,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   libvulkan-dev glslc mesa-vulkan-drivers
-  python3 jq
+  python3 jq curl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -454,7 +454,10 @@ TEST_F(DistributedJob, IdleFollowerUsesUnderFivePercentOfACore) {
 // plus 5 s, and the job then ends with status 1.
 TEST_F(DistributedJob, ServerAnswers503WhenARankStops) {
   std::string curl;
-  if (test::run_command("command -v curl", &curl) != 0) GTEST_SKIP() << "curl is not installed";
+  if (test::run_command("command -v curl", &curl) != 0) {
+    if (test::all_tests_required()) FAIL() << "curl is not installed (scripts/setup.sh installs it)";
+    GTEST_SKIP() << "curl is not installed";
+  }
   GroupJob job;
   const double timeout = 3;
   job.start(2, "serve " + job.synth_model() + " --port 0 --threads 1 --quiet --rank-timeout 3");
