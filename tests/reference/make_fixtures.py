@@ -304,19 +304,24 @@ def make(name, spec, out_root, seed):
     print(f"[{name}] ok: margins", [round(r["greedy_min_margin"], 4) for r in results])
 
 
-def main():
+def run_fixtures(fixtures, make_fn, seed_base):
+    """Makes the fixtures named on the command line (all of `fixtures` when none), each with its own seed."""
     out_root = sys.argv[1]
-    only = sys.argv[2:] or list(FIXTURES)
+    only = sys.argv[2:] or list(fixtures)
     os.makedirs(out_root, exist_ok=True)
     print("transformers", transformers.__version__, "torch", torch.__version__)
     failed = []
     for name in only:
         try:
-            make(name, FIXTURES[name], out_root, 1000 + 17 * list(FIXTURES).index(name))
+            make_fn(name, fixtures[name], out_root, seed_base + 17 * list(fixtures).index(name))
         except Exception:
             traceback.print_exc()
             failed.append(name)
     print("FAILED:", failed if failed else "none")
+
+
+def main():
+    run_fixtures(FIXTURES, make, 1000)
 
 
 if __name__ == "__main__":
