@@ -207,6 +207,45 @@ TEST(ChatTemplate, ChatTemplateJinjaFileWins) {
   EXPECT_EQ(render_chat(t, ordered_json::array(), false), "from file E");
 }
 
+TEST(ChatTemplate, OverrideFileReplacesTheTemplateAndKeepsTheSpecialTokens) {
+  test::TempDir dir;
+  write_file(dir.path() / "model" / "tokenizer_config.json", R"({"eos_token": "E", "chat_template": "from config"})");
+  write_file(dir.path() / "override.jinja", "override {{ eos_token }} {{ tools|length }}\n");
+  ChatTemplate t = ChatTemplate::load((dir.path() / "model").string(), (dir.path() / "override.jinja").string());
+  EXPECT_EQ(t.source, (dir.path() / "override.jinja").string());
+  ordered_json tools = ordered_json::parse(R"([{"type": "function", "function": {"name": "f"}}])");
+  EXPECT_EQ(render_chat(t, ordered_json::array(), false, ordered_json{{"tools", tools}}), "override E 1");
+  // An empty override path is the model's own template; a model without one is fine when overridden.
+  EXPECT_EQ(render_chat(ChatTemplate::load((dir.path() / "model").string(), ""), ordered_json::array(), false),
+            "from config");
+  write_file(dir.path() / "bare" / "tokenizer_config.json", R"({"bos_token": "B"})");
+  EXPECT_EQ(render_chat(ChatTemplate::load_override((dir.path() / "bare").string(), (dir.path() / "override.jinja").string()),
+                        ordered_json::array(), false, ordered_json{{"tools", tools}}),
+            "override  1");
+  const std::string err = error_of([&] { ChatTemplate::load_override(dir.str(), (dir.path() / "missing.jinja").string()); });
+  EXPECT_NE(err.find("missing.jinja"), std::string::npos) << err;
+}
+
+TEST(ChatTemplate, TemplateMessagesParseToolCallArgumentsAndFillNullContent) {
+  const ordered_json in = ordered_json::parse(R"([
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1, \"y\": [2]}"}},
+      {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}},
+      {"id": "c", "type": "function", "function": {"name": "h", "arguments": "[1]"}}]},
+    {"role": "tool", "tool_call_id": "a", "content": "ok"}])");
+  const ordered_json out = template_messages(in);
+  EXPECT_EQ(out[0]["content"], "");
+  EXPECT_EQ(out[0]["tool_calls"][0]["function"]["arguments"], ordered_json::parse(R"({"x": 1, "y": [2]})"));
+  EXPECT_EQ(out[0]["tool_calls"][1]["function"]["arguments"], "not json");
+  EXPECT_EQ(out[0]["tool_calls"][2]["function"]["arguments"], "[1]");
+  EXPECT_EQ(out[1], in[1]);
+  // The Qwen3 template then prints the call and the tool's answer.
+  const std::string prompt = render_chat(stored("qwen3.jinja", "", "<|im_end|>"), out, true);
+  EXPECT_NE(prompt.find("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1, \"y\": [2]}}\n</tool_call>"),
+            std::string::npos) << prompt;
+  EXPECT_NE(prompt.find("<tool_response>\nok\n</tool_response>"), std::string::npos) << prompt;
+}
+
 TEST(ChatTemplate, SelectsDefaultOrToolUseFromAList) {
   // Mixtral-8x22B-Instruct-v0.1's tokenizer_config.json as first published (April 2024): two named templates.
   ChatTemplate t = ChatTemplate::load(test::testdata_path("chat_templates/mixtral_8x22b_instruct_v0.1_2024-04"));
