@@ -5,6 +5,7 @@
 // construction (vocab); sample() allocates nothing.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <random>
 #include <span>
@@ -35,6 +36,22 @@ struct SamplingParams {
   // Throws moep::Error naming the first value out of range.
   void validate() const;
 };
+
+// The model's log-probabilities at one generated position, as OpenAI's logprobs report them: log-softmax of the
+// raw logits, before the repetition penalty, the temperature and any truncation (top-k/top-p/min-p), so they
+// describe the model's distribution whatever the sampling settings. Fixed size: filling one allocates nothing.
+struct TokenLogprobs {
+  static constexpr int kMaxTop = 20;  // OpenAI's bound on top_logprobs
+  int32_t token = -1;                 // the sampled token
+  float logprob = 0;                  // its log-probability
+  int32_t n_top = 0;                  // entries used in top_ids/top_logprobs
+  std::array<int32_t, kMaxTop> top_ids{};
+  std::array<float, kMaxTop> top_logprobs{};  // descending; ties: the lower id first (as greedy sampling picks)
+};
+
+// Fills `out` for `token` and the n_top (0..kMaxTop) most likely tokens of `logits` [vocab]. Two passes over the
+// vocabulary; allocates nothing. `token` must be in [0, vocab).
+void token_logprobs(std::span<const float> logits, int32_t token, int32_t n_top, TokenLogprobs& out);
 
 class Sampler {
  public:

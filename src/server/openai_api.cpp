@@ -181,6 +181,21 @@ std::vector<std::string> parse_stop(const ojson& body, const RequestLimits& limi
   return stops;
 }
 
+// Chat: "logprobs": bool and "top_logprobs": 0..20 (which needs logprobs true). Completions: "logprobs": 0..20.
+int32_t parse_logprobs(const ojson& body, Endpoint endpoint) {
+  const ojson* l = member(body, "logprobs");
+  if (endpoint == Endpoint::Completion) {
+    if (!l) return -1;
+    return int32_t(get_integer(*l, "logprobs", 0, TokenLogprobs::kMaxTop));
+  }
+  const bool on = l && get_bool(*l, "logprobs");
+  const ojson* t = member(body, "top_logprobs");
+  if (!t) return on ? 0 : -1;
+  const int32_t n = int32_t(get_integer(*t, "top_logprobs", 0, TokenLogprobs::kMaxTop));
+  if (!on && n > 0) bad_value("top_logprobs", "needs \"logprobs\": true");
+  return on ? n : -1;
+}
+
 // Options of the OpenAI API that moep does not implement: refused when they ask for something, accepted when
 // they ask for the default.
 void refuse_unsupported(const ojson& body, Endpoint endpoint) {
@@ -192,12 +207,6 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
     if (const ojson* v = member(body, key))
       if (get_number(*v, key, -2.0, 2.0) != 0.0)
         unsupported(key, "is not supported (use repetition_penalty instead)");
-  if (const ojson* l = member(body, "logprobs")) {
-    const bool asked = l->is_boolean() ? l->get<bool>() : l->is_number() ? l->get<double>() > 0 : true;
-    if (asked) unsupported("logprobs", "is not supported");
-  }
-  if (const ojson* t = member(body, "top_logprobs"))
-    if (!t->is_number() || t->get<double>() != 0) unsupported("top_logprobs", "is not supported");
   for (const char* key : {"tools", "functions"})
     if (const ojson* t = member(body, key))
       if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (no tool calling)");
@@ -320,6 +329,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
   if (const ojson* v = member(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   p.stop = parse_stop(body, limits);
   if (const ojson* v = member(body, "stream")) r.stream = get_bool(*v, "stream");
+  r.logprobs = parse_logprobs(body, endpoint);
   if (const ojson* so = member(body, "stream_options")) {
     if (!so->is_object()) wrong_type("stream_options", "an object", *so);
     if (const ojson* iu = member(*so, "include_usage")) r.include_usage = get_bool(*iu, "stream_options.include_usage");
@@ -344,8 +354,75 @@ void fit_to_context(ApiRequest& req, int64_t prompt_tokens, const RequestLimits&
     req.params.max_tokens = int32_t(std::min<int64_t>({limits.default_max_tokens, limits.max_tokens_cap, ctx - prompt_tokens}));
 }
 
+namespace {
+
+ojson bytes_json(const std::string& s) {
+  ojson b = ojson::array();
+  for (unsigned char c : s) b.push_back(int(c));
+  return b;
+}
+
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+ojson chat_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top, const TokenTextFn& token_text) {
+  ojson content = ojson::array();
+  for (const TokenLogprobs& t : tokens) {
+    const std::string text = token_text(t.token);
+    ojson e = ojson::object();
+    e["token"] = text;
+    e["logprob"] = t.logprob;
+    e["bytes"] = bytes_json(text);
+    ojson top = ojson::array();
+    for (int32_t k = 0; k < std::min(n_top, t.n_top); ++k) {
+      const std::string alt = token_text(t.top_ids[size_t(k)]);
+      ojson a = ojson::object();
+      a["token"] = alt;
+      a["logprob"] = t.top_logprobs[size_t(k)];
+      a["bytes"] = bytes_json(alt);
+      top.push_back(std::move(a));
+    }
+    e["top_logprobs"] = std::move(top);
+    content.push_back(std::move(e));
+  }
+  ojson j = ojson::object();
+  j["content"] = std::move(content);
+  j["refusal"] = nullptr;
+  return j;
+}
+
+ojson completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top, const TokenTextFn& token_text,
+                               int64_t* offset) {
+  ojson toks = ojson::array(), lps = ojson::array(), tops = ojson::array(), offsets = ojson::array();
+  for (const TokenLogprobs& t : tokens) {
+    const std::string text = token_text(t.token);
+    toks.push_back(text);
+    lps.push_back(t.logprob);
+    offsets.push_back(*offset);
+    *offset += code_points(text);
+    ojson top = ojson::object();
+    for (int32_t k = 0; k < std::min(n_top, t.n_top); ++k) {
+      const std::string alt = token_text(t.top_ids[size_t(k)]);
+      if (!top.contains(alt)) top[alt] = t.top_logprobs[size_t(k)];  // a dict: the likelier of equal texts stays
+    }
+    tops.push_back(std::move(top));
+  }
+  ojson j = ojson::object();
+  j["tokens"] = std::move(toks);
+  j["token_logprobs"] = std::move(lps);
+  j["top_logprobs"] = std::move(tops);
+  j["text_offset"] = std::move(offsets);
+  return j;
+}
+
 ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                      const std::string& text, const std::string& finish_reason, const Usage& usage) {
+                      const std::string& text, const std::string& finish_reason, const Usage& usage,
+                      const ojson& logprobs) {
   ojson j = head_json(endpoint, id, created, model, false);
   ojson choice = ojson::object();
   choice["index"] = 0;
@@ -357,7 +434,7 @@ ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created,
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = reason_json(finish_reason);
   j["choices"] = ojson::array({std::move(choice)});
   j["usage"] = usage_json(usage);
@@ -365,7 +442,7 @@ ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created,
 }
 
 ojson chunk_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                 const std::string& text, const std::string& finish_reason, bool first_chunk) {
+                 const std::string& text, const std::string& finish_reason, bool first_chunk, const ojson& logprobs) {
   ojson j = head_json(endpoint, id, created, model, true);
   ojson choice = ojson::object();
   choice["index"] = 0;
@@ -377,7 +454,7 @@ ojson chunk_json(Endpoint endpoint, const std::string& id, int64_t created, cons
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = reason_json(finish_reason);
   j["choices"] = ojson::array({std::move(choice)});
   return j;

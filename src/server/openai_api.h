@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -61,11 +63,14 @@ struct ApiRequest {
   bool max_tokens_given = false;
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage: a last chunk with usage and no choices
+  // -1: no logprobs. Else how many alternatives each token lists (0..20): Chat's top_logprobs (with
+  // "logprobs": true), Completions' "logprobs": N.
+  int32_t logprobs = -1;
 };
 
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
-// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, logprobs, tools,
-// non-text response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
+// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, non-text
+// response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
 // Unknown fields are ignored.
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const RequestLimits& limits);
 
@@ -79,14 +84,29 @@ struct Usage {
   int64_t completion_tokens = 0;
 };
 
-// One whole (non-streamed) answer: "chat.completion" or "text_completion".
+// The text of one token as logprobs show it (the server decodes the one id with its tokenizer).
+using TokenTextFn = std::function<std::string(int32_t)>;
+// Chat's choices[].logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+// "bytes"}, ... n_top]}, ...], "refusal": null}. "bytes" are the UTF-8 bytes of the token's text.
+nlohmann::ordered_json chat_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top,
+                                          const TokenTextFn& token_text);
+// Completions' legacy choices[].logprobs: {"tokens", "token_logprobs", "top_logprobs": [{text: logprob, ...}],
+// "text_offset"}. text_offset counts code points of the completion before each token, from *offset (which it
+// advances, so that stream chunks continue where the last one ended).
+nlohmann::ordered_json completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top,
+                                                const TokenTextFn& token_text, int64_t* offset);
+
+// One whole (non-streamed) answer: "chat.completion" or "text_completion". `logprobs`: the choice's logprobs
+// (null when not asked for).
 nlohmann::ordered_json completion_json(Endpoint endpoint, const std::string& id, int64_t created,
                                        const std::string& model, const std::string& text,
-                                       const std::string& finish_reason, const Usage& usage);
+                                       const std::string& finish_reason, const Usage& usage,
+                                       const nlohmann::ordered_json& logprobs = nullptr);
 // One stream chunk with text (Chat: {"delta": {"content": text}}; first_chunk adds "role": "assistant").
 // finish_reason empty: null.
 nlohmann::ordered_json chunk_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                                  const std::string& text, const std::string& finish_reason, bool first_chunk);
+                                  const std::string& text, const std::string& finish_reason, bool first_chunk,
+                                  const nlohmann::ordered_json& logprobs = nullptr);
 // The chunk after the last one when stream_options.include_usage: "choices": [] and "usage".
 nlohmann::ordered_json usage_chunk_json(Endpoint endpoint, const std::string& id, int64_t created,
                                         const std::string& model, const Usage& usage);

@@ -201,6 +201,20 @@ struct HttpServer::Impl {
     }
   }
 
+  // The text of one token as logprobs show it.
+  std::string token_text(int32_t id) const {
+    const int32_t ids[1] = {id};
+    return tok.decode(ids, /*skip_special_tokens=*/false);
+  }
+
+  // The logprobs JSON of `tokens` for a response or a chunk (null when the request asked for none).
+  ojson logprobs_json(const ApiRequest& r, std::span<const TokenLogprobs> tokens, int64_t* text_offset) const {
+    if (r.logprobs < 0) return nullptr;
+    auto text = [this](int32_t id) { return token_text(id); };
+    return r.endpoint == Endpoint::Chat ? chat_logprobs_json(tokens, r.logprobs, text)
+                                        : completion_logprobs_json(tokens, r.logprobs, text, text_offset);
+  }
+
   // What a request is refused with once the server stops taking requests.
   ApiError refusal() {
     if (!failed) return server_error(503, "the server is shutting down", "shutting_down");
@@ -243,6 +257,7 @@ struct HttpServer::Impl {
     GenerationRequest g;
     g.prompt = std::move(ids);
     g.params = r.params;
+    g.top_logprobs = r.logprobs;
     g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
     auto in_flight_token = std::make_shared<InFlight>(in_flight);
     try {
@@ -263,16 +278,19 @@ struct HttpServer::Impl {
                       httplib::Response& res) {
     const Clock::time_point t0 = Clock::now();
     std::string text;
+    std::vector<TokenLogprobs> logprobs;
     std::optional<RequestEvent> done;
     bool timed_out = false;
     // Bounded: the scheduler ends every request (max_tokens, context); past the timeout it is cancelled, and past
     // the grace after that the handler gives up.
     while (!done) {
       for (RequestEvent& e : gen.take(kPollInterval)) {
-        if (e.kind == RequestEvent::Text)
+        if (e.kind == RequestEvent::Text) {
           text += e.text;
-        else
+          logprobs.insert(logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+        } else {
           done = std::move(e);
+        }
       }
       if (done) break;
       // The engine cannot go on (fail_all()): no event will come.
@@ -288,8 +306,10 @@ struct HttpServer::Impl {
     metrics.count_generation(done->finish_reason, done->time_to_first_token_s);
     if (done->finish_reason != "stop" && done->finish_reason != "length") throw ended_badly(*done, timed_out);
     res.status = 200;
+    int64_t text_offset = 0;
     res.set_content(dump_json(completion_json(ep, id, created_at, r.model, text, done->finish_reason,
-                                              Usage{done->prompt_tokens, done->completion_tokens})),
+                                              Usage{done->prompt_tokens, done->completion_tokens},
+                                              logprobs_json(r, logprobs, &text_offset))),
                     "application/json");
   }
 
@@ -299,6 +319,7 @@ struct HttpServer::Impl {
     bool started = false;
     bool finished = false;  // Done received
     bool timed_out = false;
+    int64_t text_offset = 0;  // Completions' logprobs.text_offset of the next token
     Clock::time_point t0 = Clock::now();
     Clock::time_point last_write = Clock::now();
   };
@@ -312,7 +333,7 @@ struct HttpServer::Impl {
     res.set_header("X-Accel-Buffering", "no");
     const std::string model = r.model;
     const bool include_usage = r.include_usage;
-    auto provider = [this, ep, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
+    auto provider = [this, ep, r, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
       auto write = [&](const std::string& s) {
         if (s.empty()) return true;  // an empty write would end httplib's chunked stream
         st->last_write = Clock::now();
@@ -333,7 +354,8 @@ struct HttpServer::Impl {
       std::string out;  // everything that came, in one write
       for (const RequestEvent& e : events) {
         if (e.kind == RequestEvent::Text) {
-          out += sse_event(chunk_json(ep, id, created_at, model, e.text, "", false));
+          out += sse_event(chunk_json(ep, id, created_at, model, e.text, "", false,
+                                      logprobs_json(r, e.logprobs, &st->text_offset)));
           continue;
         }
         st->finished = true;

@@ -144,13 +144,17 @@ TEST(ServerApi, RefusalsNameTheField) {
       {P, R"({"prompt": "x", "ignore_eos": "no"})", 400, "ignore_eos", "invalid_type"},
       {P, R"({"prompt": "x", "n": 2})", 400, "n", "unsupported_parameter"},
       {P, R"({"prompt": "x", "best_of": 3})", 400, "best_of", "unsupported_parameter"},
-      {P, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "unsupported_parameter"},
+      {P, R"({"prompt": "x", "logprobs": 21})", 400, "logprobs", "invalid_value"},
+      {P, R"({"prompt": "x", "logprobs": true})", 400, "logprobs", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", 400, "logprobs", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", 400, "top_logprobs",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", 400,
+       "top_logprobs", "invalid_value"},
       {P, R"({"prompt": "x", "echo": true})", 400, "echo", "unsupported_parameter"},
       {P, R"({"prompt": "x", "suffix": "end"})", 400, "suffix", "unsupported_parameter"},
       {P, R"({"prompt": "x", "frequency_penalty": 1})", 400, "frequency_penalty", "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", 400, "tools", "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400, "logprobs",
-       "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", 400,
        "response_format", "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}})", 400, "logit_bias",
@@ -168,6 +172,48 @@ TEST(ServerApi, RefusalsNameTheField) {
       "response_format": {"type": "text"}, "logit_bias": {}, "frequency_penalty": 0.0, "top_logprobs": 0})")
                 .status(),
             0);
+}
+
+TEST(ServerApi, LogprobsRequestsAndJson) {
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + "}", limits()).logprobs, -1);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": false, "top_logprobs": 0})", limits()).logprobs, -1);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": true})", limits()).logprobs, 0);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": true, "top_logprobs": 20})", limits()).logprobs, 20);
+  EXPECT_EQ(parse_request(Endpoint::Completion, R"({"prompt": "x", "logprobs": 3})", limits()).logprobs, 3);
+  EXPECT_EQ(parse_request(Endpoint::Completion, R"({"prompt": "x", "logprobs": null})", limits()).logprobs, -1);
+
+  TokenLogprobs a, b;
+  a.token = 7;
+  a.logprob = -0.5f;
+  a.n_top = 2;
+  a.top_ids = {7, 9};
+  a.top_logprobs = {-0.5f, -1.5f};
+  b.token = 9;
+  b.logprob = -2.f;
+  b.n_top = 2;
+  b.top_ids = {8, 9};
+  b.top_logprobs = {-0.25f, -2.f};
+  const std::vector<TokenLogprobs> toks = {a, b};
+  auto text = [](int32_t id) { return id == 7 ? std::string("h\xc3\xa9") : id == 8 ? std::string("x") : std::string(" y"); };
+  const ojson chat = chat_logprobs_json(toks, 1, text);
+  ASSERT_EQ(chat["content"].size(), 2u);
+  EXPECT_EQ(chat["content"][0]["token"], "h\xc3\xa9");
+  EXPECT_EQ(chat["content"][0]["bytes"], ojson::parse("[104, 195, 169]"));
+  EXPECT_FLOAT_EQ(chat["content"][0]["logprob"].get<float>(), -0.5f);
+  ASSERT_EQ(chat["content"][1]["top_logprobs"].size(), 1u);  // n_top 1 of the 2 recorded
+  EXPECT_EQ(chat["content"][1]["top_logprobs"][0]["token"], "x");
+  EXPECT_TRUE(chat["refusal"].is_null());
+  int64_t offset = 10;
+  const ojson legacy = completion_logprobs_json(toks, 2, text, &offset);
+  EXPECT_EQ(legacy["tokens"], ojson::parse(R"(["h\u00e9", " y"])"));
+  EXPECT_EQ(legacy["text_offset"], ojson::parse("[10, 12]"));  // "hé" is 2 code points
+  EXPECT_EQ(offset, 14);
+  EXPECT_FLOAT_EQ(legacy["top_logprobs"][1]["x"].get<float>(), -0.25f);
+  EXPECT_FLOAT_EQ(legacy["token_logprobs"][1].get<float>(), -2.f);
+  const ojson whole = completion_json(Endpoint::Chat, "id", 1, "demo", "hé y", "stop", Usage{1, 2}, chat);
+  EXPECT_EQ(whole["choices"][0]["logprobs"], chat);
+  EXPECT_TRUE(completion_json(Endpoint::Chat, "id", 1, "demo", "t", "stop", Usage{})["choices"][0]["logprobs"].is_null());
 }
 
 TEST(ServerApi, StopStringLimits) {
