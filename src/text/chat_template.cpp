@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <regex>
 
 #include "core/error.h"
 #include "io/gguf.h"
@@ -231,13 +232,23 @@ std::string render_chat(const ChatTemplate& tmpl, const nlohmann::json& messages
   return render_chat(tmpl, m, add_generation_prompt, x);
 }
 
-nlohmann::ordered_json template_messages(const nlohmann::ordered_json& messages) {
+nlohmann::ordered_json template_messages(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages,
+                                         const nlohmann::ordered_json& extra) {
   nlohmann::ordered_json out = messages;
   if (!out.is_array()) return out;
+  const std::string& text = tmpl.select(extra).source();
+  // Text when the template concatenates the arguments (`+ tool['function']['arguments']`) or takes text itself
+  // (`arguments is string`); an object for everything else (`arguments|tojson`, `{"arguments": ...}|tojson`).
+  static const std::regex text_arguments(
+      R"((\+\s*[\w.\[\]'"]*arguments\b)|(arguments['"\]]*\s*\+)|(arguments\s+is\s+string))");
+  static const std::regex null_content(R"(content('\])?\s+is\s+none)");
+  const bool want_object = !std::regex_search(text, text_arguments);
+  const bool keep_null = std::regex_search(text, null_content);
   for (auto& m : out) {
     if (!m.is_object()) continue;
-    if (!m.contains("content") || m["content"].is_null()) m["content"] = "";
-    if (!m.contains("tool_calls") || !m["tool_calls"].is_array()) continue;
+    const bool calls = m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
+    if ((!m.contains("content") || m["content"].is_null()) && !(calls && keep_null)) m["content"] = "";
+    if (!calls || !want_object) continue;
     for (auto& call : m["tool_calls"]) {
       if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
       auto& fn = call["function"];

@@ -69,10 +69,15 @@ std::string render_chat(const ChatTemplate& tmpl, const nlohmann::ordered_json& 
 std::string render_chat(const ChatTemplate& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
                         const nlohmann::json& extra = nlohmann::json::object());
 
-// OpenAI-style messages made ready for a template, as vLLM and llama.cpp hand them over: an assistant message's
-// tool_calls[].function.arguments, which the API carries as JSON text, becomes the object it encodes (templates
-// iterate it, or print it with |tojson); arguments that are not a JSON object stay text. A null or absent content
-// (an assistant message that only calls tools) becomes "", which templates concatenate. Everything else is kept.
-nlohmann::ordered_json template_messages(const nlohmann::ordered_json& messages);
+// OpenAI-style messages made ready for the template render_chat would use with `extra`, by what that template's text
+// does with them (templates disagree, and transformers passes messages as they are):
+//  - tool_calls[].function.arguments, JSON text in the API, stays text when the template concatenates it with +
+//    (DeepSeek-V3) or tests `arguments is string` (Qwen); else it becomes the object it encodes (Mistral and
+//    Llama 3.1 print it with |tojson). Arguments that are not a JSON object stay text.
+//  - a null or absent content becomes "", which templates concatenate, except in an assistant message with
+//    tool_calls when the template tests the content with `is none` (DeepSeek-V3 marks tool-call turns so).
+// Everything else is kept.
+nlohmann::ordered_json template_messages(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages,
+                                         const nlohmann::ordered_json& extra = nlohmann::ordered_json::object());
 
 }  // namespace moep

@@ -81,6 +81,8 @@ class Template {
   std::string render(const nlohmann::ordered_json& variables, const RenderOptions& options = {}) const;
 
   const std::string& name() const { return name_; }
+  // The template's text (line endings normalized).
+  const std::string& source() const { return source_; }
 
  private:
   std::string name_;

@@ -233,17 +233,36 @@ TEST(ChatTemplate, TemplateMessagesParseToolCallArgumentsAndFillNullContent) {
       {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}},
       {"id": "c", "type": "function", "function": {"name": "h", "arguments": "[1]"}}]},
     {"role": "tool", "tool_call_id": "a", "content": "ok"}])");
-  const ordered_json out = template_messages(in);
+  // Mistral v0.3 prints the arguments with |tojson: they become objects.
+  const ChatTemplate mistral = stored("mistral_7b_instruct_v0.3_tools_2024.jinja", "<s>", "</s>");
+  const ordered_json out = template_messages(mistral, in);
   EXPECT_EQ(out[0]["content"], "");
   EXPECT_EQ(out[0]["tool_calls"][0]["function"]["arguments"], ordered_json::parse(R"({"x": 1, "y": [2]})"));
   EXPECT_EQ(out[0]["tool_calls"][1]["function"]["arguments"], "not json");
   EXPECT_EQ(out[0]["tool_calls"][2]["function"]["arguments"], "[1]");
   EXPECT_EQ(out[1], in[1]);
-  // The Qwen3 template then prints the call and the tool's answer.
-  const std::string prompt = render_chat(stored("qwen3.jinja", "", "<|im_end|>"), out, true);
+  // Qwen3 takes text or an object: the text is kept, and printed as it came.
+  const ChatTemplate qwen3 = stored("qwen3.jinja", "", "<|im_end|>");
+  const ordered_json q = template_messages(qwen3, in);
+  EXPECT_EQ(q[0]["tool_calls"][0]["function"]["arguments"], in[0]["tool_calls"][0]["function"]["arguments"]);
+  EXPECT_EQ(q[0]["content"], "");
+  const std::string prompt = render_chat(qwen3, q, true);
   EXPECT_NE(prompt.find("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1, \"y\": [2]}}\n</tool_call>"),
             std::string::npos) << prompt;
   EXPECT_NE(prompt.find("<tool_response>\nok\n</tool_response>"), std::string::npos) << prompt;
+  // DeepSeek-V3 concatenates the arguments and marks a tool-call turn by a null content: both are kept.
+  const ChatTemplate ds = stored("deepseek_v3.jinja");
+  const ordered_json d = template_messages(ds, in);
+  EXPECT_TRUE(d[0]["content"].is_null());
+  EXPECT_TRUE(d[0]["tool_calls"][0]["function"]["arguments"].is_string());
+  const ordered_json ds_in = ordered_json::parse(R"([{"role": "user", "content": "w?"},
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+    {"role": "tool", "tool_call_id": "a", "content": "ok"}])");
+  const std::string ds_prompt = render_chat(ds, template_messages(ds, ds_in), true);
+  EXPECT_NE(ds_prompt.find("<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{\"x\": 1}\n```<｜tool▁call▁end｜>"),
+            std::string::npos) << ds_prompt;
+  EXPECT_NE(ds_prompt.find("<｜tool▁output▁begin｜>ok<｜tool▁output▁end｜>"), std::string::npos) << ds_prompt;
 }
 
 TEST(ChatTemplate, SelectsDefaultOrToolUseFromAList) {

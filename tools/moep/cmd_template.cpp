@@ -71,7 +71,7 @@ void register_template(CLI::App& app) {
       extra["tools"] = std::move(t);
     }
     const ChatTemplate tmpl = ChatTemplate::load(o->model, o->chat_template);
-    const std::string prompt = render_chat(tmpl, template_messages(messages), !o->no_generation_prompt, extra);
+    const std::string prompt = render_chat(tmpl, template_messages(tmpl, messages, extra), !o->no_generation_prompt, extra);
     const Tokenizer tokenizer = Tokenizer::load(o->model);
     const size_t n_tokens = tokenizer.encode(prompt, /*add_special_tokens=*/false).size();
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
