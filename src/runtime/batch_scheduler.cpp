@@ -36,7 +36,8 @@ struct BatchScheduler::Sequence {
   std::vector<TokenLogprobs> pending_logprobs;
 
   Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok)
-      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, true), context(req.prompt) {
+      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, req.skip_special_tokens),
+        context(req.prompt) {
     if (req.top_logprobs >= 0) {
       raw_logits.resize(size_t(vocab));
       pending_logprobs.reserve(64);

@@ -44,6 +44,9 @@ struct GenerationRequest {
   SamplingParams params;
   // -1: no logprobs; 0..TokenLogprobs::kMaxTop: each sampled token's log-probability and this many alternatives.
   int32_t top_logprobs = -1;
+  // Special tokens are left out of the text unless this is false (tool-call markers such as Mistral's
+  // [TOOL_CALLS] are special tokens, and the server's parser must see them).
+  bool skip_special_tokens = true;
   std::function<void(const RequestEvent&)> on_event;
 };
 

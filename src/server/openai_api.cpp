@@ -111,6 +111,111 @@ std::string message_content(const ojson& c, const std::string& param) {
   return text;
 }
 
+std::string get_string(const ojson* v, const std::string& param) {
+  if (!v) throw ApiError(400, "'" + param + "' is required", "invalid_request_error", param, "missing_required_parameter");
+  if (!v->is_string()) wrong_type(param, "a string", *v);
+  return v->get<std::string>();
+}
+
+// An assistant message's tool_calls: [{"id", "type": "function", "function": {"name", "arguments": JSON text}}].
+ojson parse_message_tool_calls(const ojson& calls, const std::string& param) {
+  if (!calls.is_array()) wrong_type(param, "an array of tool calls", calls);
+  ojson out = ojson::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const std::string p = param + "[" + std::to_string(i) + "]";
+    const ojson& c = calls[i];
+    if (!c.is_object()) wrong_type(p, "an object {\"id\", \"type\": \"function\", \"function\": {...}}", c);
+    ojson o = ojson::object();
+    if (const ojson* id = member(c, "id")) o["id"] = get_string(id, p + ".id");
+    const ojson* type = member(c, "type");
+    if (type && get_string(type, p + ".type") != "function") bad_value(p + ".type", "must be \"function\"");
+    o["type"] = "function";
+    const ojson* fn = member(c, "function");
+    if (!fn) throw ApiError(400, "'" + p + ".function' is required", "invalid_request_error", p + ".function",
+                            "missing_required_parameter");
+    if (!fn->is_object()) wrong_type(p + ".function", "an object {\"name\", \"arguments\"}", *fn);
+    ojson f = ojson::object();
+    f["name"] = get_string(member(*fn, "name"), p + ".function.name");
+    const ojson* args = member(*fn, "arguments");
+    f["arguments"] = args ? get_string(args, p + ".function.arguments") : std::string("{}");
+    o["function"] = std::move(f);
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+bool valid_tool_name(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+  return true;
+}
+
+// "tools": [{"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}].
+ojson parse_tools(const ojson& t) {
+  if (!t.is_array()) wrong_type("tools", "an array of tools", t);
+  ojson out = ojson::array();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const std::string p = "tools[" + std::to_string(i) + "]";
+    const ojson& tool = t[i];
+    if (!tool.is_object()) wrong_type(p, "an object {\"type\": \"function\", \"function\": {\"name\": ...}}", tool);
+    const ojson* type = member(tool, "type");
+    if (!type) throw ApiError(400, "'" + p + ".type' is required", "invalid_request_error", p + ".type",
+                              "missing_required_parameter");
+    if (!type->is_string() || type->get<std::string>() != "function")
+      bad_value(p + ".type", "must be \"function\" (the only kind of tool supported), got " + type->dump());
+    const ojson* fn = member(tool, "function");
+    if (!fn) throw ApiError(400, "'" + p + ".function' is required", "invalid_request_error", p + ".function",
+                            "missing_required_parameter");
+    if (!fn->is_object()) wrong_type(p + ".function", "an object {\"name\", \"description\", \"parameters\"}", *fn);
+    const std::string name = get_string(member(*fn, "name"), p + ".function.name");
+    if (!valid_tool_name(name))
+      bad_value(p + ".function.name", "must be 1 to 64 letters, digits, '_' or '-', got '" + name + "'");
+    if (std::find(names.begin(), names.end(), name) != names.end())
+      bad_value(p + ".function.name", "'" + name + "' names an earlier tool too");
+    names.push_back(name);
+    if (const ojson* d = member(*fn, "description")) get_string(d, p + ".function.description");
+    if (const ojson* params = member(*fn, "parameters"))
+      if (!params->is_object()) wrong_type(p + ".function.parameters", "an object (a JSON schema)", *params);
+    if (const ojson* strict = member(*fn, "strict")) get_bool(*strict, p + ".function.strict");
+    out.push_back(tool);
+  }
+  return out;
+}
+
+void parse_tool_choice(const ojson& body, ApiRequest& r) {
+  const ojson* c = member(body, "tool_choice");
+  const bool has_tools = r.tools.is_array() && !r.tools.empty();
+  if (c) {
+    if (c->is_string()) {
+      const std::string v = c->get<std::string>();
+      if (v == "auto") r.tool_choice = ToolChoice::Auto;
+      else if (v == "none") r.tool_choice = ToolChoice::None;
+      else if (v == "required") r.tool_choice = ToolChoice::Required;
+      else bad_value("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, got '" + v + "'");
+    } else if (c->is_object()) {
+      const ojson* type = member(*c, "type");
+      if (!type || !type->is_string() || type->get<std::string>() != "function")
+        bad_value("tool_choice.type", "must be \"function\"");
+      const ojson* fn = member(*c, "function");
+      if (!fn || !fn->is_object()) wrong_type("tool_choice.function", "an object {\"name\": ...}", fn ? *fn : ojson());
+      r.tool_choice = ToolChoice::Function;
+      r.tool_choice_name = get_string(member(*fn, "name"), "tool_choice.function.name");
+      bool known = false;
+      for (const ojson& t : has_tools ? r.tools : ojson::array())
+        known = known || t["function"]["name"] == r.tool_choice_name;
+      if (!known)
+        bad_value("tool_choice", "names the function '" + r.tool_choice_name + "', which is not one of the request's tools");
+    } else {
+      wrong_type("tool_choice", "a string or an object", *c);
+    }
+  }
+  if (r.tool_choice == ToolChoice::Required && !has_tools)
+    bad_value("tool_choice", "is \"required\" but the request has no tools");
+  if (const ojson* p = member(body, "parallel_tool_calls")) r.parallel_tool_calls = get_bool(*p, "parallel_tool_calls");
+}
+
 ojson parse_messages(const ojson& body) {
   const ojson* m = member(body, "messages");
   if (!m) throw ApiError(400, "'messages' is required", "invalid_request_error", "messages", "missing_required_parameter");
@@ -135,7 +240,20 @@ ojson parse_messages(const ojson& body) {
                      "missing_required_parameter");
     ojson o = ojson::object();
     o["role"] = r;
-    o["content"] = content_it == msg.end() ? std::string() : message_content(*content_it, p + ".content");
+    const ojson* calls = r == "assistant" ? member(msg, "tool_calls") : nullptr;
+    const bool no_content = content_it == msg.end() || content_it->is_null();
+    // An assistant turn that only calls tools keeps its null content (template_messages decides what the
+    // template sees).
+    if (no_content && calls && calls->is_array() && !calls->empty())
+      o["content"] = nullptr;
+    else
+      o["content"] = content_it == msg.end() ? std::string() : message_content(*content_it, p + ".content");
+    if (calls) o["tool_calls"] = parse_message_tool_calls(*calls, p + ".tool_calls");
+    if (r == "assistant")
+      if (const ojson* rc = member(msg, "reasoning_content")) {
+        if (!rc->is_string()) wrong_type(p + ".reasoning_content", "a string", *rc);
+        o["reasoning_content"] = *rc;
+      }
     // Only plain fields are passed to the template (nothing nested that a template could walk without bound).
     for (const char* key : {"name", "tool_call_id"})
       if (const ojson* v = member(msg, key)) {
@@ -207,9 +325,9 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
     if (const ojson* v = member(body, key))
       if (get_number(*v, key, -2.0, 2.0) != 0.0)
         unsupported(key, "is not supported (use repetition_penalty instead)");
-  for (const char* key : {"tools", "functions"})
+  for (const char* key : {"functions", "function_call"})
     if (const ojson* t = member(body, key))
-      if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (no tool calling)");
+      if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (the legacy form: use tools and tool_choice)");
   if (const ojson* lb = member(body, "logit_bias"))
     if (!lb->is_object() || !lb->empty()) unsupported("logit_bias", "is not supported");
   if (const ojson* rf = member(body, "response_format")) {
@@ -285,10 +403,13 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
                               limits.model_id + "')",
                      "invalid_request_error", "model", "model_not_found");
   }
-  if (endpoint == Endpoint::Chat)
+  if (endpoint == Endpoint::Chat) {
     r.messages = parse_messages(body);
-  else
+    if (const ojson* t = member(body, "tools")) r.tools = parse_tools(*t);
+    parse_tool_choice(body, r);
+  } else {
     r.prompt = parse_prompt(body);
+  }
   refuse_unsupported(body, endpoint);
 
   SamplingParams& p = r.params;
@@ -417,6 +538,94 @@ ojson completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_
   j["token_logprobs"] = std::move(lps);
   j["top_logprobs"] = std::move(tops);
   j["text_offset"] = std::move(offsets);
+  return j;
+}
+
+ToolCallConstraint tool_call_constraint(const ApiRequest& req) {
+  ToolCallConstraint c;
+  c.parallel = req.parallel_tool_calls;
+  if (!req.tools.is_array() || req.tools.empty() || req.tool_choice == ToolChoice::None) return c;
+  c.tools = &req.tools;
+  c.required = req.tool_choice == ToolChoice::Required || req.tool_choice == ToolChoice::Function;
+  for (const ojson& t : req.tools) {
+    const std::string name = t["function"]["name"].get<std::string>();
+    if (req.tool_choice != ToolChoice::Function || name == req.tool_choice_name) c.allowed.push_back(name);
+  }
+  return c;
+}
+
+ojson template_extra(const ApiRequest& req) {
+  ojson extra = ojson::object();
+  if (req.tools.is_array() && !req.tools.empty() && req.tool_choice != ToolChoice::None) extra["tools"] = req.tools;
+  return extra;
+}
+
+ojson chat_message_json(const ParsedOutput& out) {
+  ojson msg = ojson::object();
+  msg["role"] = "assistant";
+  msg["content"] = out.content.empty() && !out.tool_calls.empty() ? ojson() : ojson(out.content);
+  if (!out.reasoning.empty()) msg["reasoning_content"] = out.reasoning;
+  if (!out.tool_calls.empty()) {
+    ojson calls = ojson::array();
+    for (const ParsedToolCall& c : out.tool_calls) {
+      ojson fn = ojson::object();
+      fn["name"] = c.name;
+      fn["arguments"] = c.arguments;
+      ojson call = ojson::object();
+      call["id"] = c.id;
+      call["type"] = "function";
+      call["function"] = std::move(fn);
+      calls.push_back(std::move(call));
+    }
+    msg["tool_calls"] = std::move(calls);
+  }
+  return msg;
+}
+
+ojson chat_completion_json(const std::string& id, int64_t created, const std::string& model, const ParsedOutput& out,
+                           const std::string& finish_reason, const Usage& usage, const ojson& logprobs) {
+  ojson j = head_json(Endpoint::Chat, id, created, model, false);
+  ojson choice = ojson::object();
+  choice["index"] = 0;
+  choice["message"] = chat_message_json(out);
+  choice["logprobs"] = logprobs;
+  choice["finish_reason"] =
+      reason_json(finish_reason == "stop" && !out.tool_calls.empty() ? std::string("tool_calls") : finish_reason);
+  j["choices"] = ojson::array({std::move(choice)});
+  j["usage"] = usage_json(usage);
+  return j;
+}
+
+ojson chat_delta_chunk_json(const std::string& id, int64_t created, const std::string& model, const OutputDelta& d,
+                            const std::string& finish_reason, bool first_chunk, const ojson& logprobs) {
+  ojson j = head_json(Endpoint::Chat, id, created, model, true);
+  ojson delta = ojson::object();
+  if (first_chunk) delta["role"] = "assistant";
+  if (first_chunk || !d.content.empty()) delta["content"] = d.content;
+  if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+  if (!d.tool_calls.empty()) {
+    ojson calls = ojson::array();
+    for (const ToolCallDelta& t : d.tool_calls) {
+      ojson call = ojson::object();
+      call["index"] = t.index;
+      ojson fn = ojson::object();
+      if (!t.name.empty()) {
+        call["id"] = t.id;
+        call["type"] = "function";
+        fn["name"] = t.name;
+      }
+      fn["arguments"] = t.arguments;
+      call["function"] = std::move(fn);
+      calls.push_back(std::move(call));
+    }
+    delta["tool_calls"] = std::move(calls);
+  }
+  ojson choice = ojson::object();
+  choice["index"] = 0;
+  choice["delta"] = std::move(delta);
+  choice["logprobs"] = logprobs;
+  choice["finish_reason"] = reason_json(finish_reason);
+  j["choices"] = ojson::array({std::move(choice)});
   return j;
 }
 

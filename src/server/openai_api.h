@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/sampler.h"
+#include "server/tool_calls.h"
 
 namespace moep::server {
 
@@ -43,6 +44,10 @@ std::string error_body(const ApiError& e);
 
 enum class Endpoint { Chat, Completion };
 
+// tool_choice: "auto" (the model decides), "none" (no tools: they are not shown to the model and its output is not
+// parsed for calls), "required" (at least one call), or {"type": "function", "function": {"name": ...}} (that one).
+enum class ToolChoice { Auto, None, Required, Function };
+
 // What the server allows and what it assumes when a request says nothing.
 struct RequestLimits {
   std::string model_id;            // the one model served; "model" must name it (or be absent)
@@ -66,7 +71,28 @@ struct ApiRequest {
   // -1: no logprobs. Else how many alternatives each token lists (0..20): Chat's top_logprobs (with
   // "logprobs": true), Completions' "logprobs": N.
   int32_t logprobs = -1;
+  // Chat: the request's tools, checked ([{"type": "function", "function": {"name", "description"?,
+  // "parameters"?, "strict"?}}]); null when none were given.
+  nlohmann::ordered_json tools;
+  ToolChoice tool_choice = ToolChoice::Auto;
+  std::string tool_choice_name;       // ToolChoice::Function: the tool named (one of `tools`)
+  bool parallel_tool_calls = true;    // false: at most one call is returned
 };
+
+// What a request demands of the model's tool calls. The seam for constrained decoding: a grammar that forces a
+// call (any of `allowed`, or the one named) plugs in where server.cpp builds the GenerationRequest from it. Until
+// then `required` is only asked of the model through the template, and its output is parsed like any other.
+struct ToolCallConstraint {
+  bool required = false;              // tool_choice "required" or a named function
+  std::vector<std::string> allowed;   // the names the call may have (all tools, or the one named)
+  bool parallel = true;               // parallel_tool_calls
+  const nlohmann::ordered_json* tools = nullptr;  // the request's tools (their parameters' JSON schemas)
+};
+ToolCallConstraint tool_call_constraint(const ApiRequest& req);
+
+// The variables besides messages that a chat request gives its template: "tools" when the request has tools and
+// tool_choice is not "none".
+nlohmann::ordered_json template_extra(const ApiRequest& req);
 
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
 // range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, non-text
@@ -95,6 +121,20 @@ nlohmann::ordered_json chat_logprobs_json(std::span<const TokenLogprobs> tokens,
 // advances, so that stream chunks continue where the last one ended).
 nlohmann::ordered_json completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top,
                                                 const TokenTextFn& token_text, int64_t* offset);
+
+// A chat answer split by tool_calls.h: {"role": "assistant", "content": text, or null when there are tool calls and
+// no text, "reasoning_content" (when there is some), "tool_calls": [{"id", "type": "function", "function": {"name",
+// "arguments"}}] (when there are some)}.
+nlohmann::ordered_json chat_message_json(const ParsedOutput& out);
+// "chat.completion" with that message; finish_reason "tool_calls" replaces "stop" when there are calls.
+nlohmann::ordered_json chat_completion_json(const std::string& id, int64_t created, const std::string& model,
+                                            const ParsedOutput& out, const std::string& finish_reason,
+                                            const Usage& usage, const nlohmann::ordered_json& logprobs = nullptr);
+// A "chat.completion.chunk" with a delta: "role" (first_chunk), "content", "reasoning_content", "tool_calls":
+// [{"index", "id", "type", "function": {"name", "arguments"}}] (id, type and name in a call's first delta only).
+nlohmann::ordered_json chat_delta_chunk_json(const std::string& id, int64_t created, const std::string& model,
+                                             const OutputDelta& delta, const std::string& finish_reason,
+                                             bool first_chunk, const nlohmann::ordered_json& logprobs = nullptr);
 
 // One whole (non-streamed) answer: "chat.completion" or "text_completion". `logprobs`: the choice's logprobs
 // (null when not asked for).
