@@ -407,6 +407,13 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     r.messages = parse_messages(body);
     if (const ojson* t = member(body, "tools")) r.tools = parse_tools(*t);
     parse_tool_choice(body, r);
+    if (const ojson* k = member(body, "chat_template_kwargs")) {
+      if (!k->is_object()) wrong_type("chat_template_kwargs", "an object", *k);
+      for (const char* reserved : {"messages", "tools", "add_generation_prompt"})
+        if (k->contains(reserved))
+          bad_value(std::string("chat_template_kwargs.") + reserved, "is set by the server, not by the request");
+      r.template_kwargs = *k;
+    }
   } else {
     r.prompt = parse_prompt(body);
   }
@@ -555,7 +562,7 @@ ToolCallConstraint tool_call_constraint(const ApiRequest& req) {
 }
 
 ojson template_extra(const ApiRequest& req) {
-  ojson extra = ojson::object();
+  ojson extra = req.template_kwargs.is_object() ? req.template_kwargs : ojson::object();
   if (req.tools.is_array() && !req.tools.empty() && req.tool_choice != ToolChoice::None) extra["tools"] = req.tools;
   return extra;
 }

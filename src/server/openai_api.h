@@ -77,6 +77,8 @@ struct ApiRequest {
   ToolChoice tool_choice = ToolChoice::Auto;
   std::string tool_choice_name;       // ToolChoice::Function: the tool named (one of `tools`)
   bool parallel_tool_calls = true;    // false: at most one call is returned
+  // chat_template_kwargs (as vLLM takes it): more variables for the template, e.g. {"enable_thinking": false}.
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
 };
 
 // What a request demands of the model's tool calls. The seam for constrained decoding: a grammar that forces a
@@ -90,8 +92,8 @@ struct ToolCallConstraint {
 };
 ToolCallConstraint tool_call_constraint(const ApiRequest& req);
 
-// The variables besides messages that a chat request gives its template: "tools" when the request has tools and
-// tool_choice is not "none".
+// The variables besides messages that a chat request gives its template: chat_template_kwargs, then "tools" when
+// the request has tools and tool_choice is not "none".
 nlohmann::ordered_json template_extra(const ApiRequest& req);
 
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of

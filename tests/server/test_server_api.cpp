@@ -281,6 +281,14 @@ TEST(ServerApi, ToolsToolChoiceAndToolMessages) {
   const ApiRequest none = parse_request(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "tool_choice": "none"})", limits());
   EXPECT_FALSE(template_extra(none).contains("tools"));  // "none": the model is not shown the tools
   EXPECT_FALSE(tool_call_constraint(none).required);
+  const ApiRequest kw = parse_request(
+      Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": {"enable_thinking": false}})", limits());
+  EXPECT_EQ(template_extra(kw)["enable_thinking"], false);
+  EXPECT_EQ(template_extra(kw)["tools"].size(), 2u);
+  EXPECT_EQ(refusal(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": {"tools": []}})").param(),
+            "chat_template_kwargs.tools");
+  EXPECT_EQ(refusal(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": 1})").param(),
+            "chat_template_kwargs");
   const ApiRequest autoc = parse_request(Endpoint::Chat, base, limits());
   EXPECT_EQ(autoc.tool_choice, ToolChoice::Auto);
   EXPECT_FALSE(tool_call_constraint(autoc).required);
