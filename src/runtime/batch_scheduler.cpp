@@ -74,6 +74,8 @@ uint64_t BatchScheduler::submit(GenerationRequest req) {
   for (int32_t t : req.prompt)
     if (t < 0 || t >= V) fail("prompt token id ", t, " is outside the vocabulary [0, ", V, ")");
   req.params.validate();
+  for (const auto& [token, bias] : req.params.logit_bias)
+    if (token >= V) fail("logit_bias: token id ", token, " is outside the vocabulary [0, ", V, ")");
   const int64_t need = int64_t(req.prompt.size()) + req.params.max_tokens;
   if (need > max_context())
     fail("the prompt (", req.prompt.size(), " tokens) plus max_tokens (", req.params.max_tokens,

@@ -16,6 +16,10 @@ void SamplingParams::validate() const {
   if (!(repetition_penalty > 0.f) || repetition_penalty > 100.f)
     fail("repetition_penalty must be in (0, 100], got ", repetition_penalty);
   if (max_tokens < 0) fail("max_tokens must be >= 0, got ", max_tokens);
+  for (const auto& [token, bias] : logit_bias) {
+    if (token < 0) fail("logit_bias: token id ", token, " is negative");
+    if (!(bias >= -100.f && bias <= 100.f)) fail("logit_bias: the bias of token ", token, " must be in [-100, 100], got ", bias);
+  }
 }
 
 void token_logprobs(std::span<const float> logits, int32_t token, int32_t n_top, TokenLogprobs& out) {
@@ -56,10 +60,13 @@ Sampler::Sampler(int64_t vocab, const SamplingParams& params)
       prob_(size_t(vocab)),
       seen_(size_t(vocab)) {
   p_.validate();
+  for (const auto& [token, bias] : p_.logit_bias)
+    if (token >= vocab_) fail("logit_bias: token id ", token, " is outside the vocabulary [0, ", vocab_, ")");
 }
 
 int32_t Sampler::sample(float* logits, std::span<const int32_t> context) {
   const int64_t V = vocab_;
+  for (const auto& [token, bias] : p_.logit_bias) logits[token] += bias;
   if (p_.repetition_penalty != 1.f) {
     std::fill(seen_.begin(), seen_.end(), 0);
     for (int32_t t : context)

@@ -1,6 +1,6 @@
 // Choosing the next token from logits, with the controls people know from llama.cpp and transformers.
-// Order of operations (as transformers' logits processors apply them): repetition penalty → temperature →
-// top-k → top-p → min-p → sample. Temperature 0 means greedy (argmax; the lowest id wins a tie).
+// Order of operations (as transformers' logits processors apply them): logit bias → repetition penalty →
+// temperature → top-k → top-p → min-p → sample. Temperature 0 means greedy (argmax; the lowest id wins a tie).
 // A Sampler owns its random generator: the same seed gives the same tokens. Buffers are sized at
 // construction (vocab); sample() allocates nothing.
 #pragma once
@@ -10,6 +10,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moep {
@@ -24,6 +25,8 @@ struct SamplingParams {
   int32_t max_tokens = 256;
   std::vector<std::string> stop;     // stop strings (not included in the output)
   bool ignore_eos = false;
+  // OpenAI's logit_bias: added to a token's logit before anything else; each in [-100, 100].
+  std::vector<std::pair<int32_t, float>> logit_bias;
 
   static SamplingParams greedy() {
     SamplingParams p;

@@ -314,6 +314,28 @@ int32_t parse_logprobs(const ojson& body, Endpoint endpoint) {
   return on ? n : -1;
 }
 
+// "logit_bias": {"<token id>": bias in [-100, 100], ...}.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const ojson& body, const RequestLimits& limits) {
+  std::vector<std::pair<int32_t, float>> out;
+  const ojson* lb = member(body, "logit_bias");
+  if (!lb) return out;
+  if (!lb->is_object()) wrong_type("logit_bias", "an object {\"<token id>\": bias}", *lb);
+  if (lb->size() > limits.max_logit_bias)
+    bad_value("logit_bias", "has " + std::to_string(lb->size()) + " entries; at most " +
+                                std::to_string(limits.max_logit_bias) + " are allowed");
+  for (auto it = lb->begin(); it != lb->end(); ++it) {
+    const std::string& key = it.key();
+    const std::string p = "logit_bias." + key;
+    int64_t id = -1;
+    if (!key.empty() && key.size() <= 10 && key.find_first_not_of("0123456789") == std::string::npos) id = std::stoll(key);
+    if (id < 0 || (limits.vocab_size > 0 && id >= limits.vocab_size))
+      bad_value("logit_bias", "has the key '" + key + "': keys must be token ids" +
+                                  (limits.vocab_size > 0 ? " in [0, " + std::to_string(limits.vocab_size) + ")" : ""));
+    out.emplace_back(int32_t(id), float(get_number(it.value(), p, -100.0, 100.0)));
+  }
+  return out;
+}
+
 // Options of the OpenAI API that moep does not implement: refused when they ask for something, accepted when
 // they ask for the default.
 void refuse_unsupported(const ojson& body, Endpoint endpoint) {
@@ -328,8 +350,6 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
   for (const char* key : {"functions", "function_call"})
     if (const ojson* t = member(body, key))
       if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (the legacy form: use tools and tool_choice)");
-  if (const ojson* lb = member(body, "logit_bias"))
-    if (!lb->is_object() || !lb->empty()) unsupported("logit_bias", "is not supported");
   if (const ojson* rf = member(body, "response_format")) {
     if (!rf->is_object()) wrong_type("response_format", "an object", *rf);
     const ojson* t = member(*rf, "type");
@@ -456,6 +476,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
   }
   if (const ojson* v = member(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   p.stop = parse_stop(body, limits);
+  p.logit_bias = parse_logit_bias(body, limits);
   if (const ojson* v = member(body, "stream")) r.stream = get_bool(*v, "stream");
   r.logprobs = parse_logprobs(body, endpoint);
   if (const ojson* so = member(body, "stream_options")) {

@@ -56,6 +56,8 @@ struct RequestLimits {
   int32_t default_max_tokens = 256;  // when a request gives none (then cut to the context left)
   size_t max_stop_strings = 16;
   size_t max_stop_length = 256;    // bytes per stop string
+  int64_t vocab_size = 0;          // logit_bias token ids must be below it (0: not checked here)
+  size_t max_logit_bias = 300;     // entries of logit_bias
   SamplingParams defaults;         // temperature, top_k, top_p, min_p, repetition_penalty when absent
 };
 

@@ -187,8 +187,16 @@ TEST(ServerApi, RefusalsNameTheField) {
        "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", 400,
        "response_format", "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}})", 400, "logit_bias",
-       "unsupported_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 5}})", 400, "logit_bias",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"-1": 5}})", 400, "logit_bias",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": 101}})", 400, "logit_bias.7",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": "up"}})", 400, "logit_bias.7",
+       "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": [1]})", 400, "logit_bias",
+       "invalid_type"},
   };
   for (const Case& c : cases) {
     const ApiError e = refusal(c.ep, c.body);
@@ -335,6 +343,21 @@ TEST(ServerApi, ToolCallResponseShapes) {
   EXPECT_FALSE(d2["tool_calls"][0]["function"].contains("name"));
   EXPECT_EQ(d2["tool_calls"][0]["function"]["arguments"], "ty\": 1}");
   EXPECT_EQ(d2["reasoning_content"], "r");
+}
+
+TEST(ServerApi, LogitBias) {
+  RequestLimits l = limits();
+  l.vocab_size = 1000;
+  const ApiRequest r = parse_request(
+      Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": 100, "999": -2.5}})", l);
+  EXPECT_EQ(r.params.logit_bias, (std::vector<std::pair<int32_t, float>>{{7, 100.f}, {999, -2.5f}}));
+  try {
+    parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1000": 1}})", l);
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param(), "logit_bias");
+    EXPECT_NE(std::string(e.what()).find("[0, 1000)"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ServerApi, StopStringLimits) {

@@ -3,18 +3,22 @@
 // <think>) and Mistral v0.3 ([TOOL_CALLS]), plus a template that opens <think> in the prompt (as DeepSeek-R1's and
 // Qwen3-Thinking's do). Runs on MOEP_SERVE_RANKS ranks (ctest: 1, and 2 under mpirun).
 //
-// What is end to end here, and what is not: a random-weight model never writes a tool call, so these tests check the
-// plumbing: tools and tool results reach the prompt the template renders (the server's prompt_tokens equals the
-// count `moep template` prints for the same request, and grows with the tools), tool_choice required/named and
-// parallel_tool_calls are accepted, bad tools and unknown tool_choice are 400 naming the field, a streamed answer
-// with tools arrives as well-formed chunks whose deltas add up to the whole answer of the same seed, and text that
-// is not a tool call comes back as content. Parsing real tool calls (each family's format) and streaming them as
-// name + argument deltas are tested on strings in tests/server/test_tool_calls.cpp. Reasoning is end to end: with
+// A random-weight model does not write tool calls by itself. To have it write one, the test model's tokenizer
+// (GPT-2's) gets three added tokens that together spell a call in the template's format, and the request steers
+// the model to them with OpenAI's logit_bias (+100, +60, +30, and +20 on end-of-sequence) and a repetition
+// penalty of 100 (a token once written falls back): greedy decoding then writes the three tokens in order and
+// stops. The engine samples them like any others, so the answer's parsing into tool_calls, its streaming as a
+// name and then argument deltas, and the tool round trip are end to end. Besides: tools and tool results reach
+// the prompt (the server's prompt_tokens equals the count `moep template` prints for the same request, and grows
+// with the tools), tool_choice required/named/none and parallel_tool_calls are accepted, bad tools and an unknown
+// tool_choice are 400 naming the field, a random answer with tools streams as the whole one. Every family's format
+// (and output that is not the format) is tested on strings in tests/server/test_tool_calls.cpp. Reasoning: with
 // <think> opened by the prompt, the model's whole output is reasoning_content. Logprobs are end to end.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 
@@ -24,8 +28,33 @@ const TEMPLATES = path.join(repoRoot, 'tests', 'data', 'chat_templates');
 const QWEN3 = path.join(TEMPLATES, 'qwen3.jinja');
 const MISTRAL = path.join(TEMPLATES, 'mistral_7b_instruct_v0.3_tools_2024.jinja');
 
-let model;
+let model, tokenizerDir;
 const servers = {};  // template name -> { server, client }
+
+// Added tokens (ids from 50257, after GPT-2's vocabulary and <|endoftext|>) that spell a tool call.
+const CALL_PIECES = {
+  qwen3: ['<tool_call>\n{"name": "get_weather", "arguments": {"city": ', '"Paris", "unit": ', '"celsius"}}\n</tool_call>'],
+  mistral: ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": ', '"Paris", "unit": ', '"celsius"}}]'],
+};
+const ADDED = [...new Set(Object.values(CALL_PIECES).flat())];
+const EOS_ID = 50256;
+const idOf = (piece) => 50257 + ADDED.indexOf(piece);
+
+// GPT-2's tokenizer with the pieces added (not special: they are text).
+function tokenizerWithPieces(dir) {
+  const t = JSON.parse(readFileSync(path.join(repoRoot, 'tests', 'data', 'tokenizers', 'gpt2', 'tokenizer.json'), 'utf8'));
+  ADDED.forEach((content, k) => t.added_tokens.push({ id: 50257 + k, content, single_word: false, lstrip: false,
+    rstrip: false, normalized: false, special: false }));
+  const file = path.join(dir, 'tokenizer.json');
+  writeFileSync(file, JSON.stringify(t));
+  return file;
+}
+
+// What steers the model to write the call of `name`'s format: the pieces in order, then end-of-sequence.
+function steer(name) {
+  const [a, b, c] = CALL_PIECES[name];
+  return { temperature: 0, repetition_penalty: 100, logit_bias: { [idOf(a)]: 100, [idOf(b)]: 60, [idOf(c)]: 30, [EOS_ID]: 20 } };
+}
 
 const TOOLS = [
   {
@@ -67,7 +96,8 @@ async function rendered(template, body) {
 }
 
 before(async () => {
-  model = await makeModel();
+  tokenizerDir = mkdtempSync(path.join(os.tmpdir(), 'moep-tools-test-'));
+  model = await makeModel(['--tokenizer', tokenizerWithPieces(tokenizerDir)]);
   const thinking = path.join(model.dir, 'thinking.jinja');
   writeFileSync(thinking, THINKING_TEMPLATE);
   for (const [name, file] of [['qwen3', QWEN3], ['mistral', MISTRAL], ['thinking', thinking]]) {
@@ -86,6 +116,7 @@ after(async () => {
       assert.equal(await server.stop('SIGTERM'), 0, `moep serve did not exit 0:\n${server.log()}`);
   } finally {
     model?.cleanup();
+    if (tokenizerDir) rmSync(tokenizerDir, { recursive: true, force: true });
   }
 });
 
@@ -140,6 +171,55 @@ for (const [name, toolResultMarker, callId] of [
     assert.ok(r2.prompt.includes(toolResultMarker), r2.prompt);
     assert.ok(r2.prompt.includes('get_weather'));
     assert.ok(second.usage.prompt_tokens > first.usage.prompt_tokens);
+  });
+
+  test(`${name}: the model writes a tool call: parsed, streamed as a name and argument deltas, answered`, async () => {
+    const { client, file } = servers[name];
+    const req = { model: 'demo', messages: question, tools: TOOLS, max_tokens: 8, ...steer(name) };
+    const r = await client.chat.completions.create(req);
+    const choice = r.choices[0];
+    assert.equal(choice.finish_reason, 'tool_calls', JSON.stringify(choice));
+    assert.equal(r.usage.completion_tokens, 3);
+    assert.equal(choice.message.content, null);
+    assert.equal(choice.message.tool_calls.length, 1);
+    const call = choice.message.tool_calls[0];
+    assert.equal(call.type, 'function');
+    assert.equal(call.function.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.function.arguments), { city: 'Paris', unit: 'celsius' });
+    assert.ok(name === 'mistral' ? /^[A-Za-z0-9]{9}$/.test(call.id) : /^call_/.test(call.id), call.id);
+
+    const stream = await client.chat.completions.create({ ...req, stream: true });
+    const deltas = [];
+    let finish = null;
+    let content = '';
+    for await (const chunk of stream) {
+      const c = chunk.choices[0];
+      if (!c) continue;
+      content += c.delta.content ?? '';
+      deltas.push(...(c.delta.tool_calls ?? []));
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+    assert.equal(finish, 'tool_calls');
+    assert.equal(content, '');
+    assert.ok(deltas.length >= 3, JSON.stringify(deltas));  // the name (with the first arguments), then more pieces
+    assert.equal(deltas[0].index, 0);
+    assert.equal(deltas[0].type, 'function');
+    assert.equal(deltas[0].function.name, 'get_weather');
+    assert.ok(deltas[0].id);
+    for (const d of deltas.slice(1)) {
+      assert.equal(d.index, 0);
+      assert.equal(d.function.name, undefined, 'the name comes once');
+    }
+    assert.equal(deltas.map((d) => d.function.arguments).join(''), call.function.arguments);
+
+    // The round trip: the call and the tool's result go back, and the model answers (freely, without steering).
+    const messages = [...question, choice.message, { role: 'tool', tool_call_id: call.id, content: '18 degrees and sunny' }];
+    const answer = await client.chat.completions.create({ model: 'demo', messages, tools: TOOLS, max_tokens: 6 });
+    checkMessage(answer.choices[0]);
+    const back = await rendered(file, { messages, tools: TOOLS });
+    assert.equal(answer.usage.prompt_tokens, back.tokens);
+    assert.ok(back.prompt.includes('18 degrees and sunny'));
+    assert.ok(back.prompt.includes('"celsius"'), back.prompt);
   });
 
   test(`${name}: a streamed answer with tools adds up to the whole answer`, async () => {

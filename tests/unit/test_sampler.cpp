@@ -90,6 +90,31 @@ TEST(Sampler, RepetitionPenaltyDemotesSeenTokens) {
   EXPECT_EQ(s.sample(neg.data(), ctx), 1);  // -1.0 * 2 = -2 < -1.5
 }
 
+TEST(Sampler, LogitBiasComesFirst) {
+  std::mt19937_64 rng(std::random_device{}());
+  std::normal_distribution<float> normal(0.f, 2.f);
+  std::vector<float> logits(100);
+  for (float& x : logits) x = normal(rng);
+  const int32_t favoured = int32_t(rng() % 100);
+  SamplingParams p = SamplingParams::greedy();
+  p.logit_bias = {{favoured, 100.f}};
+  Sampler s(100, p);
+  std::vector<float> l = logits;
+  EXPECT_EQ(s.sample(l.data(), {}), favoured);
+  // With a repetition penalty, the bias is added before it (the token once seen falls back), and -100 bans.
+  p.logit_bias = {{favoured, 100.f}, {int32_t((favoured + 1) % 100), 60.f}};
+  p.repetition_penalty = 100.f;
+  Sampler r(100, p);
+  l = logits;
+  const int32_t ctx[1] = {favoured};
+  EXPECT_EQ(r.sample(l.data(), ctx), (favoured + 1) % 100);
+  SamplingParams bad = SamplingParams::greedy();
+  bad.logit_bias = {{100, 1.f}};
+  EXPECT_THROW(Sampler(100, bad), Error);
+  bad.logit_bias = {{1, 101.f}};
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(Sampler, BadParametersAreRefused) {
   SamplingParams sp;
   sp.top_p = 0.f;

@@ -249,6 +249,7 @@ void register_serve(CLI::App& app) {
       so.n_ranks = engine->comm().size();
       so.limits.model_id = o->model_name.empty() ? default_model_id(o->model) : o->model_name;
       so.limits.max_context = sched->max_context();
+      so.limits.vocab_size = engine->config().vocab_size;
       so.limits.max_tokens_cap =
           int32_t(std::min<int64_t>(o->max_tokens_cap > 0 ? o->max_tokens_cap : INT32_MAX, sched->max_context()));
       so.limits.default_max_tokens = o->default_max_tokens;
