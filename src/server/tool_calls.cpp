@@ -578,12 +578,24 @@ ParsedOutput parse_output(const OutputFormat& format, std::string_view text, boo
 OutputStream::OutputStream(OutputFormat format, std::function<std::string()> make_id)
     : format_(format), make_id_(std::move(make_id)) {}
 
+namespace {
+bool plain(const OutputFormat& f) { return f.tools == ToolCallFormat::None && !f.think; }
+}  // namespace
+
 OutputDelta OutputStream::push(std::string_view piece) {
+  if (plain(format_)) {  // nothing to look for: the text goes on as it comes
+    OutputDelta d;
+    d.content = std::string(piece);
+    return d;
+  }
   text_.append(piece);
   return diff(parse_output(format_, text_, true));
 }
 
-OutputDelta OutputStream::finish() { return diff(parse_output(format_, text_, false)); }
+OutputDelta OutputStream::finish() {
+  if (plain(format_)) return OutputDelta();
+  return diff(parse_output(format_, text_, false));
+}
 
 OutputDelta OutputStream::diff(const ParsedOutput& now) {
   OutputDelta d;

@@ -191,6 +191,14 @@ TEST(ToolCalls, WhatDoesNotParseIsContent) {
   }
 }
 
+TEST(ToolCalls, PlainAnswersStreamAsTheyCome) {
+  OutputStream st(OutputFormat(), [] { return std::string("unused"); });
+  EXPECT_EQ(st.push("Hello <tool").content, "Hello <tool");  // no format: nothing is held back
+  EXPECT_EQ(st.push(" \n").content, " \n");
+  EXPECT_TRUE(st.finish().empty());
+  EXPECT_EQ(parse_both(OutputFormat(), "a <think> b \n").content, "a <think> b \n");
+}
+
 TEST(ToolCalls, StreamSendsTheNameFirstThenArgumentDeltas) {
   int n = 0;
   OutputStream st(tools(ToolCallFormat::Hermes), [&] { return "call_" + std::to_string(n++); });
