@@ -510,7 +510,7 @@ OutputFormat detect_output_format(std::string_view tmpl, std::string_view prompt
   else if (has(kMistralCalls)) f.tools = ToolCallFormat::Mistral;
   else if (has(kHermesOpen)) f.tools = ToolCallFormat::Hermes;
   else if (has("<|start_header_id|>") && has("\"parameters\"")) f.tools = ToolCallFormat::Llama3;
-  f.think = has(kThinkOpen);
+  f.think = has(kThinkOpen) || has(kThinkClose);  // older R1 templates only strip "...</think>" from history
   if (f.think) {
     const std::string_view p = trim_right(prompt);
     f.starts_in_think = p.size() >= kThinkOpen.size() && p.substr(p.size() - kThinkOpen.size()) == kThinkOpen;

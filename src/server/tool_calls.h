@@ -35,7 +35,7 @@ struct OutputFormat {
 };
 
 // The format a template's text implies: its tool-call markers (<tool_call>, [TOOL_CALLS], <｜tool▁calls▁begin｜>, or
-// Llama 3's "parameters" JSON with <|start_header_id|>), and <think> for reasoning. `rendered_prompt` decides
+// Llama 3's "parameters" JSON with <|start_header_id|>), and <think> or </think> for reasoning. `rendered_prompt` decides
 // starts_in_think: it ends with an open <think> (whitespace after it allowed).
 OutputFormat detect_output_format(std::string_view template_text, std::string_view rendered_prompt);
 

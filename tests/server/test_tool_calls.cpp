@@ -91,6 +91,7 @@ TEST(ToolCalls, DetectsTheFormatFromTheTemplate) {
   EXPECT_FALSE(detect_output_format(read_template("dbrx_instruct.jinja"), "").think);
   EXPECT_EQ(detect_output_format("<|start_header_id|>ipython {\"name\": function name, \"parameters\": ...}", "").tools,
             ToolCallFormat::Llama3);
+  EXPECT_TRUE(detect_output_format("{{ content.split('</think>')[-1] }}", "").think);  // DeepSeek-R1 distills
   // The prompt opened <think> (Qwen3 thinking, DeepSeek-R1): the output starts inside it.
   EXPECT_TRUE(detect_output_format("<think>", "<|im_start|>assistant\n<think>\n").starts_in_think);
   EXPECT_FALSE(detect_output_format("<think>", "<|im_start|>assistant\n<think>\n\n</think>\n\n").starts_in_think);
