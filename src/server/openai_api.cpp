@@ -163,15 +163,17 @@ ojson parse_tools(const ojson& t) {
     const ojson* type = member(tool, "type");
     if (!type) throw ApiError(400, "'" + p + ".type' is required", "invalid_request_error", p + ".type",
                               "missing_required_parameter");
-    if (!type->is_string() || type->get<std::string>() != "function")
-      bad_value(p + ".type", "must be \"function\" (the only kind of tool supported), got " + type->dump());
+    if (!type->is_string()) wrong_type(p + ".type", "the string \"function\"", *type);
+    if (type->get<std::string>() != "function")
+      bad_value(p + ".type", "must be \"function\" (the only kind of tool supported), got '" +
+                                 type->get<std::string>().substr(0, 64) + "'");
     const ojson* fn = member(tool, "function");
     if (!fn) throw ApiError(400, "'" + p + ".function' is required", "invalid_request_error", p + ".function",
                             "missing_required_parameter");
     if (!fn->is_object()) wrong_type(p + ".function", "an object {\"name\", \"description\", \"parameters\"}", *fn);
     const std::string name = get_string(member(*fn, "name"), p + ".function.name");
     if (!valid_tool_name(name))
-      bad_value(p + ".function.name", "must be 1 to 64 letters, digits, '_' or '-', got '" + name + "'");
+      bad_value(p + ".function.name", "must be 1 to 64 letters, digits, '_' or '-', got '" + name.substr(0, 80) + "'");
     if (std::find(names.begin(), names.end(), name) != names.end())
       bad_value(p + ".function.name", "'" + name + "' names an earlier tool too");
     names.push_back(name);
@@ -193,7 +195,7 @@ void parse_tool_choice(const ojson& body, ApiRequest& r) {
       if (v == "auto") r.tool_choice = ToolChoice::Auto;
       else if (v == "none") r.tool_choice = ToolChoice::None;
       else if (v == "required") r.tool_choice = ToolChoice::Required;
-      else bad_value("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, got '" + v + "'");
+      else bad_value("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, got '" + v.substr(0, 64) + "'");
     } else if (c->is_object()) {
       const ojson* type = member(*c, "type");
       if (!type || !type->is_string() || type->get<std::string>() != "function")
@@ -206,7 +208,8 @@ void parse_tool_choice(const ojson& body, ApiRequest& r) {
       for (const ojson& t : has_tools ? r.tools : ojson::array())
         known = known || t["function"]["name"] == r.tool_choice_name;
       if (!known)
-        bad_value("tool_choice", "names the function '" + r.tool_choice_name + "', which is not one of the request's tools");
+        bad_value("tool_choice", "names the function '" + r.tool_choice_name.substr(0, 80) +
+                                     "', which is not one of the request's tools");
     } else {
       wrong_type("tool_choice", "a string or an object", *c);
     }
