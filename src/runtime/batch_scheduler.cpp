@@ -30,9 +30,28 @@ struct BatchScheduler::Sequence {
   double submitted_at = 0;
   double first_token_at = 0;
   bool done = false;
+  // With logprobs asked for: the raw logits of this sequence's row (the sampler changes the row in place), and the
+  // tokens' logprobs not yet delivered. Sized at admission so that a decode step allocates nothing for them.
+  std::vector<float> raw_logits;
+  std::vector<TokenLogprobs> pending_logprobs;
 
   Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok)
-      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, true), context(req.prompt) {}
+      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, req.skip_special_tokens),
+        context(req.prompt) {
+    if (req.top_logprobs >= 0) {
+      raw_logits.resize(size_t(vocab));
+      pending_logprobs.reserve(64);
+    }
+  }
+
+  // A Text event with `piece` and the logprobs gathered so far.
+  void emit(std::string piece) {
+    RequestEvent ev;
+    ev.text = std::move(piece);
+    ev.logprobs.assign(pending_logprobs.begin(), pending_logprobs.end());
+    pending_logprobs.clear();
+    if (req.on_event) req.on_event(ev);
+  }
 };
 
 BatchScheduler::BatchScheduler(StepDriver& driver, const Tokenizer& tokenizer, std::vector<int32_t> eos_ids)
@@ -55,6 +74,8 @@ uint64_t BatchScheduler::submit(GenerationRequest req) {
   for (int32_t t : req.prompt)
     if (t < 0 || t >= V) fail("prompt token id ", t, " is outside the vocabulary [0, ", V, ")");
   req.params.validate();
+  for (const auto& [token, bias] : req.params.logit_bias)
+    if (token >= V) fail("logit_bias: token id ", token, " is outside the vocabulary [0, ", V, ")");
   const int64_t need = int64_t(req.prompt.size()) + req.params.max_tokens;
   if (need > max_context())
     fail("the prompt (", req.prompt.size(), " tokens) plus max_tokens (", req.params.max_tokens,
@@ -95,11 +116,8 @@ void BatchScheduler::finish(Sequence& s, const std::string& reason, const std::s
   // Whatever was held back for a possible stop string is output after all.
   if (reason != "cancelled" && reason != "error") {
     if (reason != "stop-string") s.held += s.stream.finish();
-    if (!s.held.empty() && reason != "stop-string") {
-      RequestEvent ev;
-      ev.text = s.held;
-      if (s.req.on_event) s.req.on_event(ev);
-    }
+    if (reason == "stop-string") s.held.clear();
+    if (!s.held.empty() || !s.pending_logprobs.empty()) s.emit(std::move(s.held));
   }
   RequestEvent ev;
   ev.kind = RequestEvent::Done;
@@ -222,12 +240,18 @@ void BatchScheduler::run() {
         finish(s, "length");
         continue;
       }
-      const int32_t tok = s.sampler.sample(&logits_[i * size_t(V)], s.context);
+      float* row = &logits_[i * size_t(V)];
+      if (!s.raw_logits.empty()) std::copy(row, row + V, s.raw_logits.begin());
+      const int32_t tok = s.sampler.sample(row, s.context);
       if (s.first_token_at == 0) s.first_token_at = now_s();
       const bool eos = !s.req.params.ignore_eos && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
       if (eos) {
         finish(s, "stop");
         continue;
+      }
+      if (!s.raw_logits.empty()) {
+        s.pending_logprobs.emplace_back();
+        token_logprobs(s.raw_logits, tok, s.req.top_logprobs, s.pending_logprobs.back());
       }
       s.generated++;
       new_tokens++;
@@ -238,9 +262,8 @@ void BatchScheduler::run() {
         if (stop.empty()) continue;
         const size_t at = s.held.find(stop);
         if (at != std::string::npos) {
-          RequestEvent ev;
-          ev.text = s.held.substr(0, at);
-          if (!ev.text.empty() && s.req.on_event) s.req.on_event(ev);
+          std::string before = s.held.substr(0, at);
+          if (!before.empty() || !s.pending_logprobs.empty()) s.emit(std::move(before));
           s.held.clear();
           finish(s, "stop-string");
           stopped = true;
@@ -250,10 +273,9 @@ void BatchScheduler::run() {
       if (stopped) continue;
       const size_t safe = stop_safe_prefix(s.held, s.req.params.stop);
       if (safe > 0) {
-        RequestEvent ev;
-        ev.text = s.held.substr(0, safe);
+        std::string piece = s.held.substr(0, safe);
         s.held.erase(0, safe);
-        if (s.req.on_event) s.req.on_event(ev);
+        s.emit(std::move(piece));
       }
       if (s.generated >= s.req.params.max_tokens || s.pos >= tr.limits().max_ctx) {
         finish(s, "length");

@@ -27,6 +27,11 @@ namespace moep {
 struct RequestEvent {
   enum Kind { Text, Done } kind = Text;
   std::string text;             // Text: the next piece (complete UTF-8, never part of a stop string)
+  // Text, when the request asked for logprobs: the tokens sampled since the previous Text event, in order (the
+  // text of a token may come in a later piece: pieces are cut at stop strings and whole characters, not tokens).
+  // A last Text event, maybe with empty text, carries those not yet delivered before Done. End-of-sequence
+  // tokens are not listed.
+  std::vector<TokenLogprobs> logprobs;
   std::string finish_reason;    // Done: "stop", "length", "cancelled" or "error"
   std::string error;            // Done with "error": what went wrong
   int64_t prompt_tokens = 0;    // Done
@@ -37,6 +42,11 @@ struct RequestEvent {
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   SamplingParams params;
+  // -1: no logprobs; 0..TokenLogprobs::kMaxTop: each sampled token's log-probability and this many alternatives.
+  int32_t top_logprobs = -1;
+  // Special tokens are left out of the text unless this is false (tool-call markers such as Mistral's
+  // [TOOL_CALLS] are special tokens, and the server's parser must see them).
+  bool skip_special_tokens = true;
   std::function<void(const RequestEvent&)> on_event;
 };
 

@@ -16,6 +16,39 @@ void SamplingParams::validate() const {
   if (!(repetition_penalty > 0.f) || repetition_penalty > 100.f)
     fail("repetition_penalty must be in (0, 100], got ", repetition_penalty);
   if (max_tokens < 0) fail("max_tokens must be >= 0, got ", max_tokens);
+  for (const auto& [token, bias] : logit_bias) {
+    if (token < 0) fail("logit_bias: token id ", token, " is negative");
+    if (!(bias >= -100.f && bias <= 100.f)) fail("logit_bias: the bias of token ", token, " must be in [-100, 100], got ", bias);
+  }
+}
+
+void token_logprobs(std::span<const float> logits, int32_t token, int32_t n_top, TokenLogprobs& out) {
+  const size_t V = logits.size();
+  MOEP_ASSERT(token >= 0 && size_t(token) < V, "token_logprobs: token ", token, " outside the vocabulary of ", V);
+  n_top = std::clamp<int32_t>(n_top, 0, TokenLogprobs::kMaxTop);
+  float mx = -INFINITY;
+  for (float x : logits) mx = std::max(mx, x);
+  double sum = 0;
+  int32_t filled = 0;
+  for (size_t i = 0; i < V; ++i) {
+    const float x = logits[i];
+    sum += std::exp(double(x - mx));
+    if (n_top == 0 || (filled == n_top && !(x > out.top_logprobs[size_t(n_top - 1)]))) continue;
+    // Insert into the sorted top list (strictly greater moves ahead, so among equal logits the lower id stays first).
+    int32_t at = filled < n_top ? filled++ : n_top - 1;
+    while (at > 0 && x > out.top_logprobs[size_t(at - 1)]) {
+      out.top_logprobs[size_t(at)] = out.top_logprobs[size_t(at - 1)];
+      out.top_ids[size_t(at)] = out.top_ids[size_t(at - 1)];
+      --at;
+    }
+    out.top_logprobs[size_t(at)] = x;
+    out.top_ids[size_t(at)] = int32_t(i);
+  }
+  const float lse = mx + float(std::log(sum));
+  for (int32_t k = 0; k < filled; ++k) out.top_logprobs[size_t(k)] -= lse;
+  out.n_top = filled;
+  out.token = token;
+  out.logprob = logits[size_t(token)] - lse;
 }
 
 Sampler::Sampler(int64_t vocab, const SamplingParams& params)
@@ -27,10 +60,13 @@ Sampler::Sampler(int64_t vocab, const SamplingParams& params)
       prob_(size_t(vocab)),
       seen_(size_t(vocab)) {
   p_.validate();
+  for (const auto& [token, bias] : p_.logit_bias)
+    if (token >= vocab_) fail("logit_bias: token id ", token, " is outside the vocabulary [0, ", vocab_, ")");
 }
 
 int32_t Sampler::sample(float* logits, std::span<const int32_t> context) {
   const int64_t V = vocab_;
+  for (const auto& [token, bias] : p_.logit_bias) logits[token] += bias;
   if (p_.repetition_penalty != 1.f) {
     std::fill(seen_.begin(), seen_.end(), 0);
     for (int32_t t : context)

@@ -111,6 +111,114 @@ std::string message_content(const ojson& c, const std::string& param) {
   return text;
 }
 
+std::string get_string(const ojson* v, const std::string& param) {
+  if (!v) throw ApiError(400, "'" + param + "' is required", "invalid_request_error", param, "missing_required_parameter");
+  if (!v->is_string()) wrong_type(param, "a string", *v);
+  return v->get<std::string>();
+}
+
+// An assistant message's tool_calls: [{"id", "type": "function", "function": {"name", "arguments": JSON text}}].
+ojson parse_message_tool_calls(const ojson& calls, const std::string& param) {
+  if (!calls.is_array()) wrong_type(param, "an array of tool calls", calls);
+  ojson out = ojson::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const std::string p = param + "[" + std::to_string(i) + "]";
+    const ojson& c = calls[i];
+    if (!c.is_object()) wrong_type(p, "an object {\"id\", \"type\": \"function\", \"function\": {...}}", c);
+    ojson o = ojson::object();
+    if (const ojson* id = member(c, "id")) o["id"] = get_string(id, p + ".id");
+    const ojson* type = member(c, "type");
+    if (type && get_string(type, p + ".type") != "function") bad_value(p + ".type", "must be \"function\"");
+    o["type"] = "function";
+    const ojson* fn = member(c, "function");
+    if (!fn) throw ApiError(400, "'" + p + ".function' is required", "invalid_request_error", p + ".function",
+                            "missing_required_parameter");
+    if (!fn->is_object()) wrong_type(p + ".function", "an object {\"name\", \"arguments\"}", *fn);
+    ojson f = ojson::object();
+    f["name"] = get_string(member(*fn, "name"), p + ".function.name");
+    const ojson* args = member(*fn, "arguments");
+    f["arguments"] = args ? get_string(args, p + ".function.arguments") : std::string("{}");
+    o["function"] = std::move(f);
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+bool valid_tool_name(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+  return true;
+}
+
+// "tools": [{"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}].
+ojson parse_tools(const ojson& t) {
+  if (!t.is_array()) wrong_type("tools", "an array of tools", t);
+  ojson out = ojson::array();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const std::string p = "tools[" + std::to_string(i) + "]";
+    const ojson& tool = t[i];
+    if (!tool.is_object()) wrong_type(p, "an object {\"type\": \"function\", \"function\": {\"name\": ...}}", tool);
+    const ojson* type = member(tool, "type");
+    if (!type) throw ApiError(400, "'" + p + ".type' is required", "invalid_request_error", p + ".type",
+                              "missing_required_parameter");
+    if (!type->is_string()) wrong_type(p + ".type", "the string \"function\"", *type);
+    if (type->get<std::string>() != "function")
+      bad_value(p + ".type", "must be \"function\" (the only kind of tool supported), got '" +
+                                 type->get<std::string>().substr(0, 64) + "'");
+    const ojson* fn = member(tool, "function");
+    if (!fn) throw ApiError(400, "'" + p + ".function' is required", "invalid_request_error", p + ".function",
+                            "missing_required_parameter");
+    if (!fn->is_object()) wrong_type(p + ".function", "an object {\"name\", \"description\", \"parameters\"}", *fn);
+    const std::string name = get_string(member(*fn, "name"), p + ".function.name");
+    if (!valid_tool_name(name))
+      bad_value(p + ".function.name", "must be 1 to 64 letters, digits, '_' or '-', got '" + name.substr(0, 80) + "'");
+    if (std::find(names.begin(), names.end(), name) != names.end())
+      bad_value(p + ".function.name", "'" + name + "' names an earlier tool too");
+    names.push_back(name);
+    if (const ojson* d = member(*fn, "description")) get_string(d, p + ".function.description");
+    if (const ojson* params = member(*fn, "parameters"))
+      if (!params->is_object()) wrong_type(p + ".function.parameters", "an object (a JSON schema)", *params);
+    if (const ojson* strict = member(*fn, "strict")) get_bool(*strict, p + ".function.strict");
+    out.push_back(tool);
+  }
+  return out;
+}
+
+void parse_tool_choice(const ojson& body, ApiRequest& r) {
+  const ojson* c = member(body, "tool_choice");
+  const bool has_tools = r.tools.is_array() && !r.tools.empty();
+  if (c) {
+    if (c->is_string()) {
+      const std::string v = c->get<std::string>();
+      if (v == "auto") r.tool_choice = ToolChoice::Auto;
+      else if (v == "none") r.tool_choice = ToolChoice::None;
+      else if (v == "required") r.tool_choice = ToolChoice::Required;
+      else bad_value("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, got '" + v.substr(0, 64) + "'");
+    } else if (c->is_object()) {
+      const ojson* type = member(*c, "type");
+      if (!type || !type->is_string() || type->get<std::string>() != "function")
+        bad_value("tool_choice.type", "must be \"function\"");
+      const ojson* fn = member(*c, "function");
+      if (!fn || !fn->is_object()) wrong_type("tool_choice.function", "an object {\"name\": ...}", fn ? *fn : ojson());
+      r.tool_choice = ToolChoice::Function;
+      r.tool_choice_name = get_string(member(*fn, "name"), "tool_choice.function.name");
+      bool known = false;
+      for (const ojson& t : has_tools ? r.tools : ojson::array())
+        known = known || t["function"]["name"] == r.tool_choice_name;
+      if (!known)
+        bad_value("tool_choice", "names the function '" + r.tool_choice_name.substr(0, 80) +
+                                     "', which is not one of the request's tools");
+    } else {
+      wrong_type("tool_choice", "a string or an object", *c);
+    }
+  }
+  if (r.tool_choice == ToolChoice::Required && !has_tools)
+    bad_value("tool_choice", "is \"required\" but the request has no tools");
+  if (const ojson* p = member(body, "parallel_tool_calls")) r.parallel_tool_calls = get_bool(*p, "parallel_tool_calls");
+}
+
 ojson parse_messages(const ojson& body) {
   const ojson* m = member(body, "messages");
   if (!m) throw ApiError(400, "'messages' is required", "invalid_request_error", "messages", "missing_required_parameter");
@@ -135,7 +243,20 @@ ojson parse_messages(const ojson& body) {
                      "missing_required_parameter");
     ojson o = ojson::object();
     o["role"] = r;
-    o["content"] = content_it == msg.end() ? std::string() : message_content(*content_it, p + ".content");
+    const ojson* calls = r == "assistant" ? member(msg, "tool_calls") : nullptr;
+    const bool no_content = content_it == msg.end() || content_it->is_null();
+    // An assistant turn that only calls tools keeps its null content (template_messages decides what the
+    // template sees).
+    if (no_content && calls && calls->is_array() && !calls->empty())
+      o["content"] = nullptr;
+    else
+      o["content"] = content_it == msg.end() ? std::string() : message_content(*content_it, p + ".content");
+    if (calls) o["tool_calls"] = parse_message_tool_calls(*calls, p + ".tool_calls");
+    if (r == "assistant")
+      if (const ojson* rc = member(msg, "reasoning_content")) {
+        if (!rc->is_string()) wrong_type(p + ".reasoning_content", "a string", *rc);
+        o["reasoning_content"] = *rc;
+      }
     // Only plain fields are passed to the template (nothing nested that a template could walk without bound).
     for (const char* key : {"name", "tool_call_id"})
       if (const ojson* v = member(msg, key)) {
@@ -181,6 +302,43 @@ std::vector<std::string> parse_stop(const ojson& body, const RequestLimits& limi
   return stops;
 }
 
+// Chat: "logprobs": bool and "top_logprobs": 0..20 (which needs logprobs true). Completions: "logprobs": 0..20.
+int32_t parse_logprobs(const ojson& body, Endpoint endpoint) {
+  const ojson* l = member(body, "logprobs");
+  if (endpoint == Endpoint::Completion) {
+    if (!l) return -1;
+    return int32_t(get_integer(*l, "logprobs", 0, TokenLogprobs::kMaxTop));
+  }
+  const bool on = l && get_bool(*l, "logprobs");
+  const ojson* t = member(body, "top_logprobs");
+  if (!t) return on ? 0 : -1;
+  const int32_t n = int32_t(get_integer(*t, "top_logprobs", 0, TokenLogprobs::kMaxTop));
+  if (!on && n > 0) bad_value("top_logprobs", "needs \"logprobs\": true");
+  return on ? n : -1;
+}
+
+// "logit_bias": {"<token id>": bias in [-100, 100], ...}.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const ojson& body, const RequestLimits& limits) {
+  std::vector<std::pair<int32_t, float>> out;
+  const ojson* lb = member(body, "logit_bias");
+  if (!lb) return out;
+  if (!lb->is_object()) wrong_type("logit_bias", "an object {\"<token id>\": bias}", *lb);
+  if (lb->size() > limits.max_logit_bias)
+    bad_value("logit_bias", "has " + std::to_string(lb->size()) + " entries; at most " +
+                                std::to_string(limits.max_logit_bias) + " are allowed");
+  for (auto it = lb->begin(); it != lb->end(); ++it) {
+    const std::string& key = it.key();
+    const std::string p = "logit_bias." + key;
+    int64_t id = -1;
+    if (!key.empty() && key.size() <= 10 && key.find_first_not_of("0123456789") == std::string::npos) id = std::stoll(key);
+    if (id < 0 || (limits.vocab_size > 0 && id >= limits.vocab_size))
+      bad_value("logit_bias", "has the key '" + key + "': keys must be token ids" +
+                                  (limits.vocab_size > 0 ? " in [0, " + std::to_string(limits.vocab_size) + ")" : ""));
+    out.emplace_back(int32_t(id), float(get_number(it.value(), p, -100.0, 100.0)));
+  }
+  return out;
+}
+
 // Options of the OpenAI API that moep does not implement: refused when they ask for something, accepted when
 // they ask for the default.
 void refuse_unsupported(const ojson& body, Endpoint endpoint) {
@@ -192,17 +350,9 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
     if (const ojson* v = member(body, key))
       if (get_number(*v, key, -2.0, 2.0) != 0.0)
         unsupported(key, "is not supported (use repetition_penalty instead)");
-  if (const ojson* l = member(body, "logprobs")) {
-    const bool asked = l->is_boolean() ? l->get<bool>() : l->is_number() ? l->get<double>() > 0 : true;
-    if (asked) unsupported("logprobs", "is not supported");
-  }
-  if (const ojson* t = member(body, "top_logprobs"))
-    if (!t->is_number() || t->get<double>() != 0) unsupported("top_logprobs", "is not supported");
-  for (const char* key : {"tools", "functions"})
+  for (const char* key : {"functions", "function_call"})
     if (const ojson* t = member(body, key))
-      if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (no tool calling)");
-  if (const ojson* lb = member(body, "logit_bias"))
-    if (!lb->is_object() || !lb->empty()) unsupported("logit_bias", "is not supported");
+      if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (the legacy form: use tools and tool_choice)");
   if (const ojson* rf = member(body, "response_format")) {
     if (!rf->is_object()) wrong_type("response_format", "an object", *rf);
     const ojson* t = member(*rf, "type");
@@ -276,10 +426,20 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
                               limits.model_id + "')",
                      "invalid_request_error", "model", "model_not_found");
   }
-  if (endpoint == Endpoint::Chat)
+  if (endpoint == Endpoint::Chat) {
     r.messages = parse_messages(body);
-  else
+    if (const ojson* t = member(body, "tools")) r.tools = parse_tools(*t);
+    parse_tool_choice(body, r);
+    if (const ojson* k = member(body, "chat_template_kwargs")) {
+      if (!k->is_object()) wrong_type("chat_template_kwargs", "an object", *k);
+      for (const char* reserved : {"messages", "tools", "add_generation_prompt"})
+        if (k->contains(reserved))
+          bad_value(std::string("chat_template_kwargs.") + reserved, "is set by the server, not by the request");
+      r.template_kwargs = *k;
+    }
+  } else {
     r.prompt = parse_prompt(body);
+  }
   refuse_unsupported(body, endpoint);
 
   SamplingParams& p = r.params;
@@ -319,7 +479,9 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
   }
   if (const ojson* v = member(body, "ignore_eos")) p.ignore_eos = get_bool(*v, "ignore_eos");
   p.stop = parse_stop(body, limits);
+  p.logit_bias = parse_logit_bias(body, limits);
   if (const ojson* v = member(body, "stream")) r.stream = get_bool(*v, "stream");
+  r.logprobs = parse_logprobs(body, endpoint);
   if (const ojson* so = member(body, "stream_options")) {
     if (!so->is_object()) wrong_type("stream_options", "an object", *so);
     if (const ojson* iu = member(*so, "include_usage")) r.include_usage = get_bool(*iu, "stream_options.include_usage");
@@ -344,8 +506,163 @@ void fit_to_context(ApiRequest& req, int64_t prompt_tokens, const RequestLimits&
     req.params.max_tokens = int32_t(std::min<int64_t>({limits.default_max_tokens, limits.max_tokens_cap, ctx - prompt_tokens}));
 }
 
+namespace {
+
+ojson bytes_json(const std::string& s) {
+  ojson b = ojson::array();
+  for (unsigned char c : s) b.push_back(int(c));
+  return b;
+}
+
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+ojson chat_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top, const TokenTextFn& token_text) {
+  ojson content = ojson::array();
+  for (const TokenLogprobs& t : tokens) {
+    const std::string text = token_text(t.token);
+    ojson e = ojson::object();
+    e["token"] = text;
+    e["logprob"] = t.logprob;
+    e["bytes"] = bytes_json(text);
+    ojson top = ojson::array();
+    for (int32_t k = 0; k < std::min(n_top, t.n_top); ++k) {
+      const std::string alt = token_text(t.top_ids[size_t(k)]);
+      ojson a = ojson::object();
+      a["token"] = alt;
+      a["logprob"] = t.top_logprobs[size_t(k)];
+      a["bytes"] = bytes_json(alt);
+      top.push_back(std::move(a));
+    }
+    e["top_logprobs"] = std::move(top);
+    content.push_back(std::move(e));
+  }
+  ojson j = ojson::object();
+  j["content"] = std::move(content);
+  j["refusal"] = nullptr;
+  return j;
+}
+
+ojson completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top, const TokenTextFn& token_text,
+                               int64_t* offset) {
+  ojson toks = ojson::array(), lps = ojson::array(), tops = ojson::array(), offsets = ojson::array();
+  for (const TokenLogprobs& t : tokens) {
+    const std::string text = token_text(t.token);
+    toks.push_back(text);
+    lps.push_back(t.logprob);
+    offsets.push_back(*offset);
+    *offset += code_points(text);
+    ojson top = ojson::object();
+    for (int32_t k = 0; k < std::min(n_top, t.n_top); ++k) {
+      const std::string alt = token_text(t.top_ids[size_t(k)]);
+      if (!top.contains(alt)) top[alt] = t.top_logprobs[size_t(k)];  // a dict: the likelier of equal texts stays
+    }
+    tops.push_back(std::move(top));
+  }
+  ojson j = ojson::object();
+  j["tokens"] = std::move(toks);
+  j["token_logprobs"] = std::move(lps);
+  j["top_logprobs"] = std::move(tops);
+  j["text_offset"] = std::move(offsets);
+  return j;
+}
+
+ToolCallConstraint tool_call_constraint(const ApiRequest& req) {
+  ToolCallConstraint c;
+  c.parallel = req.parallel_tool_calls;
+  if (!req.tools.is_array() || req.tools.empty() || req.tool_choice == ToolChoice::None) return c;
+  c.tools = &req.tools;
+  c.required = req.tool_choice == ToolChoice::Required || req.tool_choice == ToolChoice::Function;
+  for (const ojson& t : req.tools) {
+    const std::string name = t["function"]["name"].get<std::string>();
+    if (req.tool_choice != ToolChoice::Function || name == req.tool_choice_name) c.allowed.push_back(name);
+  }
+  return c;
+}
+
+ojson template_extra(const ApiRequest& req) {
+  ojson extra = req.template_kwargs.is_object() ? req.template_kwargs : ojson::object();
+  if (req.tools.is_array() && !req.tools.empty() && req.tool_choice != ToolChoice::None) extra["tools"] = req.tools;
+  return extra;
+}
+
+ojson chat_message_json(const ParsedOutput& out) {
+  ojson msg = ojson::object();
+  msg["role"] = "assistant";
+  msg["content"] = out.content.empty() && !out.tool_calls.empty() ? ojson() : ojson(out.content);
+  if (!out.reasoning.empty()) msg["reasoning_content"] = out.reasoning;
+  if (!out.tool_calls.empty()) {
+    ojson calls = ojson::array();
+    for (const ParsedToolCall& c : out.tool_calls) {
+      ojson fn = ojson::object();
+      fn["name"] = c.name;
+      fn["arguments"] = c.arguments;
+      ojson call = ojson::object();
+      call["id"] = c.id;
+      call["type"] = "function";
+      call["function"] = std::move(fn);
+      calls.push_back(std::move(call));
+    }
+    msg["tool_calls"] = std::move(calls);
+  }
+  return msg;
+}
+
+ojson chat_completion_json(const std::string& id, int64_t created, const std::string& model, const ParsedOutput& out,
+                           const std::string& finish_reason, const Usage& usage, const ojson& logprobs) {
+  ojson j = head_json(Endpoint::Chat, id, created, model, false);
+  ojson choice = ojson::object();
+  choice["index"] = 0;
+  choice["message"] = chat_message_json(out);
+  choice["logprobs"] = logprobs;
+  choice["finish_reason"] =
+      reason_json(finish_reason == "stop" && !out.tool_calls.empty() ? std::string("tool_calls") : finish_reason);
+  j["choices"] = ojson::array({std::move(choice)});
+  j["usage"] = usage_json(usage);
+  return j;
+}
+
+ojson chat_delta_chunk_json(const std::string& id, int64_t created, const std::string& model, const OutputDelta& d,
+                            const std::string& finish_reason, bool first_chunk, const ojson& logprobs) {
+  ojson j = head_json(Endpoint::Chat, id, created, model, true);
+  ojson delta = ojson::object();
+  if (first_chunk) delta["role"] = "assistant";
+  if (first_chunk || !d.content.empty()) delta["content"] = d.content;
+  if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+  if (!d.tool_calls.empty()) {
+    ojson calls = ojson::array();
+    for (const ToolCallDelta& t : d.tool_calls) {
+      ojson call = ojson::object();
+      call["index"] = t.index;
+      ojson fn = ojson::object();
+      if (!t.name.empty()) {
+        call["id"] = t.id;
+        call["type"] = "function";
+        fn["name"] = t.name;
+      }
+      fn["arguments"] = t.arguments;
+      call["function"] = std::move(fn);
+      calls.push_back(std::move(call));
+    }
+    delta["tool_calls"] = std::move(calls);
+  }
+  ojson choice = ojson::object();
+  choice["index"] = 0;
+  choice["delta"] = std::move(delta);
+  choice["logprobs"] = logprobs;
+  choice["finish_reason"] = reason_json(finish_reason);
+  j["choices"] = ojson::array({std::move(choice)});
+  return j;
+}
+
 ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                      const std::string& text, const std::string& finish_reason, const Usage& usage) {
+                      const std::string& text, const std::string& finish_reason, const Usage& usage,
+                      const ojson& logprobs) {
   ojson j = head_json(endpoint, id, created, model, false);
   ojson choice = ojson::object();
   choice["index"] = 0;
@@ -357,7 +674,7 @@ ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created,
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = reason_json(finish_reason);
   j["choices"] = ojson::array({std::move(choice)});
   j["usage"] = usage_json(usage);
@@ -365,7 +682,7 @@ ojson completion_json(Endpoint endpoint, const std::string& id, int64_t created,
 }
 
 ojson chunk_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                 const std::string& text, const std::string& finish_reason, bool first_chunk) {
+                 const std::string& text, const std::string& finish_reason, bool first_chunk, const ojson& logprobs) {
   ojson j = head_json(endpoint, id, created, model, true);
   ojson choice = ojson::object();
   choice["index"] = 0;
@@ -377,7 +694,7 @@ ojson chunk_json(Endpoint endpoint, const std::string& id, int64_t created, cons
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = reason_json(finish_reason);
   j["choices"] = ojson::array({std::move(choice)});
   return j;

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -14,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/sampler.h"
+#include "server/tool_calls.h"
 
 namespace moep::server {
 
@@ -41,6 +44,10 @@ std::string error_body(const ApiError& e);
 
 enum class Endpoint { Chat, Completion };
 
+// tool_choice: "auto" (the model decides), "none" (no tools: they are not shown to the model and its output is not
+// parsed for calls), "required" (at least one call), or {"type": "function", "function": {"name": ...}} (that one).
+enum class ToolChoice { Auto, None, Required, Function };
+
 // What the server allows and what it assumes when a request says nothing.
 struct RequestLimits {
   std::string model_id;            // the one model served; "model" must name it (or be absent)
@@ -49,6 +56,8 @@ struct RequestLimits {
   int32_t default_max_tokens = 256;  // when a request gives none (then cut to the context left)
   size_t max_stop_strings = 16;
   size_t max_stop_length = 256;    // bytes per stop string
+  int64_t vocab_size = 0;          // logit_bias token ids must be below it (0: not checked here)
+  size_t max_logit_bias = 300;     // entries of logit_bias
   SamplingParams defaults;         // temperature, top_k, top_p, min_p, repetition_penalty when absent
 };
 
@@ -61,11 +70,37 @@ struct ApiRequest {
   bool max_tokens_given = false;
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage: a last chunk with usage and no choices
+  // -1: no logprobs. Else how many alternatives each token lists (0..20): Chat's top_logprobs (with
+  // "logprobs": true), Completions' "logprobs": N.
+  int32_t logprobs = -1;
+  // Chat: the request's tools, checked ([{"type": "function", "function": {"name", "description"?,
+  // "parameters"?, "strict"?}}]); null when none were given.
+  nlohmann::ordered_json tools;
+  ToolChoice tool_choice = ToolChoice::Auto;
+  std::string tool_choice_name;       // ToolChoice::Function: the tool named (one of `tools`)
+  bool parallel_tool_calls = true;    // false: at most one call is returned
+  // chat_template_kwargs (as vLLM takes it): more variables for the template, e.g. {"enable_thinking": false}.
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
 };
 
+// What a request demands of the model's tool calls. The seam for constrained decoding: a grammar that forces a
+// call (any of `allowed`, or the one named) plugs in where server.cpp builds the GenerationRequest from it. Until
+// then `required` is only asked of the model through the template, and its output is parsed like any other.
+struct ToolCallConstraint {
+  bool required = false;              // tool_choice "required" or a named function
+  std::vector<std::string> allowed;   // the names the call may have (all tools, or the one named)
+  bool parallel = true;               // parallel_tool_calls
+  const nlohmann::ordered_json* tools = nullptr;  // the request's tools (their parameters' JSON schemas)
+};
+ToolCallConstraint tool_call_constraint(const ApiRequest& req);
+
+// The variables besides messages that a chat request gives its template: chat_template_kwargs, then "tools" when
+// the request has tools and tool_choice is not "none".
+nlohmann::ordered_json template_extra(const ApiRequest& req);
+
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
-// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, logprobs, tools,
-// non-text response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
+// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, non-text
+// response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
 // Unknown fields are ignored.
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const RequestLimits& limits);
 
@@ -79,14 +114,43 @@ struct Usage {
   int64_t completion_tokens = 0;
 };
 
-// One whole (non-streamed) answer: "chat.completion" or "text_completion".
+// The text of one token as logprobs show it (the server decodes the one id with its tokenizer).
+using TokenTextFn = std::function<std::string(int32_t)>;
+// Chat's choices[].logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+// "bytes"}, ... n_top]}, ...], "refusal": null}. "bytes" are the UTF-8 bytes of the token's text.
+nlohmann::ordered_json chat_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top,
+                                          const TokenTextFn& token_text);
+// Completions' legacy choices[].logprobs: {"tokens", "token_logprobs", "top_logprobs": [{text: logprob, ...}],
+// "text_offset"}. text_offset counts code points of the completion before each token, from *offset (which it
+// advances, so that stream chunks continue where the last one ended).
+nlohmann::ordered_json completion_logprobs_json(std::span<const TokenLogprobs> tokens, int32_t n_top,
+                                                const TokenTextFn& token_text, int64_t* offset);
+
+// A chat answer split by tool_calls.h: {"role": "assistant", "content": text, or null when there are tool calls and
+// no text, "reasoning_content" (when there is some), "tool_calls": [{"id", "type": "function", "function": {"name",
+// "arguments"}}] (when there are some)}.
+nlohmann::ordered_json chat_message_json(const ParsedOutput& out);
+// "chat.completion" with that message; finish_reason "tool_calls" replaces "stop" when there are calls.
+nlohmann::ordered_json chat_completion_json(const std::string& id, int64_t created, const std::string& model,
+                                            const ParsedOutput& out, const std::string& finish_reason,
+                                            const Usage& usage, const nlohmann::ordered_json& logprobs = nullptr);
+// A "chat.completion.chunk" with a delta: "role" (first_chunk), "content", "reasoning_content", "tool_calls":
+// [{"index", "id", "type", "function": {"name", "arguments"}}] (id, type and name in a call's first delta only).
+nlohmann::ordered_json chat_delta_chunk_json(const std::string& id, int64_t created, const std::string& model,
+                                             const OutputDelta& delta, const std::string& finish_reason,
+                                             bool first_chunk, const nlohmann::ordered_json& logprobs = nullptr);
+
+// One whole (non-streamed) answer: "chat.completion" or "text_completion". `logprobs`: the choice's logprobs
+// (null when not asked for).
 nlohmann::ordered_json completion_json(Endpoint endpoint, const std::string& id, int64_t created,
                                        const std::string& model, const std::string& text,
-                                       const std::string& finish_reason, const Usage& usage);
+                                       const std::string& finish_reason, const Usage& usage,
+                                       const nlohmann::ordered_json& logprobs = nullptr);
 // One stream chunk with text (Chat: {"delta": {"content": text}}; first_chunk adds "role": "assistant").
 // finish_reason empty: null.
 nlohmann::ordered_json chunk_json(Endpoint endpoint, const std::string& id, int64_t created, const std::string& model,
-                                  const std::string& text, const std::string& finish_reason, bool first_chunk);
+                                  const std::string& text, const std::string& finish_reason, bool first_chunk,
+                                  const nlohmann::ordered_json& logprobs = nullptr);
 // The chunk after the last one when stream_options.include_usage: "choices": [] and "usage".
 nlohmann::ordered_json usage_chunk_json(Endpoint endpoint, const std::string& id, int64_t created,
                                         const std::string& model, const Usage& usage);

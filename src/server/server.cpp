@@ -178,12 +178,17 @@ struct HttpServer::Impl {
     }
   }
 
-  std::vector<int32_t> tokenize(ApiRequest& r) {
+  // Renders and tokenizes the prompt; for a chat request also decides how its output is parsed (`format`).
+  std::vector<int32_t> tokenize(ApiRequest& r, OutputFormat& format) {
     std::string text;
     if (r.endpoint == Endpoint::Chat) {
       if (!tmpl) throw ApiError(400, "This model has no chat template (" + template_error + "); use /v1/completions");
       try {
-        text = render_chat(*tmpl, r.messages, true);
+        const ojson extra = template_extra(r);
+        text = render_chat(*tmpl, template_messages(*tmpl, r.messages, extra), true, extra);
+        format = detect_output_format(tmpl->select(extra).source(), text);
+        if (!extra.contains("tools")) format.tools = ToolCallFormat::None;
+        format.max_tool_calls = r.parallel_tool_calls ? format.max_tool_calls : 1;
       } catch (const jinja::TemplateRaised& e) {
         throw ApiError(400, "The chat template refused the messages: " + e.message(), "invalid_request_error",
                        "messages");
@@ -199,6 +204,20 @@ struct HttpServer::Impl {
       throw ApiError(400, std::string("The prompt could not be tokenized: ") + e.what(), "invalid_request_error",
                      r.endpoint == Endpoint::Chat ? "messages" : "prompt");
     }
+  }
+
+  // The text of one token as logprobs show it.
+  std::string token_text(int32_t id) const {
+    const int32_t ids[1] = {id};
+    return tok.decode(ids, /*skip_special_tokens=*/false);
+  }
+
+  // The logprobs JSON of `tokens` for a response or a chunk (null when the request asked for none).
+  ojson logprobs_json(const ApiRequest& r, std::span<const TokenLogprobs> tokens, int64_t* text_offset) const {
+    if (r.logprobs < 0) return nullptr;
+    auto text = [this](int32_t id) { return token_text(id); };
+    return r.endpoint == Endpoint::Chat ? chat_logprobs_json(tokens, r.logprobs, text)
+                                        : completion_logprobs_json(tokens, r.logprobs, text, text_offset);
   }
 
   // What a request is refused with once the server stops taking requests.
@@ -231,7 +250,8 @@ struct HttpServer::Impl {
     const std::string body = read_body(req, res, reader);
     if (stopping) throw refusal();
     ApiRequest r = parse_request(ep, body, opt.limits);
-    std::vector<int32_t> ids = tokenize(r);
+    OutputFormat format;
+    std::vector<int32_t> ids = tokenize(r, format);
     fit_to_context(r, int64_t(ids.size()), opt.limits);
     const SchedulerStats load = sched.stats();
     if (load.queued >= opt.max_queued && load.queued + load.active >= size_t(sched.slots()))
@@ -243,6 +263,10 @@ struct HttpServer::Impl {
     GenerationRequest g;
     g.prompt = std::move(ids);
     g.params = r.params;
+    g.top_logprobs = r.logprobs;
+    g.skip_special_tokens = format.tools == ToolCallFormat::None;
+    // Constrained decoding plugs in here: tool_call_constraint(r) says which call a "required" or named
+    // tool_choice demands (and response_format its schema); a grammar built from it would go with `g`.
     g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
     auto in_flight_token = std::make_shared<InFlight>(in_flight);
     try {
@@ -254,25 +278,38 @@ struct HttpServer::Impl {
     const std::string id = new_id(ep == Endpoint::Chat ? "chatcmpl-" : "cmpl-");
     const int64_t created_at = int64_t(std::time(nullptr));
     if (r.stream)
-      stream_response(ep, r, gen, std::move(in_flight_token), id, created_at, res);
+      stream_response(ep, r, format, gen, std::move(in_flight_token), id, created_at, res);
     else
-      whole_response(ep, r, *gen, id, created_at, res);
+      whole_response(ep, r, format, *gen, id, created_at, res);
   }
 
-  void whole_response(Endpoint ep, const ApiRequest& r, Generation& gen, const std::string& id, int64_t created_at,
-                      httplib::Response& res) {
+  // "call_" and 24 random hex digits; Mistral's templates take 9 letters and digits only.
+  std::string new_call_id(const OutputFormat& format) {
+    if (format.tools != ToolCallFormat::Mistral) return new_id("call_");
+    static const char kAlnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    std::lock_guard<std::mutex> lk(rng_mu);
+    std::string id(9, 'a');
+    for (char& c : id) c = kAlnum[rng() % (sizeof kAlnum - 1)];
+    return id;
+  }
+
+  void whole_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, Generation& gen,
+                      const std::string& id, int64_t created_at, httplib::Response& res) {
     const Clock::time_point t0 = Clock::now();
     std::string text;
+    std::vector<TokenLogprobs> logprobs;
     std::optional<RequestEvent> done;
     bool timed_out = false;
     // Bounded: the scheduler ends every request (max_tokens, context); past the timeout it is cancelled, and past
     // the grace after that the handler gives up.
     while (!done) {
       for (RequestEvent& e : gen.take(kPollInterval)) {
-        if (e.kind == RequestEvent::Text)
+        if (e.kind == RequestEvent::Text) {
           text += e.text;
-        else
+          logprobs.insert(logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+        } else {
           done = std::move(e);
+        }
       }
       if (done) break;
       // The engine cannot go on (fail_all()): no event will come.
@@ -288,9 +325,19 @@ struct HttpServer::Impl {
     metrics.count_generation(done->finish_reason, done->time_to_first_token_s);
     if (done->finish_reason != "stop" && done->finish_reason != "length") throw ended_badly(*done, timed_out);
     res.status = 200;
-    res.set_content(dump_json(completion_json(ep, id, created_at, r.model, text, done->finish_reason,
-                                              Usage{done->prompt_tokens, done->completion_tokens})),
-                    "application/json");
+    int64_t text_offset = 0;
+    const Usage usage{done->prompt_tokens, done->completion_tokens};
+    const ojson lp = logprobs_json(r, logprobs, &text_offset);
+    if (ep == Endpoint::Chat) {
+      ParsedOutput out = parse_output(format, text, /*partial=*/false);
+      for (ParsedToolCall& c : out.tool_calls)
+        if (c.id.empty()) c.id = new_call_id(format);
+      res.set_content(dump_json(chat_completion_json(id, created_at, r.model, out, done->finish_reason, usage, lp)),
+                      "application/json");
+    } else {
+      res.set_content(dump_json(completion_json(ep, id, created_at, r.model, text, done->finish_reason, usage, lp)),
+                      "application/json");
+    }
   }
 
   // Server-sent events: a chunk per text piece, a last chunk with finish_reason, optionally a usage chunk, then
@@ -299,20 +346,23 @@ struct HttpServer::Impl {
     bool started = false;
     bool finished = false;  // Done received
     bool timed_out = false;
+    int64_t text_offset = 0;  // Completions' logprobs.text_offset of the next token
     Clock::time_point t0 = Clock::now();
     Clock::time_point last_write = Clock::now();
+    std::optional<OutputStream> output;  // Chat: splits the text into content, reasoning and tool-call deltas
   };
 
-  void stream_response(Endpoint ep, const ApiRequest& r, std::shared_ptr<Generation> gen,
+  void stream_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, std::shared_ptr<Generation> gen,
                        std::shared_ptr<InFlight> in_flight_token, const std::string& id, int64_t created_at,
                        httplib::Response& res) {
     auto st = std::make_shared<StreamState>();
+    if (ep == Endpoint::Chat) st->output.emplace(format, [this, format] { return new_call_id(format); });
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     const std::string model = r.model;
     const bool include_usage = r.include_usage;
-    auto provider = [this, ep, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
+    auto provider = [this, ep, r, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
       auto write = [&](const std::string& s) {
         if (s.empty()) return true;  // an empty write would end httplib's chunked stream
         st->last_write = Clock::now();
@@ -333,13 +383,25 @@ struct HttpServer::Impl {
       std::string out;  // everything that came, in one write
       for (const RequestEvent& e : events) {
         if (e.kind == RequestEvent::Text) {
-          out += sse_event(chunk_json(ep, id, created_at, model, e.text, "", false));
+          const ojson lp = logprobs_json(r, e.logprobs, &st->text_offset);
+          if (ep == Endpoint::Chat) {
+            const OutputDelta d = st->output->push(e.text);
+            if (!d.empty() || !lp.is_null()) out += sse_event(chat_delta_chunk_json(id, created_at, model, d, "", false, lp));
+          } else {
+            out += sse_event(chunk_json(ep, id, created_at, model, e.text, "", false, lp));
+          }
           continue;
         }
         st->finished = true;
         metrics.count_generation(e.finish_reason, e.time_to_first_token_s);
         if (e.finish_reason == "stop" || e.finish_reason == "length") {
-          out += sse_event(chunk_json(ep, id, created_at, model, "", e.finish_reason, false));
+          std::string reason = e.finish_reason;
+          if (ep == Endpoint::Chat) {
+            const OutputDelta d = st->output->finish();
+            if (!d.empty()) out += sse_event(chat_delta_chunk_json(id, created_at, model, d, "", false, nullptr));
+            if (reason == "stop" && !st->output->tool_calls().empty()) reason = "tool_calls";
+          }
+          out += sse_event(chunk_json(ep, id, created_at, model, "", reason, false));
           if (include_usage)
             out += sse_event(usage_chunk_json(ep, id, created_at, model, Usage{e.prompt_tokens, e.completion_tokens}));
         } else {

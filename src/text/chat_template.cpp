@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <regex>
 
 #include "core/error.h"
 #include "io/gguf.h"
@@ -42,6 +43,47 @@ std::optional<std::string> token_content(const nlohmann::ordered_json& v, const 
 
 }  // namespace
 
+namespace {
+
+bool is_gguf_file(const fs::path& p) {
+  std::error_code ec;
+  return p.extension() == ".gguf" && fs::is_regular_file(p, ec);
+}
+
+nlohmann::ordered_json read_tokenizer_config(const fs::path& config_path) {
+  nlohmann::ordered_json config = nlohmann::ordered_json::object();
+  if (fs::exists(config_path)) {
+    config = read_json(config_path);
+    if (!config.is_object()) fail(config_path.string(), ": expected a JSON object");
+  }
+  return config;
+}
+
+// Special tokens, as transformers' special_tokens_map exposes them to the template.
+std::vector<std::pair<std::string, std::string>> config_special_tokens(const nlohmann::ordered_json& config,
+                                                                       const fs::path& config_path) {
+  std::vector<std::pair<std::string, std::string>> tokens;
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+    if (!config.contains(key)) continue;
+    if (auto content = token_content(config[key], config_path.string() + ": \"" + key + "\""))
+      tokens.emplace_back(key, *content);
+  }
+  return tokens;
+}
+
+std::vector<std::pair<std::string, std::string>> gguf_special_token_texts(const GgufFile& file) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!file.has("tokenizer.ggml.tokens")) return out;
+  const std::vector<std::string> tokens = file.get_string_array("tokenizer.ggml.tokens");
+  const GgufSpecialTokens ids = gguf_special_tokens(file);
+  for (const auto& [name, id] : {std::pair{"bos_token", ids.bos}, std::pair{"eos_token", ids.eos},
+                                 std::pair{"unk_token", ids.unk}, std::pair{"pad_token", ids.pad}})
+    if (id >= 0 && size_t(id) < tokens.size()) out.emplace_back(name, tokens[size_t(id)]);
+  return out;
+}
+
+}  // namespace
+
 ChatTemplate ChatTemplate::from_string(const std::string& jinja_source, const std::string& bos_token,
                                        const std::string& eos_token, const std::string& name) {
   ChatTemplate t;
@@ -64,36 +106,36 @@ ChatTemplate ChatTemplate::from_gguf(const GgufFile& file) {
       const std::string key = "tokenizer.chat_template." + name;
       t.templates.emplace_back(name, parse(file.get_string(key), t.source + " " + key));
     }
-  if (file.has("tokenizer.ggml.tokens")) {
-    const std::vector<std::string> tokens = file.get_string_array("tokenizer.ggml.tokens");
-    const GgufSpecialTokens ids = gguf_special_tokens(file);
-    for (const auto& [name, id] : {std::pair{"bos_token", ids.bos}, std::pair{"eos_token", ids.eos},
-                                   std::pair{"unk_token", ids.unk}, std::pair{"pad_token", ids.pad}})
-      if (id >= 0) t.special_tokens.emplace_back(name, tokens[size_t(id)]);
-  }
+  t.special_tokens = gguf_special_token_texts(file);
   return t;
+}
+
+ChatTemplate ChatTemplate::load_override(const std::string& model_dir, const std::string& template_file) {
+  ChatTemplate t;
+  t.source = template_file;
+  t.templates.emplace_back("default", parse(read_template(template_file), template_file));
+  const fs::path dir(model_dir);
+  if (is_gguf_file(dir))
+    t.special_tokens = gguf_special_token_texts(GgufFile::open(model_dir));
+  else if (fs::is_directory(dir))
+    t.special_tokens = config_special_tokens(read_tokenizer_config(dir / "tokenizer_config.json"),
+                                             dir / "tokenizer_config.json");
+  return t;
+}
+
+ChatTemplate ChatTemplate::load(const std::string& model_dir, const std::string& template_file) {
+  return template_file.empty() ? load(model_dir) : load_override(model_dir, template_file);
 }
 
 ChatTemplate ChatTemplate::load(const std::string& model_dir) {
   const fs::path dir(model_dir);
-  if (std::error_code ec; dir.extension() == ".gguf" && fs::is_regular_file(dir, ec))
-    return from_gguf(GgufFile::open(model_dir));
+  if (is_gguf_file(dir)) return from_gguf(GgufFile::open(model_dir));
   if (!fs::is_directory(dir)) fail(model_dir, ": not a directory (expected a model directory with tokenizer_config.json)");
   ChatTemplate t;
   t.source = model_dir;
   const fs::path config_path = dir / "tokenizer_config.json";
-  nlohmann::ordered_json config = nlohmann::ordered_json::object();
-  if (fs::exists(config_path)) {
-    config = read_json(config_path);
-    if (!config.is_object()) fail(config_path.string(), ": expected a JSON object");
-  }
-
-  // Special tokens, as transformers' special_tokens_map exposes them to the template.
-  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
-    if (!config.contains(key)) continue;
-    if (auto content = token_content(config[key], config_path.string() + ": \"" + key + "\""))
-      t.special_tokens.emplace_back(key, *content);
-  }
+  const nlohmann::ordered_json config = read_tokenizer_config(config_path);
+  t.special_tokens = config_special_tokens(config, config_path);
 
   const fs::path jinja_path = dir / "chat_template.jinja";
   if (fs::exists(jinja_path)) {
@@ -188,6 +230,35 @@ std::string render_chat(const ChatTemplate& tmpl, const nlohmann::json& messages
     fail("render_chat: messages or extra variables are not valid JSON text (", e.what(), ")");
   }
   return render_chat(tmpl, m, add_generation_prompt, x);
+}
+
+nlohmann::ordered_json template_messages(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages,
+                                         const nlohmann::ordered_json& extra) {
+  nlohmann::ordered_json out = messages;
+  if (!out.is_array()) return out;
+  const std::string& text = tmpl.select(extra).source();
+  // Text when the template concatenates the arguments (`+ tool['function']['arguments']`) or takes text itself
+  // (`arguments is string`); an object for everything else (`arguments|tojson`, `{"arguments": ...}|tojson`).
+  static const std::regex text_arguments(
+      R"((\+\s*[\w.\[\]'"]*arguments\b)|(arguments['"\]]*\s*\+)|(arguments\s+is\s+string))");
+  static const std::regex null_content(R"(content('\])?\s+is\s+none)");
+  const bool want_object = !std::regex_search(text, text_arguments);
+  const bool keep_null = std::regex_search(text, null_content);
+  for (auto& m : out) {
+    if (!m.is_object()) continue;
+    const bool calls = m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
+    if ((!m.contains("content") || m["content"].is_null()) && !(calls && keep_null)) m["content"] = "";
+    if (!calls || !want_object) continue;
+    for (auto& call : m["tool_calls"]) {
+      if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
+      auto& fn = call["function"];
+      if (!fn.contains("arguments") || !fn["arguments"].is_string()) continue;
+      const std::string& text = fn["arguments"].get_ref<const std::string&>();
+      nlohmann::ordered_json parsed = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_object()) fn["arguments"] = std::move(parsed);
+    }
+  }
+  return out;
 }
 
 }  // namespace moep

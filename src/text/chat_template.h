@@ -42,6 +42,12 @@ struct ChatTemplate {
   // tokenizer_config.json is not valid JSON, or (with line and column) when a template has a syntax error.
   // `model_dir` may also be a .gguf file (any part of a split model).
   static ChatTemplate load(const std::string& model_dir);
+  // The template of `template_file` (a Jinja file, e.g. from --chat-template) with the special tokens of
+  // `model_dir` (as load() finds them; none when the model has no tokenizer_config.json). The model need not have a
+  // template of its own. Throws moep::Error naming the file when it cannot be read or has a syntax error.
+  static ChatTemplate load_override(const std::string& model_dir, const std::string& template_file);
+  // load_override() when `template_file` is not empty, else load().
+  static ChatTemplate load(const std::string& model_dir, const std::string& template_file);
   // Reads the template from a GGUF file's metadata. Throws moep::Error naming the file when it has none.
   static ChatTemplate from_gguf(const GgufFile& file);
   // One template from its text, with optional bos/eos tokens (empty string = not set).
@@ -62,5 +68,16 @@ std::string render_chat(const ChatTemplate& tmpl, const nlohmann::ordered_json& 
                         const jinja::RenderOptions& options = {});
 std::string render_chat(const ChatTemplate& tmpl, const nlohmann::json& messages, bool add_generation_prompt,
                         const nlohmann::json& extra = nlohmann::json::object());
+
+// OpenAI-style messages made ready for the template render_chat would use with `extra`, by what that template's text
+// does with them (templates disagree, and transformers passes messages as they are):
+//  - tool_calls[].function.arguments, JSON text in the API, stays text when the template concatenates it with +
+//    (DeepSeek-V3) or tests `arguments is string` (Qwen); else it becomes the object it encodes (Mistral and
+//    Llama 3.1 print it with |tojson). Arguments that are not a JSON object stay text.
+//  - a null or absent content becomes "", which templates concatenate, except in an assistant message with
+//    tool_calls when the template tests the content with `is none` (DeepSeek-V3 marks tool-call turns so).
+// Everything else is kept.
+nlohmann::ordered_json template_messages(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages,
+                                         const nlohmann::ordered_json& extra = nlohmann::ordered_json::object());
 
 }  // namespace moep

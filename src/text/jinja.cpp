@@ -455,7 +455,10 @@ struct Arguments {
     if (dyn_kwargs) {
       Value kw = dyn_kwargs->eval(ctx, scope);
       if (kw.kind != Kind::Dict) throw_error("argument after ** must be a mapping, not " + type_name(kw));
-      for (const auto& [k, v] : kw.dict->items) a.kwargs.emplace_back(k, v);
+      for (const auto& [k, v] : kw.dict->items) {
+        if (!key_value(k).is_string()) throw_error("keywords must be strings");
+        a.kwargs.emplace_back(k, v);
+      }
     }
     return a;
   }
@@ -497,8 +500,7 @@ struct DictExpr : Expr {
     for (const auto& [k, v] : items) {
       Value key = k->eval(ctx, scope);
       ctx.pos = k->pos;
-      if (!key.is_string()) throw_error("dict keys must be strings here (got " + type_name(key) + ")");
-      d.set(key.s, v->eval(ctx, scope));
+      d.set(dict_key(key), v->eval(ctx, scope));
     }
     return Value::make_dict(std::move(d));
   }

@@ -14,9 +14,13 @@
 // attribute/subscript/slices, arithmetic, ~, comparisons (chained), and/or/not, in/not in, is-tests, ternaries,
 // filters, calls with *args/**kwargs, methods of str/dict/list. Globals: namespace, range, dict,
 // raise_exception, strftime_now. Filters and tests: see jinja_builtins.cpp.
-// Not supported (a clear error): template inheritance/includes/imports, recursive loops, dict literals with
-// non-string keys, {% do %} (also an error in transformers' environment, which lacks the `do` extension).
-// Known differences: filters that jinja2 implements as generators (select, map, ...) return lists here;
+// Dict keys are strings or integers (Seed-OSS's thinking-budget table). |safe (and |escape) make markupsafe Markup
+// values: a plain string joined to one with + or % is HTML-escaped, ~ gives a plain string (autoescape is off).
+// Not supported (a clear error): template inheritance/includes/imports, recursive loops, dict keys of other types,
+// {% do %} (also an error in transformers' environment, which lacks the `do` extension).
+// Known differences: filters that jinja2 implements as generators (select, map, ...) return lists here (on falsy
+// input they return an empty list without looking at their arguments, as jinja2's generators yield nothing);
+// str methods and filters other than |string on a Markup value give plain strings;
 // upper/lower/title know the case mappings of Latin, Greek and Cyrillic only; ints are 64-bit (overflow is an
 // error, where Python would switch to big integers).
 //
@@ -77,6 +81,8 @@ class Template {
   std::string render(const nlohmann::ordered_json& variables, const RenderOptions& options = {}) const;
 
   const std::string& name() const { return name_; }
+  // The template's text (line endings normalized).
+  const std::string& source() const { return source_; }
 
  private:
   std::string name_;

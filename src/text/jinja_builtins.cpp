@@ -498,18 +498,18 @@ bool in_list(const std::string& name, std::initializer_list<const char*> names) 
 Value dict_method(const std::shared_ptr<Dict>& d, const std::string& name, CallArgs& a) {
   if (name == "get") {
     Value key = a.get(0, ""), def = a.get(1, "", Value::none());
-    if (!key.is_string()) return def;
-    const Value* v = d->find(key.s);
+    if (!key.is_string() && !key.is_integer()) return def;
+    const Value* v = d->find(dict_key(key));
     return v ? *v : def;
   }
   if (name == "items") {
     List out;
-    for (const auto& [k, v] : d->items) out.push_back(Value::make_tuple({Value::string(k), v}));
+    for (const auto& [k, v] : d->items) out.push_back(Value::make_tuple({key_value(k), v}));
     return Value::make_list(std::move(out));
   }
   if (name == "keys") {
     List out;
-    for (const auto& kv : d->items) out.push_back(Value::string(kv.first));
+    for (const auto& kv : d->items) out.push_back(key_value(kv.first));
     return Value::make_list(std::move(out));
   }
   if (name == "values") {
@@ -602,8 +602,8 @@ Value get_item(const Value& obj, const Value& key) {
       return (*obj.list)[size_t(idx)];
     }
     case Kind::Dict:
-      if (key.is_string()) {
-        if (const Value* v = obj.dict->find(key.s)) return *v;
+      if (key.is_string() || key.is_integer()) {
+        if (const Value* v = obj.dict->find(dict_key(key))) return *v;
       }
       break;
     default: break;
@@ -705,12 +705,49 @@ Value repeat(const Value& seq, int64_t times) {
   return r;
 }
 
+// Markup's operators: the other operand of + is escaped (unless it is Markup too), the arguments of % are escaped,
+// * repeats; the result stays Markup.
+Value markup_op(std::string_view op, const Value& a, const Value& b) {
+  auto escaped = [](const Value& v) { return v.markup ? v.s : escape_html(v.s); };
+  if (op == "+") {
+    if (!a.is_string() || !b.is_string()) unsupported(op, a, b);
+    return Value::markup_string(escaped(a) + escaped(b));
+  }
+  if (op == "*") {
+    Value plain_a = a, plain_b = b;
+    plain_a.markup = plain_b.markup = false;
+    Value r = binary_op(op, plain_a, plain_b);
+    r.markup = r.is_string();
+    return r;
+  }
+  // %: only a Markup format string escapes its arguments; a plain format string with a Markup argument is str's %.
+  if (!a.markup) {
+    Value plain_b = b;
+    plain_b.markup = false;
+    return binary_op(op, a, plain_b);
+  }
+  auto escape_arg = [](const Value& v) {
+    if (!v.is_string() || v.markup) return v;
+    return Value::markup_string(escape_html(v.s));
+  };
+  Value args = b;
+  if (b.kind == Kind::Tuple) {
+    List items;
+    for (const Value& x : *b.list) items.push_back(escape_arg(x));
+    args = Value::make_tuple(std::move(items));
+  } else {
+    args = escape_arg(b);
+  }
+  return Value::markup_string(percent_format(a.s, args));
+}
+
 }  // namespace
 
 Value binary_op(std::string_view op, const Value& a, const Value& b) {
   if (op == "~") return Value::string(py_str(a) + py_str(b));
   if (a.is_undefined()) fail_undefined(a);
   if (b.is_undefined()) fail_undefined(b);
+  if ((a.markup || b.markup) && (op == "+" || op == "*" || op == "%")) return markup_op(op, a, b);
   bool nums = a.is_number() && b.is_number();
   bool ints = nums && a.is_integer() && b.is_integer();
   if (op == "+") {
@@ -816,7 +853,8 @@ bool contains(const Value& container, const Value& item) {
       for (const Value& v : *container.list)
         if (py_equal(v, item)) return true;
       return false;
-    case Kind::Dict: return item.is_string() && container.dict->find(item.s) != nullptr;
+    case Kind::Dict:
+      return (item.is_string() || item.is_integer()) && container.dict->find(dict_key(item)) != nullptr;
     default: throw_error("argument of type '" + type_name(container) + "' is not iterable");
   }
 }
@@ -849,7 +887,9 @@ Value lookup_attribute(const Value& item, const Value& attribute, const Value& d
   return cur;
 }
 
-std::string escape_html(const std::string& s) {
+}  // namespace
+
+std::string escape_html(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
@@ -863,6 +903,8 @@ std::string escape_html(const std::string& s) {
   }
   return out;
 }
+
+namespace {
 
 // Sort/compare key: case-folded strings unless case_sensitive (jinja2's ignore_case).
 Value sort_key(const Value& v, bool case_sensitive) {
@@ -917,7 +959,7 @@ Value f_dictsort(const Value& v, CallArgs& a) {
   int pos = by.is_string() && by.s == "key" ? 0 : by.is_string() && by.s == "value" ? 1 : -1;
   if (pos < 0) throw_error("You can only sort by either \"key\" or \"value\"");
   List items;
-  for (const auto& [k, x] : v.dict->items) items.push_back(Value::make_tuple({Value::string(k), x}));
+  for (const auto& [k, x] : v.dict->items) items.push_back(Value::make_tuple({key_value(k), x}));
   std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
     int c = py_compare(sort_key((*x.list)[size_t(pos)], cs), sort_key((*y.list)[size_t(pos)], cs));
     return rev ? c > 0 : c < 0;
@@ -927,7 +969,13 @@ Value f_dictsort(const Value& v, CallArgs& a) {
 
 Value f_escape(const Value& v, CallArgs& a) {
   a.check("escape", 0, {});
-  return Value::string(escape_html(py_str(v)));
+  if (v.markup) return v;
+  return Value::markup_string(escape_html(py_str(v)));
+}
+
+Value f_forceescape(const Value& v, CallArgs& a) {
+  a.check("forceescape", 0, {});
+  return Value::markup_string(escape_html(py_str(v)));
 }
 
 Value f_first(const Value& v, CallArgs& a) {
@@ -1067,7 +1115,10 @@ bool apply_test(const std::string& name, const Value& v, CallArgs& args) {
   return t(v, args);
 }
 
+// jinja2's map, select, reject, selectattr and rejectattr are generators that begin with `if value:`: falsy input
+// (none, undefined, 0, an empty string) yields nothing, and their arguments are not even looked at.
 Value f_map(const Value& v, CallArgs& a) {
+  if (!truthy(v)) return Value::make_list();
   List items = iterate(v), out;
   if (const Value* attribute = a.kwarg("attribute")) {
     Value def;
@@ -1089,6 +1140,7 @@ Value f_map(const Value& v, CallArgs& a) {
 }
 
 Value select_or_reject(const Value& v, CallArgs& a, bool select, bool by_attr) {
+  if (!truthy(v)) return Value::make_list();
   List items = iterate(v), out;
   size_t k = 0;
   Value attribute;
@@ -1178,7 +1230,7 @@ Value f_round(const Value& v, CallArgs& a) {
 
 Value f_safe(const Value& v, CallArgs& a) {
   a.check("safe", 0, {});
-  return v;
+  return Value::markup_string(py_str(v));
 }
 
 Value f_sort(const Value& v, CallArgs& a) {
@@ -1196,6 +1248,7 @@ Value f_sort(const Value& v, CallArgs& a) {
 
 Value f_string(const Value& v, CallArgs& a) {
   a.check("string", 0, {});
+  if (v.markup) return v;  // soft_str keeps a Markup as it is
   return Value::string(py_str(v));
 }
 
@@ -1274,7 +1327,7 @@ const std::unordered_map<std::string_view, FilterFn>& filters() {
       {"abs", f_abs},           {"attr", f_attr},         {"capitalize", f_capitalize}, {"center", f_center},
       {"count", f_length},      {"d", f_default},         {"default", f_default},       {"dictsort", f_dictsort},
       {"e", f_escape},          {"escape", f_escape},     {"first", f_first},           {"float", f_float},
-      {"forceescape", f_escape}, {"format", f_format},    {"indent", f_indent},         {"int", f_int},
+      {"forceescape", f_forceescape}, {"format", f_format},    {"indent", f_indent},         {"int", f_int},
       {"items", f_items},       {"join", f_join},         {"last", f_last},             {"length", f_length},
       {"list", f_list},         {"lower", f_lower},       {"map", f_map},               {"max", f_max},
       {"min", f_min},           {"reject", f_reject},     {"rejectattr", f_rejectattr}, {"replace", f_replace},

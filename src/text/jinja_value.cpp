@@ -81,6 +81,22 @@ void Dict::set(const std::string& key, Value v) {
   items.emplace_back(key, std::move(v));
 }
 
+namespace {
+constexpr char kIntKeyMark = '\xff';
+}
+
+std::string dict_key(const Value& key) {
+  if (key.is_string()) return key.s;
+  // A bool key is the int it equals, as Python hashes True like 1.
+  if (key.is_integer()) return kIntKeyMark + std::to_string(key.as_int());
+  throw_error("dict keys must be strings or integers here (got " + type_name(key) + ")");
+}
+
+Value key_value(const std::string& k) {
+  if (!k.empty() && k[0] == kIntKeyMark) return Value::integer(std::stoll(k.substr(1)));
+  return Value::string(k);
+}
+
 Value Value::function(std::string name, std::function<Value(CallArgs&)> fn) {
   Value v;
   v.kind = Kind::Callable;
@@ -413,7 +429,7 @@ std::string py_repr(const Value& v) {
       for (const auto& [k, x] : v.dict->items) {
         if (!first) out += ", ";
         first = false;
-        out += py_string_repr(k) + ": " + py_repr(x);
+        out += py_repr(key_value(k)) + ": " + py_repr(x);
       }
       return out + "}";
     }
@@ -442,7 +458,7 @@ List iterate(const Value& v) {
     case Kind::Dict: {
       List keys;
       keys.reserve(v.dict->items.size());
-      for (const auto& kv : v.dict->items) keys.push_back(Value::string(kv.first));
+      for (const auto& kv : v.dict->items) keys.push_back(key_value(kv.first));
       return keys;
     }
     case Kind::String: {
@@ -543,7 +559,7 @@ static void json_value(std::string& out, const Value& v, const JsonOptions& opt,
         if (k) out += opt.item_separator + newline_indent;
         if (is_dict) {
           const auto& kv = v.dict->items[order[k]];
-          json_string(out, kv.first, opt.ensure_ascii);
+          json_string(out, py_str(key_value(kv.first)), opt.ensure_ascii);  // json.dumps writes int keys as text
           out += opt.key_separator;
           json_value(out, kv.second, opt, level + 1);
         } else {

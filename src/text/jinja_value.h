@@ -50,7 +50,9 @@ struct Value;
 struct CallArgs;
 using List = std::vector<Value>;
 
-// A Python dict with string keys, in insertion order.
+// A Python dict with string or integer keys, in insertion order. An integer key is held as its text after a 0xFF
+// byte (dict_key/key_value convert), which no key from JSON or from a template string literal can start with (they
+// are UTF-8); the conversion is canonical, so equal keys find each other.
 struct Dict {
   std::vector<std::pair<std::string, Value>> items;
   const Value* find(std::string_view key) const;
@@ -76,6 +78,10 @@ struct Value {
   int64_t i = 0;
   double f = 0;
   std::string s;  // String; for Undefined, the error raised when it is used (jinja2's UndefinedError text)
+  // A String that is markupsafe's Markup (from |safe): a plain string joined to it with + or % is HTML-escaped
+  // first, as Markup.__add__/__radd__/__mod__ do whatever the environment's autoescape; ~ makes a plain str
+  // (transformers' environment has autoescape off, where jinja2 compiles ~ to str_join).
+  bool markup = false;
   std::shared_ptr<List> list;  // List, Tuple
   std::shared_ptr<Dict> dict;
   std::shared_ptr<Object> obj;
@@ -97,6 +103,7 @@ struct Value {
     Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v;
   }
   static Value function(std::string name, std::function<Value(CallArgs&)> fn);
+  static Value markup_string(std::string x) { Value v = string(std::move(x)); v.markup = true; return v; }
 
   Value() = default;
   Value(const Value&) = default;
@@ -130,6 +137,13 @@ struct CallArgs {
   // Fails if there are positional arguments beyond `max_pos` or keywords not in `names`.
   void check(std::string_view fn_name, size_t max_pos, std::initializer_list<std::string_view> names) const;
 };
+
+// The Dict key of a string or an integer value (other key types throw: unsupported here, as jinja2 templates use
+// none); the key's value back from its Dict key.
+std::string dict_key(const Value& key);
+Value key_value(const std::string& dict_key);
+// markupsafe.escape of a string: & < > ' " as HTML entities.
+std::string escape_html(std::string_view s);
 
 // --- UTF-8 ---------------------------------------------------------------------------------------------------
 std::u32string utf8_decode(std::string_view s);

@@ -2,6 +2,7 @@
 // reference), whatever the row budget; cancellation frees a slot; bad requests are refused at submit.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@ namespace {
 
 struct Collected {
   std::string text;
+  std::vector<TokenLogprobs> logprobs;
   RequestEvent done;
   std::promise<void> finished;
 };
@@ -53,9 +55,11 @@ TEST_P(Scheduler, ConcurrentGreedyRequestsMatchReference) {
     r.params = SamplingParams::greedy();
     r.params.max_tokens = 24;
     r.params.ignore_eos = true;
+    r.top_logprobs = out.size() == 1 ? 5 : -1;  // the first request asks for logprobs; they change nothing else
     r.on_event = [col](const RequestEvent& ev) {
       if (ev.kind == RequestEvent::Text) {
         col->text += ev.text;
+        col->logprobs.insert(col->logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
       } else {
         col->done = ev;
         col->finished.set_value();
@@ -72,6 +76,29 @@ TEST_P(Scheduler, ConcurrentGreedyRequestsMatchReference) {
     EXPECT_EQ(out[i]->done.finish_reason, "length");
     EXPECT_EQ(out[i]->done.completion_tokens, 24);
     EXPECT_EQ(out[i]->done.prompt_tokens, int64_t(ref["cases"][i]["prompt"].size()));
+    if (i > 0) {
+      EXPECT_TRUE(out[i]->logprobs.empty());
+      continue;
+    }
+    // Greedy: every sampled token is the first of its top list, with the same logprob; the list is sorted and
+    // its probabilities sum to at most 1.
+    ASSERT_EQ(out[i]->logprobs.size(), ids.size());
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const TokenLogprobs& lp = out[i]->logprobs[k];
+      EXPECT_EQ(lp.token, ids[k]) << "token " << k;
+      ASSERT_EQ(lp.n_top, 5);
+      EXPECT_EQ(lp.top_ids[0], lp.token);
+      EXPECT_EQ(lp.top_logprobs[0], lp.logprob);
+      double mass = 0;
+      for (int j = 0; j < 5; ++j) {
+        EXPECT_LE(lp.top_logprobs[size_t(j)], 0.f);
+        if (j) {
+          EXPECT_LE(lp.top_logprobs[size_t(j)], lp.top_logprobs[size_t(j - 1)]);
+        }
+        mass += std::exp(double(lp.top_logprobs[size_t(j)]));
+      }
+      EXPECT_LE(mass, 1.0 + 1e-5);
+    }
   }
   const SchedulerStats st = sched.stats();
   EXPECT_EQ(st.requests_submitted, 3u);

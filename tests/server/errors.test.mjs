@@ -130,8 +130,11 @@ test('out-of-range and unsupported values are 400', async () => {
     [chat({ max_tokens: 101 }), 'max_tokens'],  // over --max-tokens-cap
     [chat({ max_completion_tokens: 1000 }), 'max_completion_tokens'],
     [chat({ n: 2 }), 'n'],
-    [chat({ logprobs: true }), 'logprobs'],
-    [chat({ tools: [{ type: 'function', function: { name: 'f' } }] }), 'tools'],
+    [chat({ logprobs: true, top_logprobs: 21 }), 'top_logprobs'],
+    [chat({ top_logprobs: 2 }), 'top_logprobs'],  // needs logprobs: true
+    [chat({ tools: [{ type: 'code_interpreter' }] }), 'tools[0].type'],
+    [chat({ tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } }),
+      'tool_choice'],
     [chat({ presence_penalty: 0.5 }), 'presence_penalty'],
     [chat({ response_format: { type: 'json_object' } }), 'response_format'],
   ];

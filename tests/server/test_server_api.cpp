@@ -144,17 +144,59 @@ TEST(ServerApi, RefusalsNameTheField) {
       {P, R"({"prompt": "x", "ignore_eos": "no"})", 400, "ignore_eos", "invalid_type"},
       {P, R"({"prompt": "x", "n": 2})", 400, "n", "unsupported_parameter"},
       {P, R"({"prompt": "x", "best_of": 3})", 400, "best_of", "unsupported_parameter"},
-      {P, R"({"prompt": "x", "logprobs": 5})", 400, "logprobs", "unsupported_parameter"},
+      {P, R"({"prompt": "x", "logprobs": 21})", 400, "logprobs", "invalid_value"},
+      {P, R"({"prompt": "x", "logprobs": true})", 400, "logprobs", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", 400, "logprobs", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", 400, "top_logprobs",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", 400,
+       "top_logprobs", "invalid_value"},
       {P, R"({"prompt": "x", "echo": true})", 400, "echo", "unsupported_parameter"},
       {P, R"({"prompt": "x", "suffix": "end"})", 400, "suffix", "unsupported_parameter"},
       {P, R"({"prompt": "x", "frequency_penalty": 1})", 400, "frequency_penalty", "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", 400, "tools", "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400, "logprobs",
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": {}})", 400, "tools", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", 400, "tools[0].type",
+       "missing_required_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "retrieval"}]})", 400,
+       "tools[0].type", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", 400,
+       "tools[0].function", "missing_required_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {}}]})", 400,
+       "tools[0].function.name", "missing_required_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "a b"}}]})",
+       400, "tools[0].function.name", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f",
+       "parameters": []}}]})", 400, "tools[0].function.parameters", "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}},
+       {"type": "function", "function": {"name": "f"}}]})", 400, "tools[1].function.name", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+       "tool_choice": {"type": "function", "function": {"name": "g"}}})", 400, "tool_choice", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})", 400, "tool_choice",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+       "tool_choice": "always"})", 400, "tool_choice", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "parallel_tool_calls": "no"})", 400,
+       "parallel_tool_calls", "invalid_type"},
+      {C, R"({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "a", "type": "function",
+       "function": {"name": "f", "arguments": {"x": 1}}}]}]})", 400, "messages[0].tool_calls[0].function.arguments",
+       "invalid_type"},
+      {C, R"({"messages": [{"role": "assistant", "tool_calls": {}}]})", 400, "messages[0].tool_calls", "invalid_type"},
+      {C, R"({"messages": [{"role": "tool", "content": "x", "tool_call_id": 3}]})", 400, "messages[0].tool_call_id",
+       "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})", 400, "functions",
        "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", 400,
        "response_format", "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}})", 400, "logit_bias",
-       "unsupported_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 5}})", 400, "logit_bias",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"-1": 5}})", 400, "logit_bias",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": 101}})", 400, "logit_bias.7",
+       "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": "up"}})", 400, "logit_bias.7",
+       "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": [1]})", 400, "logit_bias",
+       "invalid_type"},
   };
   for (const Case& c : cases) {
     const ApiError e = refusal(c.ep, c.body);
@@ -168,6 +210,154 @@ TEST(ServerApi, RefusalsNameTheField) {
       "response_format": {"type": "text"}, "logit_bias": {}, "frequency_penalty": 0.0, "top_logprobs": 0})")
                 .status(),
             0);
+}
+
+TEST(ServerApi, LogprobsRequestsAndJson) {
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + "}", limits()).logprobs, -1);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": false, "top_logprobs": 0})", limits()).logprobs, -1);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": true})", limits()).logprobs, 0);
+  EXPECT_EQ(parse_request(Endpoint::Chat, "{" + msgs + R"(, "logprobs": true, "top_logprobs": 20})", limits()).logprobs, 20);
+  EXPECT_EQ(parse_request(Endpoint::Completion, R"({"prompt": "x", "logprobs": 3})", limits()).logprobs, 3);
+  EXPECT_EQ(parse_request(Endpoint::Completion, R"({"prompt": "x", "logprobs": null})", limits()).logprobs, -1);
+
+  TokenLogprobs a, b;
+  a.token = 7;
+  a.logprob = -0.5f;
+  a.n_top = 2;
+  a.top_ids = {7, 9};
+  a.top_logprobs = {-0.5f, -1.5f};
+  b.token = 9;
+  b.logprob = -2.f;
+  b.n_top = 2;
+  b.top_ids = {8, 9};
+  b.top_logprobs = {-0.25f, -2.f};
+  const std::vector<TokenLogprobs> toks = {a, b};
+  auto text = [](int32_t id) { return id == 7 ? std::string("h\xc3\xa9") : id == 8 ? std::string("x") : std::string(" y"); };
+  const ojson chat = chat_logprobs_json(toks, 1, text);
+  ASSERT_EQ(chat["content"].size(), 2u);
+  EXPECT_EQ(chat["content"][0]["token"], "h\xc3\xa9");
+  EXPECT_EQ(chat["content"][0]["bytes"], ojson::parse("[104, 195, 169]"));
+  EXPECT_FLOAT_EQ(chat["content"][0]["logprob"].get<float>(), -0.5f);
+  ASSERT_EQ(chat["content"][1]["top_logprobs"].size(), 1u);  // n_top 1 of the 2 recorded
+  EXPECT_EQ(chat["content"][1]["top_logprobs"][0]["token"], "x");
+  EXPECT_TRUE(chat["refusal"].is_null());
+  int64_t offset = 10;
+  const ojson legacy = completion_logprobs_json(toks, 2, text, &offset);
+  EXPECT_EQ(legacy["tokens"], ojson::parse(R"(["h\u00e9", " y"])"));
+  EXPECT_EQ(legacy["text_offset"], ojson::parse("[10, 12]"));  // "hé" is 2 code points
+  EXPECT_EQ(offset, 14);
+  EXPECT_FLOAT_EQ(legacy["top_logprobs"][1]["x"].get<float>(), -0.25f);
+  EXPECT_FLOAT_EQ(legacy["token_logprobs"][1].get<float>(), -2.f);
+  const ojson whole = completion_json(Endpoint::Chat, "id", 1, "demo", "hé y", "stop", Usage{1, 2}, chat);
+  EXPECT_EQ(whole["choices"][0]["logprobs"], chat);
+  EXPECT_TRUE(completion_json(Endpoint::Chat, "id", 1, "demo", "t", "stop", Usage{})["choices"][0]["logprobs"].is_null());
+}
+
+TEST(ServerApi, ToolsToolChoiceAndToolMessages) {
+  const ApiRequest r = parse_request(Endpoint::Chat, R"({
+      "messages": [{"role": "user", "content": "weather?"},
+                   {"role": "assistant", "content": null, "reasoning_content": "use the tool",
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "18C"}],
+      "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+                {"type": "function", "function": {"name": "now"}}],
+      "tool_choice": {"type": "function", "function": {"name": "now"}}, "parallel_tool_calls": false})",
+                                     limits());
+  ASSERT_EQ(r.tools.size(), 2u);
+  EXPECT_EQ(r.tools[0]["function"]["parameters"]["properties"]["city"]["type"], "string");
+  EXPECT_EQ(r.tool_choice, ToolChoice::Function);
+  EXPECT_EQ(r.tool_choice_name, "now");
+  EXPECT_FALSE(r.parallel_tool_calls);
+  EXPECT_TRUE(r.messages[1]["content"].is_null());
+  EXPECT_EQ(r.messages[1]["reasoning_content"], "use the tool");
+  EXPECT_EQ(r.messages[1]["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+  EXPECT_EQ(r.messages[2]["tool_call_id"], "call_1");
+  EXPECT_EQ(template_extra(r)["tools"], r.tools);
+  const ToolCallConstraint c = tool_call_constraint(r);
+  EXPECT_TRUE(c.required);
+  EXPECT_EQ(c.allowed, std::vector<std::string>{"now"});
+  EXPECT_FALSE(c.parallel);
+  EXPECT_EQ(c.tools, &r.tools);
+
+  const std::string base = R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]})";
+  const ApiRequest req = parse_request(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "tool_choice": "required"})", limits());
+  EXPECT_EQ(req.tool_choice, ToolChoice::Required);
+  EXPECT_EQ(tool_call_constraint(req).allowed, (std::vector<std::string>{"f", "g"}));
+  const ApiRequest none = parse_request(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "tool_choice": "none"})", limits());
+  EXPECT_FALSE(template_extra(none).contains("tools"));  // "none": the model is not shown the tools
+  EXPECT_FALSE(tool_call_constraint(none).required);
+  const ApiRequest kw = parse_request(
+      Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": {"enable_thinking": false}})", limits());
+  EXPECT_EQ(template_extra(kw)["enable_thinking"], false);
+  EXPECT_EQ(template_extra(kw)["tools"].size(), 2u);
+  EXPECT_EQ(refusal(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": {"tools": []}})").param(),
+            "chat_template_kwargs.tools");
+  EXPECT_EQ(refusal(Endpoint::Chat, base.substr(0, base.size() - 1) + R"(, "chat_template_kwargs": 1})").param(),
+            "chat_template_kwargs");
+  const ApiRequest autoc = parse_request(Endpoint::Chat, base, limits());
+  EXPECT_EQ(autoc.tool_choice, ToolChoice::Auto);
+  EXPECT_FALSE(tool_call_constraint(autoc).required);
+}
+
+TEST(ServerApi, ToolCallResponseShapes) {
+  ParsedOutput out;
+  out.reasoning = "thinking";
+  out.tool_calls.push_back({"call_x", "get_weather", "{\"city\": \"Paris\"}", true, true});
+  const ojson j = chat_completion_json("id", 1, "demo", out, "stop", Usage{3, 4});
+  const ojson& m = j["choices"][0]["message"];
+  EXPECT_TRUE(m["content"].is_null());
+  EXPECT_EQ(m["reasoning_content"], "thinking");
+  EXPECT_EQ(m["tool_calls"][0]["id"], "call_x");
+  EXPECT_EQ(m["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(m["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(m["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(chat_completion_json("id", 1, "demo", out, "length", Usage{})["choices"][0]["finish_reason"], "length");
+  ParsedOutput text_only;
+  text_only.content = "hi";
+  const ojson t = chat_completion_json("id", 1, "demo", text_only, "stop", Usage{});
+  EXPECT_EQ(t["choices"][0]["message"]["content"], "hi");
+  EXPECT_FALSE(t["choices"][0]["message"].contains("tool_calls"));
+  EXPECT_FALSE(t["choices"][0]["message"].contains("reasoning_content"));
+  EXPECT_EQ(t["choices"][0]["finish_reason"], "stop");
+
+  OutputDelta first;
+  first.tool_calls.push_back({0, "call_x", "get_weather", "{\"ci"});
+  const ojson c1 = chat_delta_chunk_json("id", 1, "demo", first, "", false);
+  const ojson& d1 = c1["choices"][0]["delta"];
+  EXPECT_FALSE(d1.contains("content"));
+  EXPECT_EQ(d1["tool_calls"][0]["index"], 0);
+  EXPECT_EQ(d1["tool_calls"][0]["id"], "call_x");
+  EXPECT_EQ(d1["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(d1["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(d1["tool_calls"][0]["function"]["arguments"], "{\"ci");
+  OutputDelta more;
+  more.reasoning = "r";
+  more.tool_calls.push_back({0, "", "", "ty\": 1}"});
+  const ojson c2 = chat_delta_chunk_json("id", 1, "demo", more, "", false);
+  const ojson& d2 = c2["choices"][0]["delta"];
+  EXPECT_FALSE(d2["tool_calls"][0].contains("id"));
+  EXPECT_FALSE(d2["tool_calls"][0]["function"].contains("name"));
+  EXPECT_EQ(d2["tool_calls"][0]["function"]["arguments"], "ty\": 1}");
+  EXPECT_EQ(d2["reasoning_content"], "r");
+}
+
+TEST(ServerApi, LogitBias) {
+  RequestLimits l = limits();
+  l.vocab_size = 1000;
+  const ApiRequest r = parse_request(
+      Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": 100, "999": -2.5}})", l);
+  EXPECT_EQ(r.params.logit_bias, (std::vector<std::pair<int32_t, float>>{{7, 100.f}, {999, -2.5f}}));
+  try {
+    parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1000": 1}})", l);
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param(), "logit_bias");
+    EXPECT_NE(std::string(e.what()).find("[0, 1000)"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ServerApi, StopStringLimits) {

@@ -207,6 +207,64 @@ TEST(ChatTemplate, ChatTemplateJinjaFileWins) {
   EXPECT_EQ(render_chat(t, ordered_json::array(), false), "from file E");
 }
 
+TEST(ChatTemplate, OverrideFileReplacesTheTemplateAndKeepsTheSpecialTokens) {
+  test::TempDir dir;
+  write_file(dir.path() / "model" / "tokenizer_config.json", R"({"eos_token": "E", "chat_template": "from config"})");
+  write_file(dir.path() / "override.jinja", "override {{ eos_token }} {{ tools|length }}\n");
+  ChatTemplate t = ChatTemplate::load((dir.path() / "model").string(), (dir.path() / "override.jinja").string());
+  EXPECT_EQ(t.source, (dir.path() / "override.jinja").string());
+  ordered_json tools = ordered_json::parse(R"([{"type": "function", "function": {"name": "f"}}])");
+  EXPECT_EQ(render_chat(t, ordered_json::array(), false, ordered_json{{"tools", tools}}), "override E 1");
+  // An empty override path is the model's own template; a model without one is fine when overridden.
+  EXPECT_EQ(render_chat(ChatTemplate::load((dir.path() / "model").string(), ""), ordered_json::array(), false),
+            "from config");
+  write_file(dir.path() / "bare" / "tokenizer_config.json", R"({"bos_token": "B"})");
+  EXPECT_EQ(render_chat(ChatTemplate::load_override((dir.path() / "bare").string(), (dir.path() / "override.jinja").string()),
+                        ordered_json::array(), false, ordered_json{{"tools", tools}}),
+            "override  1");
+  const std::string err = error_of([&] { ChatTemplate::load_override(dir.str(), (dir.path() / "missing.jinja").string()); });
+  EXPECT_NE(err.find("missing.jinja"), std::string::npos) << err;
+}
+
+TEST(ChatTemplate, TemplateMessagesParseToolCallArgumentsAndFillNullContent) {
+  const ordered_json in = ordered_json::parse(R"([
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1, \"y\": [2]}"}},
+      {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}},
+      {"id": "c", "type": "function", "function": {"name": "h", "arguments": "[1]"}}]},
+    {"role": "tool", "tool_call_id": "a", "content": "ok"}])");
+  // Mistral v0.3 prints the arguments with |tojson: they become objects.
+  const ChatTemplate mistral = stored("mistral_7b_instruct_v0.3_tools_2024.jinja", "<s>", "</s>");
+  const ordered_json out = template_messages(mistral, in);
+  EXPECT_EQ(out[0]["content"], "");
+  EXPECT_EQ(out[0]["tool_calls"][0]["function"]["arguments"], ordered_json::parse(R"({"x": 1, "y": [2]})"));
+  EXPECT_EQ(out[0]["tool_calls"][1]["function"]["arguments"], "not json");
+  EXPECT_EQ(out[0]["tool_calls"][2]["function"]["arguments"], "[1]");
+  EXPECT_EQ(out[1], in[1]);
+  // Qwen3 takes text or an object: the text is kept, and printed as it came.
+  const ChatTemplate qwen3 = stored("qwen3.jinja", "", "<|im_end|>");
+  const ordered_json q = template_messages(qwen3, in);
+  EXPECT_EQ(q[0]["tool_calls"][0]["function"]["arguments"], in[0]["tool_calls"][0]["function"]["arguments"]);
+  EXPECT_EQ(q[0]["content"], "");
+  const std::string prompt = render_chat(qwen3, q, true);
+  EXPECT_NE(prompt.find("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1, \"y\": [2]}}\n</tool_call>"),
+            std::string::npos) << prompt;
+  EXPECT_NE(prompt.find("<tool_response>\nok\n</tool_response>"), std::string::npos) << prompt;
+  // DeepSeek-V3 concatenates the arguments and marks a tool-call turn by a null content: both are kept.
+  const ChatTemplate ds = stored("deepseek_v3.jinja");
+  const ordered_json d = template_messages(ds, in);
+  EXPECT_TRUE(d[0]["content"].is_null());
+  EXPECT_TRUE(d[0]["tool_calls"][0]["function"]["arguments"].is_string());
+  const ordered_json ds_in = ordered_json::parse(R"([{"role": "user", "content": "w?"},
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+    {"role": "tool", "tool_call_id": "a", "content": "ok"}])");
+  const std::string ds_prompt = render_chat(ds, template_messages(ds, ds_in), true);
+  EXPECT_NE(ds_prompt.find("<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{\"x\": 1}\n```<｜tool▁call▁end｜>"),
+            std::string::npos) << ds_prompt;
+  EXPECT_NE(ds_prompt.find("<｜tool▁output▁begin｜>ok<｜tool▁output▁end｜>"), std::string::npos) << ds_prompt;
+}
+
 TEST(ChatTemplate, SelectsDefaultOrToolUseFromAList) {
   // Mixtral-8x22B-Instruct-v0.1's tokenizer_config.json as first published (April 2024): two named templates.
   ChatTemplate t = ChatTemplate::load(test::testdata_path("chat_templates/mixtral_8x22b_instruct_v0.1_2024-04"));

@@ -86,6 +86,27 @@ TEST(Jinja, CasesMatchJinja2) {
   EXPECT_GT(checked, 0u);
 }
 
+// Falsy input to select/map & co., integer dict keys and Markup semantics, each rendered by jinja2 itself
+// (tests/reference/make_jinja_fix_vectors.py); these are where moep once differed from jinja2 on real templates.
+TEST(Jinja, FixesMatchJinja2) {
+  auto doc = read_json_file(test::testdata_path("chat_templates/jinja_fix_vectors.json"));
+  ASSERT_TRUE(doc.has_value()) << "missing tests/data/chat_templates/jinja_fix_vectors.json";
+  const ordered_json& cases = (*doc)["cases"];
+  ASSERT_GE(cases.size(), 30u);
+  size_t errors = 0;
+  for (const auto& c : cases) {
+    const std::string name = c["name"].get<std::string>();
+    const std::string got = run_case(c);
+    if (c.contains("expected")) {
+      EXPECT_EQ(got, c["expected"].get<std::string>()) << name << "\ntemplate: " << c["template"].get<std::string>();
+    } else {
+      ++errors;
+      EXPECT_EQ(got.rfind("ERROR: ", 0), 0u) << name << ": jinja2 raised " << c["error"] << ", we rendered '" << got << "'";
+    }
+  }
+  EXPECT_GE(errors, 2u);  // a list as a key and Markup + int
+}
+
 TEST(Jinja, SyntaxErrorNamesLineAndColumn) {
   try {
     jinja::Template("line one\n{% if x %}\n  {{ 1 + }}\n{% endif %}", "my_template");

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <map>
+#include <random>
+#include <algorithm>
 
 #include "core/error.h"
 #include "runtime/generate.h"
@@ -88,6 +90,31 @@ TEST(Sampler, RepetitionPenaltyDemotesSeenTokens) {
   EXPECT_EQ(s.sample(neg.data(), ctx), 1);  // -1.0 * 2 = -2 < -1.5
 }
 
+TEST(Sampler, LogitBiasComesFirst) {
+  std::mt19937_64 rng(std::random_device{}());
+  std::normal_distribution<float> normal(0.f, 2.f);
+  std::vector<float> logits(100);
+  for (float& x : logits) x = normal(rng);
+  const int32_t favoured = int32_t(rng() % 100);
+  SamplingParams p = SamplingParams::greedy();
+  p.logit_bias = {{favoured, 100.f}};
+  Sampler s(100, p);
+  std::vector<float> l = logits;
+  EXPECT_EQ(s.sample(l.data(), {}), favoured);
+  // With a repetition penalty, the bias is added before it (the token once seen falls back), and -100 bans.
+  p.logit_bias = {{favoured, 100.f}, {int32_t((favoured + 1) % 100), 60.f}};
+  p.repetition_penalty = 100.f;
+  Sampler r(100, p);
+  l = logits;
+  const int32_t ctx[1] = {favoured};
+  EXPECT_EQ(r.sample(l.data(), ctx), (favoured + 1) % 100);
+  SamplingParams bad = SamplingParams::greedy();
+  bad.logit_bias = {{100, 1.f}};
+  EXPECT_THROW(Sampler(100, bad), Error);
+  bad.logit_bias = {{1, 101.f}};
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(Sampler, BadParametersAreRefused) {
   SamplingParams sp;
   sp.top_p = 0.f;
@@ -98,6 +125,53 @@ TEST(Sampler, BadParametersAreRefused) {
   sp = {};
   sp.min_p = 2.f;
   EXPECT_THROW(sp.validate(), Error);
+}
+
+// token_logprobs against a double-precision reference (full sort, log-sum-exp), on fresh random logits with
+// deliberate ties.
+TEST(Sampler, TokenLogprobsMatchLogSoftmaxOfTheRawLogits) {
+  std::mt19937_64 rng(std::random_device{}());
+  std::normal_distribution<float> normal(0.f, 3.f);
+  for (int trial = 0; trial < 20; ++trial) {
+    const size_t V = 50 + size_t(rng() % 2000);
+    std::vector<float> logits(V);
+    for (float& x : logits) x = normal(rng);
+    logits[rng() % V] = logits[rng() % V];  // a tie somewhere
+    double mx = -1e300;
+    for (float x : logits) mx = std::max(mx, double(x));
+    double sum = 0;
+    for (float x : logits) sum += std::exp(double(x) - mx);
+    const double lse = mx + std::log(sum);
+    std::vector<int32_t> order(V);
+    for (size_t i = 0; i < V; ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    const int32_t n_top = int32_t(rng() % 21);
+    const int32_t token = int32_t(rng() % V);
+    TokenLogprobs out;
+    token_logprobs(logits, token, n_top, out);
+    ASSERT_EQ(out.token, token);
+    EXPECT_NEAR(out.logprob, double(logits[size_t(token)]) - lse, 1e-4);
+    ASSERT_EQ(out.n_top, n_top);
+    double mass = 0;
+    for (int32_t k = 0; k < n_top; ++k) {
+      EXPECT_EQ(out.top_ids[size_t(k)], order[size_t(k)]) << "rank " << k;
+      EXPECT_NEAR(out.top_logprobs[size_t(k)], double(logits[size_t(order[size_t(k)])]) - lse, 1e-4);
+      if (k) {
+        EXPECT_GE(out.top_logprobs[size_t(k - 1)], out.top_logprobs[size_t(k)]);
+      }
+      mass += std::exp(double(out.top_logprobs[size_t(k)]));
+    }
+    EXPECT_LE(mass, 1.0 + 1e-5);
+  }
+  // Greedy picks the first of the top list, ties included.
+  std::vector<float> tied = {1.f, 3.f, 3.f, 0.f};
+  TokenLogprobs out;
+  token_logprobs(tied, 1, 2, out);
+  EXPECT_EQ(out.top_ids[0], 1);
+  EXPECT_EQ(out.top_ids[1], 2);
+  Sampler greedy(4, SamplingParams::greedy());
+  std::vector<float> copy = tied;
+  EXPECT_EQ(greedy.sample(copy.data(), {}), out.top_ids[0]);
 }
 
 TEST(StopStrings, HoldBackWhatMayStartAStopString) {

@@ -44,7 +44,7 @@ bool is_synthetic(const std::string& dir) {
 
 void register_run(CLI::App& app) {
   struct Opts {
-    std::string model, prompt, system, prompt_ids;
+    std::string model, prompt, system, prompt_ids, chat_template;
     bool chat = false, print_ids = false, raw = false;
     int64_t ctx = 4096;
     SamplingParams sp;
@@ -57,6 +57,7 @@ void register_run(CLI::App& app) {
   cmd->add_flag("--chat", o->chat,
                 "Interactive conversation through the model's chat template (stdin; leave with /bye, /exit or Ctrl-D)");
   cmd->add_option("--system", o->system, "System message for --chat");
+  cmd->add_option("--chat-template", o->chat_template, "Jinja file to use instead of the model's chat template (--chat)");
   cmd->add_flag("--raw", o->raw,
                 "Changes nothing: -p text always reaches the model as written, without the chat template (kept so "
                 "that scripts using it run); use --chat for the template");
@@ -134,12 +135,13 @@ void register_run(CLI::App& app) {
         }
         report(r);
       } else {
-        const ChatTemplate tmpl = ChatTemplate::load(o->model);
+        const ChatTemplate tmpl = ChatTemplate::load(o->model, o->chat_template);
         nlohmann::json messages = nlohmann::json::array();
         if (!o->system.empty()) messages.push_back({{"role", "system"}, {"content", o->system}});
         std::string line = o->prompt;
         bool first = true;
-        std::fprintf(stderr, "moep: chatting through the model's chat template; leave with /bye, /exit or Ctrl-D\n");
+        std::fprintf(stderr, "moep: chatting through the chat template of %s; leave with /bye, /exit or Ctrl-D\n",
+                     tmpl.source.c_str());
         for (;;) {
           if (!first || line.empty()) {
             std::fprintf(stderr, "\n> ");

@@ -113,7 +113,7 @@ std::string default_model_id(const std::string& dir) {
 
 void register_serve(CLI::App& app) {
   struct Opts {
-    std::string model, model_name;
+    std::string model, model_name, chat_template;
     server::ServerOptions server;
     int64_t parallel = 4, ctx = 4096, max_rows = 128;
     int32_t max_tokens_cap = 0, default_max_tokens = 256;
@@ -131,6 +131,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--api-key", o->server.api_key,
                   "Require 'Authorization: Bearer KEY' on every request but GET /health")
       ->envname("MOEP_API_KEY");
+  cmd->add_option("--chat-template", o->chat_template, "Jinja file to use instead of the model's chat template");
   cmd->add_option("--model-name", o->model_name, "Model id clients use (default: the model directory's name)");
   cmd->add_option("--parallel", o->parallel, "Sequences decoded together (slots)")->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -234,8 +235,9 @@ void register_serve(CLI::App& app) {
       tok = Tokenizer::load(o->model);
       std::string template_error;
       try {
-        tmpl = ChatTemplate::load(o->model);
+        tmpl = ChatTemplate::load(o->model, o->chat_template);
       } catch (const moep::Error& e) {
+        if (!o->chat_template.empty()) throw;  // asked for: a file that cannot be read is an error, not a note
         template_error = e.what();
         std::fprintf(stderr, "moep serve: note: no chat template (%s): /v1/chat/completions will refuse requests\n",
                      e.what());
@@ -247,6 +249,7 @@ void register_serve(CLI::App& app) {
       so.n_ranks = engine->comm().size();
       so.limits.model_id = o->model_name.empty() ? default_model_id(o->model) : o->model_name;
       so.limits.max_context = sched->max_context();
+      so.limits.vocab_size = engine->config().vocab_size;
       so.limits.max_tokens_cap =
           int32_t(std::min<int64_t>(o->max_tokens_cap > 0 ? o->max_tokens_cap : INT32_MAX, sched->max_context()));
       so.limits.default_max_tokens = o->default_max_tokens;

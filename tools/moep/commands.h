@@ -14,7 +14,8 @@ void register_synth(CLI::App& app);     // cmd_synth.cpp
 void register_bench(CLI::App& app);     // cmd_bench.cpp
 void register_run(CLI::App& app);       // cmd_run.cpp
 void register_devices(CLI::App& app);   // cmd_devices.cpp
-void register_serve(CLI::App& app);
-void register_quantize(CLI::App& app);  // cmd_quantize.cpp     // cmd_serve.cpp (a stub saying so when built without the server)
+void register_serve(CLI::App& app);     // cmd_serve.cpp (a stub saying so when built without the server)
+void register_quantize(CLI::App& app);  // cmd_quantize.cpp
+void register_template(CLI::App& app);  // cmd_template.cpp
 
 }  // namespace moep::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   moep::cli::register_serve(app);
   moep::cli::register_devices(app);
   moep::cli::register_quantize(app);
+  moep::cli::register_template(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
