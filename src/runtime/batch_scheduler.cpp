@@ -30,9 +30,13 @@ struct BatchScheduler::Sequence {
   double submitted_at = 0;
   double first_token_at = 0;
   bool done = false;
+  std::unique_ptr<GrammarMasker> masker;  // with a grammar: matcher, mask buffer and mask cache, sized here
 
-  Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok)
-      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, true), context(req.prompt) {}
+  Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok,
+           std::shared_ptr<const TokenVocabulary> grammar_vocab)
+      : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, true), context(req.prompt) {
+    if (req.grammar) masker = std::make_unique<GrammarMasker>(req.grammar, std::move(grammar_vocab));
+  }
 };
 
 BatchScheduler::BatchScheduler(StepDriver& driver, const Tokenizer& tokenizer, std::vector<int32_t> eos_ids)
@@ -49,8 +53,16 @@ BatchScheduler::~BatchScheduler() = default;
 int64_t BatchScheduler::max_context() const { return driver_.engine().transformer().limits().max_ctx; }
 int64_t BatchScheduler::slots() const { return int64_t(slots_.size()); }
 
+std::shared_ptr<const TokenVocabulary> BatchScheduler::grammar_vocabulary() {
+  std::lock_guard<std::mutex> lk(vocab_mu_);
+  if (!grammar_vocab_)
+    grammar_vocab_ = TokenVocabulary::from_tokenizer(tok_, driver_.engine().config().vocab_size, eos_);
+  return grammar_vocab_;
+}
+
 uint64_t BatchScheduler::submit(GenerationRequest req) {
   const int64_t V = driver_.engine().config().vocab_size;
+  if (req.grammar) grammar_vocabulary();
   if (req.prompt.empty()) fail("the prompt is empty");
   for (int32_t t : req.prompt)
     if (t < 0 || t >= V) fail("prompt token id ", t, " is outside the vocabulary [0, ", V, ")");
@@ -123,7 +135,8 @@ void BatchScheduler::admit_locked() {
       }
     for (auto it = queue_.begin(); it != queue_.end(); ++it)
       if (it->first == id) {
-        Sequence tmp(id, -1, std::move(it->second), V, tok_);
+        it->second.grammar.reset();  // ended before it began: no matcher needed
+        Sequence tmp(id, -1, std::move(it->second), V, tok_, nullptr);
         finish(tmp, "cancelled");
         queue_.erase(it);
         stats_.requests_cancelled++;
@@ -135,7 +148,7 @@ void BatchScheduler::admit_locked() {
     if (slots_[i]) continue;
     auto [id, req] = std::move(queue_.front());
     queue_.pop_front();
-    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_);
+    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_, grammar_vocab_);
     slots_[i]->submitted_at = now_s();
     stats_.prompt_tokens += slots_[i]->req.prompt.size();
   }
@@ -162,7 +175,8 @@ void BatchScheduler::run() {
             s.reset();
           }
         while (!queue_.empty()) {
-          Sequence tmp(queue_.front().first, -1, std::move(queue_.front().second), V, tok_);
+          queue_.front().second.grammar.reset();
+          Sequence tmp(queue_.front().first, -1, std::move(queue_.front().second), V, tok_, nullptr);
           finish(tmp, "cancelled");
           queue_.pop_front();
         }
@@ -216,18 +230,36 @@ void BatchScheduler::run() {
       }
     }
     uint64_t new_tokens = 0;
+    double grammar_s = 0;
     for (size_t i = 0; i < row_slot_.size(); ++i) {
       Sequence& s = *slots_[size_t(row_slot_[i])];
       if (s.req.params.max_tokens == 0) {
         finish(s, "length");
         continue;
       }
-      const int32_t tok = s.sampler.sample(&logits_[i * size_t(V)], s.context);
+      std::span<const uint64_t> allowed;
+      if (s.masker) {
+        const double g0 = now_s();
+        allowed = s.masker->mask();
+        grammar_s += now_s() - g0;
+        if (s.masker->mask_empty()) {  // the value is whole and the model has no end token to say so
+          finish(s, "stop");
+          continue;
+        }
+      }
+      const int32_t tok = s.sampler.sample(&logits_[i * size_t(V)], s.context, allowed);
       if (s.first_token_at == 0) s.first_token_at = now_s();
-      const bool eos = !s.req.params.ignore_eos && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
+      // With a grammar the end token always ends the response: the grammar allows it only once the value is whole.
+      const bool eos = (s.masker || !s.req.params.ignore_eos) && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
       if (eos) {
         finish(s, "stop");
         continue;
+      }
+      if (s.masker) {
+        const double g0 = now_s();
+        const bool ok = s.masker->accept(tok);
+        grammar_s += now_s() - g0;
+        MOEP_ASSERT(ok, "the sampler chose token ", tok, ", which the grammar's mask refused");
       }
       s.generated++;
       new_tokens++;
@@ -255,6 +287,10 @@ void BatchScheduler::run() {
         s.held.erase(0, safe);
         if (s.req.on_event) s.req.on_event(ev);
       }
+      if (s.masker && s.masker->complete()) {  // nothing may follow: end now rather than sample the end token
+        finish(s, "stop");
+        continue;
+      }
       if (s.generated >= s.req.params.max_tokens || s.pos >= tr.limits().max_ctx) {
         finish(s, "length");
         continue;
@@ -267,6 +303,7 @@ void BatchScheduler::run() {
       stats_.step_seconds += t1 - t0;
       stats_.compute_seconds += compute;
       stats_.comm_seconds += comm;
+      stats_.grammar_seconds += grammar_s;
       stats_.completion_tokens += new_tokens;
       recent_.emplace_back(t1, new_tokens);
       while (!recent_.empty() && t1 - recent_.front().first > 5.0) recent_.pop_front();
