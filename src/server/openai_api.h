@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/sampler.h"
+#include "text/json_grammar.h"
 
 namespace moep::server {
 
@@ -61,11 +62,16 @@ struct ApiRequest {
   bool max_tokens_given = false;
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage: a last chunk with usage and no choices
+  // response_format json_object / json_schema: the grammar the output is held to (null: free text).
+  std::shared_ptr<const JsonGrammar> grammar;
 };
 
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
 // range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, logprobs, tools,
-// non-text response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
+// presence/frequency penalties, ...); 404 (code model_not_found) for another model. response_format
+// {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} compiles the
+// grammar (text/json_grammar.h); a malformed or unsupported schema is a 400 whose param is the schema's field
+// ("response_format.json_schema.schema.properties.age.minimum").
 // Unknown fields are ignored.
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const RequestLimits& limits);
 

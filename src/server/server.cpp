@@ -243,6 +243,7 @@ struct HttpServer::Impl {
     GenerationRequest g;
     g.prompt = std::move(ids);
     g.params = r.params;
+    g.grammar = r.grammar;
     g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
     auto in_flight_token = std::make_shared<InFlight>(in_flight);
     try {

@@ -85,7 +85,7 @@ struct GrammarBuilder {
   explicit GrammarBuilder(JsonGrammar& grammar) : g(grammar) {}
 
   [[noreturn]] static void refuse(const std::string& path, const std::string& what) {
-    throw JsonSchemaError(path, "schema" + (path.empty() ? std::string() : "." + path) + ": " + what);
+    throw JsonSchemaError(path, what);
   }
   static std::string join(const std::string& path, const std::string& key) {
     return path.empty() ? key : path + "." + key;

@@ -38,14 +38,18 @@ namespace moep {
 class Tokenizer;
 
 // A schema refused. path: where in the schema, as a dotted path from its root ("properties.tags.items.type"; "" for
-// the root); what(): the whole message, naming the path and what was expected.
+// the root); reason: what is wrong and what was expected; what(): "schema.<path>: <reason>".
 class JsonSchemaError : public Error {
  public:
-  JsonSchemaError(std::string path, const std::string& message) : Error(message), path_(std::move(path)) {}
+  JsonSchemaError(std::string path, std::string reason)
+      : Error("schema" + (path.empty() ? std::string() : "." + path) + ": " + reason),
+        path_(std::move(path)),
+        reason_(std::move(reason)) {}
   const std::string& path() const { return path_; }
+  const std::string& reason() const { return reason_; }
 
  private:
-  std::string path_;
+  std::string path_, reason_;
 };
 
 namespace grammar_detail {

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "runtime/sampler.h"
+#include "json_schema_check.h"
 #include "test_util.h"
 #include "text/json_grammar.h"
 #include "text/tokenizer.h"
@@ -24,97 +25,8 @@ bool matches(const std::shared_ptr<const JsonGrammar>& g, std::string_view text)
   return m.advance(text) && m.accepting();
 }
 
-size_t utf8_chars(const std::string& s) {
-  size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
-// An independent validator of the schema subset: "" when `v` is valid, else why not.
-std::string validate(const ojson& v, const ojson& s, const std::string& at = "$") {
-  if (s.contains("const")) return v == s["const"] ? "" : at + ": not the const";
-  if (s.contains("enum")) {
-    for (const auto& e : s["enum"])
-      if (v == e) return "";
-    return at + ": not in the enum";
-  }
-  if (s.contains("anyOf")) {
-    for (const auto& alt : s["anyOf"])
-      if (validate(v, alt, at).empty()) return "";
-    return at + ": matches no anyOf alternative";
-  }
-  if (!s.contains("type")) return "";
-  std::vector<std::string> types;
-  if (s["type"].is_array()) {
-    for (const auto& t : s["type"]) types.push_back(t.get<std::string>());
-  } else {
-    types.push_back(s["type"].get<std::string>());
-  }
-  std::string why = at + ": wrong type " + v.type_name();
-  for (const std::string& t : types) {
-    if (t == "null" && v.is_null()) return "";
-    if (t == "boolean" && v.is_boolean()) return "";
-    if (t == "number" && v.is_number()) return "";
-    if (t == "integer" && (v.is_number_integer() || v.is_number_unsigned())) return "";
-    if (t == "string" && v.is_string()) {
-      const size_t n = utf8_chars(v.get<std::string>());
-      if (s.contains("minLength") && n < s["minLength"].get<size_t>()) return at + ": string too short";
-      if (s.contains("maxLength") && n > s["maxLength"].get<size_t>()) return at + ": string too long";
-      return "";
-    }
-    if (t == "array" && v.is_array()) {
-      if (s.contains("minItems") && v.size() < s["minItems"].get<size_t>()) return at + ": too few items";
-      if (s.contains("maxItems") && v.size() > s["maxItems"].get<size_t>()) return at + ": too many items";
-      for (size_t i = 0; i < v.size(); ++i)
-        if (s.contains("items")) {
-          std::string w = validate(v[i], s["items"], at + "[" + std::to_string(i) + "]");
-          if (!w.empty()) return w;
-        }
-      return "";
-    }
-    if (t == "object" && v.is_object()) {
-      const ojson props = s.value("properties", ojson::object());
-      for (const auto& [k, x] : v.items()) {
-        if (!props.contains(k)) {
-          if (props.empty()) continue;
-          return at + ": unexpected property " + k;
-        }
-        std::string w = validate(x, props[k], at + "." + k);
-        if (!w.empty()) return w;
-      }
-      for (const auto& r : s.value("required", ojson::array()))
-        if (!v.contains(r.get<std::string>())) return at + ": missing " + r.get<std::string>();
-      return "";
-    }
-  }
-  return why;
-}
-
-// The schemas of the issue: nested objects, enums, arrays with bounds.
-const char* kNested = R"({"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 12},
-    "age": {"type": "integer"},
-    "address": {"type": "object", "properties": {
-        "city": {"type": "string", "minLength": 1, "maxLength": 10},
-        "zip": {"type": ["string", "null"], "maxLength": 6}},
-      "required": ["city", "zip"], "additionalProperties": false},
-    "score": {"type": "number"}},
-  "required": ["name", "age", "address"], "additionalProperties": false})";
-const char* kEnums = R"({"type": "object", "properties": {
-    "color": {"enum": ["red", "green", "blue", "dark red"]},
-    "size": {"enum": [1, 2, 10, null]},
-    "ok": {"type": "boolean"},
-    "kind": {"const": "fixed"},
-    "mood": {"anyOf": [{"enum": ["happy", "sad"]}, {"type": "integer"}]}},
-  "required": ["color", "size", "ok", "kind", "mood"], "additionalProperties": false})";
-const char* kArrays = R"({"type": "object", "properties": {
-    "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "minItems": 2, "maxItems": 4},
-    "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
-                                          "maxItems": 3}, "maxItems": 2}},
-  "required": ["tags", "matrix"], "additionalProperties": false})";
-
 TEST(JsonGrammar, MatcherAcceptsAndRefuses) {
-  auto g = grammar(kNested);
+  auto g = grammar(test::kNested);
   EXPECT_TRUE(matches(g, R"({"name":"Ann","age":3,"address":{"city":"Oslo","zip":null}})"));
   EXPECT_TRUE(matches(g, "{\n  \"name\": \"\\u00e9\\n\", \"age\": -0, \"address\": {\"city\": \"x\", \"zip\": \"1\"},"
                          " \"score\": 1.5e-3\n}"));
@@ -139,7 +51,7 @@ TEST(JsonGrammar, MatcherAcceptsAndRefuses) {
   EXPECT_TRUE(m.complete());
   EXPECT_FALSE(m.advance("}"));
 
-  auto e = grammar(kEnums);
+  auto e = grammar(test::kEnums);
   EXPECT_TRUE(matches(e, R"({"color":"dark red","size":10,"ok":false,"kind":"fixed","mood":"sad"})"));
   EXPECT_TRUE(matches(e, R"({"color":"red","size":null,"ok":true,"kind":"fixed","mood":-12})"));
   EXPECT_FALSE(matches(e, R"({"color":"dark","size":1,"ok":true,"kind":"fixed","mood":1})"));
@@ -147,7 +59,7 @@ TEST(JsonGrammar, MatcherAcceptsAndRefuses) {
   EXPECT_FALSE(matches(e, R"({"color":"red","size":1,"ok":true,"kind":"fixe","mood":1})"));
   EXPECT_FALSE(matches(e, R"({"color":"red","size":1,"ok":true,"kind":"fixed","mood":"glad"})"));
 
-  auto a = grammar(kArrays);
+  auto a = grammar(test::kArrays);
   EXPECT_TRUE(matches(a, R"({"tags":["a","b"],"matrix":[]})"));
   EXPECT_TRUE(matches(a, R"({"tags":["a","b","c","d"],"matrix":[[1],[2,3,4]]})"));
   EXPECT_FALSE(matches(a, R"({"tags":["a"],"matrix":[]})"));
@@ -252,7 +164,7 @@ TEST(JsonGrammar, MaskMatchesBruteForceOnGpt2Vocabulary) {
   const int32_t eos = tok.token_to_id("<|endoftext|>");
   auto vocab = TokenVocabulary::from_tokenizer(tok, tok.vocab_size() + 7, {eos});
   EXPECT_EQ(vocab->bytes(tok.token_to_id("\xC4\xA0{")), " {");  // GPT-2's alphabet mapped back to bytes
-  for (const char* schema : {kNested, kEnums, kArrays}) {
+  for (const char* schema : {test::kNested, test::kEnums, test::kArrays}) {
     auto g = grammar(schema);
     std::mt19937 rng(7);
     GrammarMasker gm(g, vocab);
@@ -289,7 +201,7 @@ TEST(JsonGrammar, RandomLogitsGiveValidJson) {
   const int32_t eos = tok.token_to_id("<|endoftext|>");
   const int64_t V = tok.vocab_size();
   auto vocab = TokenVocabulary::from_tokenizer(tok, V, {eos});
-  for (const char* schema : {kNested, kEnums, kArrays}) {
+  for (const char* schema : {test::kNested, test::kEnums, test::kArrays}) {
     const ojson s = ojson::parse(schema);
     auto g = JsonGrammar::from_schema(s);
     for (uint32_t seed = 1; seed <= 10; ++seed) {
@@ -313,7 +225,7 @@ TEST(JsonGrammar, RandomLogitsGiveValidJson) {
       }
       ASSERT_TRUE(gm.complete()) << "seed " << seed << ": " << out;
       const ojson v = ojson::parse(out);  // throws if it does not parse
-      EXPECT_EQ(validate(v, s), "") << out;
+      EXPECT_EQ(test::validate_json(v, s), "") << out;
     }
   }
 }
