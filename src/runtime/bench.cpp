@@ -234,12 +234,9 @@ GrammarBenchResult run_grammar_bench(std::shared_ptr<const JsonGrammar> grammar,
   using clock = std::chrono::steady_clock;
   auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
   const int64_t V = vocab->rows();
-  SamplingParams sp;
+  SamplingParams sp;  // the server's defaults (top-k 40, top-p, min-p) at temperature 1
   sp.seed = seed;
   sp.temperature = 1.f;
-  sp.top_k = 0;
-  sp.top_p = 1.f;
-  sp.min_p = 0.f;
   Sampler masked(V, sp), plain(V, sp);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> u(-2.f, 2.f);

@@ -49,7 +49,7 @@ struct BenchResult {
 BenchResult run_bench(Engine& engine, const BenchOptions& o);
 
 // The cost of constrained decoding per decode step, alone (it runs on rank 0 between forward steps): `steps`
-// steps of a random walk under the grammar (random logits, seeded, temperature 1: every allowed token can come,
+// steps of a random walk under the grammar (random logits, seeded; the server's default sampling at temperature 1,
 // as from a random model), each timing the mask (a cache hit or a trie walk), the masked sampling against the
 // same sampling unmasked, and feeding the token to the matcher. A value that completes starts over.
 struct GrammarBenchResult {

@@ -811,53 +811,112 @@ void JsonMatcher::reset() { state_ = GrammarState{}; }
 // ------------------------------------------------------------------------------------------------------------
 // The vocabulary trie and the mask
 
-TokenVocabulary::TokenVocabulary(const std::vector<std::string>& token_bytes, int64_t rows, std::vector<int32_t> eos)
-    : rows_(rows), eos_(std::move(eos)), bytes_(size_t(rows)) {
-  if (int64_t(token_bytes.size()) > rows)
-    fail("the tokenizer has ", token_bytes.size(), " tokens, more than the model's ", rows, " vocabulary rows");
-  for (int32_t e : eos_)
-    if (e < 0 || e >= rows) fail("end-of-sequence token id ", e, " is outside the vocabulary [0, ", rows, ")");
-  std::vector<int32_t> order;
-  for (size_t i = 0; i < token_bytes.size(); ++i) {
-    bytes_[i] = token_bytes[i];
-    if (!bytes_[i].empty() && std::find(eos_.begin(), eos_.end(), int32_t(i)) == eos_.end())
-      order.push_back(int32_t(i));
+namespace {
+
+// The characters of `t` if it is plain string text (printable ASCII but '"' and '\\', whole valid UTF-8
+// characters), else -1.
+int64_t plain_chars(const std::string& t) {
+  int64_t chars = 0;
+  for (size_t i = 0; i < t.size();) {
+    const uint8_t b = uint8_t(t[i]);
+    if (b < 0x80) {
+      if (b < 0x20 || b == '"' || b == '\\') return -1;
+      ++i;
+    } else {
+      size_t more = 0;
+      uint8_t lo = 0x80, hi = 0xBF;
+      if (b >= 0xC2 && b <= 0xDF) more = 1;
+      else if (b == 0xE0) more = 2, lo = 0xA0;
+      else if (b == 0xED) more = 2, hi = 0x9F;
+      else if (b >= 0xE1 && b <= 0xEF) more = 2;
+      else if (b == 0xF0) more = 3, lo = 0x90;
+      else if (b >= 0xF1 && b <= 0xF3) more = 3;
+      else if (b == 0xF4) more = 3, hi = 0x8F;
+      else return -1;
+      if (i + more >= t.size()) return -1;  // the character is cut off at the token's end
+      for (size_t k = 1; k <= more; ++k) {
+        const uint8_t c = uint8_t(t[i + k]);
+        if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) return -1;
+      }
+      i += more + 1;
+    }
+    ++chars;
   }
+  return chars;
+}
+
+}  // namespace
+
+TokenVocabulary::Trie TokenVocabulary::build_trie(const std::vector<std::string>& bytes, std::vector<int32_t> order) {
+  Trie trie;
   std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    return bytes_[size_t(a)] != bytes_[size_t(b)] ? bytes_[size_t(a)] < bytes_[size_t(b)] : a < b;
+    return bytes[size_t(a)] != bytes[size_t(b)] ? bytes[size_t(a)] < bytes[size_t(b)] : a < b;
   });
   // Sorted strings give the trie's preorder directly: each token adds the nodes of its bytes past the prefix it
   // shares with the previous token.
   std::vector<uint32_t> open;  // node index at each depth of the current path
   const std::string* prev = nullptr;
   for (int32_t id : order) {
-    const std::string& t = bytes_[size_t(id)];
+    const std::string& t = bytes[size_t(id)];
     size_t common = 0;
     if (prev)
       while (common < prev->size() && common < t.size() && (*prev)[common] == t[common]) ++common;
     while (open.size() > common) {  // close the nodes past the shared prefix
-      trie_end_[open.back()] = uint32_t(trie_byte_.size());
+      trie.end[open.back()] = uint32_t(trie.byte.size());
       open.pop_back();
     }
     for (size_t d = common; d < t.size(); ++d) {
-      open.push_back(uint32_t(trie_byte_.size()));
-      trie_byte_.push_back(uint8_t(t[d]));
-      trie_depth_.push_back(uint16_t(std::min<size_t>(d + 1, 0xFFFF)));
-      trie_end_.push_back(0);
-      trie_tok_begin_.push_back(uint32_t(trie_tokens_.size()));
+      open.push_back(uint32_t(trie.byte.size()));
+      trie.byte.push_back(uint8_t(t[d]));
+      trie.depth.push_back(uint16_t(d + 1));
+      trie.end.push_back(0);
+      trie.tok_begin.push_back(uint32_t(trie.tokens.size()));
     }
-    trie_tokens_.push_back(id);  // belongs to the deepest node: tokens are counted per node below
-    max_token_len_ = std::max(max_token_len_, t.size());
+    // The token belongs to its deepest node, the last added: a node's tokens are [tok_begin[i], tok_begin[i + 1]).
+    trie.tokens.push_back(id);
     prev = &t;
   }
   while (!open.empty()) {
-    trie_end_[open.back()] = uint32_t(trie_byte_.size());
+    trie.end[open.back()] = uint32_t(trie.byte.size());
     open.pop_back();
   }
-  // trie_tok_begin_[i] was the token count when node i was added; a token was pushed after its deepest node (and
-  // before any node of the next token), so node i's tokens are [begin[i], begin[i + 1]).
-  trie_tok_begin_.push_back(uint32_t(trie_tokens_.size()));
-  if (max_token_len_ >= 0xFFFF) fail("a token of ", max_token_len_, " bytes is too long for constrained decoding");
+  trie.tok_begin.push_back(uint32_t(trie.tokens.size()));
+  return trie;
+}
+
+TokenVocabulary::TokenVocabulary(const std::vector<std::string>& token_bytes, int64_t rows, std::vector<int32_t> eos)
+    : rows_(rows), eos_(std::move(eos)), bytes_(size_t(rows)) {
+  if (int64_t(token_bytes.size()) > rows)
+    fail("the tokenizer has ", token_bytes.size(), " tokens, more than the model's ", rows, " vocabulary rows");
+  for (int32_t e : eos_)
+    if (e < 0 || e >= rows) fail("end-of-sequence token id ", e, " is outside the vocabulary [0, ", rows, ")");
+  std::vector<int32_t> all, others;
+  std::vector<std::pair<int64_t, int32_t>> plain;  // (characters, id)
+  plain_mask_.assign(mask_words(), 0);
+  for (size_t i = 0; i < token_bytes.size(); ++i) {
+    bytes_[i] = token_bytes[i];
+    if (bytes_[i].empty() || std::find(eos_.begin(), eos_.end(), int32_t(i)) != eos_.end()) continue;
+    if (bytes_[i].size() >= 0xFFFF) fail("token ", i, " has ", bytes_[i].size(), " bytes, too many for a grammar");
+    max_token_len_ = std::max(max_token_len_, bytes_[i].size());
+    all.push_back(int32_t(i));
+    const int64_t chars = plain_chars(bytes_[i]);
+    if (chars < 0) {
+      others.push_back(int32_t(i));
+    } else {
+      plain.emplace_back(chars, int32_t(i));
+      plain_mask_[i / 64] |= uint64_t(1) << (i % 64);
+    }
+  }
+  all_ = build_trie(bytes_, std::move(all));
+  others_ = build_trie(bytes_, std::move(others));
+  std::sort(plain.begin(), plain.end());
+  const size_t max_chars = plain.empty() ? 0 : size_t(plain.back().first);
+  plain_upto_chars_.assign(max_chars + 1, 0);
+  for (const auto& [chars, id] : plain) {
+    plain_by_chars_.push_back(id);
+    plain_upto_chars_[size_t(chars)]++;
+  }
+  for (size_t k = 1; k <= max_chars; ++k) plain_upto_chars_[k] += plain_upto_chars_[k - 1];
 }
 
 std::shared_ptr<const TokenVocabulary> TokenVocabulary::from_tokenizer(const Tokenizer& tokenizer, int64_t rows,
@@ -869,30 +928,51 @@ std::shared_ptr<const TokenVocabulary> TokenVocabulary::from_tokenizer(const Tok
   return std::make_shared<TokenVocabulary>(bytes, rows, std::move(eos));
 }
 
-void TokenVocabulary::fill_mask(const JsonGrammar& g, const GrammarState& state, uint64_t* mask,
-                                std::span<GrammarState> scratch) const {
-  MOEP_ASSERT(scratch.size() > max_token_len_, "fill_mask needs ", max_token_len_ + 1, " scratch states");
-  std::memset(mask, 0, mask_words() * sizeof(uint64_t));
-  if (JsonMatcher::accepting(g, state))
-    for (int32_t e : eos_) mask[size_t(e) / 64] |= uint64_t(1) << (e % 64);
-  if (state.started && state.depth == 0) return;  // complete: only the end
-  copy_state(scratch[0], state);
-  const size_t n = trie_byte_.size();
+void TokenVocabulary::walk(const Trie& t, const JsonGrammar& g, uint64_t* mask, std::span<GrammarState> scratch) const {
+  const size_t n = t.byte.size();
   size_t i = 0;
   while (i < n) {
-    const size_t d = trie_depth_[i];
+    const size_t d = t.depth[i];
     GrammarState& s = scratch[d];
     copy_state(s, scratch[d - 1]);
-    if (!JsonMatcher::step(g, s, trie_byte_[i])) {
-      i = trie_end_[i];  // no token under this prefix fits
+    if (!JsonMatcher::step(g, s, t.byte[i])) {
+      i = t.end[i];  // no token under this prefix fits
       continue;
     }
-    for (uint32_t k = trie_tok_begin_[i]; k < trie_tok_begin_[i + 1]; ++k) {
-      const int32_t id = trie_tokens_[k];
+    for (uint32_t k = t.tok_begin[i]; k < t.tok_begin[i + 1]; ++k) {
+      const int32_t id = t.tokens[k];
       mask[size_t(id) / 64] |= uint64_t(1) << (id % 64);
     }
     ++i;
   }
+}
+
+void TokenVocabulary::fill_mask(const JsonGrammar& g, const GrammarState& state, uint64_t* mask,
+                                std::span<GrammarState> scratch) const {
+  MOEP_ASSERT(scratch.size() > max_token_len_, "fill_mask needs ", max_token_len_ + 1, " scratch states");
+  const size_t words = mask_words();
+  std::memset(mask, 0, words * sizeof(uint64_t));
+  if (JsonMatcher::accepting(g, state))
+    for (int32_t e : eos_) mask[size_t(e) / 64] |= uint64_t(1) << (e % 64);
+  if (state.started && state.depth == 0) return;  // complete: only the end
+  copy_state(scratch[0], state);
+  const GrammarFrame* top = state.depth ? &state.frames[size_t(state.depth - 1)] : nullptr;
+  const Node* node = top ? &g.node(top->node) : nullptr;
+  if (node && node->kind == Kind::String && top->phase == kStrBody) {
+    // Inside a string: plain tokens by their length alone, the others through their trie.
+    const uint64_t room = node->counts() ? uint64_t(node->max - top->count) : std::numeric_limits<uint64_t>::max();
+    if (room >= plain_upto_chars_.size()) {
+      for (size_t w = 0; w < words; ++w) mask[w] |= plain_mask_[w];
+    } else {
+      for (uint32_t k = 0; k < plain_upto_chars_[room]; ++k) {
+        const int32_t id = plain_by_chars_[k];
+        mask[size_t(id) / 64] |= uint64_t(1) << (id % 64);
+      }
+    }
+    walk(others_, g, mask, scratch);
+    return;
+  }
+  walk(all_, g, mask, scratch);
 }
 
 GrammarMasker::GrammarMasker(std::shared_ptr<const JsonGrammar> grammar, std::shared_ptr<const TokenVocabulary> vocab)

@@ -150,7 +150,10 @@ class TokenVocabulary {
 
   int64_t rows() const { return rows_; }
   size_t mask_words() const { return size_t((rows_ + 63) / 64); }
-  size_t trie_nodes() const { return trie_byte_.size(); }
+  size_t trie_nodes() const { return all_.byte.size(); }
+  // Tokens of plain string text (see below), and the trie nodes of the others.
+  size_t plain_tokens() const { return plain_by_chars_.size(); }
+  size_t other_trie_nodes() const { return others_.byte.size(); }
   const std::vector<int32_t>& eos() const { return eos_; }
   const std::string& bytes(int32_t id) const { return bytes_[size_t(id)]; }
 
@@ -164,13 +167,26 @@ class TokenVocabulary {
   int64_t rows_;
   std::vector<int32_t> eos_;
   std::vector<std::string> bytes_;
-  // Trie in preorder (the root excluded): node i holds byte trie_byte_[i] at depth trie_depth_[i] (1-based); its
-  // subtree ends before trie_end_[i]; its tokens are trie_tokens_[trie_tok_begin_[i] .. trie_tok_begin_[i + 1]).
-  std::vector<uint8_t> trie_byte_;
-  std::vector<uint16_t> trie_depth_;
-  std::vector<uint32_t> trie_end_;
-  std::vector<uint32_t> trie_tok_begin_;
-  std::vector<int32_t> trie_tokens_;
+  // A trie in preorder (the root excluded): node i holds byte[i] at depth[i] (1-based); its subtree ends before
+  // end[i]; its tokens are tokens[tok_begin[i] .. tok_begin[i + 1]).
+  struct Trie {
+    std::vector<uint8_t> byte;
+    std::vector<uint16_t> depth;
+    std::vector<uint32_t> end;
+    std::vector<uint32_t> tok_begin;
+    std::vector<int32_t> tokens;
+  };
+  static Trie build_trie(const std::vector<std::string>& bytes, std::vector<int32_t> ids);
+  void walk(const Trie& t, const JsonGrammar& g, uint64_t* mask, std::span<GrammarState> scratch) const;
+
+  // Most of a vocabulary is plain text: printable ASCII but '"' and '\', and whole UTF-8 characters. Inside a
+  // string such a token is allowed exactly when its characters fit the string's maxLength, whatever the rest of
+  // the state: those masks are set from precomputed lists, and only the other tokens' trie is walked.
+  Trie all_;     // every token
+  Trie others_;  // the tokens that are not plain text
+  std::vector<int32_t> plain_by_chars_;     // plain tokens, fewest characters first
+  std::vector<uint32_t> plain_upto_chars_;  // [k]: how many plain tokens have at most k characters
+  std::vector<uint64_t> plain_mask_;        // every plain token
   size_t max_token_len_ = 0;
 };
 

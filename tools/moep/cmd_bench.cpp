@@ -135,9 +135,11 @@ void register_bench(CLI::App& app) {
       }
       const GrammarBenchResult r = run_grammar_bench(g, vocab, o->grammar_steps, 1);
       const auto& m = r.mask_ms;
-      std::printf("grammar: %s; vocabulary %s: %lld tokens, %lld rows, trie of %zu nodes; commit %s, %s, 1 thread\n",
+      std::printf("grammar: %s; vocabulary %s: %lld tokens, %lld rows, trie of %zu nodes (%zu plain-text tokens; "
+                  "the others' trie %zu nodes); commit %s, %s, 1 thread\n",
                   o->grammar.c_str(), vocab_path.c_str(), (long long)tokens, (long long)vocab->rows(),
-                  vocab->trie_nodes(), MOEP_GIT_COMMIT, cpu_model_name().c_str());
+                  vocab->trie_nodes(), vocab->plain_tokens(), vocab->other_trie_nodes(), MOEP_GIT_COMMIT,
+                  cpu_model_name().c_str());
       std::printf("grammar: %d steps (%d values completed): mask + accept per step mean %.3f ms, p50 %.3f, p90 %.3f, "
                   "p99 %.3f, max %.3f ms; mask cache %llu hits, %llu misses; sampling %.3f ms masked vs %.3f ms plain\n",
                   r.steps, r.values_completed, r.mask_ms_mean, m[m.size() / 2], m[m.size() * 9 / 10],
