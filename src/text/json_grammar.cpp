@@ -14,7 +14,9 @@ namespace moep {
 
 namespace grammar_detail {
 
-enum class Kind : uint8_t { AnyOf, Object, AnyObject, Array, String, Number, Literals };
+// Switch: anyOf over objects told apart by their first property (a discriminator such as a tool call's "name"):
+// it reads that property like an object of one property, then becomes the object its value picks.
+enum class Kind : uint8_t { AnyOf, Object, AnyObject, Array, String, Number, Literals, Switch };
 
 struct Property {
   std::string name;
@@ -41,6 +43,7 @@ struct Node {
   std::vector<uint32_t> keysets;                   // Object: [p] the keys that may come when p properties are past
   std::vector<uint16_t> next_required;             // Object: [p] first required property >= p (props.size(): none)
   std::vector<uint16_t> dispatch;                  // AnyOf: [first byte] → alternative (kNone: refused)
+  std::vector<uint16_t> alternatives;              // Switch: the objects, by the discriminator value's tag
   bool counts() const { return min > 0 || max != std::numeric_limits<uint32_t>::max(); }
 };
 
@@ -153,7 +156,8 @@ struct GrammarBuilder {
         for (int b = 0; b < 256; ++b) f[size_t(b)] = n.dispatch[size_t(b)] != kNone;
         break;
       case Kind::Object:
-      case Kind::AnyObject: f['{'] = true; break;
+      case Kind::AnyObject:
+      case Kind::Switch: f['{'] = true; break;
       case Kind::Array: f['['] = true; break;
       case Kind::String: f['"'] = true; break;
       case Kind::Number:
@@ -244,11 +248,63 @@ struct GrammarBuilder {
     return compile_type(s, *t, join(path, "type"), path, depth);
   }
 
-  uint16_t add_choice(const std::vector<uint16_t>& alts, const std::string& path) {
+  uint16_t add_choice(const std::vector<uint16_t>& alts_in, const std::string& path) {
+    std::vector<uint16_t> alts, objects;
+    for (uint16_t a : alts_in) (g.nodes_[a].kind == Kind::Object ? objects : alts).push_back(a);
+    if (objects.size() > 1) {
+      alts.push_back(add_switch(objects, path));
+    } else {
+      alts.insert(alts.end(), objects.begin(), objects.end());
+    }
     Node n;
     n.kind = Kind::AnyOf;
     n.dispatch.assign(256, kNone);
     for (uint16_t a : alts) set_dispatch(n.dispatch, a, path);
+    return add(std::move(n));
+  }
+
+  // Objects of an anyOf, told apart by their first property: the same name in each, required, an enum or const
+  // whose values differ between them.
+  uint16_t add_switch(const std::vector<uint16_t>& objects, const std::string& path) {
+    const std::string why =
+        "has several object alternatives; they must begin with the same required property whose enum or const "
+        "values tell them apart (e.g. {\"type\": {\"const\": \"circle\"}, ...}): ";
+    const Property& first = g.nodes_[objects[0]].props[0];
+    std::vector<std::pair<std::string, uint16_t>> values;
+    for (size_t i = 0; i < objects.size(); ++i) {
+      const Node& o = g.nodes_[objects[i]];
+      const Property& p = o.props[0];
+      if (p.name != first.name) refuse(path, why + "'" + p.name + "' is not '" + first.name + "'");
+      if (!p.required) refuse(path, why + "'" + p.name + "' is not required in every alternative");
+      const Node& v = g.nodes_[p.node];
+      if (v.kind != Kind::Literals) refuse(path, why + "'" + p.name + "' is not an enum or const in every alternative");
+      for (const std::string& t : g.literal_sets_[v.literals].texts) values.emplace_back(t, uint16_t(i));
+    }
+    std::vector<std::pair<std::string, uint16_t>> sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 1; i < sorted.size(); ++i)
+      if (sorted[i].first == sorted[i - 1].first)
+        refuse(path, why + "the value " + sorted[i].first + " of '" + first.name + "' is in two alternatives");
+    Node lit;
+    lit.kind = Kind::Literals;
+    lit.literals = add_literals(std::move(values), path);
+    const uint16_t lit_node = add(std::move(lit));
+    Node n;
+    n.kind = Kind::Switch;
+    Property p;
+    p.name = first.name;
+    p.node = lit_node;
+    p.required = true;
+    n.props.push_back(p);
+    n.next_required = {0, 1};
+    std::string key;
+    try {
+      key = dump(json(first.name));
+    } catch (const json::exception&) {
+      refuse(path, "has a property name that is not valid UTF-8");
+    }
+    n.keysets = {add_literals({{key, 0}}, path), 0};
+    n.alternatives = objects;
     return add(std::move(n));
   }
 
@@ -403,6 +459,12 @@ json JsonGrammar::tool_call_schema(const std::string& name, const json& paramete
               {"additionalProperties", false}};
 }
 
+json JsonGrammar::any_tool_call_schema(const std::vector<std::pair<std::string, json>>& tools) {
+  json alts = json::array();
+  for (const auto& [name, parameters] : tools) alts.push_back(tool_call_schema(name, parameters));
+  return json{{"anyOf", alts}};
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Matching
 
@@ -423,7 +485,8 @@ struct Stepper {
       n = &g.node(node);
     }
     // Generic containers keep room for a key and a scalar inside them (schema containers are bounded at compile).
-    const bool container = n->kind == Kind::Object || n->kind == Kind::AnyObject || n->kind == Kind::Array;
+    const bool container = n->kind == Kind::Object || n->kind == Kind::AnyObject || n->kind == Kind::Array ||
+                           n->kind == Kind::Switch;
     if (s.depth >= JsonGrammar::kMaxDepth || (container && s.depth + 3 > JsonGrammar::kMaxDepth)) return false;
     GrammarFrame& f = s.frames[s.depth++];
     f = GrammarFrame{};
@@ -438,6 +501,15 @@ struct Stepper {
     if (s.depth == 0) return;
     GrammarFrame& p = top();
     const Node& n = g.node(p.node);
+    if (n.kind == Kind::Switch) {  // the discriminator's value picks the object; it goes on after that property
+      const GrammarFrame& value = s.frames[s.depth];
+      const uint16_t alt = g.literals(g.node(n.props[0].node).literals).tags[value.lo];
+      p.node = n.alternatives[alt];
+      p.phase = kObjAfterValue;
+      p.count = 1;
+      p.flags |= kFlagEmitted;
+      return;
+    }
     if (n.kind == Kind::Array) {
       p.phase = kArrAfterValue;
       p.count++;
@@ -480,6 +552,7 @@ struct Stepper {
       if (!ws) s.ws_run = s.ws_newlines = 0;
       switch (n.kind) {
         case Kind::Object:
+        case Kind::Switch:
         case Kind::AnyObject: {
           const bool generic = n.kind == Kind::AnyObject;
           switch (f.phase) {

@@ -9,7 +9,8 @@
 //           (optional ones may be left out);
 //   array: items, minItems, maxItems;   string: minLength, maxLength (in characters);
 //   enum, const (any JSON values);   anyOf (alternatives must begin differently: different types, or enums/consts
-//   whose texts start with different characters);   {} (any JSON value);
+//   whose texts start with different characters; several objects must share a required first property whose
+//   enum/const values tell them apart, as a tool call's "name" does);   {} (any JSON value);
 //   annotations that constrain nothing are accepted and ignored: title, description, $schema, default, examples,
 //   $comment, strict.
 // Anything else (pattern, format, minimum, $ref, oneOf, allOf, additionalProperties: true, ...) is refused with a
@@ -71,6 +72,11 @@ class JsonGrammar {
   // JSON holds (Hermes/Qwen <tool_call>, Llama 3, Mistral's list items). `parameters` is the function's JSON Schema
   // (null or absent: any object). Compile it with from_schema; wrap the matcher's output in the family's markers.
   static nlohmann::ordered_json tool_call_schema(const std::string& name, const nlohmann::ordered_json& parameters);
+  // tool_choice "required" over several tools: {"anyOf": [tool_call_schema(name_i, parameters_i), ...]}, which
+  // from_schema compiles into one object whose "name" picks the arguments' schema. For parallel calls wrap it in
+  // {"type": "array", "items": ..., "minItems": 1}.
+  static nlohmann::ordered_json any_tool_call_schema(
+      const std::vector<std::pair<std::string, nlohmann::ordered_json>>& tools);
 
   ~JsonGrammar();
   JsonGrammar(const JsonGrammar&) = delete;

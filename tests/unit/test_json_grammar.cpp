@@ -166,7 +166,10 @@ TEST(JsonGrammar, MaskMatchesBruteForceOnGpt2Vocabulary) {
   EXPECT_EQ(vocab->bytes(tok.token_to_id("\xC4\xA0{")), " {");  // GPT-2's alphabet mapped back to bytes
   const char* kFree = R"({"type": "object", "properties": {"s": {"type": "string"}, "any": {}},
                            "required": ["s", "any"]})";
-  for (const char* schema : {test::kNested, test::kEnums, test::kArrays, kFree, ""}) {
+  const std::string tools = JsonGrammar::any_tool_call_schema({{"get_weather", ojson::parse(test::kNested)},
+                                                                {"get_time", ojson::parse(test::kEnums)}})
+                                .dump();
+  for (const char* schema : {test::kNested, test::kEnums, test::kArrays, kFree, tools.c_str(), ""}) {
     auto g = *schema ? grammar(schema) : JsonGrammar::any_object();
     std::mt19937 rng(7);
     GrammarMasker gm(g, vocab);
@@ -266,6 +269,25 @@ TEST(JsonGrammar, ToolCallSchemaForcesNameAndArguments) {
   EXPECT_FALSE(matches(g, R"({"name": "get_weather", "arguments": {}})"));
   auto any_args = JsonGrammar::from_schema(JsonGrammar::tool_call_schema("f", nullptr));
   EXPECT_TRUE(matches(any_args, R"({"name":"f","arguments":{"x":[1]}})"));
+  // tool_choice "required" over several tools: the name picks the arguments' schema.
+  const ojson time_params = ojson::parse(R"({"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                                            "required": ["zone"], "additionalProperties": false})");
+  auto either = JsonGrammar::from_schema(
+      JsonGrammar::any_tool_call_schema({{"get_weather", params}, {"get_time", time_params}, {"get", nullptr}}));
+  EXPECT_TRUE(matches(either, R"({"name": "get_weather", "arguments": {"city": "Oslo"}})"));
+  EXPECT_TRUE(matches(either, R"({"name": "get_time", "arguments": {"zone": "CET"}})"));
+  EXPECT_TRUE(matches(either, R"({"name": "get", "arguments": {"anything": [true]}})"));
+  EXPECT_FALSE(matches(either, R"({"name": "get_time", "arguments": {"city": "Oslo"}})"));
+  EXPECT_FALSE(matches(either, R"({"name": "get_weather", "arguments": {"zone": "CET"}})"));
+  EXPECT_FALSE(matches(either, R"({"name": "get_date", "arguments": {}})"));
+  EXPECT_FALSE(matches(either, R"({"arguments": {}, "name": "get"})"));
+  // Objects that no first property tells apart are refused.
+  EXPECT_THROW(grammar(R"({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                                     {"type": "object", "properties": {"a": {"const": "x"}}, "required": ["a"]}]})"),
+               JsonSchemaError);
+  EXPECT_THROW(grammar(R"({"anyOf": [{"type": "object", "properties": {"k": {"const": "x"}}, "required": ["k"]},
+                                     {"type": "object", "properties": {"k": {"enum": ["y", "x"]}}, "required": ["k"]}]})"),
+               JsonSchemaError);
 }
 
 }  // namespace
