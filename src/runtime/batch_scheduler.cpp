@@ -148,7 +148,9 @@ void BatchScheduler::admit_locked() {
     if (slots_[i]) continue;
     auto [id, req] = std::move(queue_.front());
     queue_.pop_front();
-    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_, grammar_vocab_);
+    // grammar_vocab_ was set by submit() before it queued this request (under mu_ since): safe to read for it.
+    auto vocab = req.grammar ? grammar_vocab_ : nullptr;
+    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_, std::move(vocab));
     slots_[i]->submitted_at = now_s();
     stats_.prompt_tokens += slots_[i]->req.prompt.size();
   }

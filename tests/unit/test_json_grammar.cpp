@@ -199,6 +199,20 @@ TEST(JsonGrammar, MaskMatchesBruteForceOnGpt2Vocabulary) {
   }
 }
 
+TEST(JsonGrammar, TokenBytesOfSentencePieceAndByteLevelTokens) {
+  const Tokenizer spm = Tokenizer::load(test::testdata_path("tokenizers/llama-spm"));
+  EXPECT_EQ(spm.token_bytes(spm.token_to_id("<0x0A>")), "\n");  // byte fallback
+  EXPECT_EQ(spm.token_bytes(spm.token_to_id("<0xE2>")), "\xE2");  // part of a character, as it is
+  EXPECT_EQ(spm.token_bytes(spm.token_to_id("\xE2\x96\x81the")), " the");  // U+2581 is a space mid-sequence
+  const Tokenizer bl = Tokenizer::load(test::testdata_path("tokenizers/gpt2"));
+  EXPECT_EQ(bl.token_bytes(bl.token_to_id("\xC4\x8A")), "\n");  // GPT-2's alphabet
+  EXPECT_EQ(bl.token_bytes(bl.token_to_id("<|endoftext|>")), "<|endoftext|>");  // an added token is its text
+  EXPECT_EQ(bl.token_bytes(-1), "");
+  // A vocabulary leaves special tokens out: they never spell JSON.
+  auto vocab = TokenVocabulary::from_tokenizer(bl, bl.vocab_size(), {});
+  EXPECT_EQ(vocab->bytes(bl.token_to_id("<|endoftext|>")), "");
+}
+
 // Sampling with random logits under the mask always gives JSON that parses and validates (the model-level version
 // of this, through the scheduler and a random-weight model, is in tests/model/test_constrained.cpp).
 TEST(JsonGrammar, RandomLogitsGiveValidJson) {
