@@ -228,7 +228,8 @@ struct GrammarBuilder {
       if (!a->is_array() || a->empty()) refuse(join(path, "anyOf"), "expected a non-empty array of schemas, got " + dump(*a));
       std::vector<uint16_t> alts;
       for (size_t i = 0; i < a->size(); ++i)
-        alts.push_back(compile((*a)[i], join(path, "anyOf[" + std::to_string(i) + "]"), depth));
+        // depth + 1: an anyOf pushes no frame, but nested anyOfs must not recurse without bound.
+        alts.push_back(compile((*a)[i], join(path, "anyOf[" + std::to_string(i) + "]"), depth + 1));
       return add_choice(alts, join(path, "anyOf"));
     }
     auto t = s.find("type");
@@ -383,7 +384,13 @@ struct GrammarBuilder {
     if (props == s.end() || (props->is_object() && props->empty())) {
       if (s.contains("required") && !s["required"].empty())
         refuse(join(path, "required"), "names properties, but 'properties' declares none");
-      return any_object;
+      auto ap = s.find("additionalProperties");
+      if (ap == s.end() || ap->get<bool>()) return any_object;
+      Node empty;  // no properties and no others: only {}
+      empty.kind = Kind::Object;
+      empty.next_required = {0};
+      empty.keysets = {0};
+      return add(std::move(empty));
     }
     if (!props->is_object()) refuse(join(path, "properties"), "expected an object of schemas, got " + dump(*props));
     if (props->size() > 1000) refuse(join(path, "properties"), "has more than 1000 properties");

@@ -5,8 +5,8 @@
 // Schemas supported (what OpenAI's strict structured outputs allow, minus recursion):
 //   type: object | array | string | number | integer | boolean | null, or a list of them (e.g. ["string", "null"]);
 //   object: properties, required, additionalProperties: false (an object with properties never gets other keys;
-//           one without properties is any object); properties come out in the order the schema declares them
-//           (optional ones may be left out);
+//           one without properties is any object, or only {} with additionalProperties: false); properties come
+//           out in the order the schema declares them (optional ones may be left out);
 //   array: items, minItems, maxItems;   string: minLength, maxLength (in characters);
 //   enum, const (any JSON values);   anyOf (alternatives must begin differently: different types, or enums/consts
 //   whose texts start with different characters; several objects must share a required first property whose

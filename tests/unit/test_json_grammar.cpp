@@ -79,6 +79,12 @@ TEST(JsonGrammar, MatcherAcceptsAndRefuses) {
   JsonMatcher dm(any);
   EXPECT_FALSE(dm.advance(deep));
 
+  auto empty = grammar(R"({"type": "object", "additionalProperties": false})");
+  EXPECT_TRUE(matches(empty, "{}"));
+  EXPECT_TRUE(matches(empty, "{ }"));
+  EXPECT_FALSE(matches(empty, R"({"a": 1})"));
+  EXPECT_TRUE(matches(grammar(R"({"type": "object"})"), R"({"a": 1})"));
+
   // A top-level number is whole after any digit, and may still grow.
   auto num = grammar(R"({"type": "number"})");
   JsonMatcher nm(num);
@@ -119,6 +125,9 @@ TEST(JsonGrammar, SchemaErrorsNameTheField) {
   std::string deep = "{}";
   for (int i = 0; i < JsonGrammar::kMaxDepth; ++i) deep = R"({"type": "array", "items": )" + deep + "}";
   EXPECT_NE(error_of(deep.c_str()).second.find("nests deeper"), std::string::npos);
+  std::string deep_any = "{}";  // anyOfs nest no frames, but must not recurse without bound either
+  for (int i = 0; i < 5000; ++i) deep_any = R"({"anyOf": [)" + deep_any + "]}";
+  EXPECT_NE(error_of(deep_any.c_str()).second.find("nests deeper"), std::string::npos);
   // Annotations are accepted and ignored.
   EXPECT_EQ(error_of(R"({"type": "string", "description": "d", "title": "t", "default": "x"})").first, "<none>");
 }
