@@ -34,14 +34,17 @@ struct BatchScheduler::Sequence {
   // tokens' logprobs not yet delivered. Sized at admission so that a decode step allocates nothing for them.
   std::vector<float> raw_logits;
   std::vector<TokenLogprobs> pending_logprobs;
+  std::unique_ptr<GrammarMasker> masker;  // with a grammar: matcher, mask buffer and mask cache, sized here
 
-  Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok)
+  Sequence(uint64_t id_, int32_t slot_, GenerationRequest r, int64_t vocab, const Tokenizer& tok,
+           std::shared_ptr<const TokenVocabulary> grammar_vocab)
       : id(id_), slot(slot_), req(std::move(r)), sampler(vocab, req.params), stream(tok, req.skip_special_tokens),
         context(req.prompt) {
     if (req.top_logprobs >= 0) {
       raw_logits.resize(size_t(vocab));
       pending_logprobs.reserve(64);
     }
+    if (req.grammar) masker = std::make_unique<GrammarMasker>(req.grammar, std::move(grammar_vocab));
   }
 
   // A Text event with `piece` and the logprobs gathered so far.
@@ -68,8 +71,16 @@ BatchScheduler::~BatchScheduler() = default;
 int64_t BatchScheduler::max_context() const { return driver_.engine().transformer().limits().max_ctx; }
 int64_t BatchScheduler::slots() const { return int64_t(slots_.size()); }
 
+std::shared_ptr<const TokenVocabulary> BatchScheduler::grammar_vocabulary() {
+  std::lock_guard<std::mutex> lk(vocab_mu_);
+  if (!grammar_vocab_)
+    grammar_vocab_ = TokenVocabulary::from_tokenizer(tok_, driver_.engine().config().vocab_size, eos_);
+  return grammar_vocab_;
+}
+
 uint64_t BatchScheduler::submit(GenerationRequest req) {
   const int64_t V = driver_.engine().config().vocab_size;
+  if (req.grammar) grammar_vocabulary();
   if (req.prompt.empty()) fail("the prompt is empty");
   for (int32_t t : req.prompt)
     if (t < 0 || t >= V) fail("prompt token id ", t, " is outside the vocabulary [0, ", V, ")");
@@ -141,7 +152,8 @@ void BatchScheduler::admit_locked() {
       }
     for (auto it = queue_.begin(); it != queue_.end(); ++it)
       if (it->first == id) {
-        Sequence tmp(id, -1, std::move(it->second), V, tok_);
+        it->second.grammar.reset();  // ended before it began: no matcher needed
+        Sequence tmp(id, -1, std::move(it->second), V, tok_, nullptr);
         finish(tmp, "cancelled");
         queue_.erase(it);
         stats_.requests_cancelled++;
@@ -153,7 +165,9 @@ void BatchScheduler::admit_locked() {
     if (slots_[i]) continue;
     auto [id, req] = std::move(queue_.front());
     queue_.pop_front();
-    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_);
+    // grammar_vocab_ was set by submit() before it queued this request (under mu_ since): safe to read for it.
+    auto vocab = req.grammar ? grammar_vocab_ : nullptr;
+    slots_[i] = std::make_unique<Sequence>(id, int32_t(i), std::move(req), V, tok_, std::move(vocab));
     slots_[i]->submitted_at = now_s();
     stats_.prompt_tokens += slots_[i]->req.prompt.size();
   }
@@ -180,7 +194,8 @@ void BatchScheduler::run() {
             s.reset();
           }
         while (!queue_.empty()) {
-          Sequence tmp(queue_.front().first, -1, std::move(queue_.front().second), V, tok_);
+          queue_.front().second.grammar.reset();
+          Sequence tmp(queue_.front().first, -1, std::move(queue_.front().second), V, tok_, nullptr);
           finish(tmp, "cancelled");
           queue_.pop_front();
         }
@@ -234,6 +249,7 @@ void BatchScheduler::run() {
       }
     }
     uint64_t new_tokens = 0;
+    double grammar_s = 0;
     for (size_t i = 0; i < row_slot_.size(); ++i) {
       Sequence& s = *slots_[size_t(row_slot_[i])];
       if (s.req.params.max_tokens == 0) {
@@ -241,10 +257,21 @@ void BatchScheduler::run() {
         continue;
       }
       float* row = &logits_[i * size_t(V)];
-      if (!s.raw_logits.empty()) std::copy(row, row + V, s.raw_logits.begin());
-      const int32_t tok = s.sampler.sample(row, s.context);
+      if (!s.raw_logits.empty()) std::copy(row, row + V, s.raw_logits.begin());  // the model's, before any mask
+      std::span<const uint64_t> allowed;
+      if (s.masker) {
+        const double g0 = now_s();
+        allowed = s.masker->mask();
+        grammar_s += now_s() - g0;
+        if (s.masker->mask_empty()) {  // the value is whole and the model has no end token to say so
+          finish(s, "stop");
+          continue;
+        }
+      }
+      const int32_t tok = s.sampler.sample(row, s.context, allowed);
       if (s.first_token_at == 0) s.first_token_at = now_s();
-      const bool eos = !s.req.params.ignore_eos && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
+      // With a grammar the end token always ends the response: the grammar allows it only once the value is whole.
+      const bool eos = (s.masker || !s.req.params.ignore_eos) && std::find(eos_.begin(), eos_.end(), tok) != eos_.end();
       if (eos) {
         finish(s, "stop");
         continue;
@@ -252,6 +279,12 @@ void BatchScheduler::run() {
       if (!s.raw_logits.empty()) {
         s.pending_logprobs.emplace_back();
         token_logprobs(s.raw_logits, tok, s.req.top_logprobs, s.pending_logprobs.back());
+      }
+      if (s.masker) {
+        const double g0 = now_s();
+        const bool ok = s.masker->accept(tok);
+        grammar_s += now_s() - g0;
+        MOEP_ASSERT(ok, "the sampler chose token ", tok, ", which the grammar's mask refused");
       }
       s.generated++;
       new_tokens++;
@@ -277,6 +310,10 @@ void BatchScheduler::run() {
         s.held.erase(0, safe);
         s.emit(std::move(piece));
       }
+      if (s.masker && s.masker->complete()) {  // nothing may follow: end now rather than sample the end token
+        finish(s, "stop");
+        continue;
+      }
       if (s.generated >= s.req.params.max_tokens || s.pos >= tr.limits().max_ctx) {
         finish(s, "length");
         continue;
@@ -289,6 +326,7 @@ void BatchScheduler::run() {
       stats_.step_seconds += t1 - t0;
       stats_.compute_seconds += compute;
       stats_.comm_seconds += comm;
+      stats_.grammar_seconds += grammar_s;
       stats_.completion_tokens += new_tokens;
       recent_.emplace_back(t1, new_tokens);
       while (!recent_.empty() && t1 - recent_.front().first > 5.0) recent_.pop_front();

@@ -20,6 +20,7 @@
 
 #include "runtime/sampler.h"
 #include "runtime/step_driver.h"
+#include "text/json_grammar.h"
 #include "text/tokenizer.h"
 
 namespace moep {
@@ -48,6 +49,9 @@ struct GenerationRequest {
   // [TOOL_CALLS] are special tokens, and the server's parser must see them).
   bool skip_special_tokens = true;
   std::function<void(const RequestEvent&)> on_event;
+  // Constrained decoding (response_format json_object / json_schema, forced tool calls): when set, every sampled
+  // token keeps the output inside the grammar, and the request ends ("stop") as soon as the value is complete.
+  std::shared_ptr<const JsonGrammar> grammar;
 };
 
 struct SchedulerStats {
@@ -62,6 +66,7 @@ struct SchedulerStats {
   double step_seconds = 0;       // wall time inside forward steps
   double compute_seconds = 0;    // of which attention, router, experts, dense, head (rank 0)
   double comm_seconds = 0;       // of which all-reduce (incl. waiting)
+  double grammar_seconds = 0;    // computing constrained-decoding token masks (outside the forward steps)
   double recent_tokens_per_s = 0;  // completion tokens per second over the last few seconds
 };
 
@@ -74,6 +79,7 @@ class BatchScheduler {
 
   // Queues a request; returns its id. Throws moep::Error (nothing queued) when the prompt is empty, has ids
   // outside the vocabulary, or prompt + max_tokens exceeds the context; or when the scheduler has stopped.
+  // The first request with a grammar builds the vocabulary's byte trie (once; on the caller's thread).
   uint64_t submit(GenerationRequest req);
   // Ends a request early (client gone): its slot is freed before the next step; it gets Done "cancelled".
   void cancel(uint64_t id);
@@ -91,6 +97,8 @@ class BatchScheduler {
   struct Sequence;
   void admit_locked();
   void finish(Sequence& s, const std::string& reason, const std::string& error = "");
+  // The vocabulary as bytes for token masks, built on the first request with a grammar.
+  std::shared_ptr<const TokenVocabulary> grammar_vocabulary();
 
   StepDriver& driver_;
   const Tokenizer& tok_;
@@ -107,6 +115,8 @@ class BatchScheduler {
   std::vector<int32_t> row_slot_;  // slot of each row that wants logits, in order
   std::vector<float> logits_;
   std::deque<std::pair<double, uint64_t>> recent_;  // (time, tokens) for recent_tokens_per_s
+  std::mutex vocab_mu_;
+  std::shared_ptr<const TokenVocabulary> grammar_vocab_;
 };
 
 }  // namespace moep

@@ -1,5 +1,7 @@
 #include "runtime/bench.h"
 
+#include "runtime/sampler.h"
+
 #include <algorithm>
 #include <chrono>
 #include <random>
@@ -225,6 +227,62 @@ BenchResult run_bench(Engine& engine, const BenchOptions& o) {
   res.ranks.resize(size_t(comm.size()));
   comm.allgather(&mine, sizeof(mine), res.ranks.data());
   return res;
+}
+
+GrammarBenchResult run_grammar_bench(std::shared_ptr<const JsonGrammar> grammar,
+                                     std::shared_ptr<const TokenVocabulary> vocab, int steps, uint64_t seed) {
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  const int64_t V = vocab->rows();
+  SamplingParams sp;  // the server's defaults (top-k 40, top-p, min-p) at temperature 1
+  sp.seed = seed;
+  sp.temperature = 1.f;
+  Sampler masked(V, sp), plain(V, sp);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  std::vector<float> logits(static_cast<size_t>(V)), copy(static_cast<size_t>(V));
+  GrammarBenchResult r;
+  auto masker = std::make_unique<GrammarMasker>(grammar, vocab);
+  double masked_total = 0, plain_total = 0;
+  for (int i = 0; i < steps; ++i) {
+    if (masker->complete()) {
+      r.cache_hits += masker->cache_hits();
+      r.cache_misses += masker->cache_misses();
+      masker = std::make_unique<GrammarMasker>(grammar, vocab);
+      r.values_completed++;
+    }
+    for (float& x : logits) x = u(rng);
+    copy = logits;
+    const auto t0 = clock::now();
+    const auto allowed = masker->mask();
+    const auto t1 = clock::now();
+    const int32_t tok = masked.sample(logits.data(), {}, allowed);
+    const auto t2 = clock::now();
+    (void)plain.sample(copy.data(), {});
+    const auto t3 = clock::now();
+    double accept_ms = 0;
+    if (std::find(vocab->eos().begin(), vocab->eos().end(), tok) != vocab->eos().end()) {
+      masker = std::make_unique<GrammarMasker>(grammar, vocab);  // the value ended: start over
+      r.values_completed++;
+    } else {
+      const auto a0 = clock::now();
+      MOEP_ASSERT(masker->accept(tok), "the masked sampler chose a refused token");
+      accept_ms = ms(a0, clock::now());
+    }
+    r.mask_ms.push_back(ms(t0, t1) + accept_ms);
+    masked_total += ms(t1, t2);
+    plain_total += ms(t2, t3);
+  }
+  r.cache_hits += masker->cache_hits();
+  r.cache_misses += masker->cache_misses();
+  r.steps = steps;
+  double sum = 0;
+  for (double x : r.mask_ms) sum += x;
+  r.mask_ms_mean = steps ? sum / steps : 0;
+  r.sample_masked_ms = steps ? masked_total / steps : 0;
+  r.sample_plain_ms = steps ? plain_total / steps : 0;
+  std::sort(r.mask_ms.begin(), r.mask_ms.end());
+  return r;
 }
 
 }  // namespace moep

@@ -9,6 +9,7 @@
 #include "core/thread_pool.h"
 #include "runtime/engine.h"
 #include "runtime/run_report.h"
+#include "text/json_grammar.h"
 
 namespace moep {
 
@@ -46,5 +47,20 @@ struct BenchResult {
 };
 
 BenchResult run_bench(Engine& engine, const BenchOptions& o);
+
+// The cost of constrained decoding per decode step, alone (it runs on rank 0 between forward steps): `steps`
+// steps of a random walk under the grammar (random logits, seeded; the server's default sampling at temperature 1,
+// as from a random model), each timing the mask (a cache hit or a trie walk), the masked sampling against the
+// same sampling unmasked, and feeding the token to the matcher. A value that completes starts over.
+struct GrammarBenchResult {
+  int steps = 0;
+  std::vector<double> mask_ms;  // mask + accept, per step, sorted
+  double mask_ms_mean = 0;
+  double sample_masked_ms = 0, sample_plain_ms = 0;  // mean per step
+  uint64_t cache_hits = 0, cache_misses = 0;
+  int values_completed = 0;
+};
+GrammarBenchResult run_grammar_bench(std::shared_ptr<const JsonGrammar> grammar,
+                                     std::shared_ptr<const TokenVocabulary> vocab, int steps, uint64_t seed);
 
 }  // namespace moep

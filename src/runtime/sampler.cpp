@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
@@ -64,9 +65,23 @@ Sampler::Sampler(int64_t vocab, const SamplingParams& params)
     if (token >= vocab_) fail("logit_bias: token id ", token, " is outside the vocabulary [0, ", vocab_, ")");
 }
 
-int32_t Sampler::sample(float* logits, std::span<const int32_t> context) {
+int32_t Sampler::sample(float* logits, std::span<const int32_t> context, std::span<const uint64_t> allowed) {
   const int64_t V = vocab_;
   for (const auto& [token, bias] : p_.logit_bias) logits[token] += bias;
+  // Candidates: every token, or only the allowed ones (then the others are -inf, for whoever reads the logits).
+  int64_t n_candidates = V;
+  if (!allowed.empty()) {
+    MOEP_ASSERT(int64_t(allowed.size()) * 64 >= V, "the allowed-token mask is shorter than the vocabulary");
+    n_candidates = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      if ((allowed[size_t(i) / 64] >> (i % 64)) & 1) {
+        idx_[size_t(n_candidates++)] = int32_t(i);
+      } else {
+        logits[i] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    MOEP_ASSERT(n_candidates > 0, "constrained decoding allowed no token");
+  }
   if (p_.repetition_penalty != 1.f) {
     std::fill(seen_.begin(), seen_.end(), 0);
     for (int32_t t : context)
@@ -76,22 +91,23 @@ int32_t Sampler::sample(float* logits, std::span<const int32_t> context) {
         l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
       }
   }
+  if (allowed.empty()) std::iota(idx_.begin(), idx_.end(), 0);
+  const auto cand_end = idx_.begin() + n_candidates;
   if (p_.temperature == 0.f) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (logits[i] > logits[best]) best = i;
-    return int32_t(best);
+    int32_t best = idx_[0];
+    for (auto it = idx_.begin() + 1; it != cand_end; ++it)
+      if (logits[*it] > logits[best]) best = *it;
+    return best;
   }
-  for (int64_t i = 0; i < V; ++i) logits[i] /= p_.temperature;
+  for (auto it = idx_.begin(); it != cand_end; ++it) logits[*it] /= p_.temperature;
   // Candidates sorted by logit, descending (only the top-k part when top-k is on).
-  int64_t n = V;
-  std::iota(idx_.begin(), idx_.end(), 0);
+  int64_t n = n_candidates;
   auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  if (p_.top_k > 0 && p_.top_k < V) {
+  if (p_.top_k > 0 && p_.top_k < n) {
     n = p_.top_k;
-    std::partial_sort(idx_.begin(), idx_.begin() + n, idx_.end(), by_logit);
+    std::partial_sort(idx_.begin(), idx_.begin() + n, cand_end, by_logit);
   } else {
-    std::sort(idx_.begin(), idx_.end(), by_logit);
+    std::sort(idx_.begin(), cand_end, by_logit);
   }
   const float mx = logits[idx_[0]];
   double sum = 0;

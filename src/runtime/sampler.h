@@ -1,6 +1,7 @@
 // Choosing the next token from logits, with the controls people know from llama.cpp and transformers.
-// Order of operations (as transformers' logits processors apply them): logit bias → repetition penalty →
-// temperature → top-k → top-p → min-p → sample. Temperature 0 means greedy (argmax; the lowest id wins a tie).
+// Order of operations (as transformers' logits processors apply them): logit bias → grammar mask → repetition
+// penalty → temperature → top-k → top-p → min-p → sample. Temperature 0 means greedy (argmax; the lowest id wins a
+// tie).
 // A Sampler owns its random generator: the same seed gives the same tokens. Buffers are sized at
 // construction (vocab); sample() allocates nothing.
 #pragma once
@@ -60,7 +61,10 @@ class Sampler {
  public:
   Sampler(int64_t vocab, const SamplingParams& params);
   // logits: [vocab] (modified). context: tokens so far (for the repetition penalty).
-  int32_t sample(float* logits, std::span<const int32_t> context);
+  // allowed: empty, or a bitmask of ceil(vocab / 64) words (bit i%64 of word i/64 = token i) from constrained
+  // decoding: tokens outside it get -inf before anything else and are never returned (greedy takes the best
+  // allowed token). At least one token must be allowed.
+  int32_t sample(float* logits, std::span<const int32_t> context, std::span<const uint64_t> allowed = {});
   const SamplingParams& params() const { return p_; }
   uint64_t seed() const { return seed_; }
 

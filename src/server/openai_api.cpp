@@ -353,12 +353,6 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
   for (const char* key : {"functions", "function_call"})
     if (const ojson* t = member(body, key))
       if (!t->is_array() || !t->empty()) unsupported(key, "is not supported (the legacy form: use tools and tool_choice)");
-  if (const ojson* rf = member(body, "response_format")) {
-    if (!rf->is_object()) wrong_type("response_format", "an object", *rf);
-    const ojson* t = member(*rf, "type");
-    if (t && !(t->is_string() && t->get<std::string>() == "text"))
-      unsupported("response_format", "only {\"type\": \"text\"} is supported");
-  }
   if (endpoint == Endpoint::Completion) {
     if (const ojson* e = member(body, "echo"))
       if (get_bool(*e, "echo")) unsupported("echo", "is not supported");
@@ -366,6 +360,40 @@ void refuse_unsupported(const ojson& body, Endpoint endpoint) {
       if (!s->is_string()) wrong_type("suffix", "a string", *s);
       if (!s->get<std::string>().empty()) unsupported("suffix", "is not supported");
     }
+  }
+}
+
+// response_format: null for free text, else the grammar of the JSON asked for.
+std::shared_ptr<const JsonGrammar> parse_response_format(const ojson& body) {
+  const ojson* rf = member(body, "response_format");
+  if (!rf) return nullptr;
+  if (!rf->is_object()) wrong_type("response_format", "an object", *rf);
+  const ojson* t = member(*rf, "type");
+  if (!t) throw ApiError(400, "'response_format.type' is required", "invalid_request_error", "response_format.type",
+                         "missing_required_parameter");
+  if (!t->is_string()) wrong_type("response_format.type", "a string", *t);
+  const std::string type = t->get<std::string>();
+  if (type == "text") return nullptr;
+  if (type == "json_object") return JsonGrammar::any_object();
+  if (type != "json_schema")
+    bad_value("response_format.type", "must be one of text, json_object, json_schema; got '" + type + "'");
+  const ojson* js = member(*rf, "json_schema");
+  if (!js) throw ApiError(400, "'response_format.json_schema' is required with type json_schema",
+                          "invalid_request_error", "response_format.json_schema", "missing_required_parameter");
+  if (!js->is_object()) wrong_type("response_format.json_schema", "an object", *js);
+  const ojson* name = member(*js, "name");
+  if (!name) throw ApiError(400, "'response_format.json_schema.name' is required", "invalid_request_error",
+                            "response_format.json_schema.name", "missing_required_parameter");
+  if (!name->is_string()) wrong_type("response_format.json_schema.name", "a string", *name);
+  if (const ojson* strict = member(*js, "strict")) get_bool(*strict, "response_format.json_schema.strict");
+  const ojson* schema = member(*js, "schema");
+  if (!schema) return JsonGrammar::from_schema(ojson::object());  // no schema: any JSON value
+  if (!schema->is_object()) wrong_type("response_format.json_schema.schema", "an object (a JSON Schema)", *schema);
+  try {
+    return JsonGrammar::from_schema(*schema);
+  } catch (const JsonSchemaError& e) {
+    const std::string param = "response_format.json_schema.schema" + (e.path().empty() ? "" : "." + e.path());
+    throw ApiError(400, "'" + param + "': " + e.reason(), "invalid_request_error", param, "invalid_schema");
   }
 }
 
@@ -441,6 +469,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     r.prompt = parse_prompt(body);
   }
   refuse_unsupported(body, endpoint);
+  r.grammar = parse_response_format(body);
 
   SamplingParams& p = r.params;
   p = limits.defaults;

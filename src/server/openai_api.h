@@ -17,6 +17,7 @@
 
 #include "runtime/sampler.h"
 #include "server/tool_calls.h"
+#include "text/json_grammar.h"
 
 namespace moep::server {
 
@@ -81,6 +82,8 @@ struct ApiRequest {
   bool parallel_tool_calls = true;    // false: at most one call is returned
   // chat_template_kwargs (as vLLM takes it): more variables for the template, e.g. {"enable_thinking": false}.
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
+  // response_format json_object / json_schema: the grammar the output is held to (null: free text).
+  std::shared_ptr<const JsonGrammar> grammar;
 };
 
 // What a request demands of the model's tool calls. The seam for constrained decoding: a grammar that forces a
@@ -99,8 +102,11 @@ ToolCallConstraint tool_call_constraint(const ApiRequest& req);
 nlohmann::ordered_json template_extra(const ApiRequest& req);
 
 // Parses and checks a request body. Throws ApiError: 400 for malformed JSON, a field of the wrong type or out of
-// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, non-text
-// response_format, presence/frequency penalties, ...); 404 (code model_not_found) for another model.
+// range (param names the field, e.g. "messages[1].content"), or an unsupported option (n > 1, presence/frequency
+// penalties, ...); 404 (code model_not_found) for another model. response_format {"type": "json_object"} or
+// {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} compiles the grammar (text/json_grammar.h);
+// a malformed or unsupported schema is a 400 whose param is the schema's field
+// ("response_format.json_schema.schema.properties.age.minimum").
 // Unknown fields are ignored.
 ApiRequest parse_request(Endpoint endpoint, std::string_view body, const RequestLimits& limits);
 

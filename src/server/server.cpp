@@ -266,7 +266,9 @@ struct HttpServer::Impl {
     g.top_logprobs = r.logprobs;
     g.skip_special_tokens = format.tools == ToolCallFormat::None;
     // Constrained decoding plugs in here: tool_call_constraint(r) says which call a "required" or named
-    // tool_choice demands (and response_format its schema); a grammar built from it would go with `g`.
+    // tool_choice demands ; a grammar built from it (JsonGrammar::tool_call_schema) would go with `g`,
+    // after the family's call marker.
+    g.grammar = r.grammar;
     g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
     auto in_flight_token = std::make_shared<InFlight>(in_flight);
     try {

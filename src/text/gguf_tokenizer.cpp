@@ -305,6 +305,7 @@ std::shared_ptr<TokenizerImpl> build_from_gguf(const GgufFile& f) {
     impl->pre_tokenizer = make_pre_tokenizer({{"type", "Sequence"}, {"pretokenizers", steps}},
                                              source + ": pre-tokenizer \"" + pre + "\"");
     impl->decoder = make_decoder({{"type", "ByteLevel"}}, source + ": decoder");
+    impl->byte_level_decoder = true;
   }
   impl->post_processor =
       std::make_unique<BosEosPostProcessor>(special.add_bos ? special.bos : -1, special.add_eos ? special.eos : -1);

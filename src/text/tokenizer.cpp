@@ -187,6 +187,7 @@ std::shared_ptr<TokenizerImpl> build(const json& j, const std::string& source) {
   impl->post_processor = make_post_processor(part("post_processor"), source + ": post_processor");
   impl->decoder = make_decoder(part("decoder"), source + ": decoder");
   impl->byte_fallback_decoder = has_byte_fallback(part("decoder"));
+  impl->byte_level_decoder = has_decoder_step(part("decoder"), "ByteLevel");
 
   // Added tokens get their ids as tokenizers' AddedVocabulary::add_tokens gives them: the id of the same
   // content already added or in the model's vocabulary, else the next free id after the model's vocabulary.
@@ -303,6 +304,36 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (i) out += ' ';
       out += tokens[i];
+    }
+  }
+  return out;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+  const std::string* t = impl_->token_string(id);
+  if (!t) return {};
+  if (impl_->added_tokens.count(id)) return *t;  // added tokens are their text
+  if (impl_->byte_fallback_decoder) {
+    const int byte = tok::byte_fallback_value(*t);
+    if (byte >= 0) return std::string(1, char(byte));
+  }
+  std::string out;
+  if (impl_->byte_level_decoder) {
+    for (size_t i = 0; i < t->size();) {
+      const int b = tok::char_to_byte(tok::next_char(*t, i));
+      if (b < 0) return *t;  // outside the byte alphabet: taken as it is (as the ByteLevel decoder does)
+      out += char(b);
+    }
+    return out;
+  }
+  // SentencePiece-style: U+2581 stands for a space (the Metaspace / Replace decoders).
+  static constexpr std::string_view kMetaspace = "\xE2\x96\x81";
+  for (size_t i = 0; i < t->size();) {
+    if (std::string_view(*t).substr(i, kMetaspace.size()) == kMetaspace) {
+      out += ' ';
+      i += kMetaspace.size();
+    } else {
+      out += (*t)[i++];
     }
   }
   return out;

@@ -57,6 +57,11 @@ class Tokenizer {
   // skip_special_tokens drops special tokens. Invalid UTF-8 produced by byte tokens becomes U+FFFD.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const;
 
+  // The bytes token `id` adds to the decoded text in the middle of a sequence, before any UTF-8 check (a byte-level
+  // token may hold part of a character): GPT-2-alphabet characters mapped back to bytes, a byte-fallback token
+  // "<0x0A>" as its byte, SentencePiece's U+2581 as a space; an added token's content as it is; "" for an unknown
+  // id. What constrained decoding (text/json_grammar.h) matches against.
+  std::string token_bytes(int32_t id) const;
   // Id of a token string (added tokens first, then the model's vocabulary); -1 if none.
   int32_t token_to_id(std::string_view token) const;
   // Token string of an id (as decode sees it); "" if the id is unknown.

@@ -775,15 +775,17 @@ int byte_fallback_value(std::string_view t) {
   return hi < 0 ? -1 : hi * 16 + lo;
 }
 
-bool has_byte_fallback(const json& d) {
+bool has_decoder_step(const json& d, std::string_view type) {
   if (!d.is_object()) return false;
   auto t = d.find("type");
-  if (t != d.end() && t->is_string() && t->get<std::string>() == "ByteFallback") return true;
+  if (t != d.end() && t->is_string() && t->get<std::string>() == type) return true;
   if (auto list = d.find("decoders"); list != d.end() && list->is_array())
     for (const json& x : *list)
-      if (has_byte_fallback(x)) return true;
+      if (has_decoder_step(x, type)) return true;
   return false;
 }
+
+bool has_byte_fallback(const json& d) { return has_decoder_step(d, "ByteFallback"); }
 
 std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& where, int depth) {
   if (j.is_null()) return nullptr;

@@ -133,6 +133,8 @@ std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string
 int byte_fallback_value(std::string_view token);
 // True if the decoder object (or a Sequence inside it) has a ByteFallback step.
 bool has_byte_fallback(const nlohmann::json& decoder);
+// True if the decoder object (or a Sequence inside it) has a step of this type (e.g. "ByteLevel").
+bool has_decoder_step(const nlohmann::json& decoder, std::string_view type);
 
 // ---------------------------------------------------------------------------------------------------------
 // Models: the BPE of tokenizer.json (tokenizer_bpe.cpp) and llama.cpp's score-ordered SentencePiece merging
@@ -245,6 +247,7 @@ struct TokenizerImpl {
   TokenTrie normalized_trie;  // tokens with normalized=true, matched on the normalized text
   int32_t vocab_size = 0;
   bool byte_fallback_decoder = false;  // the decoder has a ByteFallback step
+  bool byte_level_decoder = false;     // the decoder has a ByteLevel step (tokens spell bytes in GPT-2's alphabet)
   // Special token ids named by a GGUF file (tokenizer.ggml.*_token_id); -1 for none and for a tokenizer.json.
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <tuple>
 
+#include <nlohmann/json.hpp>
+
 #include "comm/communicator.h"
 #include "gpu/gpu_forward.h"
 #include "model/gguf_export.h"
@@ -16,6 +18,8 @@
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 #include "test_util.h"
+#include "text/json_grammar.h"
+#include "text/tokenizer.h"
 
 // Every heap allocation of the test binary (operator new, malloc, aligned_alloc, ...) goes through these
 // interposed C allocation functions and is counted; they forward to glibc's implementations.
@@ -148,6 +152,37 @@ TEST(SteadyStateQuantized, DecodeStepsAllocateNothingAndTakeNoPageFault) {
       expect_steady(o);
     }
   }
+}
+
+// Constrained decoding in the loop (mask, masked sampling, feeding the token to the matcher) allocates nothing once
+// the masker exists: its matcher, mask cache and trie scratch are sized at construction.
+TEST(SteadyStateGrammar, MaskSampleAcceptAllocateNothing) {
+  const Tokenizer tok = Tokenizer::load(test::testdata_path("tokenizers/gpt2"));
+  const int32_t eos = tok.token_to_id("<|endoftext|>");
+  const int64_t V = tok.vocab_size();
+  auto vocab = TokenVocabulary::from_tokenizer(tok, V, {eos});
+  auto grammar = JsonGrammar::from_schema(nlohmann::ordered_json::parse(R"({"type": "object", "properties": {
+      "tags": {"type": "array", "items": {"type": "string"}}, "n": {"type": "integer"}},
+      "required": ["tags", "n"], "additionalProperties": false})"));
+  SamplingParams sp;
+  sp.seed = 3;
+  Sampler sampler(V, sp);
+  const std::vector<float> base = test::random_floats(size_t(V), 11, -2.f, 2.f);
+  std::vector<float> logits(static_cast<size_t>(V));
+  uint64_t allocations = 0;
+  for (int round = 0; round < 4; ++round) {
+    GrammarMasker gm(grammar, vocab);
+    const uint64_t a0 = g_allocations.load();
+    for (int i = 0; i < 60 && !gm.complete(); ++i) {
+      std::copy(base.begin(), base.end(), logits.begin());
+      logits[size_t((i * 7919) % V)] += 3.f;  // vary the choice from step to step
+      const int32_t t = sampler.sample(logits.data(), {}, gm.mask());
+      if (t == eos) break;
+      ASSERT_TRUE(gm.accept(t));
+    }
+    allocations += g_allocations.load() - a0;
+  }
+  EXPECT_EQ(allocations, 0u) << "heap allocations while decoding under a grammar";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SteadyState,

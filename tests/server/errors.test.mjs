@@ -136,7 +136,9 @@ test('out-of-range and unsupported values are 400', async () => {
     [chat({ tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } }),
       'tool_choice'],
     [chat({ presence_penalty: 0.5 }), 'presence_penalty'],
-    [chat({ response_format: { type: 'json_object' } }), 'response_format'],
+    [chat({ response_format: { type: 'xml' } }), 'response_format.type'],
+    [chat({ response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object',
+      properties: { a: { type: 'string', pattern: '^a' } } } } } }), 'response_format.json_schema.schema.properties.a.pattern'],
   ];
   for (const [body, param] of cases) isError(await post('/v1/chat/completions', body), 400, { param });
   await assert.rejects(client.chat.completions.create(chat({ n: 3 })), (e) => e instanceof OpenAI.BadRequestError);

@@ -185,8 +185,6 @@ TEST(ServerApi, RefusalsNameTheField) {
        "invalid_type"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})", 400, "functions",
        "unsupported_parameter"},
-      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", 400,
-       "response_format", "unsupported_parameter"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 5}})", 400, "logit_bias",
        "invalid_value"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"-1": 5}})", 400, "logit_bias",
@@ -197,6 +195,22 @@ TEST(ServerApi, RefusalsNameTheField) {
        "invalid_type"},
       {C, R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": [1]})", 400, "logit_bias",
        "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}})", 400,
+       "response_format.type", "invalid_value"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})", 400,
+       "response_format.json_schema", "missing_required_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+          "json_schema": {"schema": {"type": "object"}}}})", 400, "response_format.json_schema.name",
+       "missing_required_parameter"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+          "json_schema": {"name": "a", "schema": "object"}}})", 400, "response_format.json_schema.schema",
+       "invalid_type"},
+      {C, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+          "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"age": {"type": "integer",
+          "minimum": 0}}}}}})", 400, "response_format.json_schema.schema.properties.age.minimum", "invalid_schema"},
+      {P, R"({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "a",
+          "schema": {"type": "array", "items": {"type": "nope"}}}}})", 400,
+       "response_format.json_schema.schema.items.type", "invalid_schema"},
   };
   for (const Case& c : cases) {
     const ApiError e = refusal(c.ep, c.body);
@@ -358,6 +372,31 @@ TEST(ServerApi, LogitBias) {
     EXPECT_EQ(e.param(), "logit_bias");
     EXPECT_NE(std::string(e.what()).find("[0, 1000)"), std::string::npos) << e.what();
   }
+}
+
+TEST(ServerApi, ResponseFormatCompilesTheGrammar) {
+  const RequestLimits l = limits();
+  ApiRequest r = parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_object"}})", l);
+  ASSERT_NE(r.grammar, nullptr);
+  JsonMatcher any(r.grammar);
+  EXPECT_TRUE(any.advance(R"({"a": [1, "b"]})") && any.complete());
+  r = parse_request(Endpoint::Completion, R"({"prompt": "x", "response_format": {"type": "json_schema",
+      "json_schema": {"name": "p", "strict": true, "schema": {"type": "object", "properties": {"n": {"enum": [1, 2]}},
+      "required": ["n"], "additionalProperties": false}}}})", l);
+  ASSERT_NE(r.grammar, nullptr);
+  JsonMatcher m(r.grammar);
+  EXPECT_FALSE(m.advance(R"({"n": 3})"));
+  EXPECT_TRUE(m.advance(R"({"n": 2})") && m.complete());
+  EXPECT_EQ(parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "text"}})", l).grammar, nullptr);
+  // The message names the field and says which keywords are supported.
+  const ApiError e = refusal(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "response_format":
+      {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "format": "date"}}}})");
+  EXPECT_NE(std::string(e.what()).find("'response_format.json_schema.schema.format': the keyword 'format' is not "
+                                       "supported (supported: type, properties"),
+            std::string::npos)
+      << e.what();
 }
 
 TEST(ServerApi, StopStringLimits) {

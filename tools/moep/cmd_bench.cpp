@@ -1,4 +1,6 @@
 // moep bench MODEL [--prompt P --gen G --batch B --threads T] [--json FILE]   |   moep bench --membw
+// moep bench [MODEL] --grammar json_object|SCHEMA.json [--grammar-vocab tokenizer.json|FILE.tiktoken]: the cost of
+// constrained decoding per step (token mask, masked sampling), beside the model's decode step when MODEL is given.
 // Prefill and decode speed, weight bytes read per token, achieved bandwidth against the machine's measured
 // read bandwidth, and prefill FLOP rate against the measured FMA peak. Under mpirun, per rank too. The
 // measuring is runtime/bench.h's; this parses the flags and prints.
@@ -18,12 +20,55 @@
 #include "runtime/bench.h"
 #include "runtime/engine.h"
 #include "runtime/run_report.h"
+#include "text/tokenizer.h"
 
 namespace moep::cli {
 
+namespace {
+
+// A .tiktoken file (OpenAI's vocabularies: "<base64 of the token's bytes> <rank>" per line): bytes by rank.
+std::vector<std::string> read_tiktoken(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail("--grammar-vocab: cannot read ", path);
+  auto b64 = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  std::vector<std::string> bytes;
+  std::string token;
+  int64_t rank = 0, line = 0;
+  while (f >> token >> rank) {
+    ++line;
+    if (rank < 0 || rank > (int64_t(1) << 24)) fail(path, ":", line, ": rank ", rank, " is out of range");
+    std::string out;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (char c : token) {
+      if (c == '=') break;
+      const int v = b64(c);
+      if (v < 0) fail(path, ":", line, ": '", token, "' is not base64");
+      acc = (acc << 6) | uint32_t(v);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out += char((acc >> bits) & 0xFF);
+      }
+    }
+    if (size_t(rank) >= bytes.size()) bytes.resize(size_t(rank) + 1);
+    bytes[size_t(rank)] = std::move(out);
+  }
+  if (bytes.empty()) fail(path, ": no tokens (expected \"<base64> <rank>\" lines)");
+  return bytes;
+}
+
+}  // namespace
+
 void register_bench(CLI::App& app) {
   struct Opts {
-    std::string model, json;
+    std::string model, json, grammar, grammar_vocab;
+    int grammar_steps = 400;
     BenchOptions bench;
     bool membw = false;
     EngineFlags engine;
@@ -41,9 +86,75 @@ void register_bench(CLI::App& app) {
                   "(the ratio of the two, pair by pair, is immune to slow drifts of the machine's bandwidth)")
       ->check(CLI::Range(0, 1000));
   cmd->add_option("--json", o->json, "Also write the figures as JSON");
+  cmd->add_option("--grammar", o->grammar,
+                  "Also measure constrained decoding: json_object, or a file holding a JSON Schema");
+  cmd->add_option("--grammar-vocab", o->grammar_vocab,
+                  "The vocabulary for --grammar: a tokenizer.json (or its directory) or a .tiktoken file (default: the "
+                  "model's tokenizer)");
+  cmd->add_option("--grammar-steps", o->grammar_steps, "Steps of the --grammar measurement")->check(CLI::Range(1, 1 << 20));
   add_engine_flags(cmd, o->engine);
   cmd->callback([o] {
     const int threads = thread_count_or_default(o->engine.threads);
+    // Constrained decoding's cost per step, on this machine (rank 0 samples, so one thread's time is what counts).
+    auto grammar_bench = [o](int64_t rows, double step_ms, const std::string& model_tokenizer) {
+      std::shared_ptr<const JsonGrammar> g;
+      if (o->grammar == "json_object") {
+        g = JsonGrammar::any_object();
+      } else {
+        std::ifstream f(o->grammar);
+        if (!f) fail("--grammar: cannot read ", o->grammar, " (expected json_object or a JSON Schema file)");
+        nlohmann::ordered_json schema;
+        try {
+          schema = nlohmann::ordered_json::parse(f);
+        } catch (const nlohmann::json::exception& e) {
+          fail("--grammar: ", o->grammar, " is not JSON: ", e.what());
+        }
+        try {
+          g = JsonGrammar::from_schema(schema);
+        } catch (const JsonSchemaError& e) {
+          fail("--grammar: ", o->grammar, ": ", e.what());
+        }
+      }
+      const std::string vocab_path = o->grammar_vocab.empty() ? model_tokenizer : o->grammar_vocab;
+      if (vocab_path.empty()) fail("--grammar: give --grammar-vocab (a tokenizer.json or .tiktoken file) or a model");
+      std::shared_ptr<const TokenVocabulary> vocab;
+      int64_t tokens = 0;
+      if (vocab_path.size() > 9 && vocab_path.substr(vocab_path.size() - 9) == ".tiktoken") {
+        std::vector<std::string> bytes = read_tiktoken(vocab_path);
+        tokens = int64_t(bytes.size());
+        const int32_t eos = int32_t(bytes.size());  // cl100k's <|endoftext|> comes right after the ranks
+        const int64_t n = std::max<int64_t>(rows, tokens + 1);
+        vocab = std::make_shared<TokenVocabulary>(bytes, n, std::vector<int32_t>{eos});
+      } else {
+        const Tokenizer tok = Tokenizer::load(vocab_path);
+        tokens = tok.vocab_size();
+        std::vector<int32_t> eos;
+        for (const char* name : {"<|endoftext|>", "</s>", "<|im_end|>", "<|end_of_text|>", "<|eot_id|>"})
+          if (tok.token_to_id(name) >= 0) eos.push_back(tok.token_to_id(name));
+        vocab = TokenVocabulary::from_tokenizer(tok, std::max<int64_t>(rows, tokens), eos);
+      }
+      const GrammarBenchResult r = run_grammar_bench(g, vocab, o->grammar_steps, 1);
+      const auto& m = r.mask_ms;
+      std::printf("grammar: %s; vocabulary %s: %lld tokens, %lld rows, trie of %zu nodes (%zu plain-text tokens; "
+                  "the others' trie %zu nodes); commit %s, %s, 1 thread\n",
+                  o->grammar.c_str(), vocab_path.c_str(), (long long)tokens, (long long)vocab->rows(),
+                  vocab->trie_nodes(), vocab->plain_tokens(), vocab->other_trie_nodes(), MOEP_GIT_COMMIT,
+                  cpu_model_name().c_str());
+      std::printf("grammar: %d steps (%d values completed): mask + accept per step mean %.3f ms, p50 %.3f, p90 %.3f, "
+                  "p99 %.3f, max %.3f ms; mask cache %llu hits, %llu misses; sampling %.3f ms masked vs %.3f ms plain\n",
+                  r.steps, r.values_completed, r.mask_ms_mean, m[m.size() / 2], m[m.size() * 9 / 10],
+                  m[m.size() * 99 / 100], m.back(), (unsigned long long)r.cache_hits,
+                  (unsigned long long)r.cache_misses, r.sample_masked_ms, r.sample_plain_ms);
+      if (step_ms > 0) {
+        const double extra = r.mask_ms_mean + std::max(0.0, r.sample_masked_ms - r.sample_plain_ms);
+        std::printf("grammar: per decode step %.3f ms of the model's %.2f ms step (p50) = %.2f%%\n", extra, step_ms,
+                    100.0 * extra / step_ms);
+      }
+    };
+    if (o->model.empty() && !o->grammar.empty()) {
+      grammar_bench(0, 0, "");
+      return;
+    }
     if (o->model.empty()) {
       if (!o->membw) fail("bench: give a model directory, or --membw to measure only the memory bandwidth");
       ThreadPool pool(threads);
@@ -121,6 +232,7 @@ void register_bench(CLI::App& app) {
                 "threads waited %.1f%% of their time (last task of a region, wake-up)\n",
                 double(ps.regions) / std::max(1, bo.gen), 100.0 * region_s / decode_s, 100.0 * wait_share);
     std::fputs(format_stats_table(stats).c_str(), stdout);
+    if (!o->grammar.empty()) grammar_bench(cfg.vocab_size, p50, o->model);
 
     if (!o->json.empty()) {
       nlohmann::json j;
