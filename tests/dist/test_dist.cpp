@@ -119,6 +119,40 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
   }
 }
 
+// Attention divided by heads and the head by vocabulary rows (--attention split --head split) equal 1 rank on
+// every family: 2 ranks take one of the fixtures' 2 KV heads each, 3 and 4 ranks leave ranks with none (the
+// uneven case). With split and whole-expert placements, and with weights copied (o_proj's slice of columns is a
+// strided range of the file, copied densely).
+TEST_P(Distributed, SplitAttentionAndHeadEqualOneRank) {
+  const std::string fx = GetParam();
+  const auto ref = reference(fx);
+  const auto ids = ref["cases"][2]["logits_tokens"].get<std::vector<int32_t>>();
+  const auto prompt = ref["cases"][1]["prompt"].get<std::vector<int32_t>>();
+  const auto greedy_ref = ids_csv(ref["cases"][1]["greedy"].get<std::vector<int32_t>>());
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  ASSERT_EQ(cfg.n_kv_heads, 2) << "the uneven case below needs fewer KV heads than 3 and 4 ranks";
+  const RunOut one = run(fx, 1, "contiguous", ids, 0, "--attention replicated --head replicated");
+  const int64_t V = cfg.vocab_size;
+  const std::string both = "--attention split --head split";
+  const std::vector<std::pair<int, std::string>> runs = {
+      {2, both}, {3, both}, {4, both}, {2, "--attention split --head replicated"},
+      {3, "--attention replicated --head split"}, {2, both + " --weights copy"}};
+  for (const auto& [n, flags] : runs)
+    for (const std::string placement : {"split", "round-robin"}) {
+      SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, " + flags + ", placement " + placement);
+      const RunOut many = run(fx, n, placement, ids, 0, flags);
+      ASSERT_EQ(many.logits.shape, one.logits.shape);
+      for (size_t t = 0; t < ids.size(); ++t)
+        EXPECT_LE(test::rel_l2(&many.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5)
+            << "position " << t;
+    }
+  // Greedy decoding through the KV cache (each rank its heads' part) and the gathered logits.
+  for (int n : {2, 3}) {
+    SCOPED_TRACE(fx + " greedy on " + std::to_string(n) + " ranks, " + both);
+    EXPECT_EQ(run(fx, n, "split", prompt, 24, both).greedy, greedy_ref);
+  }
+}
+
 // GPU ranks (under mpirun they share the one device: lavapipe in CI, an H200 on the device machine) equal one CPU
 // rank: every family, split, whole-expert and replicated placements, 2 to 4 ranks.
 // One dtype per family (the bf16 fixtures) keeps this short.
