@@ -39,7 +39,8 @@ class Transformer {
   ~Transformer();
 
   // Runs the rows through the model, appending their keys/values to the KV cache at their positions, and
-  // writes logits [n rows with want_logits, vocab] in row order. Throws moep::Error for a row outside the
+  // writes logits [n rows with want_logits, vocab] in row order (with a split head, on rank 0 only: the other
+  // ranks' `logits` is not written). Throws moep::Error for a row outside the
   // limits (slot, position, token id).
   void forward(std::span<const BatchRow> rows, float* logits);
 

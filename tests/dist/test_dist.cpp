@@ -230,6 +230,51 @@ TEST_F(DistributedJob, OnlyOneAllReducePerMoeLayerOfTokensTimesDModel) {
   }
 }
 
+// Split attention adds one all-reduce of tokens × d_model per layer (dense layers included), the split head one
+// gather per step; --stats-json and --trace show them.
+TEST_F(DistributedJob, SplitAttentionAndHeadExchangesAreCountedAndTraced) {
+  const std::string fx = "qwen2_moe_f32";
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  auto run_split = [&](const std::vector<int32_t>& ids, bool incremental, nlohmann::json* trace) {
+    test::TempDir d;
+    const std::string js = d.str() + "/stats.json", tr = d.str() + "/trace.json";
+    std::string text;
+    const std::string cmd = test::mpirun_prefix(3) + test::moep_binary() + " logits " + test::fixture_dir(fx) +
+                            " --ids " + ids_csv(ids) + " --out " + d.str() +
+                            "/l.npy --threads 1 --attention split --head split --stats-json " + js + " --trace " + tr +
+                            (incremental ? " --incremental" : "");
+    EXPECT_EQ(test::run_command(cmd, &text), 0) << text;
+    if (trace) *trace = nlohmann::json::parse(std::ifstream(tr));
+    return nlohmann::json::parse(std::ifstream(js));
+  };
+  const std::vector<int32_t> short_ids = {5, 6, 7}, long_ids = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  nlohmann::json trace;
+  const auto a = run_split(short_ids, false, nullptr);
+  const auto b = run_split(long_ids, true, &trace);
+  const int64_t per_step = cfg.n_moe_layers() + cfg.n_layers, steps = int64_t(long_ids.size());
+  ASSERT_EQ(b["ranks"].size(), 3u);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(a["ranks"][r]["allreduce_calls"].get<int64_t>(), per_step);
+    EXPECT_EQ(a["ranks"][r]["allreduce_payload_bytes"].get<int64_t>(), per_step * 3 * cfg.d_model * 4);
+    EXPECT_EQ(b["ranks"][r]["allreduce_calls"].get<int64_t>(), per_step * steps);
+    // One more step, one more gather (and one more step broadcast from rank 0).
+    EXPECT_EQ(b["ranks"][r]["other_collectives"].get<int64_t>() - a["ranks"][r]["other_collectives"].get<int64_t>(),
+              2 * (steps - 1));
+    double attention_allreduce_ms = 0;
+    for (const auto& l : b["ranks"][r]["layers"]) attention_allreduce_ms += l["attention_allreduce_ms"].get<double>();
+    EXPECT_GT(attention_allreduce_ms, 0.0);
+    // Rank 2 holds none of the 2 KV heads: no KV cache.
+    EXPECT_EQ(b["ranks"][r]["kv_cache_bytes"].get<int64_t>() == 0, r == 2);
+  }
+  int64_t exchanges = 0, gathers = 0;
+  for (const auto& e : trace["traceEvents"]) {
+    exchanges += e.value("name", "") == "attention-allreduce";
+    gathers += e.value("name", "") == "head-gather";
+  }
+  EXPECT_EQ(exchanges, 3 * cfg.n_layers * steps);
+  EXPECT_EQ(gathers, 3 * steps);
+}
+
 // --emulate-latency-us adds the given delay to every exchange step: an all-reduce over 2 ranks (one step)
 // takes at least that long, and the added time shows up as all-reduce time, not as compute.
 TEST_F(DistributedJob, EmulatedLatencyIsAddedToEveryExchange) {
