@@ -97,6 +97,9 @@ DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode att
   for (int r = 0; r < n_ranks; ++r) most_rows = std::max(most_rows, ffn_split(cfg.vocab_size, r, n_ranks).count);
   s.head = decide("head", head, first({gpu}), double(cfg.vocab_size) * double(cfg.d_model) * bytes_per_weight,
                   double(most_rows) / double(cfg.vocab_size), 1.0);
+  // One line: "attention: ... (...); head: ... (...)".
+  why->pop_back();
+  for (size_t at = why->find('\n'); at != std::string::npos; at = why->find('\n', at)) why->replace(at, 1, "; ");
   return s;
 }
 

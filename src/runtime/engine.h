@@ -33,7 +33,7 @@ SplitMode parse_split_mode(std::string_view name, const char* flag);
 //   added  = exchanges per token × (kAutoExchangeUs + latency_us) × ⌈log2 N⌉
 // Attention adds one exchange per layer (two for OLMoE's whole-projection q/k norms), the head one per token.
 // Auto never divides on one rank (an explicit Split there runs the split path over one part). Never divided: on a
-// GPU (on_gpu), and attention of a GGUF file (gguf); an explicit Split there throws moep::Error saying why. `why` gets one line per part saying what was chosen and why.
+// GPU (on_gpu), and attention of a GGUF file (gguf); an explicit Split there throws moep::Error saying why. `why` gets one line saying, per part, what was chosen and why.
 inline constexpr double kAutoRankBytesPerSecond = 10e9;
 inline constexpr double kAutoExchangeUs = 20.0;
 DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode attention, SplitMode head,
@@ -78,7 +78,7 @@ class Engine {
   const Model& model() const { return *model_; }
   const ModelConfig& config() const { return model_->config(); }
   const ExpertPlacement& placement() const { return placement_; }
-  // Whether attention and the output head are divided over the ranks, and why (one line per part).
+  // Whether attention and the output head are divided over the ranks, and why (one line).
   const DenseSplit& dense_split() const { return model_->weights().split; }
   const std::string& dense_split_note() const { return dense_split_note_; }
   ThreadPool& pool() { return *pool_; }
