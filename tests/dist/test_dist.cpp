@@ -132,6 +132,7 @@ TEST_P(Distributed, SplitAttentionAndHeadEqualOneRank) {
   const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
   ASSERT_EQ(cfg.n_kv_heads, 2) << "the uneven case below needs fewer KV heads than 3 and 4 ranks";
   const RunOut one = run(fx, 1, "contiguous", ids, 0, "--attention replicated --head replicated");
+  ASSERT_FALSE(one.logits.data.empty());
   const int64_t V = cfg.vocab_size;
   const std::string both = "--attention split --head split";
   const std::vector<std::pair<int, std::string>> runs = {
