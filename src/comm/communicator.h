@@ -42,6 +42,10 @@ class Communicator {
   virtual void await_broadcast(void* data, size_t bytes, int root) = 0;
   // out[r * bytes .. (r+1) * bytes) = rank r's `in` (out has size() * bytes bytes).
   virtual void allgather(const void* in, size_t bytes, void* out) = 0;
+  // On `root`: out = rank 0's counts[0] floats, then rank 1's counts[1], ... (Σ counts floats); other ranks'
+  // out is not touched (may be null). counts has size() entries, the same on every rank; this rank sends
+  // counts[rank()] floats from `in`. (The split output head's logits.)
+  virtual void gather(const float* in, const size_t* counts, float* out, int root) = 0;
   virtual void barrier() = 0;
   // Ends every rank: prints msg on this rank and terminates the job with `code`. Does not return.
   [[noreturn]] virtual void abort(int code, const std::string& msg) = 0;
@@ -78,6 +82,7 @@ class LocalCommunicator final : public Communicator {
   void broadcast(void*, size_t, int) override {}
   void await_broadcast(void*, size_t, int) override {}
   void allgather(const void* in, size_t bytes, void* out) override;
+  void gather(const float* in, const size_t* counts, float* out, int root) override;
   void barrier() override {}
   [[noreturn]] void abort(int code, const std::string& msg) override;
 };

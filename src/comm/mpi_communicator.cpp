@@ -86,6 +86,8 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Allgather(mine, kHostNameBytes, MPI_CHAR, all.data(), kHostNameBytes, MPI_CHAR, MPI_COMM_WORLD),
           "MPI_Allgather (host names)");
     for (int r = 0; r < size_; ++r) hosts_.emplace_back(&all[size_t(r) * kHostNameBytes]);
+    gather_counts_.resize(size_t(size_));
+    gather_displs_.resize(size_t(size_));
   }
 
   int rank() const override { return rank_; }
@@ -122,6 +124,31 @@ class MpiCommunicator final : public Communicator {
     MPI_Request req;
     check(MPI_Iallgather(in, int(bytes), MPI_BYTE, out, int(bytes), MPI_BYTE, MPI_COMM_WORLD, &req), "MPI_Iallgather");
     wait(req, "all-gather", true);
+  }
+
+  void gather(const float* in, const size_t* counts, float* out, int root) override {
+    stats_.other_calls++;
+    const size_t mine = counts[rank_] * sizeof(float);
+    stats_.other_bytes += mine;
+    if (rank_ != root) stats_.bytes_sent += mine;
+    if (size_ == 1) {
+      std::memcpy(out, in, mine);
+      return;
+    }
+    spin_for_us(emulated_latency_us_ * log2_ceil(size_));
+    // MPI counts are ints: a step's logits (rows × vocabulary) stay far below 2^31 floats.
+    int at = 0;
+    for (int r = 0; r < size_; ++r) {
+      MOEP_ASSERT(counts[r] < size_t(1) << 30, "a gather of ", counts[r], " floats from rank ", r);
+      gather_counts_[size_t(r)] = int(counts[r]);
+      gather_displs_[size_t(r)] = at;
+      at += int(counts[r]);
+    }
+    MPI_Request req;
+    check(MPI_Igatherv(in, int(counts[rank_]), MPI_FLOAT, out, gather_counts_.data(), gather_displs_.data(),
+                       MPI_FLOAT, root, MPI_COMM_WORLD, &req),
+          "MPI_Igatherv");
+    wait(req, "gather", true);
   }
 
   void barrier() override {
@@ -256,6 +283,7 @@ class MpiCommunicator final : public Communicator {
   int size_ = 1;
   MPI_Comm ping_comm_ = MPI_COMM_NULL;
   std::vector<std::string> hosts_;  // [rank]
+  std::vector<int> gather_counts_, gather_displs_;  // [rank]: gather()'s, sized once (a step allocates nothing)
 };
 
 }  // namespace

@@ -52,6 +52,11 @@ struct VecRef {
     }
     return 0.f;
   }
+  // Elements [first, first + n) as a view (a rank's part of a bias or norm that is split with its matrix).
+  VecRef slice(int64_t first, int64_t n) const {
+    if (empty()) return {};
+    return {static_cast<const uint8_t*>(data) + dtype_row_bytes(dtype, first), dtype, n};
+  }
 };
 
 }  // namespace moep

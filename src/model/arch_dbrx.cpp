@@ -49,12 +49,13 @@ void bind_dbrx(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   const int64_t d = c.d_model, kv = c.kv_dim(), f = c.expert_ffn, E = c.n_experts;
   w.embed = b.matrix("transformer.wte.weight", c.vocab_size, d);
   w.final_norm_w = b.vector("transformer.norm_f.weight", d);
-  if (c.tie_word_embeddings) {
-    w.lm_head = w.embed;
-    if (b.has("lm_head.weight")) b.skip("lm_head.weight", {c.vocab_size, d});
-  } else {
-    w.lm_head = b.matrix("lm_head.weight", c.vocab_size, d);
-  }
+  bind_output_head(c, b, "lm_head.weight", w);
+  // This rank's heads (all of them unless attention is split): rows of each part of Wqkv, input columns of o.
+  const FfnSlice heads = b.share().kv_heads(c.n_kv_heads);
+  w.kv_heads = heads;
+  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  const int64_t q0 = heads.first * group * hd, nq = heads.count * group * hd, k0 = heads.first * hd,
+                nk = heads.count * hd;
   w.layers.resize(size_t(c.n_layers));
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights& L = w.layers[size_t(i)];
@@ -62,10 +63,16 @@ void bind_dbrx(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
     L.attn_norm_w = b.vector(p + "norm_attn_norm.norm_1.weight", d);
     L.ffn_norm_w = b.vector(p + "norm_attn_norm.norm_2.weight", d);
     const std::string qkv = p + "norm_attn_norm.attn.Wqkv.weight";
-    L.wq = b.matrix_rows(qkv, d + 2 * kv, d, 0, d);
-    L.wk = b.matrix_rows(qkv, d + 2 * kv, d, d, kv);
-    L.wv = b.matrix_rows(qkv, d + 2 * kv, d, d + kv, kv);
-    L.wo = b.matrix(p + "norm_attn_norm.attn.out_proj.weight", d, d);
+    const std::string out = p + "norm_attn_norm.attn.out_proj.weight";
+    if (heads.count > 0) {
+      L.wq = b.matrix_rows(qkv, d + 2 * kv, d, q0, nq);
+      L.wk = b.matrix_rows(qkv, d + 2 * kv, d, d + k0, nk);
+      L.wv = b.matrix_rows(qkv, d + 2 * kv, d, d + kv + k0, nk);
+      L.wo = b.matrix_cols(out, d, d, q0, nq);
+    } else {  // more ranks than KV heads: this one has none
+      b.skip(qkv, {d + 2 * kv, d});
+      b.skip(out, {d, d});
+    }
     L.is_moe = true;
     L.router = b.matrix(p + "ffn.router.layer.weight", E, d);
     L.experts.resize(size_t(E));

@@ -17,23 +17,35 @@ const ArchSpec* find_arch(std::string_view model_type) {
 }
 
 void bind_llama_attention(const ModelConfig& c, WeightBinder& b, const std::string& p, LayerWeights& L) {
-  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim();
-  L.wq = b.matrix(p + "q_proj.weight", q, d);
-  L.wk = b.matrix(p + "k_proj.weight", kv, d);
-  L.wv = b.matrix(p + "v_proj.weight", kv, d);
-  L.wo = b.matrix(p + "o_proj.weight", d, q);
+  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim;
+  // This rank's heads (all of them unless attention is split): rows of q/k/v, input columns of o.
+  const FfnSlice heads = b.share().kv_heads(c.n_kv_heads);
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  const int64_t q0 = heads.first * group * hd, nq = heads.count * group * hd, k0 = heads.first * hd,
+                nk = heads.count * hd;
+  if (heads.count > 0) {
+    L.wq = b.matrix_rows(p + "q_proj.weight", q, d, q0, nq);
+    L.wk = b.matrix_rows(p + "k_proj.weight", kv, d, k0, nk);
+    L.wv = b.matrix_rows(p + "v_proj.weight", kv, d, k0, nk);
+    L.wo = b.matrix_cols(p + "o_proj.weight", d, q, q0, nq);
+  } else {  // more ranks than KV heads: this one has none and adds nothing to attention's all-reduce
+    b.skip(p + "q_proj.weight", {q, d});
+    b.skip(p + "k_proj.weight", {kv, d});
+    b.skip(p + "v_proj.weight", {kv, d});
+    b.skip(p + "o_proj.weight", {d, q});
+  }
   if (c.qkv_bias) {
-    L.bq = b.vector(p + "q_proj.bias", q);
-    L.bk = b.vector(p + "k_proj.bias", kv);
-    L.bv = b.vector(p + "v_proj.bias", kv);
+    L.bq = b.vector(p + "q_proj.bias", q).slice(q0, nq);
+    L.bk = b.vector(p + "k_proj.bias", kv).slice(k0, nk);
+    L.bv = b.vector(p + "v_proj.bias", kv).slice(k0, nk);
   }
   if (c.o_bias) L.bo = b.vector(p + "o_proj.bias", d);
   if (c.qk_norm == QKNorm::PerHead) {
     L.q_norm = b.vector(p + "q_norm.weight", c.head_dim);
     L.k_norm = b.vector(p + "k_norm.weight", c.head_dim);
   } else if (c.qk_norm == QKNorm::Full) {
-    L.q_norm = b.vector(p + "q_norm.weight", q);
-    L.k_norm = b.vector(p + "k_norm.weight", kv);
+    L.q_norm = b.vector(p + "q_norm.weight", q).slice(q0, nq);
+    L.k_norm = b.vector(p + "k_norm.weight", kv).slice(k0, nk);
   }
 }
 
@@ -63,12 +75,8 @@ void bind_expert_list(const ModelConfig& c, WeightBinder& b, int64_t layer,
 void bind_llama_outer(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   w.embed = b.matrix("model.embed_tokens.weight", c.vocab_size, c.d_model);
   w.final_norm_w = b.vector("model.norm.weight", c.d_model);
-  if (c.tie_word_embeddings) {
-    w.lm_head = w.embed;
-    if (b.has("lm_head.weight")) b.skip("lm_head.weight", {c.vocab_size, c.d_model});
-  } else {
-    w.lm_head = b.matrix("lm_head.weight", c.vocab_size, c.d_model);
-  }
+  bind_output_head(c, b, "lm_head.weight", w);
+  w.kv_heads = b.share().kv_heads(c.n_kv_heads);
 }
 
 }  // namespace moep

@@ -74,7 +74,12 @@ void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   w.embed = b.matrix("token_embd.weight", c.vocab_size, d);
   w.final_norm_w = b.vector("output_norm.weight", d);
   if (c.norm_has_bias) w.final_norm_b = b.vector("output_norm.bias", d);
-  w.lm_head = c.tie_word_embeddings ? w.embed : b.matrix("output.weight", c.vocab_size, d);
+  bind_output_head(c, b, "output.weight", w);
+  // llama.cpp's files reorder q and k rows (matrix_row_permuted) and quantize o_proj in blocks that a head's
+  // columns may cut: their attention is bound whole.
+  if (b.share().dense().attention)
+    fail("a GGUF model's attention cannot be split over ranks yet; use --attention replicated");
+  w.kv_heads = {0, c.n_kv_heads};
   w.layers.resize(size_t(c.n_layers));
   const auto stored_row = [hd](int64_t r) { return llama_rope_stored_row(r, hd); };
   for (int64_t i = 0; i < c.n_layers; ++i) {

@@ -207,4 +207,16 @@ size_t WeightBinder::bytes_read() const {
   return n;
 }
 
+void bind_output_head(const ModelConfig& c, WeightBinder& b, const std::string& head_name, ModelWeights& w) {
+  const FfnSlice rows = b.share().vocab_rows(c.vocab_size);
+  w.vocab_rows = rows;
+  w.split = b.share().dense();
+  if (c.tie_word_embeddings) {
+    if (!w.embed.empty()) w.lm_head = w.embed.row_block(rows.first, rows.count);
+    if (b.has(head_name)) b.skip(head_name, {c.vocab_size, c.d_model});
+  } else {
+    w.lm_head = b.matrix_rows(head_name, c.vocab_size, c.d_model, rows.first, rows.count);
+  }
+}
+
 }  // namespace moep

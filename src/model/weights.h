@@ -44,12 +44,23 @@ struct LayerWeights {
   MlpWeights dense;                    // non-MoE layers
 };
 
+class WeightBinder;
+
+// Of a split attention (DenseSplit::attention) every layer's wq, wk, wv hold this rank's heads' rows, wo the
+// matching input columns, bq/bk/bv and a full q_norm/k_norm their elements; bo and a per-head norm stay whole.
 struct ModelWeights {
   MatRef embed;    // [vocab, d]
-  MatRef lm_head;  // [vocab, d] (the embedding when tied)
+  MatRef lm_head;  // [vocab_rows.count, d]: this rank's rows of the head (all; the embedding's when tied)
   VecRef final_norm_w, final_norm_b;
   std::vector<LayerWeights> layers;
+  DenseSplit split;    // what the rank's share divides (RankShare::dense)
+  FfnSlice vocab_rows;  // the rows of the vocabulary lm_head holds
+  FfnSlice kv_heads;    // the KV heads every layer's attention holds; its query heads follow (× n_heads/n_kv_heads)
 };
+
+// Binds the output head: this rank's rows of lm_head (or of the embedding, when tied), and sets w.vocab_rows.
+// `embed` must be bound first; `head_name` is the untied head's tensor.
+void bind_output_head(const ModelConfig& c, WeightBinder& b, const std::string& head_name, ModelWeights& w);
 
 // Tensors the loader had to rewrite rather than view in place (rows reordered, small block-quantized tensors made
 // f32), by checkpoint name: owned by the Model, so that a second binding of the same model (relocation) finds

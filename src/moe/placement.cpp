@@ -60,6 +60,22 @@ FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks, int64_t block) {
   return {b, e - b};
 }
 
+FfnSlice kv_head_split(int64_t n_kv_heads, int rank, int n_ranks) {
+  MOEP_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks && n_kv_heads >= 0);
+  const int64_t base = n_kv_heads / n_ranks, extra = n_kv_heads % n_ranks;
+  return {rank * base + std::min<int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+
+int RankShare::n_ranks() const { return placement_ ? placement_->n_ranks() : 1; }
+
+FfnSlice RankShare::vocab_rows(int64_t vocab) const {
+  return dense_.head ? ffn_split(vocab, rank_, n_ranks()) : FfnSlice{0, vocab};
+}
+
+FfnSlice RankShare::kv_heads(int64_t n_kv_heads) const {
+  return dense_.attention ? kv_head_split(n_kv_heads, rank_, n_ranks()) : FfnSlice{0, n_kv_heads};
+}
+
 bool RankShare::holds(int64_t layer, int64_t expert) const {
   return !placement_ || placement_->holds(rank_, layer, expert);
 }

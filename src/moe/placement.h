@@ -28,6 +28,21 @@ struct FfnSlice {
 };
 FfnSlice ffn_split(int64_t ffn, int rank, int n_ranks, int64_t block = 1);
 
+// Rank `rank`'s KV heads [first, first + count) of n_kv_heads over n_ranks: whole heads, n_kv_heads / n_ranks
+// each and one more on the first n_kv_heads % n_ranks ranks. With fewer KV heads than ranks the last ranks get
+// none (they add nothing to attention's all-reduce).
+FfnSlice kv_head_split(int64_t n_kv_heads, int rank, int n_ranks);
+
+// What a rank holds of the weights every rank once repeated (--attention, --head): each of them whole
+// (replicated) or divided over the ranks.
+struct DenseSplit {
+  // Attention by heads: whole KV heads per rank (kv_head_split), the query heads that attend to them, the
+  // matching rows of q/k/v and input columns of o, and the KV cache's heads. One all-reduce joins the outputs.
+  bool attention = false;
+  // The output head by vocabulary rows (ffn_split of the vocabulary); the logits are gathered to rank 0.
+  bool head = false;
+};
+
 class ExpertPlacement;
 
 // A placement as the user names it, parsed once where the name comes in (a flag): its kind, and for kFile the
@@ -48,8 +63,15 @@ struct PlacementSpec {
 class RankShare {
  public:
   RankShare() = default;
-  RankShare(const ExpertPlacement& placement, int rank) : placement_(&placement), rank_(rank) {}
+  RankShare(const ExpertPlacement& placement, int rank, DenseSplit dense = {})
+      : placement_(&placement), rank_(rank), dense_(dense) {}
   int rank() const { return rank_; }
+  int n_ranks() const;
+  const DenseSplit& dense() const { return dense_; }
+  // This rank's rows of the output head (all of them unless dense().head).
+  FfnSlice vocab_rows(int64_t vocab) const;
+  // This rank's KV heads (all of them unless dense().attention); its query heads are these × n_heads/n_kv_heads.
+  FfnSlice kv_heads(int64_t n_kv_heads) const;
   bool holds(int64_t layer, int64_t expert) const;
   FfnSlice ffn_slice(int64_t ffn) const;
   // Every (token, expert) pair is computed on every rank, each on its slice; the all-reduce adds the slices.
@@ -58,6 +80,7 @@ class RankShare {
  private:
   const ExpertPlacement* placement_ = nullptr;
   int rank_ = 0;
+  DenseSplit dense_;
 };
 
 class ExpertPlacement {
@@ -92,7 +115,7 @@ class ExpertPlacement {
   Slice ffn_slice(int rank, int64_t ffn) const;
   // The largest slice of an ffn dimension of size ffn on any rank (the one that sets the pace).
   int64_t largest_ffn_slice(int64_t ffn) const;
-  RankShare share(int rank) const { return RankShare(*this, rank); }
+  RankShare share(int rank, DenseSplit dense = {}) const { return RankShare(*this, rank, dense); }
   // Throws moep::Error if a split placement cannot give every rank a part of an ffn dimension of size ffn
   // (0: none, accepted).
   void require_splittable(int64_t ffn) const;

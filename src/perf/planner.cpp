@@ -169,6 +169,68 @@ PlanResult make_plan(const PlanRequest& req) {
   return res;
 }
 
+DenseSplitRow dense_split_row(const ModelShape& m, const Scenario& s, const PlanRow& row) {
+  const int n = row.nodes;
+  const StepTimes& d = row.p.decode;
+  int64_t most_kv = 0, most_rows = 0;
+  for (int r = 0; r < n; ++r) {
+    most_kv = std::max(most_kv, kv_head_split(m.n_kv_heads, r, n).count);
+    most_rows = std::max(most_rows, ffn_split(m.vocab, r, n).count);
+  }
+  const double attention_share = m.n_kv_heads > 0 ? double(most_kv) / double(m.n_kv_heads) : 1.0;
+  const double head_share = m.vocab > 0 ? double(most_rows) / double(m.vocab) : 1.0;
+  const double bpw = weight_type(s.dtype).bytes_per_weight;
+  const int64_t moe_layers = m.n_moe_layers();
+  // One exchange of rows × d_model, as the MoE layers' all-reduces cost in this row.
+  const double exchange_s = n > 1 && moe_layers > 0 ? d.allreduce / double(moe_layers) : 0.0;
+  DenseSplitRow out;
+  out.bytes_replicated = row.p.weight_bytes_per_step;
+  out.bytes_split = out.bytes_replicated -
+                    (double(m.n_layers * m.attn_elems) * (1.0 - attention_share) +
+                     double(m.head_elems) * (1.0 - head_share)) * bpw;
+  out.exchanges_replicated = n > 1 ? moe_layers : 0;
+  out.exchanges_split = n > 1 ? moe_layers + m.n_layers + 1 : 0;
+  const double split_step = d.total() - d.attention * (1.0 - attention_share) - d.head * (1.0 - head_share) +
+                            double(m.n_layers + 1) * exchange_s;
+  out.tps_replicated = row.p.decode_tokens_per_s;
+  out.tps_split = split_step > 0 ? double(s.batch) / split_step : 0.0;
+  return out;
+}
+
+std::string format_dense_split(const PlanRequest& req, const PlanResult& res) {
+  std::vector<std::vector<std::string>> cells;
+  for (const PlanRow& r : res.rows) {
+    if (r.nodes < 2) continue;
+    const DenseSplitRow x = dense_split_row(*req.model, req.base, r);
+    cells.push_back({r.hardware->name, r.network ? r.network->name : "-", std::to_string(r.nodes),
+                     fmt("%.3f", x.bytes_replicated * 1e-9), fmt("%.3f", x.bytes_split * 1e-9),
+                     std::to_string(x.exchanges_replicated), std::to_string(x.exchanges_split),
+                     fmt("%.2f", x.tps_replicated), fmt("%.2f", x.tps_split),
+                     x.tps_split > x.tps_replicated ? "split" : "replicated"});
+  }
+  if (cells.empty()) return "";
+  const std::vector<std::string> header = {"hardware", "network", "nodes", "GB/rank rep", "GB/rank split", "exch rep",
+                                           "exch split", "tok/s rep", "tok/s split", "faster"};
+  std::vector<size_t> width(header.size());
+  for (size_t c = 0; c < header.size(); ++c) {
+    width[c] = header[c].size();
+    for (const auto& row : cells) width[c] = std::max(width[c], row[c].size());
+  }
+  std::ostringstream o;
+  auto put_row = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) line += (c ? "  " : "") + pad(row[c], width[c], /*right=*/c >= 2);
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    o << line << "\n";
+  };
+  o << "\nattention and head (--attention, --head): replicated against split, per decode step\n";
+  put_row(header);
+  for (const auto& row : cells) put_row(row);
+  o << "columns: GB/rank = weights one rank reads per step; exch = exchanges per step (all-reduces, and the split\n"
+       "head's gather); split = each rank its KV heads and vocabulary rows, one more all-reduce per layer.\n";
+  return o.str();
+}
+
 std::string format_plan(const PlanRequest& req, const PlanResult& res) {
   const Scenario& b = req.base;
   std::ostringstream o;

@@ -40,6 +40,21 @@ struct PlanResult {
 // model fits on none of the configurations asked for (saying how many nodes it would need, or why never).
 PlanResult make_plan(const PlanRequest& req);
 std::string format_plan(const PlanRequest& req, const PlanResult& res);
+// moep's --attention and --head split against replicated, on top of one row's prediction (made with both
+// replicated): split, each rank reads the largest rank's share of attention (whole KV heads, kv_head_split: its
+// projections and KV cache) and of the head (vocabulary rows), and each decode step adds one exchange per layer,
+// priced as the row's MoE all-reduce of the same size, and one for the head's gather, priced as one all-reduce
+// (an upper bound: a gather sends each part once). Not counted: OLMoE's extra all-reduce of 2 floats per token
+// per layer for its whole-projection q/k norms.
+struct DenseSplitRow {
+  double bytes_replicated = 0, bytes_split = 0;          // weights one rank reads per decode step
+  int64_t exchanges_replicated = 0, exchanges_split = 0;  // per decode step
+  double tps_replicated = 0, tps_split = 0;               // decode tokens/s
+};
+DenseSplitRow dense_split_row(const ModelShape& model, const Scenario& s, const PlanRow& row);
+// The side-by-side table of dense_split_row for every multi-node row ("" when there is none).
+std::string format_dense_split(const PlanRequest& req, const PlanResult& res);
+
 // The fewest nodes of `hw` (1..max_nodes) on which `model` fits in `base`'s scenario, or -1 if none does.
 int smallest_fitting_nodes(const ModelShape& model, const HardwareProfile& hw, const Scenario& base, int max_nodes);
 nlohmann::json plan_to_json(const PlanRequest& req, const PlanResult& res);

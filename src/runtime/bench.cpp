@@ -67,12 +67,13 @@ int64_t sum_pairs(const std::vector<LayerStats>& s) {
 }
 
 // Greedy decode of `batch` sequences (slot b is sequence b), one token each per step, from the logits of their
-// last prefill.
+// last prefill. With a split head only rank 0 has the logits: it picks, and broadcasts the picks (as a step's
+// rows come from rank 0 in the engine).
 class GreedyDecoder {
  public:
-  GreedyDecoder(Transformer& tr, int64_t batch, int64_t vocab)
-      : tr_(tr), batch_(batch), vocab_(vocab), logits_(size_t(batch * vocab)), rows_(size_t(batch)),
-        next_(size_t(batch)) {}
+  GreedyDecoder(Transformer& tr, Communicator& comm, bool split_head, int64_t batch, int64_t vocab)
+      : tr_(tr), comm_(comm), split_head_(split_head), batch_(batch), vocab_(vocab), logits_(size_t(batch * vocab)),
+        rows_(size_t(batch)), next_(size_t(batch)) {}
   float* logits() { return logits_.data(); }
   float* logits_of(int64_t b) { return &logits_[size_t(b * vocab_)]; }
   // Takes each sequence's most likely next token from the logits.
@@ -80,6 +81,7 @@ class GreedyDecoder {
     for (int64_t b = 0; b < batch_; ++b)
       next_[size_t(b)] = int32_t(std::max_element(&logits_[size_t(b * vocab_)], &logits_[size_t((b + 1) * vocab_)]) -
                                  &logits_[size_t(b * vocab_)]);
+    if (split_head_) comm_.broadcast(next_.data(), next_.size() * sizeof(int32_t), 0);
   }
   // One step at position pos: every sequence's picked token, then the next picks.
   void step(int32_t pos) {
@@ -90,6 +92,8 @@ class GreedyDecoder {
 
  private:
   Transformer& tr_;
+  Communicator& comm_;
+  bool split_head_;
   int64_t batch_, vocab_;
   std::vector<float> logits_;
   std::vector<BatchRow> rows_;
@@ -168,7 +172,7 @@ BenchResult run_bench(Engine& engine, const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> tok(0, int32_t(V - 1));
   std::vector<int32_t> prompt(size_t(o.prompt));
   for (auto& t : prompt) t = tok(rng);
-  GreedyDecoder decoder(tr, B, V);
+  GreedyDecoder decoder(tr, comm, engine.dense_split().head, B, V);
 
   // Warm-up: a short prefill and a few decode steps (pages, caches, thread wake-up), then reset.
   engine.run_sequence(std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(o.prompt, 8)), 0, 0, false,

@@ -36,6 +36,73 @@ void run_collectively(Communicator& comm, const std::function<void()>& fn) {
   }
 }
 
+SplitMode parse_split_mode(std::string_view name, const char* flag) {
+  if (name == "auto") return SplitMode::Auto;
+  if (name == "replicated") return SplitMode::Replicated;
+  if (name == "split") return SplitMode::Split;
+  fail(flag, " '", name, "' is unknown (expected auto, replicated or split)");
+}
+
+DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode attention, SplitMode head,
+                              double latency_us, bool gguf, bool on_gpu, std::string* why) {
+  const double bytes_per_weight = double(dtype_row_bytes(cfg.stored_dtype, 256)) / 256.0;
+  int log2n = 0;
+  while ((1 << log2n) < n_ranks) ++log2n;
+  const double exchange_s = (kAutoExchangeUs + latency_us) * 1e-6 * log2n;
+  // Decides one part: `refuse` says why it cannot be divided (empty: it can).
+  auto decide = [&](const char* part, SplitMode mode, const std::string& refuse, double bytes, double largest_share,
+                    double exchanges) {
+    if (mode == SplitMode::Replicated) {
+      *why += str_cat(part, ": replicated (asked)\n");
+      return false;
+    }
+    if (n_ranks == 1 && mode == SplitMode::Auto) {
+      *why += str_cat(part, ": replicated (auto: one rank has nothing to divide)\n");
+      return false;
+    }
+    if (!refuse.empty()) {
+      if (mode == SplitMode::Split) fail(part, " split: ", refuse);
+      *why += str_cat(part, ": replicated (auto: ", refuse, ")\n");
+      return false;
+    }
+    if (mode == SplitMode::Split) {
+      *why += str_cat(part, ": split (asked)\n");
+      return true;
+    }
+    const double saved_s = bytes * (1.0 - largest_share) / kAutoRankBytesPerSecond, added_s = exchanges * exchange_s;
+    const bool split = saved_s > added_s;
+    *why += str_cat(part, ": ", split ? "split" : "replicated", " (auto: ", std::fixed, std::setprecision(0),
+                    saved_s * 1e6, " us of reading saved per token against ", added_s * 1e6, " us of exchanges)\n");
+    return split;
+  };
+  const std::string gpu = on_gpu ? "the GPU backend runs attention and the head whole on every rank" : "";
+  auto first = [](std::initializer_list<std::string> reasons) {
+    for (const auto& r : reasons)
+      if (!r.empty()) return r;
+    return std::string();
+  };
+  if (why) why->clear();
+  std::string scratch;
+  if (!why) why = &scratch;
+  DenseSplit s;
+  int64_t most_kv = 0;
+  for (int r = 0; r < n_ranks; ++r) most_kv = std::max(most_kv, kv_head_split(cfg.n_kv_heads, r, n_ranks).count);
+  const double attention_bytes =
+      double(cfg.n_layers) * double(2 * cfg.q_dim() + 2 * cfg.kv_dim()) * double(cfg.d_model) * bytes_per_weight;
+  const double attention_exchanges = double(cfg.n_layers) * (cfg.qk_norm == QKNorm::Full ? 2 : 1);
+  s.attention = decide("attention", attention,
+                       first({gpu, gguf ? "a GGUF model's attention is not divided yet" : ""}),
+                       attention_bytes, double(most_kv) / double(cfg.n_kv_heads), attention_exchanges);
+  int64_t most_rows = 0;
+  for (int r = 0; r < n_ranks; ++r) most_rows = std::max(most_rows, ffn_split(cfg.vocab_size, r, n_ranks).count);
+  s.head = decide("head", head, first({gpu}), double(cfg.vocab_size) * double(cfg.d_model) * bytes_per_weight,
+                  double(most_rows) / double(cfg.vocab_size), 1.0);
+  // One line: "attention: ... (...); head: ... (...)".
+  why->pop_back();
+  for (size_t at = why->find('\n'); at != std::string::npos; at = why->find('\n', at)) why->replace(at, 1, "; ");
+  return s;
+}
+
 namespace {
 
 // What every rank must agree on before running in lockstep.
@@ -48,6 +115,7 @@ struct Agreement {
   char kernels[16];
   char model[96];  // a short description, to name the difference
   char weights_dtype[8];
+  uint8_t split_attention, split_head;
 };
 
 void check_agreement(Communicator& comm, const Agreement& mine) {
@@ -67,6 +135,9 @@ void check_agreement(Communicator& comm, const Agreement& mine) {
     if (a.placement_fingerprint != b.placement_fingerprint)
       diff("expert placement (fingerprint)", str_cat(std::hex, a.placement_fingerprint),
            str_cat(std::hex, b.placement_fingerprint));
+    if (a.split_attention != b.split_attention || a.split_head != b.split_head)
+      diff("split of attention / head (--attention, --head)", str_cat(int(a.split_attention), "/", int(a.split_head)),
+           str_cat(int(b.split_attention), "/", int(b.split_head)));
     if (std::strncmp(a.weights_dtype, b.weights_dtype, sizeof(a.weights_dtype)) != 0)
       diff("weight dtype", a.weights_dtype, b.weights_dtype);
     if (std::strncmp(a.kernels, b.kernels, sizeof(a.kernels)) != 0)
@@ -96,8 +167,20 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     e->placement_.set_ffn_block(ffn_block_weights(opts.model_dir));
     e->placement_.require_splittable(cfg.expert_ffn);
     e->placement_.require_splittable(cfg.shared_expert_ffn);
+    // Split attention and head run on the CPU only: where a GPU may be used (asked for, or auto with a
+    // hardware GPU present), auto keeps them whole.
+    bool may_use_gpu = opts.device == gpu::DeviceKind::Gpu;
+    if (opts.device == gpu::DeviceKind::Auto) {
+      try {
+        for (const auto& d : gpu::list_gpus()) may_use_gpu |= d.usable && !d.software;
+      } catch (const Error&) {
+        // no Vulkan: the CPU it is
+      }
+    }
+    const DenseSplit split = choose_dense_split(cfg, c.size(), opts.attention, opts.head, opts.emulate_latency_us,
+                                                is_gguf_path(opts.model_dir), may_use_gpu, &e->dense_split_note_);
     LoadOptions lo;
-    lo.share = e->placement_.share(c.rank());
+    lo.share = e->placement_.share(c.rank(), split);
     lo.prefault = opts.prefault;
     lo.mlock = opts.mlock;
     // On a GPU the host's copy is read once, to upload it: read it in place rather than copy it first.
@@ -119,6 +202,8 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
                                           cfg.n_experts, " experts top-", cfg.top_k);
   std::strncpy(mine.model, short_model.c_str(), sizeof(mine.model) - 1);
   std::strncpy(mine.weights_dtype, dtype_name(e->model_->weights().embed.dtype), sizeof(mine.weights_dtype) - 1);
+  mine.split_attention = e->model_->weights().split.attention;
+  mine.split_head = e->model_->weights().split.head;
   run_collectively(c, [&] { check_agreement(c, mine); });
 
   if (opts.prefault) prefault_code_pages();
@@ -171,6 +256,13 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
       return;
     } else {
       gpu = usable[size_t(local_rank) % usable.size()];
+    }
+    if (const DenseSplit& sp = e->model_->weights().split; sp.attention || sp.head) {
+      const std::string why = "split attention or head (--attention, --head) runs on the CPU only";
+      if (opts.device == gpu::DeviceKind::Gpu) fail("--device gpu: ", why, "; use --attention replicated --head replicated");
+      e->device_note_ = str_cat("--device auto: ", why, "; running on the CPU");
+      gpu = -1;
+      return;
     }
     if (opts.device == gpu::DeviceKind::Auto) {
       const uint64_t need = gpu::device_bytes_needed(*e->model_, opts.limits);

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -18,7 +19,25 @@
 namespace moep {
 
 // Bumped whenever what ranks exchange or compute in lockstep changes.
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 2;
+
+// --attention and --head: repeat the part on every rank, divide it (DenseSplit), or let the engine choose.
+enum class SplitMode { Auto, Replicated, Split };
+// "auto", "replicated" or "split"; throws moep::Error naming `flag` and the value otherwise.
+SplitMode parse_split_mode(std::string_view name, const char* flag);
+
+// What `auto` decides, per part, for a model on n_ranks CPU ranks: divide it when the time of the bytes each rank
+// stops reading exceeds the time of the exchanges the division adds (a rule of the performance model's two
+// terms, with fixed constants: see docs/PERFORMANCE.md, "Split attention and head"):
+//   saved  = bytes of the part × (1 − the largest rank's share) / kAutoRankBytesPerSecond
+//   added  = exchanges per token × (kAutoExchangeUs + latency_us) × ⌈log2 N⌉
+// Attention adds one exchange per layer (two for OLMoE's whole-projection q/k norms), the head one per token.
+// Auto never divides on one rank (an explicit Split there runs the split path over one part). Never divided: on a
+// GPU (on_gpu), and attention of a GGUF file (gguf); an explicit Split there throws moep::Error saying why. `why` gets one line saying, per part, what was chosen and why.
+inline constexpr double kAutoRankBytesPerSecond = 10e9;
+inline constexpr double kAutoExchangeUs = 20.0;
+DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode attention, SplitMode head,
+                              double latency_us, bool gguf, bool on_gpu, std::string* why);
 
 struct EngineOptions {
   std::string model_dir;
@@ -34,6 +53,8 @@ struct EngineOptions {
   // (and the copy fits).
   WeightResidence weights = WeightResidence::Auto;
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
+  SplitMode attention = SplitMode::Auto;  // --attention (choose_dense_split)
+  SplitMode head = SplitMode::Auto;       // --head
   // Deadline of every collective once the model is loaded (Communicator::set_rank_timeout; 0: none).
   double rank_timeout_s = 60.0;
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)
@@ -57,6 +78,9 @@ class Engine {
   const Model& model() const { return *model_; }
   const ModelConfig& config() const { return model_->config(); }
   const ExpertPlacement& placement() const { return placement_; }
+  // Whether attention and the output head are divided over the ranks, and why (one line).
+  const DenseSplit& dense_split() const { return model_->weights().split; }
+  const std::string& dense_split_note() const { return dense_split_note_; }
   ThreadPool& pool() { return *pool_; }
   Transformer& transformer() { return *transformer_; }
   // What runs the forward pass on this rank, for the user: "CPU, 16 threads" or "GPU 0: NVIDIA H200 (...)".
@@ -88,7 +112,7 @@ class Engine {
   std::unique_ptr<Transformer> transformer_;
   std::vector<BatchRow> rows_;
   std::vector<uint64_t> rank_weight_bytes_, rank_rss_bytes_;
-  std::string device_summary_, device_note_;
+  std::string device_summary_, device_note_, dense_split_note_;
 };
 
 // This process's resident set size in bytes (0 where unknown).

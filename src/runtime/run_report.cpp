@@ -18,8 +18,8 @@ namespace {
 
 struct BlobHeader {
   int32_t rank, threads;
-  int64_t n_layers, head_ns, n_events;
-  uint64_t weight_bytes;
+  int64_t n_layers, head_ns, head_gather_ns, n_events;
+  uint64_t weight_bytes, kv_cache_bytes;
   CommStats comm;
   char host[64];
 };
@@ -30,6 +30,8 @@ std::vector<uint8_t> serialize(const RankStats& r) {
   h.threads = r.threads;
   h.n_layers = int64_t(r.layers.size());
   h.head_ns = r.head_ns;
+  h.head_gather_ns = r.head_gather_ns;
+  h.kv_cache_bytes = r.kv_cache_bytes;
   h.n_events = int64_t(r.events.size());
   h.weight_bytes = r.weight_bytes;
   h.comm = r.comm;
@@ -52,6 +54,8 @@ RankStats deserialize(const std::vector<uint8_t>& b) {
   r.rank = h.rank;
   r.threads = h.threads;
   r.head_ns = h.head_ns;
+  r.head_gather_ns = h.head_gather_ns;
+  r.kv_cache_bytes = h.kv_cache_bytes;
   r.weight_bytes = h.weight_bytes;
   r.comm = h.comm;
   r.host = std::string(h.host, strnlen(h.host, sizeof(h.host)));
@@ -87,13 +91,17 @@ RunStats gather_run_stats(Engine& engine) {
   mine.host = host_name();
   mine.layers = tr.layer_stats();
   mine.head_ns = tr.head_ns();
+  mine.head_gather_ns = tr.head_gather_ns();
+  mine.kv_cache_bytes = tr.kv_cache_bytes();
   mine.comm = comm.stats();
   mine.weight_bytes = engine.model().bytes_mapped_for_use();
   mine.events.assign(tr.tracer().data(), tr.tracer().data() + tr.tracer().size());
 
   RunStats s;
   s.model = engine.config().summary();
-  s.placement = engine.placement().describe();
+  s.placement = str_cat(engine.placement().describe(), "; attention ",
+                        engine.dense_split().attention ? "split" : "replicated", ", head ",
+                        engine.dense_split().head ? "split" : "replicated");
   s.kernels = kernels::best_kernels().name;
   s.commit = MOEP_GIT_COMMIT;
   s.cpu = cpu_model_name();
@@ -122,8 +130,9 @@ std::string format_stats_table(const RunStats& s) {
   os << "  placement " << s.placement << "; kernels " << s.kernels << "; commit " << s.commit << "; " << s.cpu
      << "\n";
   const auto min_ar = min_allreduce(s);
-  std::snprintf(line, sizeof line, "  %-5s %-5s %10s %9s %10s %10s %9s %9s %10s\n", "rank", "layer", "attn ms",
-                "router", "experts", "allreduce", "wait", "dense", "pairs");
+  // attn-ar: a split attention's all-reduce (waiting for slower ranks included); allreduce/wait: the MoE's.
+  std::snprintf(line, sizeof line, "  %-5s %-5s %10s %9s %9s %10s %10s %9s %9s %10s\n", "rank", "layer", "attn ms",
+                "attn-ar", "router", "experts", "allreduce", "wait", "dense", "pairs");
   os << line;
   for (const auto& r : s.ranks) {
     LayerStats tot;
@@ -131,11 +140,12 @@ std::string format_stats_table(const RunStats& s) {
     for (size_t l = 0; l < r.layers.size(); ++l) {
       const LayerStats& L = r.layers[l];
       const int64_t wait = L.allreduce_ns - min_ar[l];
-      std::snprintf(line, sizeof line, "  %-5d %-5zu %10.3f %9.3f %10.3f %10.3f %9.3f %9.3f %10lld\n", r.rank, l,
-                    ms(L.attention_ns), ms(L.router_ns), ms(L.experts_ns), ms(L.allreduce_ns - wait), ms(wait),
+      std::snprintf(line, sizeof line, "  %-5d %-5zu %10.3f %9.3f %9.3f %10.3f %10.3f %9.3f %9.3f %10lld\n", r.rank,
+                    l, ms(L.attention_ns), ms(L.attention_allreduce_ns), ms(L.router_ns), ms(L.experts_ns), ms(L.allreduce_ns - wait), ms(wait),
                     ms(L.dense_ns), (long long)L.expert_pairs);
       if (r.layers.size() <= 8) os << line;
       tot.attention_ns += L.attention_ns;
+      tot.attention_allreduce_ns += L.attention_allreduce_ns;
       tot.router_ns += L.router_ns;
       tot.experts_ns += L.experts_ns;
       tot.dense_ns += L.dense_ns;
@@ -143,16 +153,17 @@ std::string format_stats_table(const RunStats& s) {
       wait_tot += wait;
       comm_tot += L.allreduce_ns - wait;
     }
-    std::snprintf(line, sizeof line, "  %-5d %-5s %10.3f %9.3f %10.3f %10.3f %9.3f %9.3f %10lld\n", r.rank, "all",
-                  ms(tot.attention_ns), ms(tot.router_ns), ms(tot.experts_ns), ms(comm_tot), ms(wait_tot),
+    std::snprintf(line, sizeof line, "  %-5d %-5s %10.3f %9.3f %9.3f %10.3f %10.3f %9.3f %9.3f %10lld\n", r.rank,
+                  "all", ms(tot.attention_ns), ms(tot.attention_allreduce_ns), ms(tot.router_ns), ms(tot.experts_ns), ms(comm_tot), ms(wait_tot),
                   ms(tot.dense_ns), (long long)tot.expert_pairs);
     os << line;
     std::snprintf(line, sizeof line,
-                  "  rank %d: head %.3f ms; %llu all-reduces, %.1f KiB payload, %.1f KiB sent; %.1f MiB of weights "
-                  "resident; %d threads on %s\n",
-                  r.rank, ms(r.head_ns), (unsigned long long)r.comm.allreduce_calls,
+                  "  rank %d: head %.3f ms (gather %.3f ms); %llu all-reduces, %.1f KiB payload, %.1f KiB sent; %.1f MiB "
+                  "of weights resident, %.1f MiB of KV cache; %d threads on %s\n",
+                  r.rank, ms(r.head_ns), ms(r.head_gather_ns), (unsigned long long)r.comm.allreduce_calls,
                   double(r.comm.allreduce_bytes) / 1024.0, double(r.comm.bytes_sent) / 1024.0,
-                  double(r.weight_bytes) / (1024.0 * 1024.0), r.threads, r.host.c_str());
+                  double(r.weight_bytes) / (1024.0 * 1024.0), double(r.kv_cache_bytes) / (1024.0 * 1024.0), r.threads,
+                  r.host.c_str());
     os << line;
   }
   return os.str();
@@ -175,6 +186,8 @@ void write_stats_json(const RunStats& s, const std::string& path) {
     jr["host"] = r.host;
     jr["threads"] = r.threads;
     jr["head_ms"] = ms(r.head_ns);
+    jr["head_gather_ms"] = ms(r.head_gather_ns);
+    jr["kv_cache_bytes"] = r.kv_cache_bytes;
     jr["weight_bytes"] = r.weight_bytes;
     jr["allreduce_calls"] = r.comm.allreduce_calls;
     jr["allreduce_payload_bytes"] = r.comm.allreduce_bytes;
@@ -185,6 +198,7 @@ void write_stats_json(const RunStats& s, const std::string& path) {
       const int64_t wait = L.allreduce_ns - min_ar[l];
       jr["layers"].push_back({{"layer", l},
                               {"attention_ms", ms(L.attention_ns)},
+                              {"attention_allreduce_ms", ms(L.attention_allreduce_ns)},
                               {"router_ms", ms(L.router_ns)},
                               {"experts_ms", ms(L.experts_ns)},
                               {"allreduce_ms", ms(L.allreduce_ns - wait)},

@@ -24,8 +24,10 @@ struct RankStats {
   std::string host;
   std::vector<LayerStats> layers;
   int64_t head_ns = 0;
+  int64_t head_gather_ns = 0;  // of head_ns: a split head's gather of the logits
   CommStats comm;
   size_t weight_bytes = 0;  // weights this rank holds resident
+  size_t kv_cache_bytes = 0;  // this rank's KV cache (its heads' part when attention is split)
   std::vector<TraceEvent> events;
 };
 

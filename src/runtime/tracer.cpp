@@ -11,6 +11,8 @@ const char* trace_phase_name(TracePhase p) {
     case TracePhase::Dense: return "dense";
     case TracePhase::Head: return "head";
     case TracePhase::Step: return "step";
+    case TracePhase::AttentionAllReduce: return "attention-allreduce";
+    case TracePhase::HeadGather: return "head-gather";
   }
   return "?";
 }

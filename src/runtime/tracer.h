@@ -10,7 +10,9 @@
 
 namespace moep {
 
-enum class TracePhase : uint8_t { Attention, Router, Experts, AllReduce, Dense, Head, Step };
+// AttentionAllReduce: a split attention's exchange (inside Attention's span); HeadGather: a split head's
+// gather of the logits (inside Head's).
+enum class TracePhase : uint8_t { Attention, Router, Experts, AllReduce, Dense, Head, Step, AttentionAllReduce, HeadGather };
 const char* trace_phase_name(TracePhase p);
 
 struct TraceEvent {
@@ -45,6 +47,7 @@ class Tracer {
 // Time and work of one layer on this rank, summed over forward() calls since the last reset.
 struct LayerStats {
   int64_t attention_ns = 0;  // norms, q/k/v/o projections, RoPE, attention
+  int64_t attention_allreduce_ns = 0;  // a split attention's all-reduces (not in attention_ns)
   int64_t router_ns = 0;
   int64_t experts_ns = 0;    // this rank's experts (and their weighted sum)
   int64_t allreduce_ns = 0;  // the all-reduce, including waiting for slower ranks

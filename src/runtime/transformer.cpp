@@ -31,7 +31,11 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
     return;
   }
   const int64_t R = limits_.max_rows, d = c_.d_model;
-  const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * c_.kv_dim());
+  n_kv_heads_ = w_.kv_heads.count;
+  n_heads_ = n_kv_heads_ * (c_.n_heads / c_.n_kv_heads);
+  kv_dim_ = n_kv_heads_ * c_.head_dim;
+  q_dim_ = n_heads_ * c_.head_dim;
+  const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * kv_dim_);
   k_cache_.assign(kv, 0.f);
   v_cache_.assign(kv, 0.f);
 
@@ -53,11 +57,12 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
 
   x_.resize(size_t(R * d));
   h_.resize(size_t(R * d));
-  q_.resize(size_t(R * c_.q_dim()));
-  k_.resize(size_t(R * c_.kv_dim()));
-  v_.resize(size_t(R * c_.kv_dim()));
-  a_.resize(size_t(R * c_.q_dim()));
-  attention_shape_ = {c_.n_heads, c_.n_kv_heads, c_.head_dim, 1.f / std::sqrt(float(c_.head_dim))};
+  q_.resize(size_t(R * q_dim_));
+  k_.resize(size_t(R * kv_dim_));
+  v_.resize(size_t(R * kv_dim_));
+  a_.resize(size_t(R * q_dim_));
+  qk_sumsq_.resize(size_t(2 * R));
+  attention_shape_ = {n_heads_, n_kv_heads_, c_.head_dim, 1.f / std::sqrt(float(c_.head_dim))};
   attention_rows_.resize(size_t(R));
   attention_scratch_.resize(ops::attention_scratch_floats(R, attention_shape_));
   o_.resize(size_t(R * d));
@@ -66,6 +71,14 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   many_.reserve(3, 0);
   mu_.resize(size_t(R * c_.dense_ffn));
   head_in_.resize(size_t(R * d));
+  if (w_.split.head) {
+    head_out_.resize(size_t(R * w_.vocab_rows.count));
+    for (int r = 0; r < comm_.size(); ++r) vocab_parts_.push_back(ffn_split(c_.vocab_size, r, comm_.size()));
+    MOEP_ASSERT(vocab_parts_[size_t(comm_.rank())].first == w_.vocab_rows.first &&
+                vocab_parts_[size_t(comm_.rank())].count == w_.vocab_rows.count);
+    gather_counts_.resize(size_t(comm_.size()));
+    if (comm_.rank() == 0) gathered_.resize(size_t(R * c_.vocab_size));
+  }
   for (int64_t l = 0; l < c_.n_layers; ++l)
     if (c_.layer_is_moe[size_t(l)]) routing_[size_t(l)].reserve(size_t(R * c_.top_k));
 }
@@ -74,7 +87,7 @@ Transformer::~Transformer() = default;
 
 void Transformer::reset_stats() {
   std::fill(stats_.begin(), stats_.end(), LayerStats{});
-  head_ns_ = 0;
+  head_ns_ = head_gather_ns_ = 0;
   if (gpu_) gpu_->reset_times();
 }
 
@@ -99,46 +112,121 @@ void Transformer::norm(const float* x, const VecRef& w, const VecRef& b, float* 
   }
 }
 
-void Transformer::attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows) {
-  const int64_t T = int64_t(rows.size()), d = c_.d_model, hd = c_.head_dim, H = c_.n_heads, KVH = c_.n_kv_heads;
-  const int64_t qd = c_.q_dim(), kvd = c_.kv_dim(), half = hd / 2;
-  // h_ holds the normalized input.
-  const ops::LinearJob qkv[3] = {{L.wq, h_.data(), T, q_.data()}, {L.wk, h_.data(), T, k_.data()},
-                                 {L.wv, h_.data(), T, v_.data()}};
-  ops::linear_many(pool_, qkv, 3, many_);
-  for (int64_t t = 0; t < T; ++t) {
-    float* q = &q_[size_t(t * qd)];
-    float* k = &k_[size_t(t * kvd)];
-    float* v = &v_[size_t(t * kvd)];
-    ops::add_bias(q, L.bq, qd);
-    ops::add_bias(k, L.bk, kvd);
-    ops::add_bias(v, L.bv, kvd);
-    if (c_.qk_norm == QKNorm::Full) {
-      ops::rmsnorm(q, L.q_norm, c_.norm_eps, qd, q);
-      ops::rmsnorm(k, L.k_norm, c_.norm_eps, kvd, k);
-    } else if (c_.qk_norm == QKNorm::PerHead) {
-      for (int64_t h = 0; h < H; ++h) ops::rmsnorm(q + h * hd, L.q_norm, c_.norm_eps, hd, q + h * hd);
-      for (int64_t h = 0; h < KVH; ++h) ops::rmsnorm(k + h * hd, L.k_norm, c_.norm_eps, hd, k + h * hd);
+int64_t Transformer::full_qk_norm(const LayerWeights& L, int64_t T) {
+  const int64_t qd = q_dim_, kvd = kv_dim_;
+  if (!w_.split.attention) {
+    for (int64_t t = 0; t < T; ++t) {
+      ops::rmsnorm(&q_[size_t(t * qd)], L.q_norm, c_.norm_eps, qd, &q_[size_t(t * qd)]);
+      ops::rmsnorm(&k_[size_t(t * kvd)], L.k_norm, c_.norm_eps, kvd, &k_[size_t(t * kvd)]);
     }
-    if (c_.clip_qkv > 0) {
-      ops::clamp(q, c_.clip_qkv, qd);
-      ops::clamp(k, c_.clip_qkv, kvd);
-      ops::clamp(v, c_.clip_qkv, kvd);
-    }
-    const int64_t pos = rows[size_t(t)].pos;
-    ops::rope(q, H, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
-    ops::rope(k, KVH, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
-    std::memcpy(k_at(layer, rows[size_t(t)].slot, pos), k, size_t(kvd) * sizeof(float));
-    std::memcpy(v_at(layer, rows[size_t(t)].slot, pos), v, size_t(kvd) * sizeof(float));
+    return 0;
   }
-  // Causal: each row attends to its slot's positions 0..pos.
+  // Every rank's sums of squares of its part of q and of k, added over ranks: the norms of the whole rows.
+  auto sum_sq = [](const float* x, int64_t n) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+    return float(ss);
+  };
   for (int64_t t = 0; t < T; ++t) {
-    const BatchRow& r = rows[size_t(t)];
-    attention_rows_[size_t(t)] = {{k_at(layer, r.slot, 0), v_at(layer, r.slot, 0), kvd}, int64_t(r.pos) + 1};
+    qk_sumsq_[size_t(2 * t)] = sum_sq(q_.data() + t * qd, qd);
+    qk_sumsq_[size_t(2 * t + 1)] = sum_sq(k_.data() + t * kvd, kvd);
   }
-  ops::attention(pool_, attention_shape_, q_.data(), attention_rows_.data(), T, attention_scratch_.data(), a_.data());
-  ops::linear(pool_, L.wo, a_.data(), T, o_.data());
-  for (int64_t t = 0; t < T; ++t) ops::add_bias(&o_[size_t(t * d)], L.bo, d);
+  const int64_t t0 = now_ns();
+  comm_.allreduce_sum(qk_sumsq_.data(), size_t(2 * T));
+  const int64_t t1 = now_ns();
+  auto scale = [&](float* x, const VecRef& w, int64_t n, float ss, int64_t full) {
+    const float inv = float(1.0 / std::sqrt(double(ss) / double(full) + double(c_.norm_eps)));
+    for (int64_t i = 0; i < n; ++i) x[i] = w.at(i) * (x[i] * inv);
+  };
+  for (int64_t t = 0; t < T; ++t) {
+    scale(q_.data() + t * qd, L.q_norm, qd, qk_sumsq_[size_t(2 * t)], c_.q_dim());
+    scale(k_.data() + t * kvd, L.k_norm, kvd, qk_sumsq_[size_t(2 * t + 1)], c_.kv_dim());
+  }
+  return t1 - t0;
+}
+
+int64_t Transformer::attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows) {
+  const int64_t T = int64_t(rows.size()), d = c_.d_model, hd = c_.head_dim, H = n_heads_, KVH = n_kv_heads_;
+  const int64_t qd = q_dim_, kvd = kv_dim_, half = hd / 2;
+  int64_t exchange_ns = 0;
+  if (KVH > 0) {
+    // h_ holds the normalized input.
+    const ops::LinearJob qkv[3] = {{L.wq, h_.data(), T, q_.data()}, {L.wk, h_.data(), T, k_.data()},
+                                   {L.wv, h_.data(), T, v_.data()}};
+    ops::linear_many(pool_, qkv, 3, many_);
+    for (int64_t t = 0; t < T; ++t) {
+      ops::add_bias(&q_[size_t(t * qd)], L.bq, qd);
+      ops::add_bias(&k_[size_t(t * kvd)], L.bk, kvd);
+      ops::add_bias(&v_[size_t(t * kvd)], L.bv, kvd);
+    }
+  }
+  // A rank without heads still joins the norm's all-reduce, with zero sums.
+  if (c_.qk_norm == QKNorm::Full) exchange_ns += full_qk_norm(L, T);
+  if (KVH > 0) {
+    for (int64_t t = 0; t < T; ++t) {
+      float* q = &q_[size_t(t * qd)];
+      float* k = &k_[size_t(t * kvd)];
+      float* v = &v_[size_t(t * kvd)];
+      if (c_.qk_norm == QKNorm::PerHead) {
+        for (int64_t h = 0; h < H; ++h) ops::rmsnorm(q + h * hd, L.q_norm, c_.norm_eps, hd, q + h * hd);
+        for (int64_t h = 0; h < KVH; ++h) ops::rmsnorm(k + h * hd, L.k_norm, c_.norm_eps, hd, k + h * hd);
+      }
+      if (c_.clip_qkv > 0) {
+        ops::clamp(q, c_.clip_qkv, qd);
+        ops::clamp(k, c_.clip_qkv, kvd);
+        ops::clamp(v, c_.clip_qkv, kvd);
+      }
+      const int64_t pos = rows[size_t(t)].pos;
+      ops::rope(q, H, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
+      ops::rope(k, KVH, hd, &rope_cos_[size_t(pos * half)], &rope_sin_[size_t(pos * half)]);
+      std::memcpy(k_at(layer, rows[size_t(t)].slot, pos), k, size_t(kvd) * sizeof(float));
+      std::memcpy(v_at(layer, rows[size_t(t)].slot, pos), v, size_t(kvd) * sizeof(float));
+    }
+    // Causal: each row attends to its slot's positions 0..pos.
+    for (int64_t t = 0; t < T; ++t) {
+      const BatchRow& r = rows[size_t(t)];
+      attention_rows_[size_t(t)] = {{k_at(layer, r.slot, 0), v_at(layer, r.slot, 0), kvd}, int64_t(r.pos) + 1};
+    }
+    ops::attention(pool_, attention_shape_, q_.data(), attention_rows_.data(), T, attention_scratch_.data(),
+                   a_.data());
+    ops::linear(pool_, L.wo, a_.data(), T, o_.data());
+  } else {
+    std::fill_n(o_.begin(), T * d, 0.f);
+  }
+  // Split, o_ is this rank's part of the sum over heads: the bias is added once (rank 0), then the parts.
+  if (!w_.split.attention || comm_.rank() == 0)
+    for (int64_t t = 0; t < T; ++t) ops::add_bias(&o_[size_t(t * d)], L.bo, d);
+  if (w_.split.attention) {
+    const int64_t t0 = now_ns();
+    comm_.allreduce_sum(o_.data(), size_t(T * d));
+    const int64_t t1 = now_ns();
+    tracer_.record(TracePhase::AttentionAllReduce, int32_t(layer), t0, t1);
+    exchange_ns += t1 - t0;
+  }
+  return exchange_ns;
+}
+
+void Transformer::head(int64_t n_want, float* logits) {
+  if (!w_.split.head) {
+    ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, logits);
+    return;
+  }
+  // This rank's columns of the logits, gathered to rank 0 and put in row order there.
+  ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, head_out_.data());
+  for (size_t r = 0; r < vocab_parts_.size(); ++r) gather_counts_[r] = size_t(n_want * vocab_parts_[r].count);
+  const int64_t t0 = now_ns();
+  comm_.gather(head_out_.data(), gather_counts_.data(), gathered_.data(), 0);
+  const int64_t t1 = now_ns();
+  head_gather_ns_ += t1 - t0;
+  tracer_.record(TracePhase::HeadGather, -1, t0, t1);
+  if (comm_.rank() != 0) return;
+  const int64_t V = c_.vocab_size;
+  const float* part = gathered_.data();
+  for (const FfnSlice& p : vocab_parts_) {
+    for (int64_t i = 0; i < n_want; ++i)
+      std::memcpy(logits + i * V + p.first, part + i * p.count, size_t(p.count) * sizeof(float));
+    part += n_want * p.count;
+  }
 }
 
 void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
@@ -187,11 +275,12 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
     LayerStats& st = stats_[size_t(l)];
     const int64_t t0 = now_ns();
     norm(x_.data(), L.attn_norm_w, L.attn_norm_b, h_.data(), T);
-    attention(L, l, rows);
+    const int64_t exchange_ns = attention(L, l, rows);
     for (int64_t i = 0; i < T * d; ++i) x_[size_t(i)] += o_[size_t(i)];
     norm(x_.data(), L.ffn_norm_w, L.ffn_norm_b, h_.data(), T);
     const int64_t t1 = now_ns();
-    st.attention_ns += t1 - t0;
+    st.attention_ns += t1 - t0 - exchange_ns;
+    st.attention_allreduce_ns += exchange_ns;
     tracer_.record(TracePhase::Attention, int32_t(l), t0, t1);
     if (L.is_moe) {
       MoeTimes mt;
@@ -233,7 +322,7 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       else
         ops::rmsnorm(x, w_.final_norm_w, c_.norm_eps, d, y);
     }
-    ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, logits);
+    head(n_want, logits);
   }
   const int64_t te = now_ns();
   head_ns_ += te - th;

@@ -1,6 +1,13 @@
 // The forward pass of every supported family, over a batch of token rows that may belong to different
-// sequences (slots of the KV cache) at different positions. Each rank runs all non-expert work itself and
-// its share of the experts (MoeBlock); one all-reduce per MoE layer combines the expert outputs.
+// sequences (slots of the KV cache) at different positions. Each rank runs its share of the experts (MoeBlock);
+// one all-reduce per MoE layer combines the expert outputs. Attention and the output head are either repeated
+// on every rank or divided, as the weights say (ModelWeights::split):
+//  - split attention: each rank its KV heads and their query heads, with a KV cache of those heads only; the
+//    partial sums of o_proj are added by an all-reduce of tokens × d_model per layer. It cannot merge with the
+//    MoE's all-reduce: the blocks are sequential pre-norm residuals, and the MoE's input norm needs the whole
+//    attention output, so a layer makes two exchanges. OLMoE's q/k norms, over the whole projection, add one
+//    all-reduce of 2 floats per token (each rank's sums of squares).
+//  - split head: each rank its rows of the vocabulary; the logits are gathered to rank 0 (one gather per step).
 //
 // Everything is sized at construction (max rows per step, slots, context); forward() allocates nothing.
 // Not thread-safe: one caller at a time.
@@ -32,7 +39,8 @@ class Transformer {
   ~Transformer();
 
   // Runs the rows through the model, appending their keys/values to the KV cache at their positions, and
-  // writes logits [n rows with want_logits, vocab] in row order. Throws moep::Error for a row outside the
+  // writes logits [n rows with want_logits, vocab] in row order (with a split head, on rank 0 only: the other
+  // ranks' `logits` is not written). Throws moep::Error for a row outside the
   // limits (slot, position, token id).
   void forward(std::span<const BatchRow> rows, float* logits);
 
@@ -40,12 +48,15 @@ class Transformer {
   const EngineLimits& limits() const { return limits_; }
   const std::vector<LayerStats>& layer_stats() const { return stats_; }
   int64_t head_ns() const { return head_ns_; }
+  // Of head_ns: gathering a split head's logits to rank 0.
+  int64_t head_gather_ns() const { return head_gather_ns_; }
   void reset_stats();
   // Bytes of weights one decode step of one token reads on this rank (non-expert weights + head + on
   // average top_k experts' share held here), for bandwidth figures.
   double weight_bytes_per_token() const;
+  // This rank's KV cache (its heads only when attention is split).
   size_t kv_cache_bytes() const {
-    return size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * c_.kv_dim()) * sizeof(float) * 2;
+    return size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * kv_dim_) * sizeof(float) * 2;
   }
   // Routing of the last forward, per MoE layer: [n_layers][rows × top_k] (empty for dense layers);
   // filled only when record_routing(true). The observer, if set, is called after every forward with it and
@@ -62,13 +73,19 @@ class Transformer {
   const std::vector<std::vector<int32_t>>& last_routing() const { return routing_; }
 
  private:
-  void attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows);
+  // Writes o_ (the attention output of every row, summed over ranks when split); returns the nanoseconds spent
+  // in all-reduces.
+  int64_t attention(const LayerWeights& L, int64_t layer, std::span<const BatchRow> rows);
+  // OLMoE's RMSNorm of q and k over the whole projection, of which a split rank holds a part; returns the
+  // nanoseconds of its all-reduce.
+  int64_t full_qk_norm(const LayerWeights& L, int64_t T);
+  void head(int64_t n_want, float* logits);
   void norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const;
   float* k_at(int64_t layer, int64_t slot, int64_t pos) {
-    return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];
+    return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * kv_dim_)];
   }
   float* v_at(int64_t layer, int64_t slot, int64_t pos) {
-    return &v_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * c_.kv_dim())];
+    return &v_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * kv_dim_)];
   }
 
   const Model& model_;
@@ -78,7 +95,15 @@ class Transformer {
   ThreadPool& pool_;
   EngineLimits limits_;
   MoeBlock moe_;
-  std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim]
+  // This rank's heads (all of them unless attention is split) and their widths.
+  int64_t n_heads_ = 0, n_kv_heads_ = 0, q_dim_ = 0, kv_dim_ = 0;
+  std::vector<float> k_cache_, v_cache_;  // [layers, slots, ctx, kv_dim_]
+  std::vector<float> qk_sumsq_;  // [max_rows, 2]: a split full q/k norm's sums of squares
+  // A split head: this rank's logits [R, its rows], every rank's part of the vocabulary, the floats each sends,
+  // and on rank 0 the parts gathered [Σ ranks' R × rows] before they are put in row order.
+  std::vector<float> head_out_, gathered_;
+  std::vector<FfnSlice> vocab_parts_;
+  std::vector<size_t> gather_counts_;
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
   kernels::AttentionShape attention_shape_;
@@ -88,7 +113,7 @@ class Transformer {
   ops::ManyScratch many_;  // q, k, v (or a dense MLP's gate and up) in one region
   std::vector<int32_t> want_rows_;
   std::vector<LayerStats> stats_;
-  int64_t head_ns_ = 0;
+  int64_t head_ns_ = 0, head_gather_ns_ = 0;
   bool record_routing_ = false;
   RoutingObserver routing_observer_;
   Tracer tracer_;

@@ -119,6 +119,41 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
   }
 }
 
+// Attention divided by heads and the head by vocabulary rows (--attention split --head split) equal 1 rank on
+// every family: 2 ranks take one of the fixtures' 2 KV heads each, 3 and 4 ranks leave ranks with none (the
+// uneven case). With split and whole-expert placements, and with weights copied (o_proj's slice of columns is a
+// strided range of the file, copied densely).
+TEST_P(Distributed, SplitAttentionAndHeadEqualOneRank) {
+  const std::string fx = GetParam();
+  const auto ref = reference(fx);
+  const auto ids = ref["cases"][2]["logits_tokens"].get<std::vector<int32_t>>();
+  const auto prompt = ref["cases"][1]["prompt"].get<std::vector<int32_t>>();
+  const auto greedy_ref = ids_csv(ref["cases"][1]["greedy"].get<std::vector<int32_t>>());
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  ASSERT_EQ(cfg.n_kv_heads, 2) << "the uneven case below needs fewer KV heads than 3 and 4 ranks";
+  const RunOut one = run(fx, 1, "contiguous", ids, 0, "--attention replicated --head replicated");
+  ASSERT_FALSE(one.logits.data.empty());
+  const int64_t V = cfg.vocab_size;
+  const std::string both = "--attention split --head split";
+  const std::vector<std::pair<int, std::string>> runs = {
+      {2, both}, {3, both}, {4, both}, {2, "--attention split --head replicated"},
+      {3, "--attention replicated --head split"}, {2, both + " --weights copy"}};
+  for (const auto& [n, flags] : runs)
+    for (const std::string placement : {"split", "round-robin"}) {
+      SCOPED_TRACE(fx + " on " + std::to_string(n) + " ranks, " + flags + ", placement " + placement);
+      const RunOut many = run(fx, n, placement, ids, 0, flags);
+      ASSERT_EQ(many.logits.shape, one.logits.shape);
+      for (size_t t = 0; t < ids.size(); ++t)
+        EXPECT_LE(test::rel_l2(&many.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5)
+            << "position " << t;
+    }
+  // Greedy decoding through the KV cache (each rank its heads' part) and the gathered logits.
+  for (int n : {2, 3}) {
+    SCOPED_TRACE(fx + " greedy on " + std::to_string(n) + " ranks, " + both);
+    EXPECT_EQ(run(fx, n, "split", prompt, 24, both).greedy, greedy_ref);
+  }
+}
+
 // GPU ranks (under mpirun they share the one device: lavapipe in CI, an H200 on the device machine) equal one CPU
 // rank: every family, split, whole-expert and replicated placements, 2 to 4 ranks.
 // One dtype per family (the bf16 fixtures) keeps this short.
@@ -194,6 +229,51 @@ TEST_F(DistributedJob, OnlyOneAllReducePerMoeLayerOfTokensTimesDModel) {
               moe_layers * int64_t(long_ids.size()) * cfg.d_model * 4);
     EXPECT_EQ(a["ranks"][r]["other_collectives"], b["ranks"][r]["other_collectives"]);
   }
+}
+
+// Split attention adds one all-reduce of tokens × d_model per layer (dense layers included), the split head one
+// gather per step; --stats-json and --trace show them.
+TEST_F(DistributedJob, SplitAttentionAndHeadExchangesAreCountedAndTraced) {
+  const std::string fx = "qwen2_moe_f32";
+  const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
+  auto run_split = [&](const std::vector<int32_t>& ids, bool incremental, nlohmann::json* trace) {
+    test::TempDir d;
+    const std::string js = d.str() + "/stats.json", tr = d.str() + "/trace.json";
+    std::string text;
+    const std::string cmd = test::mpirun_prefix(3) + test::moep_binary() + " logits " + test::fixture_dir(fx) +
+                            " --ids " + ids_csv(ids) + " --out " + d.str() +
+                            "/l.npy --threads 1 --attention split --head split --stats-json " + js + " --trace " + tr +
+                            (incremental ? " --incremental" : "");
+    EXPECT_EQ(test::run_command(cmd, &text), 0) << text;
+    if (trace) *trace = nlohmann::json::parse(std::ifstream(tr));
+    return nlohmann::json::parse(std::ifstream(js));
+  };
+  const std::vector<int32_t> short_ids = {5, 6, 7}, long_ids = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  nlohmann::json trace;
+  const auto a = run_split(short_ids, false, nullptr);
+  const auto b = run_split(long_ids, true, &trace);
+  const int64_t per_step = cfg.n_moe_layers() + cfg.n_layers, steps = int64_t(long_ids.size());
+  ASSERT_EQ(b["ranks"].size(), 3u);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(a["ranks"][r]["allreduce_calls"].get<int64_t>(), per_step);
+    EXPECT_EQ(a["ranks"][r]["allreduce_payload_bytes"].get<int64_t>(), per_step * 3 * cfg.d_model * 4);
+    EXPECT_EQ(b["ranks"][r]["allreduce_calls"].get<int64_t>(), per_step * steps);
+    // One more step, one more gather.
+    EXPECT_EQ(b["ranks"][r]["other_collectives"].get<int64_t>() - a["ranks"][r]["other_collectives"].get<int64_t>(),
+              steps - 1);
+    double attention_allreduce_ms = 0;
+    for (const auto& l : b["ranks"][r]["layers"]) attention_allreduce_ms += l["attention_allreduce_ms"].get<double>();
+    EXPECT_GT(attention_allreduce_ms, 0.0);
+    // Rank 2 holds none of the 2 KV heads: no KV cache.
+    EXPECT_EQ(b["ranks"][r]["kv_cache_bytes"].get<int64_t>() == 0, r == 2);
+  }
+  int64_t exchanges = 0, gathers = 0;
+  for (const auto& e : trace["traceEvents"]) {
+    exchanges += e.value("name", "") == "attention-allreduce";
+    gathers += e.value("name", "") == "head-gather";
+  }
+  EXPECT_EQ(exchanges, 3 * cfg.n_layers * steps);
+  EXPECT_EQ(gathers, 3 * steps);
 }
 
 // --emulate-latency-us adds the given delay to every exchange step: an all-reduce over 2 ranks (one step)

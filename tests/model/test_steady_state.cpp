@@ -85,6 +85,8 @@ void expect_steady(EngineOptions o) {
   o.limits.max_ctx = 200;
   auto engine = Engine::create(o, std::make_unique<LocalCommunicator>());
   EXPECT_EQ(engine->model().weights_copied(), o.weights == WeightResidence::Copy) << engine->model().residence();
+  EXPECT_EQ(engine->dense_split().attention, o.attention == SplitMode::Split) << engine->dense_split_note();
+  EXPECT_EQ(engine->dense_split().head, o.head == SplitMode::Split) << engine->dense_split_note();
   Transformer& tr = engine->transformer();
   const int64_t V = engine->config().vocab_size;
   std::vector<float> logits(size_t(4 * V));
@@ -183,6 +185,21 @@ TEST(SteadyStateGrammar, MaskSampleAcceptAllocateNothing) {
     allocations += g_allocations.load() - a0;
   }
   EXPECT_EQ(allocations, 0u) << "heap allocations while decoding under a grammar";
+}
+
+// Split attention and head (on one rank: the split path, its all-reduces and its gather, over one part): the
+// same guarantees. OLMoE adds the all-reduce of its q/k norms, Qwen2-MoE biases split with their rows.
+TEST(SteadyStateSplit, DecodeStepsAllocateNothingAndTakeNoPageFault) {
+  for (const std::string fx : {"olmoe_f32", "qwen2_moe_f32", "dbrx_bf16"}) {
+    SCOPED_TRACE(fx);
+    EngineOptions o;
+    o.model_dir = test::fixture_dir(fx);
+    o.weights = WeightResidence::Map;
+    o.device = gpu::DeviceKind::Cpu;
+    o.attention = SplitMode::Split;
+    o.head = SplitMode::Split;
+    expect_steady(o);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SteadyState,

@@ -1039,3 +1039,41 @@ TEST(PerfValidate, SeveralCalibrationsAverageTheStepTime) {
     EXPECT_NE(std::string(e.what()).find("3 networks for 2 hardware profiles"), std::string::npos) << e.what();
   }
 }
+
+namespace moep::perf {
+namespace {
+
+// Split attention and head against replicated (moep plan's side-by-side table): on the Qwen3-30B-A3B shape each of
+// 2 ranks reads about half of attention and of the head, makes one more exchange per layer and the head's gather,
+// and is predicted faster on a fast link; a link slow enough makes replicated the faster.
+TEST(PerfPlan, SplitAttentionAndHeadSideBySide) {
+  const ModelShape m = resolve_model("qwen3-30b-a3b");
+  const HardwareProfile hw = roofline(50);
+  for (const auto& [alpha_us, split_faster] : {std::pair{5.0, true}, std::pair{1e6, false}}) {
+    const NetworkProfile net = network(alpha_us, 10);
+    PlanRequest req;
+    req.model = &m;
+    req.hardware = {&hw};
+    req.networks = {&net};
+    req.nodes = {1, 2};
+    req.base.dtype = "bf16";
+    const PlanResult res = make_plan(req);
+    int seen = 0;
+    for (const PlanRow& r : res.rows) {
+      if (r.nodes != 2) continue;
+      ++seen;
+      const DenseSplitRow x = dense_split_row(m, req.base, r);
+      const double split_part = double(m.n_layers * m.attn_elems + m.head_elems) * 2 /* bf16 */;
+      EXPECT_NEAR(x.bytes_replicated - x.bytes_split, split_part / 2, split_part * 0.01);
+      EXPECT_EQ(x.exchanges_replicated, m.n_moe_layers());
+      EXPECT_EQ(x.exchanges_split, m.n_moe_layers() + m.n_layers + 1);
+      EXPECT_EQ(x.tps_split > x.tps_replicated, split_faster) << "alpha " << alpha_us << " us: " << x.tps_split
+                                                               << " against " << x.tps_replicated;
+    }
+    EXPECT_EQ(seen, 1);
+    EXPECT_NE(format_dense_split(req, res).find("tok/s split"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace moep::perf

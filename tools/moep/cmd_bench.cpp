@@ -199,6 +199,10 @@ void register_bench(CLI::App& app) {
     std::printf("model: %s, %s weights, %.2f GB resident on rank 0, %s\n", cfg.summary().c_str(),
                 dtype_name(engine->model().weights().embed.dtype),
                 double(engine->model().bytes_mapped_for_use()) / 1e9, engine->model().residence().c_str());
+    std::printf("split: %s\n", engine->dense_split_note().c_str());
+    for (const RankStats& r : stats.ranks)
+      std::printf("  rank %d resident: %.3f GB of weights, %.1f MB of KV cache\n", r.rank, double(r.weight_bytes) / 1e9,
+                  double(r.kv_cache_bytes) / 1e6);
     std::printf("prefill: %d x %d tokens in %.3f s = %.2f tokens/s, %.1f GFLOP/s (rank 0 FMA peak %.1f GFLOP/s: %.0f%%)\n",
                 o->bench.batch, o->bench.prompt, prefill_s, prefill_tps, prefill_gflops, peak, 100.0 * prefill_gflops / peak);
     std::printf("decode:  batch %d, %d steps in %.3f s = %.2f tokens/s (step p50 %.2f ms)\n", o->bench.batch, o->bench.gen,

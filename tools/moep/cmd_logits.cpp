@@ -42,11 +42,13 @@ void register_logits(CLI::App& app) {
     engine->run_sequence(ids, 0, 0, /*all_logits=*/true, o->incremental, logits.data());
     if (engine->is_root()) write_npy_f32(o->out, logits.data(), {int64_t(ids.size()), vocab});
     if (o->greedy > 0) {
-      // Continue from the last prompt position; every rank computes the same tokens.
+      // Continue from the last prompt position; rank 0 picks (a split head's logits are there only) and tells
+      // the others.
       std::vector<float> last(logits.end() - vocab, logits.end());
       std::string printed;
       for (int i = 0; i < o->greedy; ++i) {
-        const int32_t tok = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        int32_t tok = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        engine->comm().broadcast(&tok, sizeof tok, 0);
         printed += (i ? "," : "") + std::to_string(tok);
         engine->run_sequence({tok}, 0, int32_t(ids.size()) + i, false, false, last.data());
       }

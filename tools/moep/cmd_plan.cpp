@@ -273,6 +273,7 @@ void register_plan(CLI::App& app) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::fputs(perf::format_plan(req, res).c_str(), stdout);
+      std::fputs(perf::format_dense_split(req, res).c_str(), stdout);
       std::printf("planned in %.3f s\n", secs);
     }
     if (!o->svg.empty()) {

@@ -22,6 +22,15 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
                   "Expert placement over ranks: split (default: every rank a slice of every expert's ffn dimension, the "
                   "same work on every rank at any batch), contiguous or round-robin (whole experts divided among "
                   "ranks), or a JSON file {\"experts\": [[ranks]...]} (whole experts, replicas allowed)");
+  cmd->add_option("--attention", f.attention,
+                  "Attention over ranks: split (each rank whole KV heads and their query heads, its part of the KV "
+                  "cache; one more all-reduce per layer), replicated (every rank all of it) or auto (default: split "
+                  "on CPU ranks when the bytes saved outweigh the exchange; see docs/PERFORMANCE.md)")
+      ->check(CLI::IsMember({"auto", "replicated", "split"}));
+  cmd->add_option("--head", f.head,
+                  "Output head over ranks: split (each rank its rows of the vocabulary; the logits are gathered to "
+                  "rank 0 once per step), replicated or auto (default, as --attention)")
+      ->check(CLI::IsMember({"auto", "replicated", "split"}));
   cmd->add_flag("--mlock", f.mlock, "Lock the weights in memory (needs a large RLIMIT_MEMLOCK)");
   cmd->add_flag("--no-prefault", f.no_prefault, "Do not load every weight page before the first token");
   cmd->add_option("--weights", f.weights,
@@ -66,6 +75,8 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.weights = parse_weight_residence(f.weights);
   o.bf16_dot = f.bf16_dot;  // applied by Engine::create, before the ranks compare kernel sets
   o.emulate_latency_us = f.emulate_latency_us;
+  o.attention = parse_split_mode(f.attention, "--attention");
+  o.head = parse_split_mode(f.head, "--head");
   o.rank_timeout_s = f.rank_timeout_s;
   if (!f.trace.empty()) o.trace_events = 1 << 20;
   o.device = gpu::parse_device_kind(f.device);

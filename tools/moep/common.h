@@ -19,6 +19,8 @@ struct EngineFlags {
   std::string weights = "auto";  // auto, copy or map: EngineOptions::weights
   bool bf16_dot = false;   // prefill bf16 weights with bf16 dot products (kernels::set_bf16_dot)
   double emulate_latency_us = 0.0;
+  std::string attention = "auto";  // EngineOptions::attention
+  std::string head = "auto";       // EngineOptions::head
   double rank_timeout_s = 60.0;  // EngineOptions::rank_timeout_s
   std::string stats_json;  // per-layer/per-rank timing as JSON
   std::string trace;       // Chrome trace
