@@ -614,6 +614,58 @@ ToolCallConstraint tool_call_constraint(const ApiRequest& req) {
   return c;
 }
 
+std::optional<ForcedToolCall> forced_tool_call(ToolCallFormat format, const ToolCallConstraint& c) {
+  if (!c.required || !c.tools || c.allowed.empty()) return std::nullopt;
+  ForcedToolCall f;
+  std::string args_key = "arguments";
+  switch (format) {
+    case ToolCallFormat::Hermes: f.prefix = "<tool_call>\n"; f.suffix = "\n</tool_call>"; break;
+    case ToolCallFormat::Mistral: f.prefix = "[TOOL_CALLS] "; break;
+    case ToolCallFormat::Llama3: args_key = "parameters"; break;
+    case ToolCallFormat::DeepSeekV3:
+    case ToolCallFormat::None: return std::nullopt;
+  }
+  // One call's schema per allowed tool: {"name": <const>, args_key: <its parameters>}, in this order.
+  ojson alternatives = ojson::array();
+  for (const ojson& t : *c.tools) {
+    const std::string name = t["function"]["name"].get<std::string>();
+    if (std::find(c.allowed.begin(), c.allowed.end(), name) == c.allowed.end()) continue;
+    const ojson* params = t["function"].contains("parameters") ? &t["function"]["parameters"] : nullptr;
+    auto call = [&](const ojson& p) {
+      return ojson{{"type", "object"},
+                   {"properties", {{"name", {{"const", name}}}, {args_key, p}}},
+                   {"required", {"name", args_key}},
+                   {"additionalProperties", false}};
+    };
+    // The arguments hold the declared properties only (as OpenAI's strict function calling), so that a model
+    // cannot wander off into keys of its own.
+    ojson declared = params && params->is_object() ? *params : ojson{{"type", "object"}};
+    if (declared.contains("properties") && !declared.contains("additionalProperties"))
+      declared["additionalProperties"] = false;
+    ojson one = call(declared);
+    try {
+      JsonGrammar::from_schema(one);
+    } catch (const JsonSchemaError&) {
+      one = call(ojson{{"type", "object"}});
+      f.relaxed.push_back(name);
+    }
+    alternatives.push_back(std::move(one));
+  }
+  ojson schema = alternatives.size() == 1 ? alternatives[0] : ojson{{"anyOf", alternatives}};
+  if (format == ToolCallFormat::Mistral) {
+    ojson list = {{"type", "array"}, {"items", schema}, {"minItems", 1}};
+    if (!c.parallel) list["maxItems"] = 1;
+    schema = std::move(list);
+  }
+  try {
+    f.grammar = JsonGrammar::from_schema(schema);
+  } catch (const JsonSchemaError& e) {
+    throw ApiError(400, std::string("tool_choice: the tools' calls cannot be forced together: ") + e.what(),
+                   "invalid_request_error", "tools");
+  }
+  return f;
+}
+
 ojson template_extra(const ApiRequest& req) {
   ojson extra = req.template_kwargs.is_object() ? req.template_kwargs : ojson::object();
   if (req.tools.is_array() && !req.tools.empty() && req.tool_choice != ToolChoice::None) extra["tools"] = req.tools;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <functional>
 #include <span>
 #include <stdexcept>
@@ -96,6 +97,20 @@ struct ToolCallConstraint {
   const nlohmann::ordered_json* tools = nullptr;  // the request's tools (their parameters' JSON schemas)
 };
 ToolCallConstraint tool_call_constraint(const ApiRequest& req);
+
+// A tool call forced by tool_choice "required" or a named function: the model's turn starts with `prefix` (the
+// family's call marker, put at the end of the prompt), then writes JSON held to `grammar` (the call, or Mistral's
+// list of calls, with the tools' parameter schemas), and `suffix` closes the call once the JSON is whole. The
+// response's text is prefix + output + suffix, parsed like any other. A tool whose parameters use a schema keyword
+// the grammar does not support gets any object as its arguments (`relaxed` names it).
+struct ForcedToolCall {
+  std::string prefix, suffix;
+  std::shared_ptr<const JsonGrammar> grammar;
+  std::vector<std::string> relaxed;
+};
+// Nothing when no call is required, or the format has no forced form (DeepSeek-V3, a template without tools):
+// then the model is only asked, through its template.
+std::optional<ForcedToolCall> forced_tool_call(ToolCallFormat format, const ToolCallConstraint& c);
 
 // The variables besides messages that a chat request gives its template: chat_template_kwargs, then "tools" when
 // the request has tools and tool_choice is not "none".

@@ -252,6 +252,18 @@ struct HttpServer::Impl {
     ApiRequest r = parse_request(ep, body, opt.limits);
     OutputFormat format;
     std::vector<int32_t> ids = tokenize(r, format);
+    // tool_choice "required" or a named function: the turn starts with the family's call marker and the call's JSON
+    // is held to the tools' schemas.
+    std::optional<ForcedToolCall> forced;
+    if (ep == Endpoint::Chat) forced = forced_tool_call(format.tools, tool_call_constraint(r));
+    if (forced && r.grammar)
+      throw ApiError(400, "response_format cannot be combined with a forced tool call (tool_choice \"required\" or a "
+                          "named function): the call's JSON already follows the tool's parameters",
+                     "invalid_request_error", "response_format");
+    if (forced && !forced->prefix.empty()) {
+      const std::vector<int32_t> marker = tok.encode(forced->prefix, false);
+      ids.insert(ids.end(), marker.begin(), marker.end());
+    }
     fit_to_context(r, int64_t(ids.size()), opt.limits);
     const SchedulerStats load = sched.stats();
     if (load.queued >= opt.max_queued && load.queued + load.active >= size_t(sched.slots()))
@@ -265,10 +277,7 @@ struct HttpServer::Impl {
     g.params = r.params;
     g.top_logprobs = r.logprobs;
     g.skip_special_tokens = format.tools == ToolCallFormat::None;
-    // Constrained decoding plugs in here: tool_call_constraint(r) says which call a "required" or named
-    // tool_choice demands ; a grammar built from it (JsonGrammar::tool_call_schema) would go with `g`,
-    // after the family's call marker.
-    g.grammar = r.grammar;
+    g.grammar = forced ? forced->grammar : r.grammar;
     g.on_event = [gen](const RequestEvent& e) { gen->push(e); };
     auto in_flight_token = std::make_shared<InFlight>(in_flight);
     try {
@@ -279,10 +288,11 @@ struct HttpServer::Impl {
     }
     const std::string id = new_id(ep == Endpoint::Chat ? "chatcmpl-" : "cmpl-");
     const int64_t created_at = int64_t(std::time(nullptr));
+    const std::string prefix = forced ? forced->prefix : "", suffix = forced ? forced->suffix : "";
     if (r.stream)
-      stream_response(ep, r, format, gen, std::move(in_flight_token), id, created_at, res);
+      stream_response(ep, r, format, gen, std::move(in_flight_token), id, created_at, prefix, suffix, res);
     else
-      whole_response(ep, r, format, *gen, id, created_at, res);
+      whole_response(ep, r, format, *gen, id, created_at, prefix, suffix, res);
   }
 
   // "call_" and 24 random hex digits; Mistral's templates take 9 letters and digits only.
@@ -295,10 +305,13 @@ struct HttpServer::Impl {
     return id;
   }
 
+  // A forced tool call's output is wrapped in `prefix` (always: it is in the prompt) and `suffix` (once the call's
+  // JSON is whole, i.e. when the generation stopped rather than ran out of tokens) before it is parsed.
   void whole_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, Generation& gen,
-                      const std::string& id, int64_t created_at, httplib::Response& res) {
+                      const std::string& id, int64_t created_at, const std::string& prefix, const std::string& suffix,
+                      httplib::Response& res) {
     const Clock::time_point t0 = Clock::now();
-    std::string text;
+    std::string text = prefix;
     std::vector<TokenLogprobs> logprobs;
     std::optional<RequestEvent> done;
     bool timed_out = false;
@@ -331,6 +344,7 @@ struct HttpServer::Impl {
     const Usage usage{done->prompt_tokens, done->completion_tokens};
     const ojson lp = logprobs_json(r, logprobs, &text_offset);
     if (ep == Endpoint::Chat) {
+      if (done->finish_reason == "stop") text += suffix;
       ParsedOutput out = parse_output(format, text, /*partial=*/false);
       for (ParsedToolCall& c : out.tool_calls)
         if (c.id.empty()) c.id = new_call_id(format);
@@ -352,13 +366,18 @@ struct HttpServer::Impl {
     Clock::time_point t0 = Clock::now();
     Clock::time_point last_write = Clock::now();
     std::optional<OutputStream> output;  // Chat: splits the text into content, reasoning and tool-call deltas
+    std::string suffix;                  // a forced tool call's closing marker, pushed when the generation stops
   };
 
   void stream_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, std::shared_ptr<Generation> gen,
                        std::shared_ptr<InFlight> in_flight_token, const std::string& id, int64_t created_at,
-                       httplib::Response& res) {
+                       const std::string& prefix, const std::string& suffix, httplib::Response& res) {
     auto st = std::make_shared<StreamState>();
-    if (ep == Endpoint::Chat) st->output.emplace(format, [this, format] { return new_call_id(format); });
+    if (ep == Endpoint::Chat) {
+      st->output.emplace(format, [this, format] { return new_call_id(format); });
+      st->output->push(prefix);  // a marker alone: nothing to send yet
+      st->suffix = suffix;
+    }
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
@@ -399,6 +418,10 @@ struct HttpServer::Impl {
         if (e.finish_reason == "stop" || e.finish_reason == "length") {
           std::string reason = e.finish_reason;
           if (ep == Endpoint::Chat) {
+            if (reason == "stop" && !st->suffix.empty()) {
+              const OutputDelta closing = st->output->push(st->suffix);
+              if (!closing.empty()) out += sse_event(chat_delta_chunk_json(id, created_at, model, closing, "", false, nullptr));
+            }
             const OutputDelta d = st->output->finish();
             if (!d.empty()) out += sse_event(chat_delta_chunk_json(id, created_at, model, d, "", false, nullptr));
             if (reason == "stop" && !st->output->tool_calls().empty()) reason = "tool_calls";

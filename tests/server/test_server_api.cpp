@@ -530,3 +530,59 @@ TEST(ServerMetrics, PrometheusText) {
 
 }  // namespace
 }  // namespace moep::server
+
+namespace moep::server {
+namespace {
+
+TEST(ServerApi, ForcedToolCallPerFormat) {
+  const ApiRequest r = parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}],
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                 "properties": {"n": {"type": "integer", "minimum": 0}}}}},
+                {"type": "function", "function": {"name": "g", "parameters": {"type": "object",
+                 "properties": {"s": {"enum": ["a", "b"]}}, "required": ["s"]}}}],
+      "tool_choice": "required"})", limits());
+  const ToolCallConstraint c = tool_call_constraint(r);
+  EXPECT_FALSE(forced_tool_call(ToolCallFormat::DeepSeekV3, c).has_value());  // no forced form: only asked
+  EXPECT_FALSE(forced_tool_call(ToolCallFormat::None, c).has_value());
+  auto accepts = [](const ForcedToolCall& f, const std::string& s) {
+    JsonMatcher m(f.grammar);
+    return m.advance(s) && m.complete();
+  };
+  const auto hermes = forced_tool_call(ToolCallFormat::Hermes, c);
+  ASSERT_TRUE(hermes.has_value());
+  EXPECT_EQ(hermes->prefix, "<tool_call>\n");
+  EXPECT_EQ(hermes->suffix, "\n</tool_call>");
+  // f's "minimum" is beyond the grammar: f's arguments are relaxed to any object.
+  EXPECT_EQ(hermes->relaxed, std::vector<std::string>{"f"});
+  EXPECT_TRUE(accepts(*hermes, R"({"name": "g", "arguments": {"s": "b"}})"));
+  EXPECT_FALSE(accepts(*hermes, R"({"name": "g", "arguments": {"s": "c"}})"));
+  EXPECT_FALSE(accepts(*hermes, R"({"name": "g", "arguments": {"s": "a", "t": 1}})"));  // undeclared key
+  EXPECT_FALSE(accepts(*hermes, R"({"name": "h", "arguments": {}})"));
+  EXPECT_TRUE(accepts(*hermes, R"({"name": "f", "arguments": {"x": [1]}})"));
+  const auto llama = forced_tool_call(ToolCallFormat::Llama3, c);
+  ASSERT_TRUE(llama.has_value());
+  EXPECT_TRUE(llama->prefix.empty());
+  EXPECT_TRUE(accepts(*llama, R"({"name": "g", "parameters": {"s": "a"}})"));
+  EXPECT_FALSE(accepts(*llama, R"({"name": "g", "arguments": {"s": "a"}})"));
+  const auto mistral = forced_tool_call(ToolCallFormat::Mistral, c);
+  ASSERT_TRUE(mistral.has_value());
+  EXPECT_EQ(mistral->prefix, "[TOOL_CALLS] ");
+  EXPECT_TRUE(accepts(*mistral, R"([{"name": "g", "arguments": {"s": "a"}}, {"name": "f", "arguments": {}}])"));
+  EXPECT_FALSE(accepts(*mistral, R"([])"));
+  // A named function, one call only.
+  const ApiRequest named = parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}],
+      "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}, "parallel_tool_calls": false})", limits());
+  const auto one = forced_tool_call(ToolCallFormat::Mistral, tool_call_constraint(named));
+  ASSERT_TRUE(one.has_value());
+  EXPECT_TRUE(accepts(*one, R"([{"name": "g", "arguments": {"k": 1}}])"));
+  EXPECT_FALSE(accepts(*one, R"([{"name": "f", "arguments": {}}])"));
+  EXPECT_FALSE(accepts(*one, R"([{"name": "g", "arguments": {}}, {"name": "g", "arguments": {}}])"));
+  // "auto": nothing forced.
+  const ApiRequest autoc = parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}],
+      "tools": [{"type": "function", "function": {"name": "f"}}]})", limits());
+  EXPECT_FALSE(forced_tool_call(ToolCallFormat::Hermes, tool_call_constraint(autoc)).has_value());
+}
+
+}  // namespace
+}  // namespace moep::server

@@ -64,7 +64,7 @@ const TOOLS = [
       description: 'Get the current weather in a city.',
       parameters: {
         type: 'object',
-        properties: { city: { type: 'string' }, unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
+        properties: { city: { type: 'string', maxLength: 12 }, unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
         required: ['city'],
       },
     },
@@ -247,6 +247,52 @@ for (const [name, toolResultMarker, callId] of [
     assert.equal(content, whole.choices[0].message.content ?? '');
     assert.deepEqual(calls.map((c) => [c.name, c.arguments]),
       (whole.choices[0].message.tool_calls ?? []).map((c) => [c.function.name, c.function.arguments]));
+  });
+
+  test(`${name}: tool_choice required and a named function force a call that follows the tool's parameters`, async () => {
+    const { client } = servers[name];
+    const seeds = [1, 2, 3, 4, 5];
+    for (const [tool_choice, names] of [['required', ['get_weather', 'get_time']],
+      [{ type: 'function', function: { name: 'get_weather' } }, ['get_weather']]]) {
+      for (const seed of seeds) {
+        const req = { model: 'demo', messages: question, tools: TOOLS, tool_choice, parallel_tool_calls: false,
+          max_tokens: 120, temperature: 1, seed };
+        const r = await client.chat.completions.create(req);
+        const choice = r.choices[0];
+        assert.equal(choice.finish_reason, 'tool_calls', JSON.stringify(choice));
+        assert.equal(choice.message.tool_calls.length, 1, JSON.stringify(choice.message));
+        const call = choice.message.tool_calls[0];
+        assert.ok(names.includes(call.function.name), call.function.name);
+        const args = JSON.parse(call.function.arguments);
+        assert.equal(typeof args, 'object');
+        if (call.function.name === 'get_weather') {
+          for (const k of Object.keys(args)) assert.ok(['city', 'unit'].includes(k), k);
+          assert.equal(typeof args.city, 'string');
+          assert.ok([...args.city].length <= 12);
+          if ('unit' in args) assert.ok(['celsius', 'fahrenheit'].includes(args.unit));
+        } else {
+          assert.deepEqual(args, {});
+        }
+        // Streamed: the same call, as a name and argument deltas.
+        const stream = await client.chat.completions.create({ ...req, stream: true });
+        let finish = null;
+        const streamed = [];
+        for await (const chunk of stream) {
+          const c = chunk.choices[0];
+          if (!c) continue;
+          for (const t of c.delta.tool_calls ?? []) {
+            if (t.function?.name) streamed[t.index] = { name: t.function.name, arguments: '' };
+            streamed[t.index].arguments += t.function?.arguments ?? '';
+          }
+          if (c.finish_reason) finish = c.finish_reason;
+        }
+        assert.equal(finish, 'tool_calls');
+        assert.deepEqual(streamed, [{ name: call.function.name, arguments: call.function.arguments }]);
+      }
+    }
+    // With response_format as well: refused, naming the field.
+    await assert.rejects(client.chat.completions.create({ model: 'demo', messages: question, tools: TOOLS,
+      tool_choice: 'required', response_format: { type: 'json_object' } }), (e) => e.status === 400 && e.param === 'response_format');
   });
 
   test(`${name}: tool_choice required and a named function are accepted; parallel_tool_calls false too`, async () => {
