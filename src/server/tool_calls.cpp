@@ -252,13 +252,18 @@ bool take_object(CallsScan& r, const ObjectScan& o) {
   return o.state == Scan::Complete;
 }
 
+// Where the calls' opening `marker` starts (r.start); when it is absent, what may still begin it at the end of `s`
+// (r.hold) and false.
+bool find_opening(std::string_view s, std::string_view marker, CallsScan& r) {
+  r.start = s.find(marker);
+  if (r.start != npos) return true;
+  r.hold = marker_prefix_at_end(s, marker);
+  return false;
+}
+
 CallsScan scan_hermes(std::string_view s, bool partial) {
   CallsScan r;
-  r.start = s.find(kHermesOpen);
-  if (r.start == npos) {
-    r.hold = marker_prefix_at_end(s, kHermesOpen);
-    return r;
-  }
+  if (!find_opening(s, kHermesOpen, r)) return r;
   size_t i = r.start;
   for (;;) {
     i += kHermesOpen.size();
@@ -287,11 +292,7 @@ CallsScan scan_hermes(std::string_view s, bool partial) {
 
 CallsScan scan_mistral(std::string_view s, bool partial) {
   CallsScan r;
-  r.start = s.find(kMistralCalls);
-  if (r.start == npos) {
-    r.hold = marker_prefix_at_end(s, kMistralCalls);
-    return r;
-  }
+  if (!find_opening(s, kMistralCalls, r)) return r;
   size_t i = r.start + kMistralCalls.size();
   i = skip_space(s, i);
   if (i >= s.size()) return r;
@@ -402,11 +403,7 @@ CallsScan scan_llama3(std::string_view s, bool partial) {
 
 CallsScan scan_deepseek(std::string_view s, bool partial) {
   CallsScan r;
-  r.start = s.find(kDsCallsBegin);
-  if (r.start == npos) {
-    r.hold = marker_prefix_at_end(s, kDsCallsBegin);
-    return r;
-  }
+  if (!find_opening(s, kDsCallsBegin, r)) return r;
   size_t i = r.start + kDsCallsBegin.size();
   auto stop = [&](Match m) {
     r.invalid = m == Match::No;
