@@ -11,6 +11,7 @@
 #if MOEP_WITH_VULKAN
 #include "gpu/shaders.h"
 #include "gpu/vk.h"
+#include "model/rope.h"
 #endif
 
 namespace moep::gpu {
@@ -430,15 +431,7 @@ struct GpuForward::Impl {
     // RoPE tables exactly as the CPU path makes them.
     const int64_t half = c.head_dim / 2;
     std::vector<float> rt(size_t(2 * lim.max_ctx * half));
-    std::vector<float> inv_freq(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i)
-      inv_freq[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(float(2 * i) / float(c.head_dim))));
-    for (int64_t p = 0; p < lim.max_ctx; ++p)
-      for (int64_t i = 0; i < half; ++i) {
-        const float ang = float(p) * inv_freq[size_t(i)];
-        rt[size_t(p * half + i)] = float(std::cos(double(ang)));
-        rt[size_t(lim.max_ctx * half + p * half + i)] = float(std::sin(double(ang)));
-      }
+    rope_tables(c.rope_theta, c.rope_scaling, c.head_dim, lim.max_ctx, rt.data(), rt.data() + lim.max_ctx * half);
     rope = upload_f32(rt);
 
     const int64_t qd = c.q_dim(), kvd = c.kv_dim(), E = c.n_experts;

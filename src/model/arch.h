@@ -45,8 +45,11 @@ class ConfigReader {
 };
 
 // The rope theta of a config: rope_parameters.rope_theta (newer spelling) or rope_theta (classic), else
-// `fallback`. Refuses rope scaling types other than "default" (not supported yet) by name.
+// `fallback`. Refuses rope scaling types other than "default" by name.
 double read_rope_theta(const ConfigReader& r, double fallback);
+// The same, also reading YaRN scaling into *scaling (for the families that use it); other types are refused by
+// name. A YaRN factor left out is max_position_embeddings / original_max_position_embeddings, as in transformers.
+double read_rope(const ConfigReader& r, double fallback, RopeScaling* scaling);
 // Reads the fields most families share (eos/bos ids, tie_word_embeddings, dtype) into c.
 void read_common_fields(const ConfigReader& r, ModelConfig& c);
 // Checks the derived shape for consistency (positive sizes, heads divide, top_k <= n_experts ...).

@@ -108,25 +108,54 @@ ConfigReader ConfigReader::sub(std::string_view key) const {
 
 // ---- shared field readers -------------------------------------------------------------------------------
 
-double read_rope_theta(const ConfigReader& r, double fallback) {
+namespace {
+
+// One rope_parameters / rope_scaling object: its theta (if any) and its scaling.
+void read_rope_object(const ConfigReader& o, double& theta, RopeScaling* scaling) {
+  const std::string type = o.get_string("rope_type", o.get_string("type", "default"));
+  if (type != "default" && type != "yarn")
+    o.bad("rope_type", "is '" + type + "'; this version supports 'default' and 'yarn' RoPE");
+  if (o.has("rope_theta")) theta = o.get_double("rope_theta", theta);
+  if (type != "yarn") return;
+  if (!scaling) o.bad("rope_type", "is 'yarn', which this model family does not use");
+  RopeScaling s;
+  s.type = type;
+  s.factor = o.get_double("factor", 0.0);
+  s.original_max_position = o.get_size("original_max_position_embeddings", 0, int64_t(1) << 40);
+  s.beta_fast = o.get_double("beta_fast", 0.0);
+  s.beta_slow = o.get_double("beta_slow", 0.0);
+  s.mscale = o.get_double("mscale", 0.0);
+  s.mscale_all_dim = o.get_double("mscale_all_dim", 0.0);
+  s.attention_factor = o.get_double("attention_factor", 0.0);
+  s.truncate = o.get_bool("truncate", true);
+  if (o.has("factor") && !(s.factor >= 1.0)) o.bad("factor", "must be at least 1 for YaRN");
+  if (s.original_max_position < 0) o.bad("original_max_position_embeddings", "must be positive");
+  if (s.attention_factor < 0) o.bad("attention_factor", "must be positive");
+  *scaling = s;
+}
+
+}  // namespace
+
+double read_rope(const ConfigReader& r, double fallback, RopeScaling* scaling) {
   double theta = fallback;
   if (r.has("rope_theta")) theta = r.get_double("rope_theta", fallback);
-  if (r.has("rope_parameters")) {
-    const ConfigReader rp = r.sub("rope_parameters");
-    const std::string type = rp.get_string("rope_type", rp.get_string("type", "default"));
-    if (type != "default")
-      rp.bad("rope_type", "is '" + type + "'; only 'default' RoPE is supported by this version");
-    if (rp.has("rope_theta")) theta = rp.get_double("rope_theta", theta);
-  }
-  if (r.has("rope_scaling")) {
-    const ConfigReader rs = r.sub("rope_scaling");
-    const std::string type = rs.get_string("rope_type", rs.get_string("type", "default"));
-    if (type != "default")
-      rs.bad("rope_type", "is '" + type + "'; only 'default' RoPE is supported by this version");
-  }
+  if (r.has("rope_parameters")) read_rope_object(r.sub("rope_parameters"), theta, scaling);
+  if (r.has("rope_scaling")) read_rope_object(r.sub("rope_scaling"), theta, scaling);
   if (!(theta > 0)) r.bad("rope_theta", "must be positive");
+  if (scaling && scaling->type == "yarn") {
+    // transformers: without a factor, the ratio of the context to the pretrained one; without the pretrained
+    // context, the model's.
+    const int64_t max_pos = r.get_int("max_position_embeddings", 0);
+    if (scaling->original_max_position == 0) scaling->original_max_position = max_pos;
+    if (scaling->original_max_position <= 0)
+      r.bad("rope_parameters", "YaRN needs original_max_position_embeddings or max_position_embeddings");
+    if (scaling->factor == 0.0) scaling->factor = double(max_pos) / double(scaling->original_max_position);
+    if (!(scaling->factor >= 1.0)) r.bad("rope_parameters", "YaRN's factor must be at least 1");
+  }
   return theta;
 }
+
+double read_rope_theta(const ConfigReader& r, double fallback) { return read_rope(r, fallback, nullptr); }
 
 void read_common_fields(const ConfigReader& r, ModelConfig& c) {
   c.tie_word_embeddings = r.get_bool("tie_word_embeddings", c.tie_word_embeddings);
@@ -214,7 +243,10 @@ uint64_t ModelConfig::fingerprint() const {
      << '|' << head_dim << '|' << int(norm) << '|' << norm_eps << '|' << rope_theta << '|' << clip_qkv << '|'
      << qkv_bias << o_bias << int(qk_norm) << '|' << n_experts << '|' << top_k << '|' << expert_ffn << '|'
      << int(topk_norm) << '|' << topk_pnorm << '|' << shared_expert_ffn << '|' << dense_ffn << '|'
-     << tie_word_embeddings;
+     << tie_word_embeddings << '|' << rope_scaling.type << '|' << rope_scaling.factor << '|'
+     << rope_scaling.original_max_position << '|' << rope_scaling.beta_fast << '|' << rope_scaling.beta_slow << '|'
+     << rope_scaling.mscale << '|' << rope_scaling.mscale_all_dim << '|' << rope_scaling.attention_factor << '|'
+     << rope_scaling.truncate;
   for (bool m : layer_is_moe) os << m;
   uint64_t h = 1469598103934665603ull;
   for (unsigned char ch : os.str()) h = (h ^ ch) * 1099511628211ull;

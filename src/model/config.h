@@ -18,6 +18,20 @@ enum class QKNorm { None, PerHead, Full };
 // How the top-k router weights are rescaled after softmax over all experts and top-k.
 enum class TopKNorm { None, Sum, PNorm };
 
+// RoPE scaling as config.json's rope_parameters (or rope_scaling) gives it. "default": plain RoPE. "yarn": YaRN
+// (gpt-oss, DeepSeek-V2/V3, Kimi K2): frequencies blended between interpolated and extrapolated over a ramp, and
+// cos/sin multiplied by an attention factor. Fields hold config.json's values; 0 means absent. model/rope.h makes
+// the tables from it exactly as transformers does.
+struct RopeScaling {
+  std::string type = "default";  // "default" | "yarn"
+  double factor = 0.0;                 // yarn: the context extension factor
+  int64_t original_max_position = 0;  // yarn: the pretrained context (original_max_position_embeddings)
+  double beta_fast = 0.0, beta_slow = 0.0;  // yarn ramp bounds in rotations (transformers: 32 and 1 when absent)
+  double mscale = 0.0, mscale_all_dim = 0.0;  // DeepSeek's
+  double attention_factor = 0.0;  // given explicitly
+  bool truncate = true;           // floor/ceil the ramp bounds (gpt-oss: false)
+};
+
 struct ModelConfig {
   std::string model_type;  // "dbrx", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"
   int64_t vocab_size = 0;
@@ -34,6 +48,7 @@ struct ModelConfig {
   bool norm_has_bias = false;  // LayerNorm bias (DBRX has none)
 
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   float clip_qkv = 0.f;  // 0: no clipping
   bool qkv_bias = false;
   bool o_bias = false;

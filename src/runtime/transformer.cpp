@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "model/rope.h"
 
 namespace moep {
 
@@ -39,21 +40,11 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   k_cache_.assign(kv, 0.f);
   v_cache_.assign(kv, 0.f);
 
-  // RoPE tables as transformers computes them: inv_freq in f32, angle = f32(pos) · inv_freq in f32.
+  // RoPE tables as transformers computes them (model/rope.h).
   const int64_t half = c_.head_dim / 2;
   rope_cos_.resize(size_t(limits_.max_ctx * half));
   rope_sin_.resize(size_t(limits_.max_ctx * half));
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    const float expo = float(2 * i) / float(c_.head_dim);
-    inv_freq[size_t(i)] = float(1.0 / std::pow(c_.rope_theta, double(expo)));
-  }
-  for (int64_t p = 0; p < limits_.max_ctx; ++p)
-    for (int64_t i = 0; i < half; ++i) {
-      const float ang = float(p) * inv_freq[size_t(i)];
-      rope_cos_[size_t(p * half + i)] = float(std::cos(double(ang)));
-      rope_sin_[size_t(p * half + i)] = float(std::sin(double(ang)));
-    }
+  rope_tables(c_.rope_theta, c_.rope_scaling, c_.head_dim, limits_.max_ctx, rope_cos_.data(), rope_sin_.data());
 
   x_.resize(size_t(R * d));
   h_.resize(size_t(R * d));
