@@ -104,8 +104,9 @@ def legacy_state_dict(family, model):
             continue
         out[k] = v
     # Fused expert tensors of transformers 5 (experts.gate_up_proj [E, 2F, D], experts.down_proj [E, D, F]).
-    fused = [k for k in list(out) if k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj")
-             or k.endswith("experts.gate_up_proj.weight") or k.endswith("experts.down_proj.weight")]
+    fused = [k for k in list(out) if (k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj")
+             or k.endswith("experts.gate_up_proj.weight") or k.endswith("experts.down_proj.weight"))
+             and "shared_experts." not in k]
     for k in fused:
         v = out.pop(k)
         prefix = k[: k.index("experts.") + len("experts.")]

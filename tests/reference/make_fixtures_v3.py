@@ -252,7 +252,9 @@ def make(name, spec, out_root, seed):
     model = build_model(family, make_cfg, seed)
     # Round every weight to the files' dtype first, so that the f32 reference sees the stored values.
     if dtype == "bfloat16":
-        model = model.to(torch.bfloat16).to(torch.float32)
+        # Parameters only: buffers (the rotary inv_freq) stay as transformers computes them in f32.
+        for prm in model.parameters():
+            prm.data = prm.data.to(torch.bfloat16).to(torch.float32)
     tmp = os.path.join(out_root, "_tmp_" + name)
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -267,7 +269,8 @@ def make(name, spec, out_root, seed):
     if quant is None:
         sd = hub_state_dict(family, model)
         if dtype == "bfloat16":
-            sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+            # e_score_correction_bias is published in f32 (and is a buffer, not rounded above).
+            sd = {k: (v if k.endswith("e_score_correction_bias") else v.to(torch.bfloat16)) for k, v in sd.items()}
         if cfg_dict.get("tie_word_embeddings") and "lm_head.weight" in sd:
             del sd["lm_head.weight"]
         write_config(path, cfg_dict, family, None)
