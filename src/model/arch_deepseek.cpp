@@ -129,7 +129,7 @@ MlpWeights bind_mlp_slice(WeightBinder& b, const std::string& p, int64_t d, int6
 void bind_deepseek(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   if (b.share().dense().attention)
     fail(c.model_type, ": split attention (--attention split) is not supported with multi-head latent attention; ",
-         "every rank keeps the whole attention and its latent cache (use --attention whole)");
+         "every rank keeps the whole attention and its latent cache (use --attention replicated)");
   const MlaShape& m = c.mla;
   const int64_t d = c.d_model, H = c.n_heads;
   bind_llama_outer(c, b, w);

@@ -248,6 +248,8 @@ void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& sha
   if (t->shape != shape)
     fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
   used_.insert(name);
+  // A block-FP8 tensor's scales go with it (another rank dequantizes them).
+  if (t->dtype_name == "F8_E4M3" && has(name + "_scale_inv")) used_.insert(name + "_scale_inv");
 }
 
 void WeightBinder::finish() const {

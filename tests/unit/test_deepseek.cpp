@@ -4,10 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 
+#include <filesystem>
+
+#include "core/error.h"
 #include "core/thread_pool.h"
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
+#include "model/model.h"
 #include "model/rope.h"
 #include "model/weights.h"
 #include "moe/router.h"
@@ -277,6 +284,65 @@ TEST(Fp8, E4m3DecodesAsDefined) {
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0x7F)));
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0xFF)));
   EXPECT_EQ(fp8_e4m3_to_f32(0x77), 240.f);       // 1.875 · 2^7
+}
+
+// The FP8 fixture rewritten without one tensor (or with a scale of the wrong shape) is refused, naming it.
+void rewrite_fp8_fixture(const std::string& dir, const std::string& drop, const std::string& reshape) {
+  const std::string src = test::fixture_dir("deepseek_v3_fp8");
+  std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+  const SafetensorsIndex idx = SafetensorsIndex::open(src);
+  std::vector<TensorToWrite> out;
+  for (const auto& [name, t] : idx.tensors()) {
+    if (name == drop) continue;
+    TensorToWrite w{name, t.dtype_name, t.shape, t.nbytes, nullptr};
+    const TensorInfo* ti = &t;
+    w.fill = [ti](uint8_t* o) { std::memcpy(o, ti->data, ti->nbytes); };
+    if (name == reshape) w.shape = {t.shape[1], t.shape[0]};
+    out.push_back(std::move(w));
+  }
+  write_safetensors(dir + "/model.safetensors", out);
+}
+
+TEST(Fp8, MissingOrMisshapenScalesAreRefusedByName) {
+  const std::string w = "model.layers.0.mlp.down_proj.weight";  // [160, 96]: scales [2, 1]
+  {
+    test::TempDir d;
+    rewrite_fp8_fixture(d.str(), w + "_scale_inv", "");
+    try {
+      Model::load(d.str());
+      FAIL() << "loaded without " << w << "_scale_inv";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(w + "_scale_inv"), std::string::npos) << e.what();
+    }
+  }
+  {
+    test::TempDir d;
+    rewrite_fp8_fixture(d.str(), "", w + "_scale_inv");
+    try {
+      Model::load(d.str());
+      FAIL() << "loaded with scales of shape [1, 2]";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[2, 1]"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Dequantized at load: every FP8 weight equals its fp8 byte times its block's scale (f32 config: exact).
+TEST(Fp8, DequantizedWeightsAreValueTimesBlockScale) {
+  const std::string dir = test::fixture_dir("deepseek_v3_fp8");
+  const SafetensorsIndex idx = SafetensorsIndex::open(dir);
+  auto model = Model::load(dir);
+  const MatRef& wo = model->weights().layers[0].wo;  // o_proj [160, 64]
+  const TensorInfo& q = idx.tensors().at("model.layers.0.self_attn.o_proj.weight");
+  const TensorInfo& sc = idx.tensors().at("model.layers.0.self_attn.o_proj.weight_scale_inv");
+  ASSERT_EQ(wo.dtype, DType::F32);
+  ASSERT_EQ(sc.shape, (std::vector<int64_t>{2, 1}));
+  const float* sp = reinterpret_cast<const float*>(sc.data);
+  for (int64_t r = 0; r < 160; ++r)
+    for (int64_t c = 0; c < 64; ++c) {
+      const float want = fp8_e4m3_to_f32(q.data[r * 64 + c]) * sp[r / 128];
+      ASSERT_EQ(static_cast<const float*>(wo.data)[r * wo.row_stride + c], want) << r << "," << c;
+    }
 }
 
 }  // namespace
