@@ -18,6 +18,7 @@
 #include "model/rope.h"
 #include "model/weights.h"
 #include "moe/router.h"
+#include "perf/model_shape.h"
 #include "runtime/mla_attention.h"
 #include "test_util.h"
 
@@ -343,6 +344,19 @@ TEST(Fp8, DequantizedWeightsAreValueTimesBlockScale) {
       const float want = fp8_e4m3_to_f32(q.data[r * 64 + c]) * sp[r / 128];
       ASSERT_EQ(static_cast<const float*>(wo.data)[r * wo.row_stride + c], want) << r << "," << c;
     }
+}
+
+// The performance model counts MLA's projections, its latent cache and absorbed attention's multiply-adds.
+TEST(Mla, PerformanceModelKnowsItsShape) {
+  const ModelConfig c = load_model_config(test::fixture_dir("deepseek_v3_f32"));
+  ASSERT_TRUE(c.is_mla());
+  const perf::ModelShape s = perf::shape_from_config(c, "ds");
+  // d 64, 4 heads, q_lora 48, kv_lora 32, nope 16, rope 8, v 16.
+  EXPECT_EQ(s.attn_matrices, (std::vector<int64_t>{64 * 48, 48 * 4 * 24, 64 * 40, 32 * 4 * 32, 4 * 16 * 64}));
+  EXPECT_EQ(s.kv_elems_per_pos, 40);
+  EXPECT_EQ(s.attn_macs_per_pos, 4 * (40 + 32));
+  EXPECT_EQ(s.shared_elems, 3 * 64 * 32);      // one ungated shared expert of 32
+  EXPECT_EQ(s.router_elems, 16 * 64 + 16);     // + e_score_correction_bias
 }
 
 }  // namespace
