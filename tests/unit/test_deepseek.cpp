@@ -19,6 +19,8 @@
 #include "model/weights.h"
 #include "moe/router.h"
 #include "perf/model_shape.h"
+#include "comm/communicator.h"
+#include "runtime/engine.h"
 #include "runtime/mla_attention.h"
 #include "test_util.h"
 
@@ -357,6 +359,21 @@ TEST(Mla, PerformanceModelKnowsItsShape) {
   EXPECT_EQ(s.attn_macs_per_pos, 4 * (40 + 32));
   EXPECT_EQ(s.shared_elems, 3 * 64 * 32);      // one ungated shared expert of 32
   EXPECT_EQ(s.router_elems, 16 * 64 + 16);     // + e_score_correction_bias
+}
+
+// The engine's cache for an MLA model: (kv_lora_rank + qk_rope_head_dim) f32 per layer and position, nothing else.
+TEST(Mla, EngineCacheHoldsOnlyLatentAndRopeKey) {
+  EngineOptions o;
+  o.model_dir = test::fixture_dir("deepseek_v2_f32");
+  o.threads = 1;
+  o.limits = {4, 3, 32};
+  auto engine = Engine::create(o, std::make_unique<LocalCommunicator>());
+  const ModelConfig& c = engine->config();
+  const Transformer& tr = engine->transformer();
+  ASSERT_NE(tr.mla(), nullptr);
+  EXPECT_EQ(tr.mla()->cache_floats_per_position(), c.mla.kv_lora_rank + c.mla.qk_rope_head_dim);
+  EXPECT_EQ(tr.kv_cache_bytes_per_token(), size_t(c.n_layers * (32 + 8)) * sizeof(float));
+  EXPECT_EQ(tr.kv_cache_bytes(), size_t(c.n_layers * 3 * 32 * (32 + 8)) * sizeof(float));
 }
 
 }  // namespace
