@@ -246,7 +246,10 @@ uint64_t ModelConfig::fingerprint() const {
      << tie_word_embeddings << '|' << rope_scaling.type << '|' << rope_scaling.factor << '|'
      << rope_scaling.original_max_position << '|' << rope_scaling.beta_fast << '|' << rope_scaling.beta_slow << '|'
      << rope_scaling.mscale << '|' << rope_scaling.mscale_all_dim << '|' << rope_scaling.attention_factor << '|'
-     << rope_scaling.truncate;
+     << rope_scaling.truncate << '|' << shared_expert_gated << int(router_scoring) << router_choice_bias
+     << int(group_score) << '|' << n_group << '|' << topk_group << '|' << routed_scaling_factor << '|'
+     << mla.q_lora_rank << '|' << mla.kv_lora_rank << '|' << mla.qk_nope_head_dim << '|' << mla.qk_rope_head_dim
+     << '|' << mla.v_head_dim << '|' << mla.rope_interleave << '|' << mla.softmax_scale << '|' << fp8_block_weights;
   for (bool m : layer_is_moe) os << m;
   uint64_t h = 1469598103934665603ull;
   for (unsigned char ch : os.str()) h = (h ^ ch) * 1099511628211ull;

@@ -17,6 +17,32 @@ enum class NormKind { RMSNorm, LayerNorm };
 enum class QKNorm { None, PerHead, Full };
 // How the top-k router weights are rescaled after softmax over all experts and top-k.
 enum class TopKNorm { None, Sum, PNorm };
+// How router logits become expert scores: softmax over all experts (most families) or an independent sigmoid per
+// expert (DeepSeek-V3, Kimi K2).
+enum class RouterScoring { Softmax, Sigmoid };
+// DeepSeek's group-limited routing: experts form n_group equal groups, each group is scored, and top-k chooses
+// only among the experts of the topk_group best groups. None: plain top-k over all experts. Max: a group's score is
+// its largest expert score (DeepSeek-V2 group_limited_greedy). Top2Sum: the sum of its two largest bias-corrected
+// scores (DeepSeek-V3 noaux_tc).
+enum class GroupScore { None, Max, Top2Sum };
+
+// Multi-head latent attention (DeepSeek-V2/V3, Kimi K2). Keys and values of every head come from one compressed
+// latent per position (kv_lora_rank floats, RMS-normalized) and one rope key shared by all heads
+// (qk_rope_head_dim); only those two are cached. kv_lora_rank 0: the model has ordinary attention.
+struct MlaShape {
+  int64_t q_lora_rank = 0;  // 0: q_proj from the hidden state; else q_a_proj → RMSNorm → q_b_proj
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // The query's and rope key's rotated pairs are adjacent elements (2i, 2i+1) (DeepSeek-V2's complex rotation;
+  // V3's rope_interleave), else (i, i + d/2) (rotate_half). Only their dot products are used, so either layout
+  // is rotated in place.
+  bool rope_interleave = true;
+  // The attention score scale: qk_head_dim^-0.5, times yarn_mscale(factor, mscale_all_dim)² for DeepSeek-V3.
+  double softmax_scale = 0.0;
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Floats one layer caches per position: the latent and the rope key.
+  int64_t cache_floats() const { return kv_lora_rank + qk_rope_head_dim; }
+};
 
 // RoPE scaling as config.json's rope_parameters (or rope_scaling) gives it. "default": plain RoPE. "yarn": YaRN
 // (gpt-oss, DeepSeek-V2/V3, Kimi K2): frequencies blended between interpolated and extrapolated over a ramp, and
@@ -61,8 +87,20 @@ struct ModelConfig {
   TopKNorm topk_norm = TopKNorm::None;
   double topk_pnorm = 1.0;       // p of the p-norm (DBRX moe_normalize_expert_weights)
   int64_t shared_expert_ffn = 0;  // Qwen2-MoE shared expert (0: none); gated by sigmoid(shared_expert_gate · x)
+  bool shared_expert_gated = true;  // false: the shared expert is added as it is (DeepSeek's shared_experts)
+  // Routing beyond softmax + top-k (DeepSeek): the scoring, a per-expert bias added to the scores for choosing
+  // only (e_score_correction_bias), group limits, and a factor on the final weights (routed_scaling_factor).
+  RouterScoring router_scoring = RouterScoring::Softmax;
+  bool router_choice_bias = false;
+  GroupScore group_score = GroupScore::None;
+  int64_t n_group = 1, topk_group = 1;
+  double routed_scaling_factor = 1.0;
   int64_t dense_ffn = 0;          // intermediate size of dense (non-MoE) MLP layers, where there are any
   std::vector<bool> layer_is_moe;  // [n_layers]
+
+  MlaShape mla;  // multi-head latent attention, when mla.kv_lora_rank > 0
+  // DeepSeek-V3's published FP8 checkpoints: 128x128-block float8_e4m3fn weights with `weight_scale_inv`.
+  bool fp8_block_weights = false;
 
   bool tie_word_embeddings = false;
   std::string hidden_act = "silu";
@@ -71,6 +109,7 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids;
   int32_t bos_token_id = -1;
 
+  bool is_mla() const { return mla.kv_lora_rank > 0; }
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
   int64_t n_moe_layers() const;

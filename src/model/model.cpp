@@ -187,7 +187,14 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
       fail(dir, ": the config says ", m->config_.n_layers, " layers, but the checkpoint holds only ",
            m->index_.tensors().size(), " tensors");
     m->checkpoint_bytes_ = m->index_.total_bytes();
-    make_binder = [&m, &opts] { return WeightBinder(m->index_, opts.share); };
+    // Block-FP8 weights are dequantized at load into the dtype config.json names: f32 when it says float32 (exact,
+    // as the fixtures' references compute), bf16 otherwise (DeepSeek-V3's published config says bfloat16; half the
+    // memory of f32, each weight rounded to bf16).
+    make_binder = [&m, &opts] {
+      WeightBinder b(m->index_.tensors(), opts.share, &m->converted_);
+      b.dequantize_fp8_to(m->config_.stored_dtype == DType::F32 ? DType::F32 : DType::BF16);
+      return b;
+    };
     const ArchSpec* arch = find_arch(m->config_.model_type);
     MOEP_ASSERT(arch != nullptr);
     bind = arch->bind;

@@ -45,6 +45,20 @@ bool synth_preset(const std::string& name, SynthSpec* s) {
     *s = d;
     s->arch = "olmoe"; s->d_model = 2048; s->ffn = 1024; s->experts = 64; s->top_k = 8; s->heads = 16;
     s->kv_heads = 16; s->vocab = 50304; s->layers = 2;
+  } else if (name == "deepseek-v3" || name == "kimi-k2") {
+    *s = d;
+    const bool kimi = name == "kimi-k2";
+    s->arch = "deepseek_v3"; s->d_model = 7168; s->ffn = 2048; s->experts = kimi ? 384 : 256; s->top_k = 8;
+    s->heads = kimi ? 64 : 128; s->kv_heads = s->heads; s->shared_experts = 1; s->vocab = kimi ? 163840 : 129280;
+    s->q_lora_rank = 1536; s->kv_lora_rank = 512; s->qk_nope_head_dim = 128; s->qk_rope_head_dim = 64;
+    s->v_head_dim = 128; s->groups = kimi ? 1 : 8; s->topk_groups = kimi ? 1 : 4; s->dense_layers = kimi ? 1 : 3;
+    s->dense_ffn = 18432; s->layers = s->dense_layers + 1;
+  } else if (name == "deepseek-v2-lite") {
+    *s = d;
+    s->arch = "deepseek_v2"; s->d_model = 2048; s->ffn = 1408; s->experts = 64; s->top_k = 6; s->heads = 16;
+    s->kv_heads = 16; s->shared_experts = 2; s->vocab = 102400; s->q_lora_rank = 0; s->kv_lora_rank = 512;
+    s->qk_nope_head_dim = 128; s->qk_rope_head_dim = 64; s->v_head_dim = 128; s->groups = 1; s->topk_groups = 1;
+    s->dense_layers = 1; s->dense_ffn = 10944; s->layers = 2;
   } else if (name == "demo") {
     *s = d;
     s->arch = "mixtral"; s->d_model = 128; s->ffn = 256; s->experts = 8; s->top_k = 2; s->heads = 4;
@@ -56,7 +70,8 @@ bool synth_preset(const std::string& name, SynthSpec* s) {
 }
 
 std::string synth_preset_names() {
-  return "dbrx, mixtral-8x7b, mixtral-8x22b, qwen3-30b-a3b, qwen1.5-moe-a2.7b, olmoe-1b-7b, demo";
+  return "dbrx, mixtral-8x7b, mixtral-8x22b, qwen3-30b-a3b, qwen1.5-moe-a2.7b, olmoe-1b-7b, deepseek-v3, kimi-k2, "
+         "deepseek-v2-lite, demo";
 }
 
 namespace {
@@ -167,8 +182,40 @@ json make_config(const SynthSpec& s, const TokenizerInfo& tok) {
     c["rms_norm_eps"] = 1e-5;
     c["rope_theta"] = 10000.0;
     c["norm_topk_prob"] = false;
+  } else if (s.arch == "deepseek_v3" || s.arch == "deepseek_v2") {
+    const bool v3 = s.arch == "deepseek_v3";
+    c["architectures"] = {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
+    c["num_key_value_heads"] = s.heads;
+    c["moe_intermediate_size"] = s.ffn;
+    c["intermediate_size"] = s.dense_ffn > 0 ? s.dense_ffn : 4 * s.ffn;
+    c["n_routed_experts"] = s.experts;
+    c["n_shared_experts"] = s.shared_experts;
+    c["first_k_dense_replace"] = s.dense_layers;
+    c["q_lora_rank"] = s.q_lora_rank > 0 ? json(s.q_lora_rank) : json(nullptr);
+    c["kv_lora_rank"] = s.kv_lora_rank;
+    c["qk_nope_head_dim"] = s.qk_nope_head_dim;
+    c["qk_rope_head_dim"] = s.qk_rope_head_dim;
+    c["v_head_dim"] = s.v_head_dim;
+    c["n_group"] = s.groups;
+    c["topk_group"] = s.topk_groups;
+    c["rms_norm_eps"] = 1e-6;
+    c["rope_theta"] = 10000.0;
+    c["rope_scaling"] = {{"type", "yarn"}, {"factor", 40.0}, {"original_max_position_embeddings", 4096},
+                         {"beta_fast", 32.0}, {"beta_slow", 1.0}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+    c["max_position_embeddings"] = std::max<int64_t>(s.max_position, 4096);
+    if (v3) {
+      c["norm_topk_prob"] = true;
+      c["routed_scaling_factor"] = 2.5;
+      c["scoring_func"] = "sigmoid";
+      c["topk_method"] = "noaux_tc";
+      c["rope_interleave"] = true;
+    } else {
+      c["norm_topk_prob"] = false;
+      c["routed_scaling_factor"] = 1.0;
+      c["topk_method"] = s.groups > 1 ? "group_limited_greedy" : "greedy";
+    }
   } else {
-    fail("--arch: '", s.arch, "' is not one of dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe");
+    fail("--arch: '", s.arch, "' is not one of dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, deepseek_v2");
   }
   return c;
 }

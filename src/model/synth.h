@@ -22,6 +22,15 @@ struct SynthSpec {
   int64_t vocab = 0;         // 0: the tokenizer's size (or 32000 without one)
   int64_t shared_ffn = 0;    // qwen2_moe shared expert (0: none)
   int64_t max_position = 4096;
+  // deepseek_v3 / deepseek_v2 (multi-head latent attention): the MLA dimensions, routing groups, shared experts
+  // (each of size ffn; shared_ffn is not used), and the dense first layers with their MLP size.
+  int64_t shared_experts = 1;
+  int64_t q_lora_rank = 1536;  // 0: q_proj (DeepSeek-V2-Lite)
+  int64_t kv_lora_rank = 512;
+  int64_t qk_nope_head_dim = 128, qk_rope_head_dim = 64, v_head_dim = 128;
+  int64_t groups = 1, topk_groups = 1;
+  int64_t dense_layers = 0;  // first_k_dense_replace
+  int64_t dense_ffn = 0;     // 0: 4 · ffn
   std::string dtype = "bf16";  // bf16, f16, f32
   uint64_t seed = 1;
   std::string tokenizer;     // tokenizer.json to copy in ("" for none)
@@ -29,7 +38,8 @@ struct SynthSpec {
 };
 
 // Presets: "dbrx" (DBRX's true layer dimensions), "mixtral-8x7b", "mixtral-8x22b", "qwen3-30b-a3b",
-// "qwen1.5-moe-a2.7b", "olmoe-1b-7b", "demo" (tiny). Returns false for an unknown name.
+// "qwen1.5-moe-a2.7b", "olmoe-1b-7b", "deepseek-v3" (DeepSeek-V3/R1 671B), "kimi-k2", "deepseek-v2-lite",
+// "demo" (tiny). Layer counts are small (the real ones: V3 and K2 61, V2-Lite 27); --layers sets them. Returns false for an unknown name.
 bool synth_preset(const std::string& name, SynthSpec* spec);
 std::string synth_preset_names();
 

@@ -1,6 +1,7 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -39,10 +40,69 @@ const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<i
   const TensorInfo& t = it->second;
   if (t.shape != shape)
     fail("tensor '", name, "' has shape ", t.shape_str(), " but the config implies ", shape_str(shape));
+  if (t.dtype_name == "F8_E4M3" && !t.dtype_supported) {
+    used_.insert(name);
+    return dequantized_fp8(t);
+  }
   if (!t.dtype_supported)
     fail("tensor '", name, "' has dtype ", t.dtype_name, "; supported weight dtypes are F32, BF16 and F16");
   used_.insert(name);
   return t;
+}
+
+float fp8_e4m3_to_f32(uint8_t b) {
+  const int sign = b >> 7, exp = (b >> 3) & 15, mant = b & 7;
+  float v;
+  if (exp == 15 && mant == 7)
+    v = NAN;
+  else if (exp == 0)
+    v = std::ldexp(float(mant), -9);  // subnormal: mant/8 · 2^-6
+  else
+    v = std::ldexp(float(8 + mant), exp - 10);  // (1 + mant/8) · 2^(exp-7)
+  return sign ? -v : v;
+}
+
+const TensorInfo& WeightBinder::dequantized_fp8(const TensorInfo& t) {
+  if (auto it = fp8_infos_.find(t.name); it != fp8_infos_.end()) return it->second;
+  if (t.shape.size() != 2) fail("tensor '", t.name, "' is float8_e4m3fn of shape ", t.shape_str(), "; moep reads block-FP8 matrices only");
+  const std::string scale_name = t.name + "_scale_inv";
+  const int64_t rows = t.shape[0], cols = t.shape[1], blk = 128;
+  const std::vector<int64_t> scale_shape = {(rows + blk - 1) / blk, (cols + blk - 1) / blk};
+  auto sit = tensors_->find(scale_name);
+  if (sit == tensors_->end())
+    fail("tensor '", t.name, "' is float8_e4m3fn but the checkpoint has no '", scale_name,
+         "' (f32 ", shape_str(scale_shape), ", one scale per 128x128 block)");
+  const TensorInfo& sc = sit->second;
+  if (sc.dtype_name != "F32" || sc.shape != scale_shape)
+    fail("tensor '", scale_name, "' is ", sc.dtype_name, " ", sc.shape_str(), "; expected F32 ", shape_str(scale_shape),
+         " (one scale per 128x128 block of ", t.shape_str(), ")");
+  used_.insert(scale_name);
+  MOEP_ASSERT(fp8_dtype_ == DType::F32 || fp8_dtype_ == DType::BF16);
+  const size_t n = size_t(rows * cols), elem = dtype_size(fp8_dtype_);
+  bool fresh = false;
+  std::vector<float>& out = converted(t.name, (n * elem + 3) / 4, &fresh);
+  if (fresh) {
+    const auto* scales = reinterpret_cast<const float*>(sc.data);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        float s;
+        std::memcpy(&s, scales + (r / blk) * scale_shape[1] + c / blk, sizeof(float));
+        const float v = fp8_e4m3_to_f32(t.data[r * cols + c]) * s;
+        if (fp8_dtype_ == DType::F32)
+          out[size_t(r * cols + c)] = v;
+        else
+          reinterpret_cast<uint16_t*>(out.data())[r * cols + c] = f32_to_bf16(v);
+      }
+  }
+  TensorInfo d = t;
+  d.dtype_name = dtype_name(fp8_dtype_);
+  d.dtype_supported = true;
+  d.dtype = fp8_dtype_;
+  d.data = reinterpret_cast<const uint8_t*>(out.data());
+  d.nbytes = n * elem;
+  d.file = nullptr;  // in memory: no range to prefault or relocate
+  d.file_offset = 0;
+  return fp8_infos_.emplace(t.name, std::move(d)).first->second;
 }
 
 std::vector<int64_t> WeightBinder::shape_of(const std::string& name) const {
@@ -62,6 +122,7 @@ MatRef WeightBinder::rows_of(const TensorInfo& t, int64_t base_row, int64_t rows
   MOEP_ASSERT(row0 >= 0 && row0 + n <= rows);
   const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
   const size_t offset = size_t(base_row + row0) * row_bytes;
+  if (!t.file) return MatRef{t.data + offset, t.dtype, n, cols, cols, true};  // converted at load
   ranges_.push_back({t.file, t.file_offset + offset, size_t(n) * row_bytes});
   return MatRef{placed(t.data + offset), t.dtype, n, cols, cols, on_small_pages()};
 }
@@ -79,6 +140,7 @@ MatRef WeightBinder::cols_of(const TensorInfo& t, int64_t base_row, int64_t rows
          "sets from the file), or use --placement contiguous or round-robin (whole experts per rank)");
   const size_t row_bytes = dtype_row_bytes(t.dtype, total_cols), col_bytes = dtype_row_bytes(t.dtype, col0);
   const size_t base = size_t(base_row) * row_bytes;
+  if (!t.file) return MatRef{t.data + base + col_bytes, t.dtype, rows, n, total_cols, true};  // converted at load
   ranges_.push_back({t.file, t.file_offset + base + col_bytes, dtype_row_bytes(t.dtype, n), size_t(rows), row_bytes});
   if (!dest_.empty()) return MatRef{placed(nullptr), t.dtype, rows, n, n, on_small_pages()};
   return MatRef{t.data + base + col_bytes, t.dtype, rows, n, total_cols, on_small_pages()};
@@ -186,6 +248,8 @@ void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& sha
   if (t->shape != shape)
     fail("tensor '", name, "' has shape ", t->shape_str(), " but the config implies ", shape_str(shape));
   used_.insert(name);
+  // A block-FP8 tensor's scales go with it (another rank dequantizes them).
+  if (t->dtype_name == "F8_E4M3" && has(name + "_scale_inv")) used_.insert(name + "_scale_inv");
 }
 
 void WeightBinder::finish() const {

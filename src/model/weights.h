@@ -36,8 +36,17 @@ struct LayerWeights {
   VecRef q_norm, k_norm;  // [head_dim] (PerHead) or [q_dim]/[kv_dim] (Full); empty when none
   VecRef ffn_norm_w, ffn_norm_b;
 
+  // Multi-head latent attention (ModelConfig::mla): wq is q_proj [H·qk_head_dim, d] when there is no q_lora_rank,
+  // wo is o_proj [d, H·v_head_dim].
+  MatRef q_a, q_b;            // [q_lora_rank, d], [H·qk_head_dim, q_lora_rank]
+  VecRef q_a_norm;            // [q_lora_rank]
+  MatRef kv_a;                // [kv_lora_rank + qk_rope_head_dim, d]
+  VecRef kv_a_norm;           // [kv_lora_rank]
+  MatRef kv_b;                // [H·(qk_nope_head_dim + v_head_dim), kv_lora_rank]
+
   bool is_moe = false;
   MatRef router;                       // [n_experts, d]
+  VecRef router_choice_bias;           // [n_experts] DeepSeek-V3's e_score_correction_bias (f32); empty when none
   std::vector<ExpertWeights> experts;  // [n_experts]
   MlpWeights shared_expert;            // Qwen2-MoE
   MatRef shared_expert_gate;           // [1, d]
@@ -61,6 +70,10 @@ struct ModelWeights {
 // Binds the output head: this rank's rows of lm_head (or of the embedding, when tied), and sets w.vocab_rows.
 // `embed` must be bound first; `head_name` is the untied head's tensor.
 void bind_output_head(const ModelConfig& c, WeightBinder& b, const std::string& head_name, ModelWeights& w);
+
+// The value of a float8_e4m3fn byte (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; no infinities; S.1111.111
+// is NaN).
+float fp8_e4m3_to_f32(uint8_t b);
 
 // Tensors the loader had to rewrite rather than view in place (rows reordered, small block-quantized tensors made
 // f32), by checkpoint name: owned by the Model, so that a second binding of the same model (relocation) finds
@@ -120,6 +133,11 @@ class WeightBinder {
   // Marks a tensor as accounted for without reading it (an expert held by another rank). It must exist.
   void skip(const std::string& name, const std::vector<int64_t>& shape);
 
+  // Block-FP8 weights (DeepSeek-V3's float8_e4m3fn tensors with a `<name>_scale_inv` of f32 per 128x128 block):
+  // each bound one is dequantized once (fp8 value × its block's scale_inv, in f32) into the converted tensors, as
+  // `dtype` (F32: exact; BF16: rounded, half the memory), and viewed there. Needs a converted-tensor store.
+  void dequantize_fp8_to(DType dtype) { fp8_dtype_ = dtype; }
+
   // Throws moep::Error listing tensors in the checkpoint that nothing used.
   void finish() const;
 
@@ -152,6 +170,10 @@ class WeightBinder {
   // Columns [col0, col0 + n) of that matrix; refuses a cut inside a quantized block, naming the tensor.
   MatRef cols_of(const TensorInfo& t, int64_t base_row, int64_t rows, int64_t cols, int64_t col0, int64_t n);
   std::vector<float>& converted(const std::string& name, size_t floats, bool* fresh);
+  // A block-FP8 tensor dequantized into the converted store: its info with data there and no file.
+  const TensorInfo& dequantized_fp8(const TensorInfo& t);
+  std::map<std::string, TensorInfo> fp8_infos_;
+  DType fp8_dtype_ = DType::BF16;
   const std::map<std::string, TensorInfo>* tensors_ = nullptr;
   std::vector<Recorded> recorded_;
   std::set<std::string> used_;

@@ -19,6 +19,7 @@ MoeBlock::MoeBlock(const ModelConfig& config, const ExpertPlacement& placement, 
       ffn_(share_.ffn_slice(config.expert_ffn).count) {
   const int64_t R = max_rows, E = c_.n_experts, k = c_.top_k, d = c_.d_model, f = c_.expert_ffn;
   logits_.resize(size_t(R * E));
+  route_scratch_.resize(size_t(E + c_.n_group));
   ids_.resize(size_t(R * k));
   weights_.resize(size_t(R * k));
   owner_.resize(size_t(R * k));
@@ -65,8 +66,8 @@ void MoeBlock::shared_expert(ThreadPool& pool, const LayerWeights& w, const floa
   const int64_t t0 = now_ns(), d = c_.d_model;
   const MlpWeights& m = w.shared_expert;
   ops::swiglu(pool, m.gate, m.up, m.down, h, T, shared_g_.data(), shared_u_.data(), many_, shared_out_.data());
-  ops::linear(pool, w.shared_expert_gate, h, T, shared_gate_.data());
-  for (int64_t t = 0; t < T; ++t) {
+  if (!w.shared_expert_gate.empty()) ops::linear(pool, w.shared_expert_gate, h, T, shared_gate_.data());
+  for (int64_t t = 0; t < T && !w.shared_expert_gate.empty(); ++t) {
     const float gate = 1.f / (1.f + std::exp(-shared_gate_[size_t(t)]));
     for (int64_t j = 0; j < d; ++j) shared_out_[size_t(t * d + j)] *= gate;
   }
@@ -90,9 +91,15 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
 
   // Router: identical on every rank (same inputs, same kernels, per-row sums independent of threading).
   ops::linear(pool, w.router, h, T, logits_.data());
-  for (int64_t t = 0; t < T; ++t)
-    route_token(&logits_[size_t(t * E)], E, k, c_.topk_norm, c_.topk_pnorm, &ids_[size_t(t * k)],
-                &weights_[size_t(t * k)]);
+  if (routes_grouped(c_)) {
+    for (int64_t t = 0; t < T; ++t)
+      route_token_grouped(c_, &logits_[size_t(t * E)], w.router_choice_bias, route_scratch_.data(), &ids_[size_t(t * k)],
+                          &weights_[size_t(t * k)]);
+  } else {
+    for (int64_t t = 0; t < T; ++t)
+      route_token(&logits_[size_t(t * E)], E, k, c_.topk_norm, c_.topk_pnorm, &ids_[size_t(t * k)],
+                  &weights_[size_t(t * k)]);
+  }
   placement_.assign(layer, ids_.data(), T * k, owner_.data(), load_.data());
 
   // Group this rank's pairs by expert (counting sort; within an expert, by token row). Split: every pair, on

@@ -62,6 +62,7 @@ class MoeBlock {
   int64_t max_rows_;
   int64_t ffn_;  // this rank's part of each expert's ffn dimension (all of it unless split)
   std::vector<float> logits_;      // [R, E]
+  std::vector<float> route_scratch_;  // [E + n_group]: route_token_grouped's choices and group scores
   std::vector<int32_t> ids_;       // [R, k]
   std::vector<float> weights_;     // [R, k]
   std::vector<int32_t> owner_;     // [R·k]

@@ -118,13 +118,33 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& name) {
   if (c.qk_norm == QKNorm::Full) s.norm_elems += qd + kvd;
   s.kv_elems_per_pos = 2 * kvd;
   s.attn_macs_per_pos = c.n_heads * 2 * c.head_dim;
+  if (c.is_mla()) {
+    // Multi-head latent attention as moep runs it: its projections (kv_b read twice per step, as W_UK and W_UV),
+    // the latent cache, and absorbed attention (scores over latent + rope key, values over the latent).
+    const MlaShape& m = c.mla;
+    const int64_t H = c.n_heads, qk = m.qk_head_dim(), lora = m.kv_lora_rank, rot = m.qk_rope_head_dim;
+    s.attn_matrices.clear();
+    if (m.q_lora_rank > 0)
+      s.attn_matrices = {d * m.q_lora_rank, m.q_lora_rank * H * qk};
+    else
+      s.attn_matrices = {d * H * qk};
+    s.attn_matrices.push_back(d * (lora + rot));
+    s.attn_matrices.push_back(lora * H * (m.qk_nope_head_dim + m.v_head_dim));
+    s.attn_matrices.push_back(H * m.v_head_dim * d);
+    s.attn_elems = 0;
+    for (int64_t x : s.attn_matrices) s.attn_elems += x;
+    s.norm_elems = 2 * d + m.q_lora_rank + lora;
+    s.kv_elems_per_pos = lora + rot;
+    s.attn_macs_per_pos = H * ((lora + rot) + lora);
+  }
   s.n_experts = c.n_experts;
   s.top_k = c.top_k;
   s.expert_ffn = c.expert_ffn;
   s.expert_elems = 3 * d * c.expert_ffn;
   s.expert_down_in_out = c.model_type == "dbrx";
   s.router_elems = c.n_experts * d;
-  s.shared_elems = c.shared_expert_ffn > 0 ? 3 * d * c.shared_expert_ffn + d : 0;
+  s.shared_elems = c.shared_expert_ffn > 0 ? 3 * d * c.shared_expert_ffn + (c.shared_expert_gated ? d : 0) : 0;
+  if (c.router_choice_bias) s.router_elems += c.n_experts;
   s.dense_elems = 3 * d * c.dense_ffn;
   s.layer_is_moe = c.layer_is_moe;
   s.embed_elems = c.vocab_size * d;

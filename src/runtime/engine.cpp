@@ -91,7 +91,8 @@ DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode att
       double(cfg.n_layers) * double(2 * cfg.q_dim() + 2 * cfg.kv_dim()) * double(cfg.d_model) * bytes_per_weight;
   const double attention_exchanges = double(cfg.n_layers) * (cfg.qk_norm == QKNorm::Full ? 2 : 1);
   s.attention = decide("attention", attention,
-                       first({gpu, gguf ? "a GGUF model's attention is not divided yet" : ""}),
+                       first({gpu, gguf ? "a GGUF model's attention is not divided yet" : "",
+                              cfg.is_mla() ? "multi-head latent attention is not divided" : ""}),
                        attention_bytes, double(most_kv) / double(cfg.n_kv_heads), attention_exchanges);
   int64_t most_rows = 0;
   for (int r = 0; r < n_ranks; ++r) most_rows = std::max(most_rows, ffn_split(cfg.vocab_size, r, n_ranks).count);

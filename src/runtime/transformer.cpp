@@ -27,6 +27,8 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   stats_.resize(size_t(c_.n_layers));
   want_rows_.resize(size_t(limits_.max_rows));
   routing_.resize(size_t(c_.n_layers));
+  if (gpu_device >= 0 && c_.is_mla())
+    fail(c_.model_type, ": multi-head latent attention is not supported by the GPU backend; run it on the CPU");
   if (gpu_device >= 0) {
     gpu_ = std::make_unique<gpu::GpuForward>(model, placement, comm, limits_, gpu_device);
     return;
@@ -36,9 +38,13 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   n_heads_ = n_kv_heads_ * (c_.n_heads / c_.n_kv_heads);
   kv_dim_ = n_kv_heads_ * c_.head_dim;
   q_dim_ = n_heads_ * c_.head_dim;
-  const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * kv_dim_);
-  k_cache_.assign(kv, 0.f);
-  v_cache_.assign(kv, 0.f);
+  if (c_.is_mla()) {
+    mla_ = std::make_unique<MlaAttention>(c_, limits_);
+  } else {
+    const size_t kv = size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * kv_dim_);
+    k_cache_.assign(kv, 0.f);
+    v_cache_.assign(kv, 0.f);
+  }
 
   // RoPE tables as transformers computes them (model/rope.h).
   const int64_t half = c_.head_dim / 2;
@@ -87,6 +93,7 @@ double Transformer::weight_bytes_per_token() const {
   double bytes = mb(w_.lm_head);
   for (const auto& L : w_.layers) {
     bytes += mb(L.wq) + mb(L.wk) + mb(L.wv) + mb(L.wo);
+    bytes += mb(L.q_a) + mb(L.q_b) + mb(L.kv_a) + mb(L.kv_b);
     bytes += mb(L.dense.gate) + mb(L.dense.up) + mb(L.dense.down);
     if (L.is_moe) bytes += moe_.weight_bytes_per_token(L);
   }
@@ -140,6 +147,10 @@ int64_t Transformer::attention(const LayerWeights& L, int64_t layer, std::span<c
   const int64_t T = int64_t(rows.size()), d = c_.d_model, hd = c_.head_dim, H = n_heads_, KVH = n_kv_heads_;
   const int64_t qd = q_dim_, kvd = kv_dim_, half = hd / 2;
   int64_t exchange_ns = 0;
+  if (mla_) {
+    mla_->forward(pool_, L, layer, rows, h_.data(), o_.data());
+    return 0;
+  }
   if (KVH > 0) {
     // h_ holds the normalized input.
     const ops::LinearJob qkv[3] = {{L.wq, h_.data(), T, q_.data()}, {L.wk, h_.data(), T, k_.data()},

@@ -26,6 +26,7 @@
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "moe/placement.h"
+#include "runtime/mla_attention.h"
 #include "runtime/tracer.h"
 
 namespace moep {
@@ -56,8 +57,13 @@ class Transformer {
   double weight_bytes_per_token() const;
   // This rank's KV cache (its heads only when attention is split).
   size_t kv_cache_bytes() const {
+    if (mla_) return mla_->cache_bytes();
     return size_t(c_.n_layers * limits_.n_slots * limits_.max_ctx * kv_dim_) * sizeof(float) * 2;
   }
+  // Bytes the KV cache holds per position of one sequence, over all layers (MLA: the latent and rope key).
+  size_t kv_cache_bytes_per_token() const { return kv_cache_bytes() / size_t(limits_.n_slots * limits_.max_ctx); }
+  // Multi-head latent attention's cache, for a model that has it (null otherwise).
+  const MlaAttention* mla() const { return mla_.get(); }
   // Routing of the last forward, per MoE layer: [n_layers][rows × top_k] (empty for dense layers);
   // filled only when record_routing(true). The observer, if set, is called after every forward with it and
   // the number of rows (for --record-routing).
@@ -119,6 +125,7 @@ class Transformer {
   Tracer tracer_;
   std::vector<std::vector<int32_t>> routing_;
   std::unique_ptr<gpu::GpuForward> gpu_;
+  std::unique_ptr<MlaAttention> mla_;  // DeepSeek's attention and cache (then k_cache_/v_cache_ stay empty)
 };
 
 }  // namespace moep

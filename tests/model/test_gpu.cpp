@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "gpu/gpu_forward.h"
 #include "io/npy.h"
+#include "model/config.h"
 #include "runtime/engine.h"
 #include "test_util.h"
 
@@ -34,6 +35,7 @@ class GpuGolden : public ::testing::TestWithParam<std::string> {};
 TEST_P(GpuGolden, LogitsEqualTheCpuWholeAndIncrementalAndGreedyEqualTransformers) {
   MOEP_NEED_GPU();
   const std::string dir = test::fixture_dir(GetParam());
+  if (load_model_config(dir).is_mla()) GTEST_SKIP() << "the GPU backend has no multi-head latent attention";
   auto gpu = make_engine(dir, gpu::DeviceKind::Gpu, 32);
   auto cpu = make_engine(dir, gpu::DeviceKind::Cpu, 32);
   ASSERT_TRUE(gpu->on_gpu());
@@ -81,6 +83,7 @@ TEST_P(GpuGolden, LogitsEqualTheCpuWholeAndIncrementalAndGreedyEqualTransformers
 TEST_P(GpuGolden, BatchedSlotsEqualTheCpu) {
   MOEP_NEED_GPU();
   const std::string dir = test::fixture_dir(GetParam());
+  if (load_model_config(dir).is_mla()) GTEST_SKIP() << "the GPU backend has no multi-head latent attention";
   auto gpu = make_engine(dir, gpu::DeviceKind::Gpu, 8);
   auto cpu = make_engine(dir, gpu::DeviceKind::Cpu, 8);
   const int64_t V = gpu->config().vocab_size;

@@ -203,7 +203,8 @@ TEST(SteadyStateSplit, DecodeStepsAllocateNothingAndTakeNoPageFault) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SteadyState,
-                         ::testing::Combine(::testing::Values("dbrx_bf16", "dbrx_f32", "qwen2_moe_f32", "qwen3_moe_bf16"),
+                         ::testing::Combine(::testing::Values("dbrx_bf16", "dbrx_f32", "qwen2_moe_f32", "qwen3_moe_bf16",
+                                                              "deepseek_v3_bf16", "deepseek_v3_fp8"),
                                             ::testing::Values("copy", "map")),
                          [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param); });
 

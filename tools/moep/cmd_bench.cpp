@@ -200,6 +200,17 @@ void register_bench(CLI::App& app) {
                 dtype_name(engine->model().weights().embed.dtype),
                 double(engine->model().bytes_mapped_for_use()) / 1e9, engine->model().residence().c_str());
     std::printf("split: %s\n", engine->dense_split_note().c_str());
+    {
+      // Per position of one sequence, all layers, this rank (MLA: the latent and the rope key only).
+      const Transformer& tr = engine->transformer();
+      const size_t per_token = tr.kv_cache_bytes_per_token();
+      if (cfg.is_mla())
+        std::printf("KV cache: %zu bytes per token (multi-head latent attention: %lld layers x (%lld latent + %lld rope) "
+                    "f32)\n", per_token, (long long)cfg.n_layers, (long long)cfg.mla.kv_lora_rank,
+                    (long long)cfg.mla.qk_rope_head_dim);
+      else
+        std::printf("KV cache: %zu bytes per token\n", per_token);
+    }
     for (const RankStats& r : stats.ranks)
       std::printf("  rank %d resident: %.3f GB of weights, %.1f MB of KV cache\n", r.rank, double(r.weight_bytes) / 1e9,
                   double(r.kv_cache_bytes) / 1e6);

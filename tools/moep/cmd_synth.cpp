@@ -25,7 +25,7 @@ void register_synth(CLI::App& app) {
       "synth", "Write a random-weight checkpoint in the Hugging Face layout (for benchmarks and trying a cluster)");
   cmd->add_option("out", o->out, "Output directory")->required();
   cmd->add_option("--preset", o->preset, "Start from a preset: " + synth_preset_names() + " (flags given override its values; the defaults shown are for no preset)");
-  cmd->add_option("--arch", o->spec.arch, "dbrx, mixtral, qwen2_moe, qwen3_moe or olmoe");
+  cmd->add_option("--arch", o->spec.arch, "dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3 or deepseek_v2");
   cmd->add_option("--layers", o->spec.layers, "Number of layers")->check(CLI::Range(1, 1000));
   cmd->add_option("--d-model", o->spec.d_model, "Hidden size")->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--ffn", o->spec.ffn, "Intermediate size of one expert")->check(CLI::Range(1, 1 << 20));
@@ -36,6 +36,13 @@ void register_synth(CLI::App& app) {
   cmd->add_option("--head-dim", o->spec.head_dim, "Head dimension (qwen3_moe; 0: d_model/heads)");
   cmd->add_option("--shared-ffn", o->spec.shared_ffn, "Shared expert size (qwen2_moe; 0: none)");
   cmd->add_option("--vocab", o->spec.vocab, "Vocabulary size (0: the tokenizer's)");
+  cmd->add_option("--q-lora-rank", o->spec.q_lora_rank, "deepseek: query compression rank (0: q_proj)");
+  cmd->add_option("--kv-lora-rank", o->spec.kv_lora_rank, "deepseek: key/value latent size (cached per position)");
+  cmd->add_option("--shared-experts", o->spec.shared_experts, "deepseek: shared experts (each of size --ffn)");
+  cmd->add_option("--groups", o->spec.groups, "deepseek: expert groups (n_group)");
+  cmd->add_option("--topk-groups", o->spec.topk_groups, "deepseek: groups kept per token (topk_group)");
+  cmd->add_option("--dense-layers", o->spec.dense_layers, "deepseek: dense first layers (first_k_dense_replace)");
+  cmd->add_option("--dense-ffn", o->spec.dense_ffn, "deepseek: the dense layers' MLP size (0: 4 × ffn)");
   cmd->add_option("--dtype", o->spec.dtype, "Weight dtype: bf16, f16 or f32");
   cmd->add_option("--seed", o->spec.seed, "Random seed");
   cmd->add_option("--tokenizer", o->spec.tokenizer,
@@ -62,6 +69,13 @@ void register_synth(CLI::App& app) {
       if (given("--head-dim")) p.head_dim = spec.head_dim;
       if (given("--shared-ffn")) p.shared_ffn = spec.shared_ffn;
       if (given("--vocab")) p.vocab = spec.vocab;
+      if (given("--q-lora-rank")) p.q_lora_rank = spec.q_lora_rank;
+      if (given("--kv-lora-rank")) p.kv_lora_rank = spec.kv_lora_rank;
+      if (given("--groups")) p.groups = spec.groups;
+      if (given("--shared-experts")) p.shared_experts = spec.shared_experts;
+      if (given("--topk-groups")) p.topk_groups = spec.topk_groups;
+      if (given("--dense-layers")) p.dense_layers = spec.dense_layers;
+      if (given("--dense-ffn")) p.dense_ffn = spec.dense_ffn;
       if (given("--dtype")) p.dtype = spec.dtype;
       if (given("--seed")) p.seed = spec.seed;
       if (given("--shard-gb")) p.shard_gb = spec.shard_gb;
