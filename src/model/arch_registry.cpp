@@ -6,7 +6,7 @@ namespace moep {
 
 const std::vector<const ArchSpec*>& all_archs() {
   static const std::vector<const ArchSpec*> archs = {&kDbrxArch, &kMixtralArch, &kQwen2MoeArch, &kQwen3MoeArch,
-                                                     &kOlmoeArch};
+                                                     &kOlmoeArch, &kGptOssArch};
   return archs;
 }
 

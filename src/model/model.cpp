@@ -187,7 +187,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, ModelConfig config, c
       fail(dir, ": the config says ", m->config_.n_layers, " layers, but the checkpoint holds only ",
            m->index_.tensors().size(), " tensors");
     m->checkpoint_bytes_ = m->index_.total_bytes();
-    make_binder = [&m, &opts] { return WeightBinder(m->index_, opts.share); };
+    make_binder = [&m, &opts] { return WeightBinder(m->index_.tensors(), opts.share, &m->converted_); };
     const ArchSpec* arch = find_arch(m->config_.model_type);
     MOEP_ASSERT(arch != nullptr);
     bind = arch->bind;
