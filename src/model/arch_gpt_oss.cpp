@@ -13,7 +13,11 @@
 // Loading: gate and up are made at load as [slice, d] matrices (out, in) in the stored dtype (transposed from the
 // bf16/f32 layout; MXFP4 decoded to bf16, exact). down is read in place ((in, out) rows, down_in_out) from bf16/f32,
 // or decoded to bf16 [d, slice] from MXFP4. So an MXFP4 expert takes 2 bytes per weight in memory, not 0.53.
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "core/mxfp4.h"
@@ -76,6 +80,20 @@ void parse_gpt_oss(const ConfigReader& r, ModelConfig& c) {
   }
 }
 
+// fn(r0, r1) over [0, rows) in blocks on the machine's threads (load-time conversions of an expert: a
+// gpt-oss-120b rank decodes up to 10^11 values), each row written by one thread; one thread for small matrices.
+void for_row_blocks(int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t threads = std::clamp<int64_t>(int64_t(std::thread::hardware_concurrency()), 1, 64);
+  const int64_t n = std::min(threads, rows / 64);
+  if (n <= 1) {
+    fn(0, rows);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < n; ++t) pool.emplace_back(fn, rows * t / n, rows * (t + 1) / n);
+  for (auto& th : pool) th.join();
+}
+
 // Binds layer i's experts that the rank holds (each its ffn slice), the others skipped.
 void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const std::string& p, LayerWeights& L) {
   const int64_t E = c.n_experts, d = c.d_model, f = c.expert_ffn;
@@ -116,13 +134,15 @@ void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const st
       if (mxfp4) {
         const int64_t nb = d / 32;
         return b.made_matrix(k, DType::BF16, n, d, [&, parity](uint8_t* dst) {
-          std::vector<float> row(static_cast<size_t>(d));
           auto* out = reinterpret_cast<uint16_t*>(dst);
-          for (int64_t r = 0; r < n; ++r) {
-            const int64_t src = e * 2 * f + 2 * (f0 + r) + parity;
-            mxfp4_decode(gu_blocks->data + src * nb * 16, gu_scales->data + src * nb, 0, d, row.data());
-            for (int64_t i = 0; i < d; ++i) out[r * d + i] = f32_to_bf16(row[size_t(i)]);
-          }
+          for_row_blocks(n, [&](int64_t r0, int64_t r1) {
+            std::vector<float> row(static_cast<size_t>(d));
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t src = e * 2 * f + 2 * (f0 + r) + parity;
+              mxfp4_decode(gu_blocks->data + src * nb * 16, gu_scales->data + src * nb, 0, d, row.data());
+              for (int64_t i = 0; i < d; ++i) out[r * d + i] = f32_to_bf16(row[size_t(i)]);
+            }
+          });
         });
       }
       if (!gate_up) return {};  // recording mode
@@ -130,9 +150,11 @@ void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const st
       const size_t es = dtype_size(dt);
       return b.made_matrix(k, dt, n, d, [&, parity, es](uint8_t* dst) {
         const uint8_t* base = gate_up->data + size_t(e) * size_t(d * 2 * f) * es;
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t i = 0; i < d; ++i)
-            std::memcpy(dst + size_t(r * d + i) * es, base + size_t(i * 2 * f + 2 * (f0 + r) + parity) * es, es);
+        for_row_blocks(n, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t i = 0; i < d; ++i)
+              std::memcpy(dst + size_t(r * d + i) * es, base + size_t(i * 2 * f + 2 * (f0 + r) + parity) * es, es);
+        });
       });
     };
     x.gate = make_gate_up(0);
@@ -140,13 +162,15 @@ void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const st
     if (mxfp4) {
       const int64_t nb = f / 32;
       x.down = b.made_matrix(key + "#down", DType::BF16, d, n, [&](uint8_t* dst) {
-        std::vector<float> row(static_cast<size_t>(n));
         auto* out = reinterpret_cast<uint16_t*>(dst);
-        for (int64_t r = 0; r < d; ++r) {
-          const int64_t src = e * d + r;
-          mxfp4_decode(dn_blocks->data + src * nb * 16, dn_scales->data + src * nb, f0, n, row.data());
-          for (int64_t i = 0; i < n; ++i) out[r * n + i] = f32_to_bf16(row[size_t(i)]);
-        }
+        for_row_blocks(d, [&](int64_t r0, int64_t r1) {
+          std::vector<float> row(static_cast<size_t>(n));
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t src = e * d + r;
+            mxfp4_decode(dn_blocks->data + src * nb * 16, dn_scales->data + src * nb, f0, n, row.data());
+            for (int64_t i = 0; i < n; ++i) out[r * n + i] = f32_to_bf16(row[size_t(i)]);
+          }
+        });
       });
     } else {
       x.down = b.slab_rows(dn, E, f, d, e, f0, n);
