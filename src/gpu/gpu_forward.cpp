@@ -44,6 +44,19 @@ uint64_t mat_bytes(const MatRef& m, bool transposed = false) {
 
 }  // namespace
 
+std::string unsupported_features(const ModelConfig& c) {
+  std::string missing;
+  auto add = [&](bool lacks, const char* what) {
+    if (lacks) missing += (missing.empty() ? "" : ", ") + std::string(what);
+  };
+  add(c.attention_sinks, "attention sinks");
+  add(!c.layer_window.empty(), "per-layer sliding windows");
+  add(c.router_bias || c.expert_bias, "router and expert biases");
+  add(c.swiglu_limit > 0, "the clamped SwiGLU");
+  add(c.is_mla(), "multi-head latent attention");
+  return missing;
+}
+
 uint64_t device_bytes_needed(const Model& model, const EngineLimits& lim) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
@@ -243,6 +256,8 @@ struct GpuForward::Impl {
 
   Impl(const Model& mo, const ExpertPlacement& pl, Communicator& cm, const EngineLimits& l, int device)
       : model(mo), c(mo.config()), comm(cm), share(pl.share(cm.rank())), placement(pl), lim(l), ctx(device) {
+    if (const std::string missing = unsupported_features(c); !missing.empty())
+      fail("the GPU backend does not run ", c.model_type, " yet: it lacks ", missing, "; use --device cpu");
     const DeviceInfo& d = ctx.info();
     summary = DeviceSummary{d.index, d.name, d.type, d.driver, d.device_local_bytes, d.software, d.usable, ""};
     const uint64_t need = device_bytes_needed(mo, l);

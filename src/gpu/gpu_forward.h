@@ -51,6 +51,10 @@ struct DeviceSummary {
 // build has no Vulkan backend.
 std::vector<DeviceSummary> list_gpus();
 
+// What the GPU backend lacks to run a model of config c, for messages ("attention sinks, ..."); empty when it
+// runs it.
+std::string unsupported_features(const ModelConfig& c);
+
 // Device memory the forward pass needs on a rank: its weights as stored (rows padded to 8 elements), the KV cache
 // and the activations for `limits`.
 uint64_t device_bytes_needed(const Model& model, const EngineLimits& limits);

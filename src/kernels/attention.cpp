@@ -12,11 +12,12 @@ namespace moep::kernels {
 // them (as it did when acc was a local array in the transformer); each element's operations and their order are
 // the same either way.
 void attention_head(const float* q, const SequenceKv& kv, int64_t kv_head, int64_t n_positions, int64_t head_dim,
-                    float scale, float* __restrict acc, float* __restrict out) {
+                    float scale, float* __restrict acc, float* __restrict out, float sink) {
   const float* keys = kv.keys + kv_head * head_dim;
   const float* values = kv.values + kv_head * head_dim;
   std::fill(acc, acc + head_dim, 0.f);
-  float running_max = -std::numeric_limits<float>::infinity(), running_sum = 0.f;
+  // A sink starts the softmax as a score whose weight is counted but whose value is none.
+  float running_max = sink, running_sum = sink == -std::numeric_limits<float>::infinity() ? 0.f : 1.f;
   for (int64_t j = 0; j < n_positions; ++j) {
     const float* kj = keys + j * kv.row_stride;
     float s = 0.f;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace moep::kernels {
 
@@ -33,12 +34,16 @@ struct SequenceKv {
 // of kv head `kv_head`. One pass: a running maximum and sum, the accumulator rescaled when the maximum grows.
 // q, acc and out hold head_dim floats; acc is the caller's scratch (overwritten), so that a call allocates nothing.
 // n_positions ≥ 1. acc must not overlap q, out or the sequence.
+// `sink` (gpt-oss): a logit that joins the softmax with no value (its weight is dropped): the softmax runs over
+// [scores..., sink]. -infinity: none.
 void attention_head(const float* q, const SequenceKv& kv, int64_t kv_head, int64_t n_positions, int64_t head_dim,
-                    float scale, float* acc, float* out);
+                    float scale, float* acc, float* out,
+                    float sink = -std::numeric_limits<float>::infinity());
 
 // The same function by its definition: scores, their maximum, then the normalized weighted sum, in double (two
 // passes over the positions), rounded to f32 at the end. Allocates; for tests.
 void attention_head_reference(const float* q, const SequenceKv& kv, int64_t kv_head, int64_t n_positions,
-                              int64_t head_dim, float scale, float* out);
+                              int64_t head_dim, float scale, float* out,
+                              float sink = -std::numeric_limits<float>::infinity());
 
 }  // namespace moep::kernels

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/error.h"
@@ -293,6 +294,13 @@ void silu_mul(float* g, const float* u, int64_t n) {
   }
 }
 
+void clamped_swiglu(float* g, const float* u, int64_t n, float alpha, float limit) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::min(g[i], limit), b = std::min(limit, std::max(-limit, u[i]));
+    g[i] = (b + 1.f) * (a / (1.f + std::exp(-alpha * a)));
+  }
+}
+
 void softmax(float* x, int64_t n) {
   float m = x[0];
   for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
@@ -322,7 +330,7 @@ size_t attention_scratch_floats(int64_t rows, const kernels::AttentionShape& sha
 }
 
 void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const float* q, const AttentionRow* rows,
-               int64_t T, float* scratch, float* out) {
+               int64_t T, float* scratch, float* out, const float* sinks) {
   constexpr int64_t kStackAccFloats = 1024;
   const int64_t H = shape.n_heads, hd = shape.head_dim, qd = shape.q_dim(), group = shape.group();
   pool.parallel_for(T * H, [&](int64_t task) {
@@ -333,7 +341,8 @@ void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const flo
     float stack_acc[kStackAccFloats];
     float* acc = hd <= kStackAccFloats ? stack_acc : scratch + task * hd;
     kernels::attention_head(q + t * qd + h * hd, r.kv, h / group, r.n_positions, hd, shape.scale, acc,
-                            out + t * qd + h * hd);
+                            out + t * qd + h * hd,
+                            sinks ? sinks[h] : -std::numeric_limits<float>::infinity());
   });
 }
 

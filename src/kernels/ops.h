@@ -72,6 +72,9 @@ void add_bias(float* x, const VecRef& b, int64_t n);
 void clamp(float* x, float c, int64_t n);
 // g[i] = silu(g[i]) · u[i]
 void silu_mul(float* g, const float* u, int64_t n);
+// gpt-oss's clamped SwiGLU: with a = min(g[i], limit) and b = clamp(u[i], -limit, limit),
+// g[i] = (b + 1) · a · sigmoid(alpha · a).
+void clamped_swiglu(float* g, const float* u, int64_t n, float alpha, float limit);
 // In-place softmax over n values (f32, max-subtracted).
 void softmax(float* x, int64_t n);
 // Rotates pairs (i, i + d/2) of each head of x [n_heads, head_dim] by angle pos · inv_freq[i]
@@ -90,8 +93,9 @@ size_t attention_scratch_floats(int64_t rows, const kernels::AttentionShape& sha
 // out [T, q_dim] = attention of q [T, q_dim] (row t over rows[t]), with one kernels::attention_head task per
 // (row, query head) spread over the pool; results do not depend on the thread count. scratch: at least
 // attention_scratch_floats(T, shape) floats the caller owns, so that calls allocate nothing.
+// sinks: [n_heads] sink logits of the query heads (gpt-oss; see kernels::attention_head), or nullptr for none.
 void attention(ThreadPool& pool, const kernels::AttentionShape& shape, const float* q, const AttentionRow* rows,
-               int64_t T, float* scratch, float* out);
+               int64_t T, float* scratch, float* out, const float* sinks = nullptr);
 
 // dst[i] = float(src[i]) for a vector of any dtype.
 void to_f32(const void* src, DType dtype, float* dst, int64_t n);

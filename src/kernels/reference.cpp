@@ -88,7 +88,7 @@ const KernelTable& reference_kernels() {
 }
 
 void attention_head_reference(const float* q, const SequenceKv& kv, int64_t kv_head, int64_t n_positions,
-                              int64_t head_dim, float scale, float* out) {
+                              int64_t head_dim, float scale, float* out, float sink) {
   auto score = [&](int64_t j) {
     const float* k = kv.keys + j * kv.row_stride + kv_head * head_dim;
     double dot = 0;
@@ -97,8 +97,10 @@ void attention_head_reference(const float* q, const SequenceKv& kv, int64_t kv_h
   };
   double max_score = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < n_positions; ++j) max_score = std::max(max_score, score(j));
+  const bool has_sink = sink != -std::numeric_limits<float>::infinity();
+  if (has_sink) max_score = std::max(max_score, double(sink));
   std::vector<double> sum(size_t(head_dim), 0.0);
-  double weight_total = 0;
+  double weight_total = has_sink ? std::exp(double(sink) - max_score) : 0.0;
   for (int64_t j = 0; j < n_positions; ++j) {
     const double w = std::exp(score(j) - max_score);
     const float* v = kv.values + j * kv.row_stride + kv_head * head_dim;

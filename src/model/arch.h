@@ -74,6 +74,7 @@ extern const ArchSpec kQwen3MoeArch;
 extern const ArchSpec kOlmoeArch;
 extern const ArchSpec kDeepseekV3Arch;
 extern const ArchSpec kDeepseekV2Arch;
+extern const ArchSpec kGptOssArch;
 
 // A Llama-style family (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE): RMSNorm, GQA attention with RoPE, tensors under
 // model.layers.N., a router and a list of experts per MoE layer. What such a family spells or defaults

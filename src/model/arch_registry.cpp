@@ -6,7 +6,8 @@ namespace moep {
 
 const std::vector<const ArchSpec*>& all_archs() {
   static const std::vector<const ArchSpec*> archs = {&kDbrxArch, &kMixtralArch, &kQwen2MoeArch, &kQwen3MoeArch,
-                                                     &kOlmoeArch, &kDeepseekV3Arch, &kDeepseekV2Arch};
+                                                     &kOlmoeArch, &kDeepseekV3Arch, &kDeepseekV2Arch,
+                                                     &kGptOssArch};
   return archs;
 }
 

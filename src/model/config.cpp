@@ -217,6 +217,10 @@ void validate_config(const ModelConfig& c, const std::string& src) {
       fail(src, ": experts per token (", c.top_k, ") exceeds the number of experts (", c.n_experts, ")");
   }
   if (any_dense) pos("dense intermediate size", c.dense_ffn);
+  if (!c.layer_window.empty() && int64_t(c.layer_window.size()) != c.n_layers)
+    fail(src, ": internal: ", c.layer_window.size(), " layer windows for ", c.n_layers, " layers");
+  for (int64_t w : c.layer_window)
+    if (w < 0) fail(src, ": a sliding window must be positive, got ", w);
   if (!(c.norm_eps > 0)) fail(src, ": norm epsilon must be positive");
 }
 
@@ -249,7 +253,9 @@ uint64_t ModelConfig::fingerprint() const {
      << rope_scaling.truncate << '|' << shared_expert_gated << int(router_scoring) << router_choice_bias
      << int(group_score) << '|' << n_group << '|' << topk_group << '|' << routed_scaling_factor << '|'
      << mla.q_lora_rank << '|' << mla.kv_lora_rank << '|' << mla.qk_nope_head_dim << '|' << mla.qk_rope_head_dim
-     << '|' << mla.v_head_dim << '|' << mla.rope_interleave << '|' << mla.softmax_scale << '|' << fp8_block_weights;
+     << '|' << mla.v_head_dim << '|' << mla.rope_interleave << '|' << mla.softmax_scale << '|' << fp8_block_weights << '|'
+     << attention_sinks << router_bias << expert_bias << '|' << swiglu_limit << '|' << swiglu_alpha << '|';
+  for (int64_t w : layer_window) os << w << ',';
   for (bool m : layer_is_moe) os << m;
   uint64_t h = 1469598103934665603ull;
   for (unsigned char ch : os.str()) h = (h ^ ch) * 1099511628211ull;

@@ -79,6 +79,11 @@ struct ModelConfig {
   bool qkv_bias = false;
   bool o_bias = false;
   QKNorm qk_norm = QKNorm::None;
+  // gpt-oss: per-layer sliding windows ([n_layers], 0: full attention; empty: every layer full; a query at pos
+  // attends pos - window + 1 .. pos; unlike sliding_window the context is not limited by it), and a learned
+  // logit per query head joining each softmax (LayerWeights::sinks).
+  std::vector<int64_t> layer_window;
+  bool attention_sinks = false;
 
   // Mixture of experts.
   int64_t n_experts = 0;
@@ -97,6 +102,12 @@ struct ModelConfig {
   double routed_scaling_factor = 1.0;
   int64_t dense_ffn = 0;          // intermediate size of dense (non-MoE) MLP layers, where there are any
   std::vector<bool> layer_is_moe;  // [n_layers]
+  // gpt-oss experts: biases on the router, on gate/up and on down; the clamped SwiGLU (swiglu_limit > 0):
+  // gate = min(gate, limit), up = clamp(up, ±limit), out = (up + 1) · gate · sigmoid(alpha · gate).
+  bool router_bias = false;
+  bool expert_bias = false;
+  double swiglu_limit = 0.0;  // 0: the plain SwiGLU silu(gate) · up
+  double swiglu_alpha = 1.702;
 
   MlaShape mla;  // multi-head latent attention, when mla.kv_lora_rank > 0
   // DeepSeek-V3's published FP8 checkpoints: 128x128-block float8_e4m3fn weights with `weight_scale_inv`.

@@ -59,6 +59,10 @@ bool synth_preset(const std::string& name, SynthSpec* s) {
     s->kv_heads = 16; s->shared_experts = 2; s->vocab = 102400; s->q_lora_rank = 0; s->kv_lora_rank = 512;
     s->qk_nope_head_dim = 128; s->qk_rope_head_dim = 64; s->v_head_dim = 128; s->groups = 1; s->topk_groups = 1;
     s->dense_layers = 1; s->dense_ffn = 10944; s->layers = 2;
+  } else if (name == "gpt-oss-120b" || name == "gpt-oss-20b") {
+    *s = d;
+    s->arch = "gpt_oss"; s->d_model = 2880; s->ffn = 2880; s->experts = name == "gpt-oss-120b" ? 128 : 32;
+    s->top_k = 4; s->heads = 64; s->kv_heads = 8; s->head_dim = 64; s->vocab = 201088; s->layers = 2;
   } else if (name == "demo") {
     *s = d;
     s->arch = "mixtral"; s->d_model = 128; s->ffn = 256; s->experts = 8; s->top_k = 2; s->heads = 4;
@@ -71,7 +75,7 @@ bool synth_preset(const std::string& name, SynthSpec* s) {
 
 std::string synth_preset_names() {
   return "dbrx, mixtral-8x7b, mixtral-8x22b, qwen3-30b-a3b, qwen1.5-moe-a2.7b, olmoe-1b-7b, deepseek-v3, kimi-k2, "
-         "deepseek-v2-lite, demo";
+         "deepseek-v2-lite, gpt-oss-120b, gpt-oss-20b, demo";
 }
 
 namespace {
@@ -214,8 +218,25 @@ json make_config(const SynthSpec& s, const TokenizerInfo& tok) {
       c["routed_scaling_factor"] = 1.0;
       c["topk_method"] = s.groups > 1 ? "group_limited_greedy" : "greedy";
     }
+  } else if (s.arch == "gpt_oss") {
+    // gpt-oss's config.json: alternating 128-position windows and full attention, YaRN (factor 32 over 4096).
+    c["architectures"] = {"GptOssForCausalLM"};
+    c["intermediate_size"] = s.ffn;
+    c["num_local_experts"] = s.experts;
+    c["experts_per_token"] = s.top_k;
+    c["head_dim"] = s.head_dim > 0 ? s.head_dim : s.d_model / std::max<int64_t>(1, s.heads);
+    c["rms_norm_eps"] = 1e-5;
+    c["attention_bias"] = true;
+    c["swiglu_limit"] = 7.0;
+    c["sliding_window"] = 128;
+    json types = json::array();
+    for (int64_t i = 0; i < s.layers; ++i) types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");
+    c["layer_types"] = types;
+    c["rope_theta"] = 150000.0;
+    c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 32.0}, {"beta_fast", 32.0}, {"beta_slow", 1.0},
+                         {"original_max_position_embeddings", 4096}, {"truncate", false}};
   } else {
-    fail("--arch: '", s.arch, "' is not one of dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, deepseek_v2");
+    fail("--arch: '", s.arch, "' is not one of dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, deepseek_v2, gpt_oss");
   }
   return c;
 }

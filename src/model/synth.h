@@ -10,7 +10,7 @@
 namespace moep {
 
 struct SynthSpec {
-  std::string arch = "mixtral";  // dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe
+  std::string arch = "mixtral";  // dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss
   int64_t layers = 2;
   int64_t d_model = 256;
   int64_t ffn = 512;         // intermediate size of one expert
@@ -39,7 +39,8 @@ struct SynthSpec {
 
 // Presets: "dbrx" (DBRX's true layer dimensions), "mixtral-8x7b", "mixtral-8x22b", "qwen3-30b-a3b",
 // "qwen1.5-moe-a2.7b", "olmoe-1b-7b", "deepseek-v3" (DeepSeek-V3/R1 671B), "kimi-k2", "deepseek-v2-lite",
-// "demo" (tiny). Layer counts are small (the real ones: V3 and K2 61, V2-Lite 27); --layers sets them. Returns false for an unknown name.
+// "gpt-oss-120b", "gpt-oss-20b", "demo" (tiny). Layer counts are small (the real ones: V3 and K2 61, V2-Lite 27,
+// gpt-oss-120b 36, gpt-oss-20b 24); --layers sets them. Returns false for an unknown name.
 bool synth_preset(const std::string& name, SynthSpec* spec);
 std::string synth_preset_names();
 

@@ -252,6 +252,41 @@ void WeightBinder::skip(const std::string& name, const std::vector<int64_t>& sha
   if (t->dtype_name == "F8_E4M3" && has(name + "_scale_inv")) used_.insert(name + "_scale_inv");
 }
 
+const TensorInfo* WeightBinder::tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                       const char* dtype_name) {
+  if (record(name, shape)) return nullptr;
+  if (!dtype_name) return &get(name, shape);
+  auto it = tensors_->find(name);
+  if (it == tensors_->end())
+    fail("checkpoint is missing tensor '", name, "' (expected ", dtype_name, " ", shape_str(shape), ")");
+  const TensorInfo& t = it->second;
+  if (t.dtype_name != dtype_name)
+    fail("tensor '", name, "' has dtype ", t.dtype_name, "; expected ", dtype_name);
+  if (t.shape != shape)
+    fail("tensor '", name, "' has shape ", t.shape_str(), " but the config implies ", shape_str(shape));
+  used_.insert(name);
+  return &t;
+}
+
+MatRef WeightBinder::made_matrix(const std::string& key, DType dtype, int64_t rows, int64_t cols,
+                                 const std::function<void(uint8_t*)>& fill) {
+  if (!tensors_) return {};
+  const size_t bytes = size_t(rows) * dtype_row_bytes(dtype, cols);
+  bool fresh = false;
+  std::vector<float>& out = converted(key, (bytes + 3) / 4, &fresh);
+  auto* dst = reinterpret_cast<uint8_t*>(out.data());
+  if (fresh) fill(dst);
+  return MatRef{dst, dtype, rows, cols, cols, true};
+}
+
+VecRef WeightBinder::made_vector(const std::string& key, int64_t n, const std::function<void(float*)>& fill) {
+  if (!tensors_) return {};
+  bool fresh = false;
+  std::vector<float>& out = converted(key, size_t(n), &fresh);
+  if (fresh) fill(out.data());
+  return VecRef{out.data(), DType::F32, n};
+}
+
 void WeightBinder::finish() const {
   if (!tensors_) return;
   std::vector<std::string> unused;

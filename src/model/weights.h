@@ -22,6 +22,9 @@ struct ExpertWeights {
   MatRef down;  // [d_model, ffn], or [ffn, d_model] when down_in_out (DBRX w2)
   bool down_in_out = false;
   bool local = false;  // held by this rank; the views are empty otherwise
+  // gpt-oss: biases of this rank's slice of gate and up [slice], and of down [d_model] (only on the rank holding
+  // the slice that starts the ffn dimension, so that the sum over slices adds it once); empty when none.
+  VecRef gate_bias, up_bias, down_bias;
 };
 
 struct MlpWeights {  // a dense SwiGLU MLP (Qwen2-MoE's shared expert and dense layers)
@@ -34,6 +37,7 @@ struct LayerWeights {
   MatRef wq, wk, wv, wo;  // [q_dim, d], [kv_dim, d], [kv_dim, d], [d, q_dim]; may be row blocks of one fused tensor
   VecRef bq, bk, bv, bo;  // empty when the model has no such bias
   VecRef q_norm, k_norm;  // [head_dim] (PerHead) or [q_dim]/[kv_dim] (Full); empty when none
+  VecRef sinks;           // gpt-oss: [this rank's query heads] attention sink logits; empty when none
   VecRef ffn_norm_w, ffn_norm_b;
 
   // Multi-head latent attention (ModelConfig::mla): wq is q_proj [H·qk_head_dim, d] when there is no q_lora_rank,
@@ -47,6 +51,7 @@ struct LayerWeights {
   bool is_moe = false;
   MatRef router;                       // [n_experts, d]
   VecRef router_choice_bias;           // [n_experts] DeepSeek-V3's e_score_correction_bias (f32); empty when none
+  VecRef router_bias;                  // [n_experts] (gpt-oss); empty when none
   std::vector<ExpertWeights> experts;  // [n_experts]
   MlpWeights shared_expert;            // Qwen2-MoE
   MatRef shared_expert_gate;           // [1, d]
@@ -132,6 +137,19 @@ class WeightBinder {
   VecRef optional_vector(const std::string& name, int64_t n);
   // Marks a tensor as accounted for without reading it (an expert held by another rank). It must exist.
   void skip(const std::string& name, const std::vector<int64_t>& shape);
+  // The stored tensor `name` of exactly `shape`, marked used: of safetensors dtype `dtype_name` where one is given
+  // ("U8": MXFP4 blocks and scales), else of a float dtype. Throws moep::Error naming the tensor and what was
+  // expected. Recording mode: records it (the synthetic writer makes every recorded tensor a float one) and
+  // returns nullptr.
+  const TensorInfo* tensor(const std::string& name, const std::vector<int64_t>& shape,
+                           const char* dtype_name = nullptr);
+  // A [rows, cols] matrix of `dtype` that the loader makes (a transposed or dequantized part of a stored tensor):
+  // fill(dst) writes its rows × cols elements, row-major, once per `key`; it lives in the converted tensors.
+  // Recording mode: returns an empty view without calling fill.
+  MatRef made_matrix(const std::string& key, DType dtype, int64_t rows, int64_t cols,
+                     const std::function<void(uint8_t*)>& fill);
+  // The same for an f32 vector of n elements.
+  VecRef made_vector(const std::string& key, int64_t n, const std::function<void(float*)>& fill);
 
   // Block-FP8 weights (DeepSeek-V3's float8_e4m3fn tensors with a `<name>_scale_inv` of f32 per 128x128 block):
   // each bound one is dequantized once (fp8 value × its block's scale_inv, in f32) into the converted tensors, as

@@ -91,6 +91,7 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
 
   // Router: identical on every rank (same inputs, same kernels, per-row sums independent of threading).
   ops::linear(pool, w.router, h, T, logits_.data());
+  for (int64_t t = 0; t < T; ++t) ops::add_bias(&logits_[size_t(t * E)], w.router_bias, E);
   if (routes_grouped(c_)) {
     for (int64_t t = 0; t < T; ++t)
       route_token_grouped(c_, &logits_[size_t(t * E)], w.router_choice_bias, route_scratch_.data(), &ids_[size_t(t * k)],
@@ -148,10 +149,27 @@ void MoeBlock::forward(ThreadPool& pool, Communicator& comm, const LayerWeights&
   ops::linear_many(pool, up_jobs_.data(), n_up, many_);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
-    if (n > 0) ops::silu_mul(&g_[size_t(b * f)], &u_[size_t(b * f)], n * f);
+    if (n == 0) continue;
+    if (c_.swiglu_limit > 0) {  // gpt-oss: biases, then the clamped SwiGLU
+      const ExpertWeights& x = w.experts[size_t(e)];
+      for (int64_t i = b; i < b + n; ++i) {
+        ops::add_bias(&g_[size_t(i * f)], x.gate_bias, f);
+        ops::add_bias(&u_[size_t(i * f)], x.up_bias, f);
+      }
+      ops::clamped_swiglu(&g_[size_t(b * f)], &u_[size_t(b * f)], n * f, float(c_.swiglu_alpha),
+                          float(c_.swiglu_limit));
+    } else {
+      ops::silu_mul(&g_[size_t(b * f)], &u_[size_t(b * f)], n * f);
+    }
   }
   ops::linear_in_out_many(pool, down_jobs_.data(), n_down, many_);
   ops::linear_many(pool, down_nt_jobs_.data(), n_down_nt, many_);
+  // Down biases (gpt-oss; split, only the rank whose slice starts the ffn dimension holds them).
+  if (c_.expert_bias)
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t b = count_[size_t(e)], n = count_[size_t(e + 1)] - b;
+      for (int64_t i = b; i < b + n; ++i) ops::add_bias(&y_[size_t(i * d)], w.experts[size_t(e)].down_bias, d);
+    }
   // Weighted sum into out, expert by expert in increasing index (the order the reference adds them).
   std::memset(out, 0, size_t(T * d) * sizeof(float));
   for (int64_t i = 0; i < n_local; ++i) {

@@ -147,6 +147,11 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& name) {
   if (c.router_choice_bias) s.router_elems += c.n_experts;
   s.dense_elems = 3 * d * c.dense_ffn;
   s.layer_is_moe = c.layer_is_moe;
+  s.layer_window = c.layer_window;
+  // gpt-oss: a sink logit per head, biases on the router and on each expert's gate/up and down.
+  if (c.attention_sinks) s.norm_elems += c.n_heads;
+  if (c.router_bias) s.router_elems += c.n_experts;
+  if (c.expert_bias) s.expert_elems += 2 * c.expert_ffn + d;
   s.embed_elems = c.vocab_size * d;
   s.head_elems = c.vocab_size * d;
   s.tied_embeddings = c.tie_word_embeddings;
@@ -155,7 +160,8 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& name) {
 
 std::vector<std::string> builtin_model_names() {
   return {"dbrx",          "mixtral-8x7b",      "mixtral-8x22b", "qwen3-235b-a22b",
-          "qwen3-30b-a3b", "qwen1.5-moe-a2.7b", "olmoe-1b-7b",   "deepseek-v3"};
+          "qwen3-30b-a3b", "qwen1.5-moe-a2.7b", "olmoe-1b-7b",   "deepseek-v3",
+          "gpt-oss-120b",  "gpt-oss-20b"};
 }
 
 ModelShape resolve_model(const std::string& spec) {
@@ -188,6 +194,19 @@ ModelShape resolve_model(const std::string& spec) {
     ModelConfig c = base("olmoe", 2048, 16, 16, 16, 128, 50304, 64, 8, 1024, 4096);
     c.qk_norm = QKNorm::Full;
     return shape_from_config(c, spec);
+  }
+  if (spec == "gpt-oss-120b" || spec == "gpt-oss-20b") {
+    // openai/gpt-oss-*: 64 query heads of 64 over 8 KV heads, alternating 128-position windows and full attention,
+    // sinks, biases, YaRN; experts of ffn 2880, top-4.
+    const bool big = spec == "gpt-oss-120b";
+    ModelConfig c = base("gpt_oss", 2880, big ? 36 : 24, 64, 8, 64, 201088, big ? 128 : 32, 4, 2880, 131072);
+    c.qkv_bias = c.o_bias = c.attention_sinks = c.router_bias = c.expert_bias = true;
+    c.swiglu_limit = 7.0;
+    c.layer_window.assign(size_t(c.n_layers), 0);
+    for (int64_t l = 0; l < c.n_layers; l += 2) c.layer_window[size_t(l)] = 128;
+    ModelShape s = shape_from_config(c, spec);
+    s.approximations = "the experts counted at the bf16 moep holds them in (the checkpoint's MXFP4 is decoded at load)";
+    return s;
   }
   if (spec == "deepseek-v3") return deepseek_v3();
   namespace fs = std::filesystem;

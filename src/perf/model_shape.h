@@ -53,6 +53,7 @@ struct ModelShape {
 
   int64_t dense_elems = 0;        // MLP of a dense (non-MoE) layer
   std::vector<bool> layer_is_moe; // [n_layers]
+  std::vector<int64_t> layer_window;  // [n_layers] sliding window (gpt-oss; 0: full attention), or empty: all full
 
   int64_t embed_elems = 0;        // vocab × d_model (a lookup: B rows are read per step, not the matrix)
   int64_t head_elems = 0;         // output head, read whole per step

@@ -166,8 +166,11 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
       t.attention += lin_replicated(s, double(w), R);
       bytes += double(w) * wb;
     }
-    t.attention += (rep_hw_ ? *rep_hw_ : hw_).attention_seconds(attended_positions * double(m.n_heads), attended_positions * double(m.attn_macs_per_pos),
-                                         attended_positions * double(m.kv_elems_per_pos) * kvb);
+    // A sliding-window layer attends to at most `window` positions per row.
+    const int64_t window = m.layer_window.empty() ? 0 : m.layer_window[size_t(l)];
+    const double attended = window > 0 ? std::min(attended_positions, R * double(window)) : attended_positions;
+    t.attention += (rep_hw_ ? *rep_hw_ : hw_).attention_seconds(attended * double(m.n_heads), attended * double(m.attn_macs_per_pos),
+                                         attended * double(m.kv_elems_per_pos) * kvb);
     t.dispatch += kGpuAttentionKernels * t_kernel;
     if (m.layer_is_moe[size_t(l)]) {
       t.dispatch += (kGpuMoeKernels + (m.shared_elems > 0 ? 1.0 : 0.0)) * t_kernel;

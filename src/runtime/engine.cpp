@@ -258,6 +258,13 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
     } else {
       gpu = usable[size_t(local_rank) % usable.size()];
     }
+    if (const std::string missing = gpu::unsupported_features(e->model_->config()); !missing.empty()) {
+      const std::string why = str_cat("the GPU backend lacks ", e->model_->config().model_type, "'s ", missing);
+      if (opts.device == gpu::DeviceKind::Gpu) fail("--device gpu: ", why, "; use --device cpu");
+      e->device_note_ = str_cat("--device auto: ", why, "; running on the CPU");
+      gpu = -1;
+      return;
+    }
     if (const DenseSplit& sp = e->model_->weights().split; sp.attention || sp.head) {
       const std::string why = "split attention or head (--attention, --head) runs on the CPU only";
       if (opts.device == gpu::DeviceKind::Gpu) fail("--device gpu: ", why, "; use --attention replicated --head replicated");

@@ -61,6 +61,11 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
   qk_sumsq_.resize(size_t(2 * R));
   attention_shape_ = {n_heads_, n_kv_heads_, c_.head_dim, 1.f / std::sqrt(float(c_.head_dim))};
   attention_rows_.resize(size_t(R));
+  if (c_.attention_sinks) {
+    sinks_.resize(size_t(c_.n_layers * n_heads_));
+    for (int64_t l = 0; l < c_.n_layers; ++l)
+      for (int64_t h = 0; h < n_heads_; ++h) sinks_[size_t(l * n_heads_ + h)] = w_.layers[size_t(l)].sinks.at(h);
+  }
   attention_scratch_.resize(ops::attention_scratch_floats(R, attention_shape_));
   o_.resize(size_t(R * d));
   m_.resize(size_t(R * d));
@@ -184,13 +189,17 @@ int64_t Transformer::attention(const LayerWeights& L, int64_t layer, std::span<c
       std::memcpy(k_at(layer, rows[size_t(t)].slot, pos), k, size_t(kvd) * sizeof(float));
       std::memcpy(v_at(layer, rows[size_t(t)].slot, pos), v, size_t(kvd) * sizeof(float));
     }
-    // Causal: each row attends to its slot's positions 0..pos.
+    // Causal: each row attends to its slot's positions 0..pos; in a sliding-window layer to the last `window`
+    // of them.
+    const int64_t window = c_.layer_window.empty() ? 0 : c_.layer_window[size_t(layer)];
     for (int64_t t = 0; t < T; ++t) {
       const BatchRow& r = rows[size_t(t)];
-      attention_rows_[size_t(t)] = {{k_at(layer, r.slot, 0), v_at(layer, r.slot, 0), kvd}, int64_t(r.pos) + 1};
+      const int64_t n = window > 0 ? std::min<int64_t>(window, r.pos + 1) : int64_t(r.pos) + 1;
+      const int64_t first = int64_t(r.pos) + 1 - n;
+      attention_rows_[size_t(t)] = {{k_at(layer, r.slot, first), v_at(layer, r.slot, first), kvd}, n};
     }
     ops::attention(pool_, attention_shape_, q_.data(), attention_rows_.data(), T, attention_scratch_.data(),
-                   a_.data());
+                   a_.data(), sinks_.empty() ? nullptr : &sinks_[size_t(layer * n_heads_)]);
     ops::linear(pool_, L.wo, a_.data(), T, o_.data());
   } else {
     std::fill_n(o_.begin(), T * d, 0.f);

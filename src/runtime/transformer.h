@@ -114,6 +114,7 @@ class Transformer {
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
   kernels::AttentionShape attention_shape_;
   std::vector<ops::AttentionRow> attention_rows_;  // [max_rows]: each row's sequence in the layer's cache
+  std::vector<float> sinks_;  // [n_layers, this rank's query heads] attention sink logits (gpt-oss), else empty
   std::vector<float> attention_scratch_;
   std::vector<float> mg_, mu_, head_in_;  // a dense MLP's gate and up [R, dense_ffn]; the head's input [R, d]
   ops::ManyScratch many_;  // q, k, v (or a dense MLP's gate and up) in one region

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "gpu/gpu_forward.h"
 #include "io/npy.h"
 #include "model/config.h"
 #include "test_util.h"
@@ -34,13 +35,15 @@ std::string ids_csv(const std::vector<int32_t>& v) {
   return s;
 }
 
-// Runs `moep logits` on n ranks (n = 1 without mpirun) and returns the logits and the greedy ids.
+// Runs `moep logits` on n ranks (n = 1 without mpirun) and returns the logits and the greedy ids. `fixture`: a
+// fixture's name, or a model directory's absolute path.
 RunOut run(const std::string& fixture, int n, const std::string& placement, const std::vector<int32_t>& ids,
            int greedy, const std::string& extra = "") {
   test::TempDir d;
   const std::string out = d.str() + "/logits.npy";
+  const std::string model = fixture.rfind('/', 0) == 0 ? fixture : test::fixture_dir(fixture);
   const std::string cmd = (n > 1 ? test::mpirun_prefix(n) : std::string()) + test::moep_binary() + " logits " +
-                          test::fixture_dir(fixture) + " --ids " + ids_csv(ids) + " --out " + out +
+                          model + " --ids " + ids_csv(ids) + " --out " + out +
                           " --threads 1 --greedy " + std::to_string(greedy) + " --placement " + placement + " " + extra;
   std::string text;
   const int st = test::run_command(cmd, &text);
@@ -119,6 +122,41 @@ TEST_P(Distributed, NRanksEqualOneRankForEveryPlacement) {
   }
 }
 
+// A gpt-oss model (moep synth) over more positions than its 128-position window, on 2 ranks with experts split
+// and attention split, and on 3 with whole experts: the same logits and greedy tokens as 1 rank.
+class DistributedSynth : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (test::mpirun_prefix(1).empty()) GTEST_SKIP() << "mpirun is not installed";
+  }
+};
+
+TEST_F(DistributedSynth, GptOssBeyondTheWindowEqualsOneRank) {
+  test::TempDir d;
+  const std::string m = d.str() + "/m";
+  std::string out;
+  ASSERT_EQ(test::run_command(test::moep_binary() + " synth " + m + " --arch gpt_oss --layers 2 --d-model 64 " +
+                                  "--ffn 64 --experts 8 --top-k 2 --heads 4 --kv-heads 2 --vocab 50304",
+                              &out),
+            0)
+      << out;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 150; ++i) ids.push_back(int32_t((i * 7919 + 13) % 50000));
+  const int64_t V = 50304;
+  const RunOut one = run(m, 1, "contiguous", ids, 0);
+  const RunOut one_greedy = run(m, 1, "contiguous", ids, 12);
+  ASSERT_FALSE(one_greedy.greedy.empty());
+  for (const auto& [n, placement, extra] : {std::tuple<int, std::string, std::string>{2, "split", "--attention split"},
+                                            {3, "round-robin", ""}}) {
+    SCOPED_TRACE(std::to_string(n) + " ranks, placement " + placement + " " + extra);
+    const RunOut many = run(m, n, placement, ids, 0, extra);
+    ASSERT_EQ(many.logits.shape, one.logits.shape);
+    for (size_t t = 0; t < ids.size(); ++t)
+      EXPECT_LE(test::rel_l2(&many.logits.data[t * V], &one.logits.data[t * V], size_t(V)), 1e-5) << "position " << t;
+    EXPECT_EQ(run(m, n, placement, ids, 12, extra).greedy, one_greedy.greedy);
+  }
+}
+
 // Attention divided by heads and the head by vocabulary rows (--attention split --head split) equal 1 rank on
 // every family: 2 ranks take one of the fixtures' 2 KV heads each, 3 and 4 ranks leave ranks with none (the
 // uneven case). With split and whole-expert placements, and with weights copied (o_proj's slice of columns is a
@@ -166,7 +204,8 @@ TEST_P(DistributedGpu, GpuRanksEqualOneCpuRank) {
   const auto ref = reference(fx);
   const auto ids = ref["cases"][2]["logits_tokens"].get<std::vector<int32_t>>();
   const ModelConfig cfg = load_model_config(test::fixture_dir(fx));
-  if (cfg.is_mla()) GTEST_SKIP() << "the GPU backend has no multi-head latent attention";
+  if (const std::string missing = gpu::unsupported_features(cfg); !missing.empty())
+    GTEST_SKIP() << "the GPU backend lacks " << missing;
   const RunOut one = run(fx, 1, "contiguous", ids, 0, "--device cpu");
   const int64_t V = cfg.vocab_size;
   test::TempDir d;

@@ -437,5 +437,24 @@ TEST(FlagErrors, UnknownWeightResidenceFromTheLibrary) {
   }
 }
 
+TEST(CheckpointErrors, Mxfp4ScalesOfTheWrongShape) {
+  test::TempDir d;
+  copy_fixture("gpt_oss_mxfp4", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    for (auto& t : ts)
+      if (t.name == "model.layers.1.mlp.experts.down_proj_scales") t.shape = {8, 2, 64};
+  });
+  expect_clean_error(run_logits(d.path()), "'model.layers.1.mlp.experts.down_proj_scales' has shape [8, 2, 64]");
+}
+
+TEST(CheckpointErrors, Mxfp4MissingScales) {
+  test::TempDir d;
+  copy_fixture("gpt_oss_mxfp4", d.path());
+  rewrite_checkpoint(d.path(), [](std::vector<TensorToWrite>& ts) {
+    std::erase_if(ts, [](const TensorToWrite& t) { return t.name == "model.layers.0.mlp.experts.gate_up_proj_scales"; });
+  });
+  expect_clean_error(run_logits(d.path()), "missing tensor 'model.layers.0.mlp.experts.gate_up_proj_scales'");
+}
+
 }  // namespace
 }  // namespace moep

@@ -35,7 +35,8 @@ class GpuGolden : public ::testing::TestWithParam<std::string> {};
 TEST_P(GpuGolden, LogitsEqualTheCpuWholeAndIncrementalAndGreedyEqualTransformers) {
   MOEP_NEED_GPU();
   const std::string dir = test::fixture_dir(GetParam());
-  if (load_model_config(dir).is_mla()) GTEST_SKIP() << "the GPU backend has no multi-head latent attention";
+  if (const std::string missing = gpu::unsupported_features(load_model_config(dir)); !missing.empty())
+    GTEST_SKIP() << "the GPU backend lacks " << missing;
   auto gpu = make_engine(dir, gpu::DeviceKind::Gpu, 32);
   auto cpu = make_engine(dir, gpu::DeviceKind::Cpu, 32);
   ASSERT_TRUE(gpu->on_gpu());
@@ -83,7 +84,8 @@ TEST_P(GpuGolden, LogitsEqualTheCpuWholeAndIncrementalAndGreedyEqualTransformers
 TEST_P(GpuGolden, BatchedSlotsEqualTheCpu) {
   MOEP_NEED_GPU();
   const std::string dir = test::fixture_dir(GetParam());
-  if (load_model_config(dir).is_mla()) GTEST_SKIP() << "the GPU backend has no multi-head latent attention";
+  if (const std::string missing = gpu::unsupported_features(load_model_config(dir)); !missing.empty())
+    GTEST_SKIP() << "the GPU backend lacks " << missing;
   auto gpu = make_engine(dir, gpu::DeviceKind::Gpu, 8);
   auto cpu = make_engine(dir, gpu::DeviceKind::Cpu, 8);
   const int64_t V = gpu->config().vocab_size;

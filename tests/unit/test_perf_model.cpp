@@ -121,7 +121,8 @@ TEST(PerfModelShape, BuiltinsMatchPublishedSizes) {
   const std::map<std::string, double> billions = {{"dbrx", 132},          {"mixtral-8x7b", 46.7},
                                                   {"mixtral-8x22b", 141},  {"qwen3-235b-a22b", 235},
                                                   {"qwen3-30b-a3b", 30.5}, {"qwen1.5-moe-a2.7b", 14.3},
-                                                  {"olmoe-1b-7b", 6.9},    {"deepseek-v3", 671}};
+                                                  {"olmoe-1b-7b", 6.9},    {"deepseek-v3", 671},
+                                                  {"gpt-oss-120b", 116.8}, {"gpt-oss-20b", 20.9}};
   for (const auto& name : builtin_model_names()) {
     const ModelShape s = resolve_model(name);
     ASSERT_TRUE(billions.count(name)) << name;
@@ -136,6 +137,33 @@ TEST(PerfModelShape, BuiltinsMatchPublishedSizes) {
   }
   EXPECT_FALSE(resolve_model("deepseek-v3").approximations.empty());
   EXPECT_THROW(weight_type("int3"), Error);
+}
+
+// gpt-oss's sliding-window layers read at most 128 positions of the cache: below 128 positions of context they
+// cost what full attention does, far above it about half (every other layer).
+TEST(PerfModel, SlidingWindowLayersAttendToTheirWindowOnly) {
+  const ModelShape windowed = resolve_model("gpt-oss-120b");
+  ASSERT_EQ(int64_t(windowed.layer_window.size()), windowed.n_layers);
+  EXPECT_EQ(windowed.layer_window[0], 128);
+  EXPECT_EQ(windowed.layer_window[1], 0);
+  ModelShape full = windowed;
+  full.layer_window.clear();
+  const HardwareProfile hw = roofline(100);
+  Scenario s;
+  s.placement = "contiguous";
+  s.batch = 1;
+  s.prompt = 0;
+  s.kv_dtype = "f32";
+  auto kv_seconds = [&](const ModelShape& m, int64_t ctx) {
+    s.context = ctx;
+    Scenario none = s;
+    none.context = 1;
+    return predict(m, hw, network(10, 1), s).decode.attention - predict(m, hw, network(10, 1), none).decode.attention;
+  };
+  EXPECT_NEAR(kv_seconds(windowed, 100), kv_seconds(full, 100), 1e-12);
+  const double ratio = kv_seconds(windowed, 65536) / kv_seconds(full, 65536);
+  EXPECT_GT(ratio, 0.49);
+  EXPECT_LT(ratio, 0.51);
 }
 
 TEST(PerfModelShape, FromFixtureConfig) {

@@ -25,7 +25,7 @@ void register_synth(CLI::App& app) {
       "synth", "Write a random-weight checkpoint in the Hugging Face layout (for benchmarks and trying a cluster)");
   cmd->add_option("out", o->out, "Output directory")->required();
   cmd->add_option("--preset", o->preset, "Start from a preset: " + synth_preset_names() + " (flags given override its values; the defaults shown are for no preset)");
-  cmd->add_option("--arch", o->spec.arch, "dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3 or deepseek_v2");
+  cmd->add_option("--arch", o->spec.arch, "dbrx, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, deepseek_v2 or gpt_oss");
   cmd->add_option("--layers", o->spec.layers, "Number of layers")->check(CLI::Range(1, 1000));
   cmd->add_option("--d-model", o->spec.d_model, "Hidden size")->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--ffn", o->spec.ffn, "Intermediate size of one expert")->check(CLI::Range(1, 1 << 20));
