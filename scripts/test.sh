@@ -11,6 +11,8 @@
 # turns a skip for want of a package into a failure (a kernel test may still skip on a CPU without its
 # instructions). The Arm tests install their cross compiler and qemu with apt-get (test_arm.sh).
 #
+# With CI=true or MOEP_FUZZ=1 it then runs each fuzz target for 60 s (scripts/fuzz.sh; MOEP_FUZZ_SECONDS changes it).
+#
 # Usage: scripts/test.sh [--no-arm] [ctest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,4 +73,11 @@ fi
 
 if [ "$arm" = 1 ] && [ -f scripts/test_arm.sh ]; then
   bash scripts/test_arm.sh
+fi
+
+# The fuzz targets (tests/fuzz), 60 s each, in CI (CI=true) or when asked (MOEP_FUZZ=1): scripts/fuzz.sh installs
+# clang and its libFuzzer runtime from Debian's packages and builds them apart, in build-fuzz/. A finding fails
+# the run.
+if [ "${CI:-}" = true ] || [ "${MOEP_FUZZ:-0}" = 1 ]; then
+  bash scripts/fuzz.sh "${MOEP_FUZZ_SECONDS:-60}"
 fi

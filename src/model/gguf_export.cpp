@@ -138,8 +138,9 @@ std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
         else row_f32(L.wv, r - q - kv, out);
       }));
     } else if (llama_rope) {
+      // [m = m], [v = v]: clang before 16 cannot capture a structured binding by name (scripts/fuzz.sh uses 14).
       for (const auto& [name, m] : {std::pair{"attn_q.weight", &L.wq}, std::pair{"attn_k.weight", &L.wk}})
-        s.push_back(by_rows(p + name, {d, m->rows}, [m, hd](int64_t r, float* out) {
+        s.push_back(by_rows(p + name, {d, m->rows}, [m = m, hd](int64_t r, float* out) {
           row_f32(*m, llama_rope_source_row(r, hd), out);
         }));
       s.push_back(matrix_source(p + "attn_v.weight", L.wv));
@@ -158,7 +159,7 @@ std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
         s.push_back(vector_source(p + name, *v, {v->size}));
         continue;
       }
-      s.push_back(by_rows(p + name, {v->size}, [v, hd](int64_t, float* out) {
+      s.push_back(by_rows(p + name, {v->size}, [v = v, hd](int64_t, float* out) {
         for (int64_t k = 0; k < v->size; ++k) out[k] = v->at(llama_rope_source_row(k, hd));
       }));
     }

@@ -129,9 +129,11 @@ ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t
       const auto& rs = a[size_t(e)];
       if (!rs.is_array() || rs.empty()) fail(path, ": ", where, " expert ", e, " needs a non-empty list of ranks");
       for (const auto& r : rs) {
-        if (!r.is_number_integer() || r.get<int>() < 0 || r.get<int>() >= n_ranks)
+        // As int64: a rank of 2^32 read as an int would wrap to rank 0 and be taken (an unsigned above 2^63 reads
+        // as negative, and is refused too).
+        if (!r.is_number_integer() || r.get<int64_t>() < 0 || r.get<int64_t>() >= n_ranks)
           fail(path, ": ", where, " expert ", e, " names rank ", r.dump(), " but the job has ", n_ranks, " ranks");
-        out[size_t(e)].push_back(r.get<int>());
+        out[size_t(e)].push_back(int(r.get<int64_t>()));
       }
       auto& v = out[size_t(e)];
       std::sort(v.begin(), v.end());
@@ -146,11 +148,11 @@ ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t
   if (j.contains("layers")) {
     if (!j["layers"].is_object()) fail(path, ": \"layers\" must be an object {\"layer index\": [...]}");
     for (auto it = j["layers"].begin(); it != j["layers"].end(); ++it) {
+      // The whole key must be the index: "1x" or " 1" is not layer 1.
       int64_t l = -1;
-      try {
-        l = std::stoll(it.key());
-      } catch (...) {
-      }
+      const std::string& key = it.key();
+      const bool digits = std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (!key.empty() && key.size() <= 18 && digits) l = std::stoll(key);
       if (l < 0 || l >= n_layers) fail(path, ": layer '", it.key(), "' is not a layer index below ", n_layers);
       const auto v = read_list(it.value(), "layer " + it.key());
       for (int64_t e = 0; e < n_experts; ++e) p.replicas_[size_t(l * n_experts + e)] = v[size_t(e)];
