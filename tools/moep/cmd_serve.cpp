@@ -43,7 +43,7 @@ namespace {
 
 // SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to every rank, unlike the other two: it ends the job with
 // exit status 0), taken by one thread with sigtimedwait (no async-signal-safety concerns). Call block_signals()
-// before any other thread exists (threads inherit the mask: MPI's, the pool's, httplib's).
+// before any other thread exists (threads inherit the mask: MPI's, the pool's, the HTTP server's).
 sigset_t stop_signals() {
   sigset_t set;
   sigemptyset(&set);
@@ -60,7 +60,7 @@ void block_signals() {
   std::signal(SIGUSR1, SIG_DFL);
   const sigset_t set = stop_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write must not kill the server (httplib sends without MSG_NOSIGNAL)
+  std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write must not kill the server
 }
 
 // However a stop goes (a handler stuck, a rank not answering), the process ends this long after the first signal.
@@ -191,7 +191,7 @@ void register_serve(CLI::App& app) {
     if (o->engine.stats || !o->engine.stats_json.empty() || !o->engine.trace.empty())
       fail("serve: --stats, --stats-json and --trace are not available here; GET /metrics reports the time split");
     o->sp.validate();
-    block_signals();  // before MPI, the thread pool or httplib start threads
+    block_signals();  // before MPI, the thread pool or the HTTP server start threads
 
     // A signal while loading or before serving ends the process at once; afterwards it shuts down cleanly.
     std::mutex http_mu;  // guards http_ptr against the server going away while the watcher uses it
