@@ -9,7 +9,8 @@
 // without pause, so a follower idle between requests kept a core at 100%. Here a wait polls without pause for
 // its first kSpinSeconds (an all-reduce between two parts of a step, or the next decode step, comes sooner: no
 // added latency), then sleeps between polls for 1/8 of the time waited so far, from 50 µs to 4 ms: an idle rank
-// costs a poll every 4 ms, and a long wait overshoots by at most 1/8 of its length.
+// costs a poll every 4 ms, and a long wait overshoots by at most 1/8 of its length. MOEP_COMM_SPIN=1 polls without
+// pause instead (as OpenMPI's blocking calls do): only for measuring what the backoff costs (docs/SERVER.md).
 #define OMPI_SKIP_MPICXX 1  // the C API only; OpenMPI's deprecated C++ bindings are not linked
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
@@ -196,7 +197,7 @@ class MpiCommunicator final : public Communicator {
       check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
       if (done) return;
       const double waited = seconds_since(t0);
-      if (waited < kSpinSeconds) continue;
+      if (waited < kSpinSeconds || (spin_ && !(timed && rank_timeout_s_ > 0 && waited > rank_timeout_s_))) continue;
       answer_pings();
       if (timed && rank_timeout_s_ > 0 && waited > rank_timeout_s_) report_stall(what, waited);
       const double nap = std::min(kMaxSleepSeconds, std::max(kMinSleepSeconds, waited / 8));
@@ -279,6 +280,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   static constexpr int32_t kPing = 1, kPong = 2;  // the payloads (what matters is the tag)
+  const bool spin_ = [] {
+    const char* v = std::getenv("MOEP_COMM_SPIN");
+    return v && std::string(v) == "1";
+  }();
   int rank_ = 0;
   int size_ = 1;
   MPI_Comm ping_comm_ = MPI_COMM_NULL;

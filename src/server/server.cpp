@@ -1,8 +1,5 @@
 #include "server/server.h"
 
-#include <httplib.h>
-#include <sys/socket.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -16,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "server/http.h"
 #include "server/metrics.h"
 #include "text/jinja.h"
 
@@ -95,11 +93,10 @@ struct HttpServer::Impl {
   const Tokenizer& tok;
   const ChatTemplate* tmpl;
   std::string template_error;
-  httplib::Server svr;
+  http::Server svr;
   Metrics metrics;
   const Clock::time_point started = Clock::now();
   const int64_t created = int64_t(std::time(nullptr));
-  std::atomic<int> listen_fd{-1};  // the listening socket (set while binding)
   std::atomic<bool> stopping{false};
   std::atomic<bool> failed{false};  // fail_all() was called: `failure` says why
   std::mutex failure_mu;
@@ -113,7 +110,15 @@ struct HttpServer::Impl {
   std::mt19937_64 rng{std::random_device{}()};
 
   Impl(ServerOptions o, BatchScheduler& s, const Tokenizer& t, const ChatTemplate* ct, std::string te)
-      : opt(std::move(o)), sched(s), tok(t), tmpl(ct), template_error(std::move(te)) {}
+      : opt(std::move(o)), sched(s), tok(t), tmpl(ct), template_error(std::move(te)), svr(http_options(opt)) {}
+
+  static http::Options http_options(const ServerOptions& o) {
+    http::Options h;
+    h.max_body_bytes = o.max_body_bytes;
+    h.max_connections = o.http_threads > 0 ? o.http_threads : 512;
+    h.read_timeout_s = o.read_timeout_s;
+    return h;
+  }
 
   std::string new_id(const char* prefix) {
     std::lock_guard<std::mutex> lk(rng_mu);
@@ -122,13 +127,13 @@ struct HttpServer::Impl {
     return std::string(prefix) + buf;
   }
 
-  static void send_error(httplib::Response& res, const ApiError& e) {
+  static void send_error(http::Response& res, const ApiError& e) {
     res.status = e.status();
     res.set_content(error_body(e), "application/json");
     if (e.status() == 401) res.set_header("WWW-Authenticate", "Bearer");
   }
 
-  void check_auth(const httplib::Request& req) const {
+  void check_auth(const http::Request& req) const {
     if (opt.api_key.empty()) return;
     if (!req.has_header("Authorization"))
       throw ApiError(401, "You didn't provide an API key: send the header 'Authorization: Bearer <key>'",
@@ -137,38 +142,21 @@ struct HttpServer::Impl {
       throw ApiError(401, "Incorrect API key provided", "invalid_request_error", "", "invalid_api_key");
   }
 
-  // Reads the body, at most max_body_bytes (whatever the transfer encoding). Throws ApiError 413 or 400.
-  std::string read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
-    if (req.is_multipart_form_data()) {
-      res.set_header("Connection", "close");  // the body stays unread
+  // The body (read whole by the HTTP layer, at most max_body_bytes whatever the transfer encoding). Throws
+  // ApiError 413 or 415.
+  const std::string& read_body(const http::Request& req) {
+    if (req.get_header_value("Content-Type").rfind("multipart/form-data", 0) == 0)
       throw ApiError(415, "multipart/form-data bodies are not accepted; send JSON");
-    }
-    std::string body;
-    bool too_large = false;
-    const bool ok = reader([&](const char* data, size_t n) {
-      if (body.size() + n > opt.max_body_bytes) {
-        too_large = true;
-        return false;
-      }
-      body.append(data, n);
-      return true;
-    });
-    if (too_large || res.status == 413) {
-      res.set_header("Connection", "close");
+    if (req.body_too_large)  // not read: the connection closes after the answer
       throw ApiError(413, "The request body is larger than this server accepts (" +
                               std::to_string(opt.max_body_bytes) + " bytes, --max-body-bytes)",
                      "invalid_request_error", "", "request_too_large");
-    }
-    if (!ok) {
-      res.set_header("Connection", "close");
-      throw ApiError(400, "The request body could not be read", "invalid_request_error");
-    }
-    return body;
+    return req.body;
   }
 
   // Wraps a handler: API errors become OpenAI-shaped JSON answers, anything else a 500.
   template <class F>
-  void guarded(httplib::Response& res, F&& f) {
+  void guarded(http::Response& res, F&& f) {
     try {
       f();
     } catch (const ApiError& e) {
@@ -179,13 +167,17 @@ struct HttpServer::Impl {
   }
 
   // Renders and tokenizes the prompt; for a chat request also decides how its output is parsed (`format`).
-  std::vector<int32_t> tokenize(ApiRequest& r, OutputFormat& format) {
+  // Rendering must be done by `deadline` (the request's --request-timeout): a template comes with the model, from
+  // anyone, and may loop for long on few, slow steps.
+  std::vector<int32_t> tokenize(ApiRequest& r, OutputFormat& format, Clock::time_point deadline) {
     std::string text;
     if (r.endpoint == Endpoint::Chat) {
       if (!tmpl) throw ApiError(400, "This model has no chat template (" + template_error + "); use /v1/completions");
       try {
         const ojson extra = template_extra(r);
-        text = render_chat(*tmpl, template_messages(*tmpl, r.messages, extra), true, extra);
+        jinja::RenderOptions options;
+        options.deadline = deadline;
+        text = render_chat(*tmpl, template_messages(*tmpl, r.messages, extra), true, extra, options);
         format = detect_output_format(tmpl->select(extra).source(), text);
         if (!extra.contains("tools")) format.tools = ToolCallFormat::None;
         format.max_tool_calls = r.parallel_tool_calls ? format.max_tool_calls : 1;
@@ -193,6 +185,9 @@ struct HttpServer::Impl {
         throw ApiError(400, "The chat template refused the messages: " + e.message(), "invalid_request_error",
                        "messages");
       } catch (const moep::Error& e) {
+        if (Clock::now() > deadline)
+          throw server_error(503, "rendering the chat template ran longer than the server allows (--request-timeout)",
+                             "timeout");
         throw ApiError(400, std::string("The chat template could not render the messages: ") + e.what(),
                        "invalid_request_error", "messages");
       }
@@ -235,23 +230,16 @@ struct HttpServer::Impl {
     return server_error(503, "the server is shutting down", "shutting_down");
   }
 
-  void handle_generation(Endpoint ep, const httplib::Request& req, httplib::Response& res,
-                         const httplib::ContentReader& reader) {
-    try {
-      check_auth(req);
-    } catch (const ApiError&) {
-      try {
-        read_body(req, res, reader);  // keep the connection usable: the body is drained, then refused
-      } catch (const ApiError&) {
-        // Too large or unreadable: the connection closes; the answer is still 401.
-      }
-      throw;
-    }
-    const std::string body = read_body(req, res, reader);
+  void handle_generation(Endpoint ep, const http::Request& req, http::Response& res, http::Connection& conn) {
+    const Clock::time_point t0 = Clock::now();
+    check_auth(req);  // before the body is looked at (a body too large for a bad key is still 401)
+    const std::string& body = read_body(req);
     if (stopping) throw refusal();
     ApiRequest r = parse_request(ep, body, opt.limits);
     OutputFormat format;
-    std::vector<int32_t> ids = tokenize(r, format);
+    std::vector<int32_t> ids =
+        tokenize(r, format, t0 + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(opt.request_timeout_s)));
     // tool_choice "required" or a named function: the turn starts with the family's call marker and the call's JSON
     // is held to the tools' schemas.
     std::optional<ForcedToolCall> forced;
@@ -292,7 +280,7 @@ struct HttpServer::Impl {
     if (r.stream)
       stream_response(ep, r, format, gen, std::move(in_flight_token), id, created_at, prefix, suffix, res);
     else
-      whole_response(ep, r, format, *gen, id, created_at, prefix, suffix, res);
+      whole_response(ep, r, format, *gen, id, created_at, prefix, suffix, res, conn);
   }
 
   // "call_" and 24 random hex digits; Mistral's templates take 9 letters and digits only.
@@ -309,7 +297,7 @@ struct HttpServer::Impl {
   // JSON is whole, i.e. when the generation stopped rather than ran out of tokens) before it is parsed.
   void whole_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, Generation& gen,
                       const std::string& id, int64_t created_at, const std::string& prefix, const std::string& suffix,
-                      httplib::Response& res) {
+                      http::Response& res, http::Connection& conn) {
     const Clock::time_point t0 = Clock::now();
     std::string text = prefix;
     std::vector<TokenLogprobs> logprobs;
@@ -329,6 +317,15 @@ struct HttpServer::Impl {
       if (done) break;
       // The engine cannot go on (fail_all()): no event will come.
       if (failed) throw refusal();
+      // The client went away: its generation is cancelled, which frees its slot before the next step. Its Done
+      // ("cancelled") is left to the scheduler; nothing is answered.
+      if (!timed_out && conn.client_gone()) {
+        sched.cancel(gen.id);
+        metrics.count_generation("cancelled", 0);
+        res.status = 499;  // nginx's "client closed request", for the log
+        res.set_content(error_body(server_error(499, "the client closed the connection")), "application/json");
+        return;
+      }
       const double waited = seconds_since(t0);
       if (!timed_out && waited > opt.request_timeout_s) {
         sched.cancel(gen.id);
@@ -371,7 +368,7 @@ struct HttpServer::Impl {
 
   void stream_response(Endpoint ep, const ApiRequest& r, const OutputFormat& format, std::shared_ptr<Generation> gen,
                        std::shared_ptr<InFlight> in_flight_token, const std::string& id, int64_t created_at,
-                       const std::string& prefix, const std::string& suffix, httplib::Response& res) {
+                       const std::string& prefix, const std::string& suffix, http::Response& res) {
     auto st = std::make_shared<StreamState>();
     if (ep == Endpoint::Chat) {
       st->output.emplace(format, [this, format] { return new_call_id(format); });
@@ -383,9 +380,9 @@ struct HttpServer::Impl {
     res.set_header("X-Accel-Buffering", "no");
     const std::string model = r.model;
     const bool include_usage = r.include_usage;
-    auto provider = [this, ep, r, gen, st, id, created_at, model, include_usage](size_t, httplib::DataSink& sink) {
+    auto provider = [this, ep, r, gen, st, id, created_at, model, include_usage](http::DataSink& sink) {
       auto write = [&](const std::string& s) {
-        if (s.empty()) return true;  // an empty write would end httplib's chunked stream
+        if (s.empty()) return true;  // an empty write would end the chunked stream
         st->last_write = Clock::now();
         return sink.write(s.data(), s.size());
       };
@@ -447,9 +444,11 @@ struct HttpServer::Impl {
       }
       if (st->timed_out && waited > opt.request_timeout_s + kCancelGraceS) return false;
       if (!events.empty()) return true;
-      // Nothing new: is the client still there? (A closed socket reads as end-of-file.)
+      // Nothing new: is the client still there? A reset connection says so at once; one closed without a reset
+      // reads as end of file, as a half-closed one does: a comment tells them apart (a closed socket refuses it).
       if (!sink.is_writable()) return false;
-      if (seconds_since(st->last_write) > kKeepAliveCommentS && !write(": keep-alive\n\n")) return false;
+      const double quiet = seconds_since(st->last_write);
+      if ((quiet > kKeepAliveCommentS || (sink.peer_eof() && quiet > 1.0)) && !write(": keep-alive\n\n")) return false;
       return true;
     };
     // Runs when the response is done with, however it ended: a request that did not finish is cancelled (the
@@ -462,15 +461,15 @@ struct HttpServer::Impl {
     res.set_chunked_content_provider("text/event-stream", std::move(provider), std::move(releaser));
   }
 
-  void handle_models(const httplib::Request& req, httplib::Response& res) {
+  void handle_models(const http::Request& req, http::Response& res) {
     check_auth(req);
     res.status = 200;
     res.set_content(dump_json(models_json(opt.limits.model_id, created, opt.limits.max_context)), "application/json");
   }
 
-  void handle_model(const httplib::Request& req, httplib::Response& res) {
+  void handle_model(const http::Request& req, http::Response& res) {
     check_auth(req);
-    const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "";
+    const std::string name = req.matches.size() > 1 ? req.matches[1] : "";
     if (name != opt.limits.model_id)
       throw ApiError(404, "The model '" + name + "' does not exist", "invalid_request_error", "model",
                      "model_not_found");
@@ -478,7 +477,7 @@ struct HttpServer::Impl {
     res.set_content(dump_json(model_json(opt.limits.model_id, created, opt.limits.max_context)), "application/json");
   }
 
-  void handle_metrics(const httplib::Request& req, httplib::Response& res) {
+  void handle_metrics(const http::Request& req, http::Response& res) {
     check_auth(req);
     ServerInfo info;
     info.model_id = opt.limits.model_id;
@@ -490,7 +489,7 @@ struct HttpServer::Impl {
     res.set_content(metrics.render(sched.stats(), info), "text/plain; version=0.0.4; charset=utf-8");
   }
 
-  void handle_health(httplib::Response& res) {
+  void handle_health(http::Response& res) {
     // Open without a key (for liveness probes); says nothing but whether the server takes requests.
     ojson j = ojson::object();
     j["status"] = failed ? "error" : stopping ? "shutting_down" : "ok";
@@ -503,60 +502,49 @@ struct HttpServer::Impl {
   }
 
   void setup() {
-    const int threads =
-        opt.http_threads > 0 ? opt.http_threads : int(std::max<int64_t>(32, 4 * sched.slots() + 16));
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
-    svr.set_tcp_nodelay(true);  // stream chunks go out at once (no Nagle delay per token)
-    // httplib's default sets SO_REUSEPORT, which would let a second server bind the same port and silently take
-    // half the connections; SO_REUSEADDR alone allows a quick restart and still refuses a port in use.
-    svr.set_socket_options([this](int sock) {
-      int yes = 1;
-      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-      listen_fd = sock;
-    });
-    svr.set_payload_max_length(opt.max_body_bytes);
-    svr.set_keep_alive_max_count(1000);
-
     auto gen_handler = [this](Endpoint ep) {
-      return [this, ep](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
-        guarded(res, [&] { handle_generation(ep, req, res, reader); });
+      return [this, ep](const http::Request& req, http::Response& res, http::Connection& conn) {
+        guarded(res, [&] { handle_generation(ep, req, res, conn); });
       };
     };
-    svr.Post("/v1/chat/completions", gen_handler(Endpoint::Chat));
-    svr.Post("/v1/completions", gen_handler(Endpoint::Completion));
-    svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+    svr.route("POST", "/v1/chat/completions", gen_handler(Endpoint::Chat));
+    svr.route("POST", "/v1/completions", gen_handler(Endpoint::Completion));
+    svr.route("GET", "/v1/models", [this](const http::Request& req, http::Response& res, http::Connection&) {
       guarded(res, [&] { handle_models(req, res); });
     });
-    svr.Get("/v1/models/(.+)", [this](const httplib::Request& req, httplib::Response& res) {
+    svr.route("GET", "/v1/models/(.+)", [this](const http::Request& req, http::Response& res, http::Connection&) {
       guarded(res, [&] { handle_model(req, res); });
     });
-    svr.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+    svr.route("GET", "/metrics", [this](const http::Request& req, http::Response& res, http::Connection&) {
       guarded(res, [&] { handle_metrics(req, res); });
     });
-    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
+    svr.route("GET", "/health", [this](const http::Request&, http::Response& res, http::Connection&) {
+      handle_health(res);
+    });
     for (const char* path : {"/v1/chat/completions", "/v1/completions"})
-      svr.Get(path, [](const httplib::Request& req, httplib::Response& res) {
+      svr.route("GET", path, [](const http::Request& req, http::Response& res, http::Connection&) {
         send_error(res, ApiError(405, "Use POST for " + req.path, "invalid_request_error"));
         res.set_header("Allow", "POST");
       });
 
-    // Answers that httplib makes itself (404 unknown path, 413 body too large, 400 bad request line, ...) get
-    // OpenAI-shaped JSON bodies too.
-    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    // Answers that the HTTP layer makes itself (404 unknown path, 413 body too large, 400 bad request, 408 too
+    // slow, ...) get OpenAI-shaped JSON bodies too.
+    svr.set_error_handler([](const http::Request& req, http::Response& res) {
       std::string message;
       switch (res.status) {
         case 404: message = "Unknown request URL: " + req.method + " " + req.path; break;
         case 413: message = "The request body is larger than this server accepts"; break;
         case 414: message = "The request URL is too long"; break;
         case 400: message = "Bad request: the HTTP request could not be parsed"; break;
+        case 408: message = "The request did not arrive in time (--read-timeout)"; break;
+        case 431: message = "The request's headers are too large"; break;
+        case 505: message = "Only HTTP/1.0 and HTTP/1.1 are served"; break;
         default: message = "HTTP status " + std::to_string(res.status);
       }
       const ApiError e(res.status, message, res.status >= 500 ? "server_error" : "invalid_request_error");
       res.set_content(error_body(e), "application/json");
-      return httplib::Server::HandlerResponse::Handled;
-    }));
-    svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    });
+    svr.set_exception_handler([](const http::Request&, http::Response& res, std::exception_ptr ep) {
       std::string what = "unknown error";
       try {
         if (ep) std::rethrow_exception(ep);
@@ -566,7 +554,7 @@ struct HttpServer::Impl {
       }
       send_error(res, server_error(500, "internal error: " + what));
     });
-    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    svr.set_logger([this](const http::Request& req, const http::Response& res) {
       metrics.count_http(route_of(req.path), res.status);
       if (opt.log_requests)
         std::fprintf(stderr, "moep serve: %s:%d \"%s %s\" %d\n", req.remote_addr.c_str(), req.remote_port,
@@ -585,18 +573,7 @@ HttpServer::HttpServer(ServerOptions options, BatchScheduler& scheduler, const T
 HttpServer::~HttpServer() { shutdown(0); }
 
 int HttpServer::bind() {
-  const ServerOptions& o = impl_->opt;
-  int port = o.port;
-  if (o.port == 0) {
-    port = impl_->svr.bind_to_any_port(o.host);
-    if (port <= 0) fail("serve: cannot listen on ", o.host, " (any port)");
-  } else if (!impl_->svr.bind_to_port(o.host, o.port)) {
-    fail("serve: cannot listen on ", o.host, ":", o.port, " (address in use, or not an address of this machine?)");
-  }
-  // httplib (0.11) listens with a backlog of 5: a burst of clients connecting at once overflows it and their
-  // connections wait for a SYN retransmit (1 s and more). Listening again on the same socket raises it.
-  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
-  return port;
+  return impl_->svr.bind(impl_->opt.host, impl_->opt.port);
 }
 
 void HttpServer::listen() {
@@ -605,7 +582,7 @@ void HttpServer::listen() {
     if (impl_->listen_refused) return;
     impl_->listen_started = true;
   }
-  impl_->svr.listen_after_bind();
+  impl_->svr.listen();
 }
 
 void HttpServer::fail_all(const std::string& message, double linger_s) {
@@ -616,7 +593,7 @@ void HttpServer::fail_all(const std::string& message, double linger_s) {
   }
   m.failed = true;
   m.stopping = true;
-  // Handlers poll every kPollInterval and answer with 503; httplib writes the answer after a handler returns, so
+  // Handlers poll every kPollInterval and answer with 503; the answer is written after a handler returns, so
   // wait a little past the last one. The linger also lets health probes see the 503.
   const Clock::time_point t0 = Clock::now();
   while (m.in_flight > 0 && seconds_since(t0) < linger_s) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -637,10 +614,8 @@ void HttpServer::shutdown(double drain_s) {
       m.listen_refused = true;
       started = m.listen_started;
     }
-    if (!started) return;
-    // httplib's stop() acts only once its loop runs (and must be called once): wait for that, briefly.
-    for (int i = 0; i < 500 && !m.svr.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    m.svr.stop();
+    // Connections between requests close at once; listen() waits up to 2 s for those still answering.
+    m.svr.stop(started ? 2.0 : 0.0);
   });
 }
 

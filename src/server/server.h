@@ -1,15 +1,15 @@
-// The HTTP front of `moep serve`: an OpenAI-compatible API over a BatchScheduler, on cpp-httplib.
+// The HTTP front of `moep serve`: an OpenAI-compatible API over a BatchScheduler, on server/http.h.
 //
 //   POST /v1/chat/completions   POST /v1/completions   (stream: server-sent events ending with "data: [DONE]")
 //   GET  /v1/models   GET /v1/models/{id}   GET /health   GET /metrics (Prometheus text)
 //
-// Each request is parsed and checked (openai_api.h), its prompt rendered (chat template) and tokenized on the HTTP
-// thread, then submitted to the scheduler, whose engine thread delivers text pieces back through a per-request
-// queue. A streaming client that goes away (a write fails, or the socket is found closed) has its request
-// cancelled, which frees its slot before the next step.
+// Each request is parsed and checked (openai_api.h), its prompt rendered (chat template, under --request-timeout)
+// and tokenized on the HTTP thread, then submitted to the scheduler, whose engine thread delivers text pieces back
+// through a per-request queue. A client that goes away, streaming or not (a write fails, or the socket is found
+// closed), has its request cancelled, which frees its slot before the next step.
 //
-// Threads: listen() runs on a thread of its own; handlers run on httplib's worker threads (--http-threads);
-// shutdown() may be called from any thread, more than once.
+// Threads: listen() runs on a thread of its own; each connection has a thread (server/http.h), up to
+// --http-threads; shutdown() may be called from any thread, more than once.
 #pragma once
 
 #include <cstddef>
@@ -28,7 +28,8 @@ struct ServerOptions {
   int port = 8080;                   // 0: any free port (bind() returns it)
   std::string api_key;               // empty: no key; else every request but GET /health needs "Bearer <key>"
   size_t max_body_bytes = 1 << 20;   // larger request bodies get 413
-  int http_threads = 0;              // connections served at once; 0: max(32, 4 * slots + 16)
+  int http_threads = 0;              // connections open at once (a thread each); 0: 512. Beyond: 503
+  double read_timeout_s = 20;        // a request's head and body must arrive within this, from its first byte
   size_t max_queued = 64;            // with this many waiting for a slot (and none free), new requests get 503
   double request_timeout_s = 600;    // a generation still running after this is cancelled
   bool log_requests = true;          // one line per request on stderr

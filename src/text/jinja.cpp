@@ -1754,6 +1754,7 @@ std::string Template::render(const nlohmann::ordered_json& variables, const Rend
   RenderBudget budget;
   budget.max_steps = budget.steps_left = options.max_steps;
   budget.max_bytes = options.max_output_bytes;
+  budget.deadline = options.deadline;
   budget.stack_bytes = render_stack_bytes();
   budget.stack_floor = reinterpret_cast<const char*>(__builtin_frame_address(0)) - budget.stack_bytes;
   struct Install {

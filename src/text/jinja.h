@@ -27,6 +27,7 @@
 // Thread-safety: a parsed Template is immutable; render() may run on several threads at once.
 #pragma once
 
+#include <chrono>
 #include <ctime>
 #include <memory>
 #include <optional>
@@ -60,6 +61,9 @@ struct RenderOptions {
   // a runaway template within about a second. Exceeding either is a moep::Error naming the template and the limit.
   int64_t max_steps = 500'000;
   size_t max_output_bytes = size_t(32) << 20;
+  // A time by which rendering must be done (the server's --request-timeout): past it, a step throws moep::Error
+  // saying so. Steps can be slow (a loop copying a long string), so the step budget alone does not bound the time.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
 namespace detail {

@@ -23,6 +23,9 @@ void charge_steps(int64_t n) {
   if (b->steps_left < 0)
     throw_error("rendering took more than " + std::to_string(b->max_steps) +
                 " steps (loop iterations, calls, list and dict elements built; the limit is RenderOptions::max_steps)");
+  // A clock read per step (tens of ns): a step may be slow, so counting them alone would not bound the time.
+  if (b->deadline && std::chrono::steady_clock::now() > *b->deadline)
+    throw_error("rendering ran past its deadline (RenderOptions::deadline; the server's --request-timeout)");
 }
 
 void check_size(size_t bytes) {

@@ -2,6 +2,7 @@
 // builtins (filters, tests, methods, globals). Not part of moep's API.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -33,6 +34,7 @@ struct RenderBudget {
   size_t max_bytes = 0;    // the output, and any one string
   const char* stack_floor = nullptr;  // rendering may not grow the stack below this address
   size_t stack_bytes = 0;             // how far below the render's start that is
+  std::optional<std::chrono::steady_clock::time_point> deadline;  // RenderOptions::deadline
 };
 // The budget installed on this thread, or null.
 RenderBudget*& current_budget();

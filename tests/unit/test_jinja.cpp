@@ -297,5 +297,20 @@ TEST(JinjaLimits, BudgetIsOverridable) {
   EXPECT_EQ(render(big, ordered_json::object(), large), "ok");
 }
 
+// A deadline cuts off a render whose steps are few but slow (each copies 32 MB: minutes in all, far under the step
+// budget), soon after it passes; a render that ends in time is untouched.
+TEST(JinjaLimits, DeadlineCutsOffSlowSteps) {
+  const std::string slow = "{% set s = 'x' * 16000000 %}{% for i in range(99999) %}{% set t = s ~ s %}{% endfor %}ok";
+  jinja::RenderOptions o;
+  o.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string m = render_error(slow, o);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(m.find("deadline"), std::string::npos) << m;
+  EXPECT_LT(seconds, 1.5);
+  o.deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  EXPECT_EQ(render("{% for i in range(100) %}{% endfor %}ok", ordered_json::object(), o), "ok");
+}
+
 }  // namespace
 }  // namespace moep

@@ -43,7 +43,7 @@ namespace {
 
 // SIGINT, SIGTERM and SIGUSR1 (which mpirun forwards to every rank, unlike the other two: it ends the job with
 // exit status 0), taken by one thread with sigtimedwait (no async-signal-safety concerns). Call block_signals()
-// before any other thread exists (threads inherit the mask: MPI's, the pool's, httplib's).
+// before any other thread exists (threads inherit the mask: MPI's, the pool's, the HTTP server's).
 sigset_t stop_signals() {
   sigset_t set;
   sigemptyset(&set);
@@ -60,12 +60,16 @@ void block_signals() {
   std::signal(SIGUSR1, SIG_DFL);
   const sigset_t set = stop_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write must not kill the server (httplib sends without MSG_NOSIGNAL)
+  std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write must not kill the server
 }
+
+// However a stop goes (a handler stuck, a rank not answering), the process ends this long after the first signal.
+constexpr double kStopDeadlineS = 10.0;
 
 class SignalWatcher {
  public:
-  // on_signal(sig) runs on the watcher's thread for the first signal; a second signal ends the process at once.
+  // on_signal(sig) runs on the watcher's thread for the first signal; a second signal ends the process at once, and
+  // so does kStopDeadlineS passing after the first (status 1, saying so).
   explicit SignalWatcher(std::function<void(int)> on_signal) : on_signal_(std::move(on_signal)) {
     thread_ = std::thread([this] { loop(); });
   }
@@ -86,7 +90,13 @@ class SignalWatcher {
     const timespec tick{0, 200 * 1000 * 1000};
     while (!done_) {
       const int sig = sigtimedwait(&set, nullptr, &tick);
-      if (sig <= 0) continue;
+      if (sig <= 0) {
+        if (since_signal() > kStopDeadlineS) {
+          std::fprintf(stderr, "moep serve: still running %.0f s after the signal: exiting now\n", kStopDeadlineS);
+          std::_Exit(1);
+        }
+        continue;
+      }
       if (signalled_ns_.load() != 0) {
         std::fprintf(stderr, "moep serve: second signal %d: exiting now\n", sig);
         std::_Exit(128 + sig);
@@ -154,9 +164,15 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(size_t(0), size_t(1) << 20))
       ->capture_default_str();
   cmd->add_option("--http-threads", o->server.http_threads,
-                  "Connections served at once (0: max(32, 4 * parallel + 16))")
+                  "Connections open at once, a thread each (0: 512); more get 503")
       ->check(CLI::Range(0, 4096));
-  cmd->add_option("--request-timeout", o->server.request_timeout_s, "Seconds after which a generation is cancelled")
+  cmd->add_option("--read-timeout", o->server.read_timeout_s,
+                  "Seconds a request's head and body may take to arrive, from its first byte (slower clients are "
+                  "dropped with 408)")
+      ->check(CLI::Range(0.1, 1e6))
+      ->capture_default_str();
+  cmd->add_option("--request-timeout", o->server.request_timeout_s,
+                  "Seconds after which a generation (and the chat template's rendering) is cancelled")
       ->check(CLI::Range(1.0, 1e6))
       ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet, "Do not log one line per request");
@@ -175,7 +191,7 @@ void register_serve(CLI::App& app) {
     if (o->engine.stats || !o->engine.stats_json.empty() || !o->engine.trace.empty())
       fail("serve: --stats, --stats-json and --trace are not available here; GET /metrics reports the time split");
     o->sp.validate();
-    block_signals();  // before MPI, the thread pool or httplib start threads
+    block_signals();  // before MPI, the thread pool or the HTTP server start threads
 
     // A signal while loading or before serving ends the process at once; afterwards it shuts down cleanly.
     std::mutex http_mu;  // guards http_ptr against the server going away while the watcher uses it
@@ -209,13 +225,15 @@ void register_serve(CLI::App& app) {
     StepDriver driver(*engine);
     if (!root) {
       following = true;
-      // Bounded: rank 0 releases the followers when it stops; if it does not within 30 s of a signal, give up.
+      // Bounded: rank 0 releases the followers when it stops; if it does not within kStopDeadlineS + 2 s of a signal
+      // (rank 0 ends itself by then), give up.
       std::atomic<bool> followed{false};
       std::thread guard([&] {
         while (!followed) {
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
-          if (watcher.since_signal() > 30.0 && !followed) {
-            std::fprintf(stderr, "moep serve: rank %d: not released 30 s after a signal: exiting\n", engine->rank());
+          if (watcher.since_signal() > kStopDeadlineS + 2 && !followed) {
+            std::fprintf(stderr, "moep serve: rank %d: not released %.0f s after a signal: exiting\n", engine->rank(),
+                         kStopDeadlineS + 2);
             std::_Exit(1);
           }
         }
