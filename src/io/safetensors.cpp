@@ -127,6 +127,17 @@ void SafetensorsIndex::add_file(const std::string& path, const std::vector<std::
 }
 
 SafetensorsIndex SafetensorsIndex::open(const std::string& path) {
+  // The paths come partly from the index file (shard names): a name the filesystem refuses (too long, a
+  // component that is a file) is the checkpoint's fault and gets moep's error, never an escaping
+  // std::filesystem_error.
+  try {
+    return open_paths(path);
+  } catch (const fs::filesystem_error& e) {
+    fail("checkpoint ", path, ": ", e.code().message(), " (", e.path1().string(), ")");
+  }
+}
+
+SafetensorsIndex SafetensorsIndex::open_paths(const std::string& path) {
   SafetensorsIndex idx;
   if (!fs::is_directory(path)) {
     if (!fs::exists(path)) fail("checkpoint path ", path, " does not exist");
@@ -163,7 +174,10 @@ SafetensorsIndex SafetensorsIndex::open(const std::string& path) {
         fail(index_path.string(), ": shard '", fn, "' (of tensor '", names.front(),
              "') is outside the model directory; expected a file name inside ", dir.string());
       const fs::path p = dir / fn;
-      if (!fs::exists(p)) fail(index_path.string(), ": shard ", fn, " is missing from ", dir.string());
+      std::error_code ec;
+      const bool present = fs::exists(p, ec);
+      if (ec) fail(index_path.string(), ": shard '", fn, "' (of tensor '", names.front(), "'): ", ec.message());
+      if (!present) fail(index_path.string(), ": shard ", fn, " is missing from ", dir.string());
       idx.add_file(p.string(), &names);
     }
     return idx;

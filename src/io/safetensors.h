@@ -48,6 +48,7 @@ class SafetensorsIndex {
   size_t total_bytes() const;
 
  private:
+  static SafetensorsIndex open_paths(const std::string& path);  // open() without its filesystem_error net
   void add_file(const std::string& path, const std::vector<std::string>* expected_names);
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::map<std::string, TensorInfo> tensors_;

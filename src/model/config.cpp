@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -34,8 +35,15 @@ void ConfigReader::bad(std::string_view key, const std::string& why) const {
 
 int64_t ConfigReader::get_int(std::string_view key) const {
   const json& v = at(key);
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    bad(key, "is " + v.dump() + ", beyond any size moep reads");
   if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+  if (v.is_number_float()) {
+    // A whole number written as a float (1e3, 64.0). Range-checked before the conversion: a double beyond int64
+    // (1e300) has no int64 value, and converting it is undefined.
+    const double d = v.get<double>();
+    if (std::isfinite(d) && d >= -0x1p63 && d < 0x1p63 && std::trunc(d) == d) return int64_t(d);
+  }
   bad(key, "must be an integer, got " + v.dump());
 }
 

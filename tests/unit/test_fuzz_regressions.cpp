@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/error.h"
+#include "io/safetensors.h"
+#include "model/config.h"
 #include "moe/placement.h"
 #include "test_util.h"
 
@@ -48,4 +51,53 @@ TEST(FuzzRegressions, PlacementLayerKeyMustBeAnIndex) {
         << key << ": " << msg;
   }
   EXPECT_EQ(placement_error(R"({"experts": [[0], [1]], "layers": {"1": [[1], [0]]}})", 2, 2, 2), "");
+}
+
+namespace {
+
+// The moep::Error message load_model_config gives for the olmoe_f32 fixture's config.json with `key` set to the
+// JSON text `value`, or "" if it accepted it.
+std::string config_error(const std::string& key, const std::string& value) {
+  nlohmann::json j;
+  std::ifstream(test::fixture_dir("olmoe_f32") + "/config.json") >> j;
+  j[key] = nlohmann::json::parse(value);
+  test::TempDir dir;
+  std::ofstream(dir.str() + "/config.json") << j.dump();
+  try {
+    (void)load_model_config(dir.str());
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+// Found by fuzz_config in CI: a size written as a float beyond int64 (2.88889e+36) was converted to int64, which
+// is undefined behaviour (UBSan: "outside the range of representable values of type 'long'").
+TEST(FuzzRegressions, ConfigFloatBeyondInt64IsRefused) {
+  for (const char* v : {"2.88889e+36", "-2.88889e+36", "9.3e18", "1e300", "18446744073709551615"}) {
+    const std::string msg = config_error("hidden_size", v);
+    EXPECT_NE(msg.find("'hidden_size'"), std::string::npos) << v << ": " << msg;
+  }
+  // A whole number written as a float is still read, and an ordinary size passes.
+  EXPECT_EQ(config_error("hidden_size", "64.0"), config_error("hidden_size", "64"));
+  EXPECT_EQ(config_error("num_hidden_layers", "2.0"), "");
+}
+
+// Found by fuzz_safetensors in CI: a shard name in model.safetensors.index.json longer than the filesystem's
+// name limit made std::filesystem::exists throw filesystem_error ("File name too long") past moep's errors.
+TEST(FuzzRegressions, SafetensorsShardNameTooLongIsAnError) {
+  test::TempDir dir;
+  const std::string shard(5000, 'V');
+  std::ofstream(dir.str() + "/model.safetensors.index.json")
+      << R"({"weight_map": {"a": ")" << shard << R"(.safetensors"}})";
+  try {
+    (void)SafetensorsIndex::open(dir.str());
+    FAIL() << "a 5000-character shard name was accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("model.safetensors.index.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("of tensor 'a'"), std::string::npos) << msg;
+  }
 }
