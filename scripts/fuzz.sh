@@ -11,8 +11,11 @@
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]       (default: 60 s each, every target)
 #   scripts/fuzz.sh 3600    the 1-CPU-hour campaign per target (docs/RELIABILITY.md)
 #   Reproduce a finding: build-fuzz/tests/fuzz/<target> build-fuzz/findings/<target>/crash-…
-# Environment: MOEP_FUZZ_JOBS (build jobs, default nproc). The corpus each run grows stays in
-# build-fuzz/corpus/<target>/ and seeds the next run.
+# Environment: MOEP_FUZZ_JOBS (build jobs, default nproc). MOEP_FUZZ_SEED: libFuzzer's random seed (default: a
+# fresh one each run). CI sets it, so that CI's run is reproducible: the same code gets the same mutations, and a
+# submission is not failed by what a luckier draw finds in code it did not touch; new ground is covered by the
+# longer campaigns (docs/RELIABILITY.md). The corpus each run grows stays in build-fuzz/corpus/<target>/ and seeds
+# the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -58,7 +61,7 @@ for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t" "build-fuzz/findings/$t"
   log="build-fuzz/logs/$t.log"
   set +e
-  "$bin" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
+  "$bin" ${MOEP_FUZZ_SEED:+-seed="$MOEP_FUZZ_SEED"} -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="build-fuzz/findings/$t/" "build-fuzz/corpus/$t" "build-fuzz/seeds/$t" >"$log" 2>&1
   rc=$?
   set -e

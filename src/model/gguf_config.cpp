@@ -1,17 +1,158 @@
 #include "model/gguf_config.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "io/gguf.h"
 #include "model/arch.h"
+#include "model/rope.h"
 
 namespace moep {
+
+namespace {
+
+// llama.cpp's deepseek2: DeepSeek-V2 and V3 (R1, Kimi K2) with multi-head latent attention, as its converter
+// writes them (conversion/deepseek.py, DeepseekV2Model). The result equals what the checkpoint's config.json gives
+// (arch_deepseek.cpp): the same ModelConfig, so the same forward pass.
+//  - V3 or V2 follows expert_gating_func: sigmoid (2) is V3's routing (choice bias exp_probs_b, groups scored by
+//    their two best); softmax (1, or absent as in older V2 files) is V2's (groups scored by their best, the
+//    checkpoint's group_limited_greedy; llama.cpp itself scores every grouped model by the two best).
+//  - YaRN: the converter stores 0.1 · mscale_all_dim as yarn_log_multiplier and not mscale; llama.cpp takes mscale
+//    equal to mscale_all_dim (1 when that is 1), and so does moep.
+ModelConfig deepseek2_config(const GgufFile& g, const std::string& path) {
+  auto key = [](const char* name) { return std::string("deepseek2.") + name; };
+  ModelConfig c;
+  c.n_layers = g.get_u32(key("block_count"));
+  if (c.n_layers > ConfigLimits::layers)
+    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
+         " (a corrupt or hostile file?)");
+  c.d_model = g.get_u32(key("embedding_length"));
+  c.n_heads = g.get_u32(key("attention.head_count"));
+  c.max_position = g.get_u32_or(key("context_length"), 4096);
+  c.norm = NormKind::RMSNorm;
+  c.norm_eps = g.get_f32(key("attention.layer_norm_rms_epsilon"));
+  c.rope_theta = g.get_f32_or(key("rope.freq_base"), 10000.f);
+
+  MlaShape& m = c.mla;
+  m.q_lora_rank = g.get_u32_or(key("attention.q_lora_rank"), 0);
+  m.kv_lora_rank = g.get_u32(key("attention.kv_lora_rank"));
+  if (!g.has(key("attention.key_length_mla")))
+    fail(path, ": ", key("attention.key_length_mla"), " is absent: a deepseek2 file from before llama.cpp split ",
+         "attn_kv_b into attn_k_b and attn_v_b (2025); convert it again");
+  const int64_t qk_head = g.get_u32(key("attention.key_length_mla"));
+  m.qk_rope_head_dim = g.get_u32(key("rope.dimension_count"));
+  m.qk_nope_head_dim = qk_head - m.qk_rope_head_dim;
+  m.v_head_dim = g.get_u32(key("attention.value_length_mla"));
+  if (m.kv_lora_rank <= 0 || m.qk_nope_head_dim <= 0 || m.v_head_dim <= 0 || m.qk_rope_head_dim <= 0 ||
+      m.qk_rope_head_dim % 2 != 0 || m.kv_lora_rank > ConfigLimits::d_model || qk_head > ConfigLimits::head_dim ||
+      m.v_head_dim > ConfigLimits::head_dim || m.q_lora_rank > ConfigLimits::d_model)
+    fail(path, ": the latent attention's sizes (kv_lora_rank ", m.kv_lora_rank, ", key_length_mla ", qk_head,
+         ", rope.dimension_count ", m.qk_rope_head_dim, ", value_length_mla ", m.v_head_dim, ", q_lora_rank ",
+         m.q_lora_rank, ") are not those of a DeepSeek model: positive, the rotated part even and smaller than ",
+         "the key");
+  m.rope_interleave = true;  // llama.cpp's deepseek2 rotates adjacent pairs (LLAMA_ROPE_TYPE_NORM)
+  c.n_kv_heads = c.n_heads;
+  c.head_dim = m.qk_head_dim();
+
+  if (g.has(key("rope.scaling.type")) && g.get_string(key("rope.scaling.type")) != "none") {
+    const std::string type = g.get_string(key("rope.scaling.type"));
+    if (type != "yarn")
+      fail(path, ": ", key("rope.scaling.type"), " is '", type, "'; moep reads deepseek2 with 'yarn' or none");
+    RopeScaling& y = c.rope_scaling;
+    y.type = "yarn";
+    y.factor = g.get_f32(key("rope.scaling.factor"));
+    y.original_max_position = g.get_u32(key("rope.scaling.original_context_length"));
+    y.beta_fast = g.get_f32_or(key("rope.scaling.yarn_beta_fast"), 32.f);
+    y.beta_slow = g.get_f32_or(key("rope.scaling.yarn_beta_slow"), 1.f);
+    if (g.has(key("rope.scaling.yarn_log_multiplier"))) {
+      // Stored as the f32 of 0.1 · mscale_all_dim: back to the config's decimal (6 significant digits).
+      const double all = double(g.get_f32(key("rope.scaling.yarn_log_multiplier"))) / 0.1;
+      y.mscale_all_dim = std::round(all * 1e6) / 1e6;
+      y.mscale = y.mscale_all_dim;
+    }
+    if (!(y.factor >= 1.0) || y.original_max_position <= 0)
+      fail(path, ": YaRN needs ", key("rope.scaling.factor"), " >= 1 and a positive ",
+           key("rope.scaling.original_context_length"));
+  }
+  m.softmax_scale = 1.0 / std::sqrt(double(m.qk_head_dim()));
+  if (c.rope_scaling.type == "yarn" && c.rope_scaling.mscale_all_dim != 0.0) {
+    const double ms = yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
+    m.softmax_scale *= ms * ms;
+  }
+
+  c.n_experts = g.get_u32(key("expert_count"));
+  c.top_k = g.get_u32(key("expert_used_count"));
+  c.expert_ffn = g.get_u32(key("expert_feed_forward_length"));
+  if (c.n_experts > ConfigLimits::experts || c.top_k > c.n_experts || c.expert_ffn > ConfigLimits::ffn)
+    fail(path, ": ", c.n_experts, " experts, ", c.top_k, " used, of ", c.expert_ffn,
+         " each: beyond what moep reads, or more used than there are");
+  const int64_t first_dense = g.get_u32_or(key("leading_dense_block_count"), 0);
+  c.layer_is_moe.resize(size_t(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_moe[size_t(i)] = c.n_experts > 0 && i >= first_dense;
+  if (first_dense > 0) c.dense_ffn = g.get_u32(key("feed_forward_length"));
+  c.shared_expert_ffn = int64_t(g.get_u32_or(key("expert_shared_count"), 0)) * c.expert_ffn;
+  c.shared_expert_gated = false;
+  c.routed_scaling_factor = g.get_f32_or(key("expert_weights_scale"), 1.f);
+  c.topk_norm = g.has(key("expert_weights_norm")) && g.get_bool(key("expert_weights_norm")) ? TopKNorm::Sum
+                                                                                             : TopKNorm::None;
+  c.n_group = g.get_u32_or(key("expert_group_count"), 1);
+  c.topk_group = g.get_u32_or(key("expert_group_used_count"), 1);
+  if (c.n_experts > 0 && (c.n_group <= 0 || c.n_experts % c.n_group != 0 || c.topk_group <= 0 ||
+                          c.topk_group > c.n_group))
+    fail(path, ": ", key("expert_group_count"), " (", c.n_group, ") must divide the ", c.n_experts,
+         " experts and ", key("expert_group_used_count"), " (", c.topk_group, ") be in [1, groups]");
+  const uint32_t gating = g.get_u32_or(key("expert_gating_func"), 1);
+  if (gating == 2) {
+    c.model_type = "deepseek_v3";
+    c.router_scoring = RouterScoring::Sigmoid;
+    c.router_choice_bias = true;
+    c.group_score = GroupScore::Top2Sum;
+  } else if (gating == 1) {
+    c.model_type = "deepseek_v2";
+    c.router_scoring = RouterScoring::Softmax;
+    c.group_score = c.n_group > 1 ? GroupScore::Max : GroupScore::None;
+  } else {
+    fail(path, ": ", key("expert_gating_func"), " is ", gating, "; moep reads 1 (softmax: DeepSeek-V2) and 2 ",
+         "(sigmoid: DeepSeek-V3)");
+  }
+  return c;
+}
+
+// What every architecture reads alike: the vocabulary size, whether the head is the embedding, the special ids.
+void finish_config(const GgufFile& g, const std::string& arch, const std::string& path, ModelConfig& c) {
+  auto key = [&](const char* name) { return arch + "." + name; };
+  // The vocabulary size: stored by some converters, else the length of the tokenizer's token list.
+  if (g.has(key("vocab_size"))) {
+    c.vocab_size = g.get_u32(key("vocab_size"));
+  } else if (const GgufValue* tokens = g.find("tokenizer.ggml.tokens");
+             tokens && tokens->type == GgufType::Array) {
+    c.vocab_size = int64_t(tokens->count);
+  } else {
+    fail(path, ": neither ", key("vocab_size"), " nor tokenizer.ggml.tokens is present: the vocabulary size is ",
+         "unknown");
+  }
+
+  c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
+
+  if (g.has("tokenizer.ggml.eos_token_id"))
+    c.eos_token_ids.push_back(int32_t(g.get_u32("tokenizer.ggml.eos_token_id")));
+  if (g.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = int32_t(g.get_u32("tokenizer.ggml.bos_token_id"));
+
+  validate_config(c, path);
+}
+
+}  // namespace
 
 ModelConfig model_config_from_gguf(const GgufFile& g) {
   const std::string& path = g.files()[0]->path();
   const std::string arch = g.get_string("general.architecture");
   auto key = [&](const char* name) { return arch + "." + name; };
+  if (arch == "deepseek2") {
+    ModelConfig c = deepseek2_config(g, path);
+    finish_config(g, arch, path, c);
+    return c;
+  }
   ModelConfig c;
 
   if (arch == "llama") {
@@ -27,7 +168,7 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
     c.model_type = arch;
   } else {
     fail(path, ": general.architecture is '", arch, "'; moep runs llama (with experts: Mixtral), qwen2moe, qwen3moe, ",
-         "olmoe and dbrx");
+         "olmoe, dbrx and deepseek2");
   }
 
   c.n_layers = g.get_u32(key("block_count"));
@@ -49,17 +190,6 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   if (g.has(key("rope.scaling.type")) && g.get_string(key("rope.scaling.type")) != "none")
     fail(path, ": ", key("rope.scaling.type"), " is '", g.get_string(key("rope.scaling.type")),
          "'; only unscaled RoPE is supported by this version");
-
-  // The vocabulary size: stored by some converters, else the length of the tokenizer's token list.
-  if (g.has(key("vocab_size"))) {
-    c.vocab_size = g.get_u32(key("vocab_size"));
-  } else if (const GgufValue* tokens = g.find("tokenizer.ggml.tokens");
-             tokens && tokens->type == GgufType::Array) {
-    c.vocab_size = int64_t(tokens->count);
-  } else {
-    fail(path, ": neither ", key("vocab_size"), " nor tokenizer.ggml.tokens is present: the vocabulary size is ",
-         "unknown");
-  }
 
   c.n_experts = g.get_u32(key("expert_count"));
   c.top_k = g.get_u32(key("expert_used_count"));
@@ -109,13 +239,7 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   // What the tensors say: biases, and whether the output matrix is the embedding's.
   c.qkv_bias = g.find_tensor("blk.0.attn_q.bias") != nullptr;
   c.o_bias = g.find_tensor("blk.0.attn_output.bias") != nullptr;
-  c.tie_word_embeddings = g.find_tensor("output.weight") == nullptr;
-
-  if (g.has("tokenizer.ggml.eos_token_id"))
-    c.eos_token_ids.push_back(int32_t(g.get_u32("tokenizer.ggml.eos_token_id")));
-  if (g.has("tokenizer.ggml.bos_token_id")) c.bos_token_id = int32_t(g.get_u32("tokenizer.ggml.bos_token_id"));
-
-  validate_config(c, path);
+  finish_config(g, arch, path, c);
   return c;
 }
 

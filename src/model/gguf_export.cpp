@@ -114,7 +114,77 @@ int64_t llama_rope_source_row(int64_t s, int64_t head_dim) {
   return h * head_dim + (j % 2) * (head_dim / 2) + j / 2;
 }
 
+// The experts of an MoE layer as llama.cpp stacks them, and its shared expert (p: "blk.<i>.").
+void moe_sources(const ModelConfig& c, const LayerWeights& L, const std::string& p, std::vector<Source>& s) {
+  const int64_t d = c.d_model, f = c.expert_ffn;
+  s.push_back(matrix_source(p + "ffn_gate_inp.weight", L.router));
+  s.push_back(stacked_source(p + "ffn_gate_exps.weight", L, f, d, [](const ExpertWeights& x) -> const MatRef& { return x.gate; }, false));
+  s.push_back(stacked_source(p + "ffn_up_exps.weight", L, f, d, [](const ExpertWeights& x) -> const MatRef& { return x.up; }, false));
+  const bool in_out = !L.experts.empty() && L.experts[0].down_in_out;
+  s.push_back(stacked_source(p + "ffn_down_exps.weight", L, d, f, [](const ExpertWeights& x) -> const MatRef& { return x.down; }, in_out));
+  if (!L.shared_expert.empty()) {
+    s.push_back(matrix_source(p + "ffn_gate_shexp.weight", L.shared_expert.gate));
+    s.push_back(matrix_source(p + "ffn_up_shexp.weight", L.shared_expert.up));
+    s.push_back(matrix_source(p + "ffn_down_shexp.weight", L.shared_expert.down));
+    // [1, d_model] in the checkpoint: llama.cpp's converter writes torch's shape, ggml {d_model, 1}.
+    if (!L.shared_expert_gate.empty())
+      s.push_back(matrix_source(p + "ffn_gate_inp_shexp.weight", L.shared_expert_gate));
+  }
+}
+
+// DeepSeek's latent attention under llama.cpp's deepseek2 names (conversion/deepseek.py): kv_b_proj split into
+// attn_k_b (per head, transposed: ggml {nope, kv_lora, heads}) and attn_v_b (ggml {kv_lora, v, heads}).
+std::vector<Source> mla_sources(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<Source> s;
+  const MlaShape& m = c.mla;
+  const int64_t d = c.d_model, H = c.n_heads, nope = m.qk_nope_head_dim, v = m.v_head_dim, r = m.kv_lora_rank;
+  s.push_back(matrix_source("token_embd.weight", w.embed));
+  s.push_back(vector_source("output_norm.weight", w.final_norm_w, {d}));
+  if (!c.tie_word_embeddings) s.push_back(matrix_source("output.weight", w.lm_head));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const LayerWeights& L = w.layers[size_t(i)];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    s.push_back(vector_source(p + "attn_norm.weight", L.attn_norm_w, {d}));
+    s.push_back(vector_source(p + "ffn_norm.weight", L.ffn_norm_w, {d}));
+    if (m.q_lora_rank > 0) {
+      s.push_back(matrix_source(p + "attn_q_a.weight", L.q_a));
+      s.push_back(vector_source(p + "attn_q_a_norm.weight", L.q_a_norm, {m.q_lora_rank}));
+      s.push_back(matrix_source(p + "attn_q_b.weight", L.q_b));
+    } else {
+      s.push_back(matrix_source(p + "attn_q.weight", L.wq));
+    }
+    s.push_back(matrix_source(p + "attn_kv_a_mqa.weight", L.kv_a));
+    s.push_back(vector_source(p + "attn_kv_a_norm.weight", L.kv_a_norm, {r}));
+    const MatRef* kv_b = &L.kv_b;
+    // One head per chunk: its kv_lora rows are the columns of the checkpoint's nope rows of that head.
+    s.push_back(Source{p + "attn_k_b.weight", {nope, r, H}, r, [kv_b, nope, v, r](int64_t r0, int64_t n, float* out) {
+                         MOEP_ASSERT(r0 % r == 0 && n == r);
+                         const int64_t h = r0 / r;
+                         std::vector<float> row(static_cast<size_t>(r));
+                         for (int64_t j = 0; j < nope; ++j) {
+                           row_f32(*kv_b, h * (nope + v) + j, row.data());
+                           for (int64_t k = 0; k < r; ++k) out[k * nope + j] = row[size_t(k)];
+                         }
+                       }});
+    s.push_back(by_rows(p + "attn_v_b.weight", {r, v, H}, [kv_b, nope, v](int64_t row, float* out) {
+      row_f32(*kv_b, (row / v) * (nope + v) + nope + row % v, out);
+    }));
+    s.push_back(matrix_source(p + "attn_output.weight", L.wo));
+    if (!L.is_moe) {
+      s.push_back(matrix_source(p + "ffn_gate.weight", L.dense.gate));
+      s.push_back(matrix_source(p + "ffn_up.weight", L.dense.up));
+      s.push_back(matrix_source(p + "ffn_down.weight", L.dense.down));
+      continue;
+    }
+    if (!L.router_choice_bias.empty())
+      s.push_back(vector_source(p + "exp_probs_b.bias", L.router_choice_bias, {c.n_experts}));
+    moe_sources(c, L, p, s);
+  }
+  return s;
+}
+
 std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
+  if (c.is_mla()) return mla_sources(c, w);
   std::vector<Source> s;
   const int64_t d = c.d_model, hd = c.head_dim;
   s.push_back(matrix_source("token_embd.weight", w.embed));
@@ -171,21 +241,70 @@ std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
       s.push_back(matrix_source(p + "ffn_down.weight", L.dense.down));
       continue;
     }
-    s.push_back(matrix_source(p + "ffn_gate_inp.weight", L.router));
-    const int64_t f = c.expert_ffn;
-    s.push_back(stacked_source(p + "ffn_gate_exps.weight", L, f, d, [](const ExpertWeights& x) -> const MatRef& { return x.gate; }, false));
-    s.push_back(stacked_source(p + "ffn_up_exps.weight", L, f, d, [](const ExpertWeights& x) -> const MatRef& { return x.up; }, false));
-    const bool in_out = !L.experts.empty() && L.experts[0].down_in_out;
-    s.push_back(stacked_source(p + "ffn_down_exps.weight", L, d, f, [](const ExpertWeights& x) -> const MatRef& { return x.down; }, in_out));
-    if (!L.shared_expert.empty()) {
-      s.push_back(matrix_source(p + "ffn_gate_shexp.weight", L.shared_expert.gate));
-      s.push_back(matrix_source(p + "ffn_up_shexp.weight", L.shared_expert.up));
-      s.push_back(matrix_source(p + "ffn_down_shexp.weight", L.shared_expert.down));
-      // [1, d_model] in the checkpoint: llama.cpp's converter writes torch's shape, ggml {d_model, 1}.
-      s.push_back(matrix_source(p + "ffn_gate_inp_shexp.weight", L.shared_expert_gate));
-    }
+    moe_sources(c, L, p, s);
   }
   return s;
+}
+
+// deepseek2's metadata as llama.cpp's converter writes it (conversion/deepseek.py and the base class's MoE and
+// rope keys). Refuses what the format cannot say in a way llama.cpp reads back as the checkpoint means it.
+void write_deepseek2_metadata(const ModelConfig& c, GgufWriter& g) {
+  auto key = [](const char* k) { return std::string("deepseek2.") + k; };
+  const MlaShape& m = c.mla;
+  if (!m.rope_interleave)
+    fail(c.model_type, " with rope_interleave false: llama.cpp's deepseek2 rotates adjacent pairs, and GGUF has no ",
+         "key for the halves layout");
+  int64_t first_dense = 0;
+  while (first_dense < c.n_layers && !c.layer_is_moe[size_t(first_dense)]) ++first_dense;
+  for (int64_t i = first_dense; i < c.n_layers; ++i)
+    if (!c.layer_is_moe[size_t(i)])
+      fail(c.model_type, ": layer ", i, " is dense after MoE layers (moe_layer_freq > 1); deepseek2 has only leading ",
+           "dense layers (leading_dense_block_count)");
+  const RopeScaling& y = c.rope_scaling;
+  g.set_u32(key("context_length"), uint32_t(c.max_position));
+  g.set_u32(key("embedding_length"), uint32_t(c.d_model));
+  g.set_u32(key("block_count"), uint32_t(c.n_layers));
+  g.set_u32(key("feed_forward_length"), uint32_t(c.dense_ffn > 0 ? c.dense_ffn : c.expert_ffn));
+  g.set_u32(key("attention.head_count"), uint32_t(c.n_heads));
+  g.set_u32(key("attention.head_count_kv"), 1);  // MLA as llama.cpp runs it: one latent "head" shared by all
+  g.set_f32(key("rope.freq_base"), float(c.rope_theta));
+  g.set_f32(key("attention.layer_norm_rms_epsilon"), c.norm_eps);
+  g.set_u32(key("expert_count"), uint32_t(c.n_experts));
+  g.set_u32(key("expert_used_count"), uint32_t(c.top_k));
+  g.set_u32(key("leading_dense_block_count"), uint32_t(first_dense));
+  g.set_u32(key("vocab_size"), uint32_t(c.vocab_size));
+  // Written also when 0 (q_proj, as V2-Lite): llama.cpp requires the key unless it recognizes a Lite model by its
+  // layer count, and reads 0 as "no compression".
+  g.set_u32(key("attention.q_lora_rank"), uint32_t(m.q_lora_rank));
+  g.set_u32(key("attention.kv_lora_rank"), uint32_t(m.kv_lora_rank));
+  g.set_u32(key("attention.key_length"), uint32_t(m.kv_lora_rank + m.qk_rope_head_dim));
+  g.set_u32(key("attention.value_length"), uint32_t(m.kv_lora_rank));
+  g.set_u32(key("attention.key_length_mla"), uint32_t(m.qk_head_dim()));
+  g.set_u32(key("attention.value_length_mla"), uint32_t(m.v_head_dim));
+  g.set_u32(key("expert_feed_forward_length"), uint32_t(c.expert_ffn));
+  g.set_u32(key("expert_shared_count"), uint32_t(c.expert_ffn > 0 ? c.shared_expert_ffn / c.expert_ffn : 0));
+  g.set_f32(key("expert_weights_scale"), float(c.routed_scaling_factor));
+  if (c.topk_norm == TopKNorm::Sum) g.set_bool(key("expert_weights_norm"), true);
+  g.set_u32(key("rope.dimension_count"), uint32_t(m.qk_rope_head_dim));
+  g.set_u32(key("expert_group_count"), uint32_t(c.n_group));
+  g.set_u32(key("expert_group_used_count"), uint32_t(c.topk_group));
+  g.set_u32(key("expert_gating_func"), c.router_scoring == RouterScoring::Sigmoid ? 2u : 1u);
+  if (y.type == "yarn") {
+    // llama.cpp reads mscale as mscale_all_dim (1 when that is 1): other pairs have no key.
+    const double read_back = y.mscale_all_dim != 0.0 ? y.mscale_all_dim : 0.0;
+    if (y.mscale != read_back || y.attention_factor != 0.0 || !y.truncate)
+      fail(c.model_type, ": YaRN with mscale ", y.mscale, ", mscale_all_dim ", y.mscale_all_dim,
+           ", attention_factor ", y.attention_factor,
+           ": GGUF stores only mscale_all_dim, and llama.cpp takes mscale equal to it; other values cannot be written");
+    g.set_string(key("rope.scaling.type"), "yarn");
+    g.set_f32(key("rope.scaling.factor"), float(y.factor));
+    g.set_u32(key("rope.scaling.original_context_length"), uint32_t(y.original_max_position));
+    g.set_f32(key("rope.scaling.yarn_beta_fast"), float(y.beta_fast));
+    g.set_f32(key("rope.scaling.yarn_beta_slow"), float(y.beta_slow));
+    if (y.mscale_all_dim != 0.0) g.set_f32(key("rope.scaling.yarn_log_multiplier"), float(0.1 * y.mscale_all_dim));
+  } else if (y.type != "default") {
+    fail(c.model_type, ": rope scaling '", y.type, "' cannot be written to a deepseek2 GGUF (yarn or none)");
+  }
 }
 
 // The metadata llama.cpp's converter writes for the model's architecture (convert_hf_to_gguf.py's
@@ -193,6 +312,14 @@ std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
 void write_metadata(const ModelConfig& c, const std::string& name, GgufFileType ftype, GgufWriter& g) {
   const std::string arch = gguf_arch_name(c.model_type);
   auto key = [&](const char* k) { return arch + "." + k; };
+  if (c.is_mla()) {
+    g.set_string("general.architecture", arch);
+    g.set_string("general.name", name);
+    write_deepseek2_metadata(c, g);
+    g.set_u32("general.file_type", uint32_t(ftype));
+    if (is_block_quantized(file_type(ftype).base)) g.set_u32("general.quantization_version", 2);
+    return;
+  }
   if (c.model_type == "dbrx" && c.topk_pnorm != 1.0)
     fail("a DBRX model whose moe_normalize_expert_weights is ", c.topk_pnorm,
          ": llama.cpp's dbrx divides the top-k weights by their sum (p = 1), and GGUF has no key for another p");

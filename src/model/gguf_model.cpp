@@ -1,8 +1,11 @@
 #include "model/gguf_model.h"
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "core/error.h"
+#include "core/quant.h"
 #include "io/gguf.h"
 
 namespace moep {
@@ -44,6 +47,7 @@ std::string gguf_arch_name(const std::string& model_type) {
   if (model_type == "qwen2_moe") return "qwen2moe";
   if (model_type == "qwen3_moe") return "qwen3moe";
   if (model_type == "olmoe" || model_type == "dbrx") return model_type;
+  if (model_type == "deepseek_v3" || model_type == "deepseek_v2") return "deepseek2";
   fail("model_type '", model_type, "' has no GGUF architecture moep knows");
 }
 
@@ -65,10 +69,115 @@ MlpWeights bind_mlp(WeightBinder& b, const std::string& p, const std::string& su
   return m;
 }
 
+// Layer i's router and this rank's experts of the stacked ffn_{gate,up,down}_exps (p: "blk.<i>.").
+void bind_stacked_experts(const ModelConfig& c, WeightBinder& b, int64_t i, const std::string& p, LayerWeights& L) {
+  const int64_t d = c.d_model, E = c.n_experts, f = c.expert_ffn;
+  L.router = b.matrix(p + "ffn_gate_inp.weight", E, d);
+  L.experts.resize(size_t(E));
+  const std::string gate = p + "ffn_gate_exps.weight", up = p + "ffn_up_exps.weight",
+                    down = p + "ffn_down_exps.weight";
+  if (!b.has(gate) && b.has(p + "ffn_gate.0.weight"))
+    fail("tensor '", p, "ffn_gate.0.weight': this GGUF stores each expert as its own tensor, llama.cpp's layout before ",
+         "April 2024; moep reads the stacked ", gate, " of files converted since (convert it again)");
+  for (int64_t e = 0; e < E; ++e) {
+    ExpertWeights& x = L.experts[size_t(e)];
+    if (!b.share().holds(i, e)) continue;
+    x.local = true;
+    // This rank's part of the ffn dimension (all of it unless the placement splits experts).
+    const FfnSlice sl = b.share().ffn_slice(f);
+    x.gate = b.slab_rows(gate, E, f, d, e, sl.first, sl.count);
+    x.up = b.slab_rows(up, E, f, d, e, sl.first, sl.count);
+    x.down = b.slab_cols(down, E, d, f, e, sl.first, sl.count);
+  }
+  // The stacked tensors count as used even when this rank holds none of their experts.
+  b.skip(gate, {E, f, d});
+  b.skip(up, {E, f, d});
+  b.skip(down, {E, d, f});
+}
+
+// DeepSeek's latent attention and MoE as llama.cpp's deepseek2 stores them (gguf_config.cpp). kv_b_proj is stored
+// split and k_b transposed (attn_k_b [heads, kv_lora, nope], attn_v_b [heads, v, kv_lora]): it is made whole
+// again once at load ([heads · (nope + v), kv_lora], as the checkpoint's kv_b_proj): in bf16 when both parts are
+// bf16, else in f32, so that the loader adds no rounding of its own. The cost: a quantized file's kv_b is held
+// (and read each token) at 4 bytes a weight, about 4 GB over DeepSeek-V3's 61 layers, where kernels reading
+// k_b and v_b in their stored type would need none.
+void bind_gguf_mla(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
+  if (b.share().dense().attention)
+    fail(c.model_type, ": split attention (--attention split) is not supported with multi-head latent attention; ",
+         "every rank keeps the whole attention and its latent cache (use --attention replicated)");
+  const MlaShape& m = c.mla;
+  const int64_t d = c.d_model, H = c.n_heads, nope = m.qk_nope_head_dim, v = m.v_head_dim, r = m.kv_lora_rank;
+  w.embed = b.matrix("token_embd.weight", c.vocab_size, d);
+  w.final_norm_w = b.vector("output_norm.weight", d);
+  bind_output_head(c, b, "output.weight", w);
+  w.kv_heads = {0, c.n_kv_heads};
+  w.layers.resize(size_t(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    LayerWeights& L = w.layers[size_t(i)];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    L.attn_norm_w = b.vector(p + "attn_norm.weight", d);
+    L.ffn_norm_w = b.vector(p + "ffn_norm.weight", d);
+    if (m.q_lora_rank > 0) {
+      L.q_a = b.matrix(p + "attn_q_a.weight", m.q_lora_rank, d);
+      L.q_a_norm = b.vector(p + "attn_q_a_norm.weight", m.q_lora_rank);
+      L.q_b = b.matrix(p + "attn_q_b.weight", H * m.qk_head_dim(), m.q_lora_rank);
+    } else {
+      L.wq = b.matrix(p + "attn_q.weight", H * m.qk_head_dim(), d);
+    }
+    L.kv_a = b.matrix(p + "attn_kv_a_mqa.weight", r + m.qk_rope_head_dim, d);
+    L.kv_a_norm = b.vector(p + "attn_kv_a_norm.weight", r);
+    const TensorInfo* kb = b.tensor(p + "attn_k_b.weight", {H, r, nope});
+    const TensorInfo* vb = b.tensor(p + "attn_v_b.weight", {H, v, r});
+    if (kb && vb) {
+      const DType dt = kb->dtype == DType::BF16 && vb->dtype == DType::BF16 ? DType::BF16 : DType::F32;
+      L.kv_b = b.made_matrix(p + "attn_kv_b#made", dt, H * (nope + v), r, [&, kb, vb, dt](uint8_t* dst) {
+        const size_t out_row = dtype_row_bytes(dt, r);
+        const GgmlType kt = ggml_type_of(kb->dtype), vt = ggml_type_of(vb->dtype);
+        const size_t k_row = ggml_row_bytes(kt, nope), v_row = ggml_row_bytes(vt, r);
+        std::vector<float> kh(static_cast<size_t>(r * nope));
+        std::vector<float> row(static_cast<size_t>(r));
+        auto put = [&](int64_t out_r, const float* x) {
+          uint8_t* o = dst + size_t(out_r) * out_row;
+          if (dt == DType::F32) {
+            std::memcpy(o, x, out_row);
+            return;
+          }
+          auto* ob = reinterpret_cast<uint16_t*>(o);
+          for (int64_t j = 0; j < r; ++j) ob[j] = f32_to_bf16(x[j]);
+        };
+        for (int64_t h = 0; h < H; ++h) {
+          // k_b[h] is [kv_lora, nope]: row c holds column c of the checkpoint's nope rows.
+          for (int64_t cc = 0; cc < r; ++cc)
+            dequantize_row(kt, kb->data + size_t(h * r + cc) * k_row, kh.data() + cc * nope, nope);
+          for (int64_t j = 0; j < nope; ++j) {
+            for (int64_t cc = 0; cc < r; ++cc) row[size_t(cc)] = kh[size_t(cc * nope + j)];
+            put(h * (nope + v) + j, row.data());
+          }
+          for (int64_t j = 0; j < v; ++j) {
+            dequantize_row(vt, vb->data + size_t(h * v + j) * v_row, row.data(), r);
+            put(h * (nope + v) + nope + j, row.data());
+          }
+        }
+      });
+    }
+    L.wo = b.matrix(p + "attn_output.weight", d, H * v);
+    L.is_moe = c.layer_is_moe[size_t(i)];
+    if (!L.is_moe) {
+      L.dense = bind_mlp(b, p, ".weight", d, c.dense_ffn, FfnSlice{0, c.dense_ffn});
+      continue;
+    }
+    bind_stacked_experts(c, b, i, p, L);
+    if (c.router_choice_bias) L.router_choice_bias = b.vector(p + "exp_probs_b.bias", c.n_experts);
+    if (c.shared_expert_ffn > 0)
+      L.shared_expert = bind_mlp(b, p, "_shexp.weight", d, c.shared_expert_ffn, b.share().ffn_slice(c.shared_expert_ffn));
+  }
+}
+
 }  // namespace
 
 void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
-  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim, E = c.n_experts, f = c.expert_ffn;
+  if (c.is_mla()) return bind_gguf_mla(c, b, w);
+  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim;
   const bool dbrx = c.model_type == "dbrx";
   const bool llama_rope = c.model_type == "mixtral";
   w.embed = b.matrix("token_embd.weight", c.vocab_size, d);
@@ -122,27 +231,7 @@ void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
       L.dense = bind_mlp(b, p, ".weight", d, c.dense_ffn, FfnSlice{0, c.dense_ffn});
       continue;
     }
-    L.router = b.matrix(p + "ffn_gate_inp.weight", E, d);
-    L.experts.resize(size_t(E));
-    const std::string gate = p + "ffn_gate_exps.weight", up = p + "ffn_up_exps.weight",
-                      down = p + "ffn_down_exps.weight";
-    if (!b.has(gate) && b.has(p + "ffn_gate.0.weight"))
-      fail("tensor '", p, "ffn_gate.0.weight': this GGUF stores each expert as its own tensor, llama.cpp's layout before ",
-           "April 2024; moep reads the stacked ", gate, " of files converted since (convert it again)");
-    for (int64_t e = 0; e < E; ++e) {
-      ExpertWeights& x = L.experts[size_t(e)];
-      if (!b.share().holds(i, e)) continue;
-      x.local = true;
-      // This rank's part of the ffn dimension (all of it unless the placement splits experts).
-      const FfnSlice sl = b.share().ffn_slice(f);
-      x.gate = b.slab_rows(gate, E, f, d, e, sl.first, sl.count);
-      x.up = b.slab_rows(up, E, f, d, e, sl.first, sl.count);
-      x.down = b.slab_cols(down, E, d, f, e, sl.first, sl.count);
-    }
-    // The stacked tensors count as used even when this rank holds none of their experts.
-    b.skip(gate, {E, f, d});
-    b.skip(up, {E, f, d});
-    b.skip(down, {E, d, f});
+    bind_stacked_experts(c, b, i, p, L);
     if (c.shared_expert_ffn > 0) {
       L.shared_expert = bind_mlp(b, p, "_shexp.weight", d, c.shared_expert_ffn, b.share().ffn_slice(c.shared_expert_ffn));
       // Stored [d_model] by llama.cpp's loader's count, [1, d_model] as the converter writes torch's shape.

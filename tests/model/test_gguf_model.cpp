@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -60,7 +61,8 @@ std::vector<int32_t> fixture_tokens(const std::string& fixture) {
   return nlohmann::json::parse(f)["cases"][2]["logits_tokens"].get<std::vector<int32_t>>();
 }
 
-const std::vector<std::string> kFamilies = {"dbrx", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe"};
+const std::vector<std::string> kFamilies = {"dbrx",      "mixtral",   "olmoe",      "qwen2_moe",
+                                            "qwen3_moe", "deepseek_v3", "deepseek_v2"};
 
 // An f32 GGUF of every fixture, both stored dtypes: the same logits as the checkpoint. The weights are the same
 // values; only where the layout changes the order of additions (DBRX's down projection, stored transposed) may
@@ -68,13 +70,16 @@ const std::vector<std::string> kFamilies = {"dbrx", "mixtral", "olmoe", "qwen2_m
 class GgufF32 : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GgufF32, LogitsEqualTheCheckpoints) {
-  for (const char* dtype : {"_f32", "_bf16"}) {
+  for (const char* dtype : {"_f32", "_bf16", "_fp8"}) {
     const std::string fx = GetParam() + dtype;
+    if (!std::filesystem::exists(test::fixture_dir(fx))) continue;  // deepseek_v2: f32 only; fp8: deepseek_v3
     test::TempDir d;
     const std::string gguf = d.str() + "/model.gguf";
     const QuantizeResult r = quantize_to_gguf(test::fixture_dir(fx), gguf, GgufFileType::F32);
     for (const auto& t : r.tensors) EXPECT_EQ(t.type, GgmlType::F32) << t.name;
-    const ModelConfig a = load_model_config(test::fixture_dir(fx)), b = load_model_config(gguf);
+    ModelConfig a = load_model_config(test::fixture_dir(fx));
+    const ModelConfig b = load_model_config(gguf);
+    a.fp8_block_weights = false;  // the FP8 checkpoint's weights are written dequantized
     EXPECT_EQ(a.fingerprint(), b.fingerprint()) << fx << ": " << a.summary() << " vs " << b.summary();
     const auto ids = fixture_tokens(fx);
     for (bool incremental : {false, true})
@@ -113,7 +118,8 @@ void expect_quantized_equals_dequantized(const std::string& source, GgufFileType
 }
 
 TEST(GgufQuantized, FixturesEqualTheirDequantizedWeights) {
-  for (const std::string fx : {"mixtral_bf16", "olmoe_f32", "qwen2_moe_bf16", "dbrx_f32"})
+  for (const std::string fx : {"mixtral_bf16", "olmoe_f32", "qwen2_moe_bf16", "dbrx_f32", "deepseek_v3_bf16",
+                               "deepseek_v2_f32"})
     for (GgufFileType type : {GgufFileType::Q8_0, GgufFileType::Q4_K_M, GgufFileType::Q4_0}) {
       SCOPED_TRACE(fx + " " + gguf_file_type_name(type));
       expect_quantized_equals_dequantized(test::fixture_dir(fx), type, fx);
@@ -370,6 +376,28 @@ TEST(GgufQuantized, NRanksEqualOne) {
             << "position " << t;
     }
   }
+}
+
+// DeepSeek-V3 (latent attention, sigmoid routing in groups, a dense first layer, a shared expert) as a Q8_0
+// deepseek2 GGUF: 2 ranks holding whole experts give the logits of 1.
+TEST(GgufQuantized, DeepseekNRanksEqualOne) {
+  if (test::mpirun_prefix(1).empty()) GTEST_SKIP() << "mpirun is not installed";
+  test::TempDir d;
+  const std::string q = d.str() + "/ds.gguf";
+  quantize_to_gguf(test::fixture_dir("deepseek_v3_bf16"), q, GgufFileType::Q8_0);
+  auto run = [&](int n) {
+    const std::string out = d.str() + "/logits" + std::to_string(n) + ".npy";
+    const std::string cmd = (n > 1 ? test::mpirun_prefix(n) : std::string()) + test::moep_binary() + " logits " + q +
+                            " --ids 3,17,250,9,64,101 --out " + out + " --threads 1 --device cpu --placement contiguous";
+    std::string text;
+    EXPECT_EQ(test::run_command(cmd, &text), 0) << cmd << "\n" << text;
+    return read_npy_f32(out);
+  };
+  const NpyArray one = run(1), two = run(2);
+  ASSERT_EQ(two.shape, one.shape);
+  const int64_t V = one.shape[1];
+  for (int64_t t = 0; t < one.shape[0]; ++t)
+    EXPECT_LE(test::rel_max(&two.data[size_t(t * V)], &one.data[size_t(t * V)], size_t(V)), 1e-5) << "position " << t;
 }
 
 // A GGUF split in 3 parts (NAME-0000k-of-00003.gguf, as llama.cpp's gguf-split writes them): any part loads the
