@@ -324,7 +324,7 @@ void register_serve(CLI::App& app) {
 
 }  // namespace moep::cli
 
-#else  // built without the server (MOEP_WITH_SERVER off, or no cpp-httplib)
+#else  // built without the server (MOEP_WITH_SERVER off)
 
 #include "core/error.h"
 
