@@ -19,6 +19,8 @@ constexpr int kQKK = 256;  // weights per super-block of the K types
 // Byte layouts of one block (offsets from its start).
 //   Q8_0: f16 d | int8 q[32]                                                     34 bytes
 //   Q4_0: f16 d | u8 q[16], weight j in the low nibble of q[j], weight j+16 in the high one     18 bytes
+//   Q5_0: f16 d | u32 qh (fifth bits) | u8 q[16] as Q4_0's                      22 bytes (decode only)
+//   Q5_1: f16 d | f16 m | u32 qh | u8 q[16]                                      24 bytes (decode only)
 //   Q4_K: f16 d | f16 dmin | u8 scales[12] | u8 q[128]                            144 bytes
 //   Q5_K: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 ql[128]              176 bytes
 //   Q6_K: u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d                        210 bytes
@@ -31,6 +33,7 @@ const GgmlTypeTraits kTraits[] = {
     {GgmlType::Q4_0, "q4_0", kQK, 18},   {GgmlType::Q8_0, "q8_0", kQK, 34},
     {GgmlType::Q4_K, "q4_K", kQKK, 144}, {GgmlType::Q5_K, "q5_K", kQKK, 176},
     {GgmlType::Q6_K, "q6_K", kQKK, 210}, {GgmlType::BF16, "bf16", 1, 2},
+    {GgmlType::Q5_0, "q5_0", kQK, 22},   {GgmlType::Q5_1, "q5_1", kQK, 24},
 };
 
 float load_f16(const uint8_t* p) {
@@ -79,6 +82,29 @@ void dequant_q4_0(const uint8_t* b, float* y) {
   for (int j = 0; j < kQK / 2; ++j) {
     y[j] = float((q[j] & 0x0f) - 8) * d;
     y[j + kQK / 2] = float((q[j] >> 4) - 8) * d;
+  }
+}
+
+// Q5_0 and Q5_1: weight j (< 16) in the low nibble of q[j], weight j + 16 in the high one; the fifth bits of all 32
+// in the u32 qh (bit j for weight j). Q5_0 is centred (level - 16) · d; Q5_1 is level · d + m.
+void dequant_q5(const uint8_t* b, float* y, bool with_min) {
+  const float d = load_f16(b);
+  const float m = with_min ? load_f16(b + 2) : 0.f;
+  const uint8_t* p = b + (with_min ? 4 : 2);
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const uint8_t* q = p + 4;
+  const int offset = with_min ? 0 : 16;
+  for (int j = 0; j < kQK / 2; ++j) {
+    const int lo = (q[j] & 0x0f) | int(((qh >> j) & 1u) << 4);
+    const int hi = (q[j] >> 4) | int(((qh >> (j + kQK / 2)) & 1u) << 4);
+    if (with_min) {
+      y[j] = float(lo) * d + m;
+      y[j + kQK / 2] = float(hi) * d + m;
+    } else {  // no "+ 0": level 16 · a negative d is -0, as ggml gives
+      y[j] = float(lo - offset) * d;
+      y[j + kQK / 2] = float(hi - offset) * d;
+    }
   }
 }
 
@@ -168,6 +194,49 @@ void quant_q4_0(const float* x, uint8_t* b) {
     const int hi = std::min(15, int(x[j + kQK / 2] * id + 8.5f));
     q[j] = uint8_t(lo | (hi << 4));
   }
+}
+
+// Q5_0 as Q4_0 one bit wider (the largest magnitude, signed, maps to -16); Q5_1 spans [min, max] in 31 steps.
+void quant_q5(const float* x, uint8_t* b, bool with_min) {
+  float d, m = 0.f;
+  if (with_min) {
+    float lo = x[0], hi = x[0];
+    for (int j = 1; j < kQK; ++j) {
+      lo = std::min(lo, x[j]);
+      hi = std::max(hi, x[j]);
+    }
+    d = (hi - lo) / 31.f;
+    m = lo;
+  } else {
+    float amax = 0.f, max = 0.f;
+    for (int j = 0; j < kQK; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    d = max / -16.f;
+  }
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(b, d);
+  if (with_min) store_f16(b + 2, m);
+  uint8_t* p = b + (with_min ? 4 : 2);
+  uint8_t* q = p + 4;
+  uint32_t qh = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    int lo, hi;
+    if (with_min) {
+      lo = int(uint8_t((x[j] - m) * id + 0.5f));
+      hi = int(uint8_t((x[j + kQK / 2] - m) * id + 0.5f));
+    } else {
+      lo = std::min(31, int(x[j] * id + 16.5f));
+      hi = std::min(31, int(x[j + kQK / 2] * id + 16.5f));
+    }
+    q[j] = uint8_t((lo & 0x0f) | ((hi & 0x0f) << 4));
+    qh |= uint32_t((lo >> 4) & 1) << j;
+    qh |= uint32_t((hi >> 4) & 1) << (j + kQK / 2);
+  }
+  std::memcpy(p, &qh, 4);
 }
 
 // Fits x[i] ≈ scale · L[i] - the_min with L in [0, nmax], weighted by `w`: starts from the min/max grid, then
@@ -422,6 +491,8 @@ const char* ggml_type_name_any(uint32_t id) {
   return id < sizeof(kNames) / sizeof(kNames[0]) ? kNames[id] : nullptr;
 }
 
+bool ggml_type_load_only(GgmlType t) { return t == GgmlType::Q5_0 || t == GgmlType::Q5_1; }
+
 GgmlType ggml_type_of(DType t) {
   switch (t) {
     case DType::F32: return GgmlType::F32;
@@ -447,8 +518,10 @@ DType dtype_of_ggml(GgmlType t) {
     case GgmlType::Q4_K: return DType::Q4_K;
     case GgmlType::Q5_K: return DType::Q5_K;
     case GgmlType::Q6_K: return DType::Q6_K;
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: break;  // no kernels: load-only
   }
-  MOEP_ASSERT(false, "dtype_of_ggml: no such GgmlType");
+  MOEP_ASSERT(false, "dtype_of_ggml: no DType for ggml type ", ggml_type_traits(t).name);
   return DType::F32;
 }
 
@@ -479,6 +552,8 @@ void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
       case GgmlType::Q4_K: dequant_q45_k(b, y, false); break;
       case GgmlType::Q5_K: dequant_q45_k(b, y, true); break;
       case GgmlType::Q6_K: dequant_q6_k(b, y); break;
+      case GgmlType::Q5_0: dequant_q5(b, y, false); break;
+      case GgmlType::Q5_1: dequant_q5(b, y, true); break;
     }
   }
 }
@@ -503,6 +578,8 @@ void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
       case GgmlType::Q4_K: quant_q45_k(x, b, false); break;
       case GgmlType::Q5_K: quant_q45_k(x, b, true); break;
       case GgmlType::Q6_K: quant_q6_k(x, b); break;
+      case GgmlType::Q5_0: quant_q5(x, b, false); break;
+      case GgmlType::Q5_1: quant_q5(x, b, true); break;
     }
   }
 }

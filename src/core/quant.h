@@ -20,6 +20,8 @@ enum class GgmlType : uint32_t {
   F32 = 0,
   F16 = 1,
   Q4_0 = 2,
+  Q5_0 = 6,  // decode only (see ggml_type_load_only)
+  Q5_1 = 7,  // decode only
   Q8_0 = 8,
   Q4_K = 12,
   Q5_K = 13,
@@ -41,7 +43,12 @@ const GgmlTypeTraits& ggml_type_traits(GgmlType type);
 // that say which type a file uses that moep does not read.
 const char* ggml_type_name_any(uint32_t id);
 
-// The GgmlType of the same layout as a DType, and back.
+// Types moep decodes but has no kernels for (no DType): Q5_0 and Q5_1, which llama-quantize falls back to for rows
+// that are not whole K-quant blocks (Q4_K_M and Q5_K_M of DeepSeek's 128-wide attn_k_b). A GGUF may hold them
+// only in tensors the loader converts once (deepseek2's attn_k_b and attn_v_b); elsewhere they are refused, named.
+bool ggml_type_load_only(GgmlType t);
+
+// The GgmlType of the same layout as a DType, and back (not for the load-only types).
 GgmlType ggml_type_of(DType t);
 DType dtype_of_ggml(GgmlType t);
 

@@ -150,8 +150,12 @@ struct ParsedPart {
 
 std::string supported_types() {
   std::string s;
+  std::string load_only;
   for (uint32_t id = 0; id < 64; ++id)
-    if (const GgmlTypeTraits* t = ggml_type_traits(id)) s += (s.empty() ? "" : ", ") + std::string(t->name);
+    if (const GgmlTypeTraits* t = ggml_type_traits(id))
+      (ggml_type_load_only(t->type) ? load_only : s) += (s.empty() ? "" : ", ") + std::string(t->name);
+  if (!load_only.empty()) s += "; and " + load_only.substr(2) + " where it converts a tensor at load (deepseek2's "
+                               "attn_k_b and attn_v_b)";
   return s;
 }
 

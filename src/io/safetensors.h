@@ -22,6 +22,7 @@ struct TensorInfo {
   std::string dtype_name;  // as stored ("BF16", "F32", "I64", ...)
   bool dtype_supported = false;
   DType dtype = DType::F32;  // valid when dtype_supported
+  int ggml_type = -1;        // a GGUF tensor's ggml type id (GgmlType); -1 for safetensors
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
   size_t nbytes = 0;

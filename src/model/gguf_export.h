@@ -16,7 +16,8 @@
 //   - attn_output: q5_K in q4_K_M files of 8-expert models;
 //   - the rest gets the file's type (q4_K for q4_K_M, q5_K for q5_K_M).
 // A tensor whose rows are not whole blocks of its type falls back: llama.cpp takes q5_0 for q4_K, q5_1 for q5_K
-// and q8_0 for q6_K; moep reads neither q5_0 nor q5_1 and takes q8_0 for all three (never less precise). Rows not
+// and q8_0 for q6_K; moep's kernels read neither q5_0 nor q5_1 (it decodes them only where it converts a tensor at
+// load, deepseek2's attn_k_b and attn_v_b) and takes q8_0 for all three (never less precise). Rows not
 // of whole 32-weight blocks then get f16 (llama.cpp does the same for K-quants, and refuses for q8_0 / q4_0).
 #pragma once
 

@@ -19,9 +19,16 @@ std::map<std::string, TensorInfo> gguf_tensor_index(const GgufFile& f) {
   for (const auto& [name, g] : f.tensors()) {
     TensorInfo t;
     t.name = name;
-    t.dtype = dtype_of_ggml(g.type);
-    t.dtype_name = dtype_name(t.dtype);
-    t.dtype_supported = true;  // GgufFile::open refuses every type moep does not read, naming the tensor
+    t.ggml_type = int(g.type);
+    if (ggml_type_load_only(g.type)) {
+      // Readable only where the loader converts it (bind_gguf_mla); the binder refuses it anywhere else.
+      t.dtype_name = ggml_type_traits(g.type).name;
+      t.dtype_supported = false;
+    } else {
+      t.dtype = dtype_of_ggml(g.type);
+      t.dtype_name = dtype_name(t.dtype);
+      t.dtype_supported = true;  // GgufFile::open refuses every type moep does not read, naming the tensor
+    }
     t.shape.assign(g.dims.rbegin(), g.dims.rend());
     t.data = g.data;
     t.nbytes = g.nbytes;
@@ -126,13 +133,23 @@ void bind_gguf_mla(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
     }
     L.kv_a = b.matrix(p + "attn_kv_a_mqa.weight", r + m.qk_rope_head_dim, d);
     L.kv_a_norm = b.vector(p + "attn_kv_a_norm.weight", r);
-    const TensorInfo* kb = b.tensor(p + "attn_k_b.weight", {H, r, nope});
-    const TensorInfo* vb = b.tensor(p + "attn_v_b.weight", {H, v, r});
+    // Any type moep decodes, the load-only Q5_0 and Q5_1 included (llama-quantize's fallback for attn_k_b's
+    // 128-wide rows in Q4_K_M and Q5_K_M).
+    const auto part = [&](const std::string& name, std::vector<int64_t> shape) {
+      const int t = b.has(name) ? b.ggml_type_of_tensor(name) : -1;
+      return t >= 0 && ggml_type_load_only(GgmlType(t)) ? b.tensor(name, shape, ggml_type_traits(GgmlType(t)).name)
+                                                         : b.tensor(name, shape);
+    };
+    const TensorInfo* kb = part(p + "attn_k_b.weight", {H, r, nope});
+    const TensorInfo* vb = part(p + "attn_v_b.weight", {H, v, r});
     if (kb && vb) {
-      const DType dt = kb->dtype == DType::BF16 && vb->dtype == DType::BF16 ? DType::BF16 : DType::F32;
+      const DType dt = kb->dtype_supported && vb->dtype_supported && kb->dtype == DType::BF16 &&
+                               vb->dtype == DType::BF16
+                           ? DType::BF16
+                           : DType::F32;
       L.kv_b = b.made_matrix(p + "attn_kv_b#made", dt, H * (nope + v), r, [&, kb, vb, dt](uint8_t* dst) {
         const size_t out_row = dtype_row_bytes(dt, r);
-        const GgmlType kt = ggml_type_of(kb->dtype), vt = ggml_type_of(vb->dtype);
+        const GgmlType kt = GgmlType(kb->ggml_type), vt = GgmlType(vb->ggml_type);
         const size_t k_row = ggml_row_bytes(kt, nope), v_row = ggml_row_bytes(vt, r);
         std::vector<float> kh(static_cast<size_t>(r * nope));
         std::vector<float> row(static_cast<size_t>(r));

@@ -34,6 +34,12 @@ bool WeightBinder::record(const std::string& name, const std::vector<int64_t>& s
   return true;
 }
 
+int WeightBinder::ggml_type_of_tensor(const std::string& name) const {
+  if (!tensors_) return -1;
+  auto it = tensors_->find(name);
+  return it == tensors_->end() ? -1 : it->second.ggml_type;
+}
+
 const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<int64_t>& shape) {
   auto it = tensors_->find(name);
   if (it == tensors_->end()) fail("checkpoint is missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
@@ -44,6 +50,9 @@ const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<i
     used_.insert(name);
     return dequantized_fp8(t);
   }
+  if (!t.dtype_supported && t.ggml_type >= 0)
+    fail("tensor '", name, "' is ", t.dtype_name, ", which moep decodes only where it converts a tensor at load ",
+         "(deepseek2's attn_k_b and attn_v_b); its kernels read f32, f16, bf16, q8_0, q4_0, q4_K, q5_K and q6_K");
   if (!t.dtype_supported)
     fail("tensor '", name, "' has dtype ", t.dtype_name, "; supported weight dtypes are F32, BF16 and F16");
   used_.insert(name);

@@ -108,6 +108,8 @@ class WeightBinder {
   bool has(const std::string& name) const { return tensors_ && tensors_->count(name) != 0; }
   // The stored shape of a tensor (empty when absent).
   std::vector<int64_t> shape_of(const std::string& name) const;
+  // A GGUF tensor's ggml type id (GgmlType), or -1 (absent, or not from a GGUF file).
+  int ggml_type_of_tensor(const std::string& name) const;
   const RankShare& share() const { return share_; }
   // A [rows, cols] matrix. Throws moep::Error if the tensor is missing, not a float dtype or of another shape.
   MatRef matrix(const std::string& name, int64_t rows, int64_t cols);

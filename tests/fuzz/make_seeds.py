@@ -234,6 +234,25 @@ spm.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": (6, [0.0, 
 del spm["tokenizer.ggml.merges"]
 put("fuzz_gguf", gguf(spm, tensors[:1]))
 put("fuzz_gguf", gguf({"general.architecture": "qwen2moe"}, []))
+# deepseek2 (latent attention, YaRN, grouped sigmoid routing): the metadata moep quantize writes for it.
+ds = {k: v for k, v in meta.items() if not k.startswith("llama.")}
+ds.update({"general.architecture": "deepseek2", "deepseek2.block_count": 2, "deepseek2.context_length": 64,
+           "deepseek2.embedding_length": 8, "deepseek2.feed_forward_length": 16, "deepseek2.attention.head_count": 2,
+           "deepseek2.attention.head_count_kv": 1, "deepseek2.rope.freq_base": 10000.0,
+           "deepseek2.attention.layer_norm_rms_epsilon": 1e-6, "deepseek2.expert_count": 4,
+           "deepseek2.expert_used_count": 2, "deepseek2.leading_dense_block_count": 1,
+           "deepseek2.vocab_size": len(tokens), "deepseek2.attention.q_lora_rank": 4,
+           "deepseek2.attention.kv_lora_rank": 4, "deepseek2.attention.key_length": 6,
+           "deepseek2.attention.value_length": 4, "deepseek2.attention.key_length_mla": 6,
+           "deepseek2.attention.value_length_mla": 4, "deepseek2.expert_feed_forward_length": 8,
+           "deepseek2.expert_shared_count": 1, "deepseek2.expert_weights_scale": 2.5,
+           "deepseek2.expert_weights_norm": True, "deepseek2.rope.dimension_count": 2,
+           "deepseek2.expert_group_count": 2, "deepseek2.expert_group_used_count": 1,
+           "deepseek2.expert_gating_func": 2, "deepseek2.rope.scaling.type": "yarn",
+           "deepseek2.rope.scaling.factor": 40.0, "deepseek2.rope.scaling.original_context_length": 16,
+           "deepseek2.rope.scaling.yarn_beta_fast": 32.0, "deepseek2.rope.scaling.yarn_beta_slow": 1.0,
+           "deepseek2.rope.scaling.yarn_log_multiplier": 0.1})
+put("fuzz_gguf", gguf(ds, tensors))
 for path in sorted(glob.glob(os.path.join(ROOT, "tests/data/quant/*.gguf"))):
     put("fuzz_gguf", open(path, "rb").read())
 

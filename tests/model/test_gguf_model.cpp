@@ -3,6 +3,7 @@
 // llama.cpp's per-tensor type rules; 2 ranks equal 1 on a quantized model; and bad files give clear errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 
 #include "comm/communicator.h"
 #include "core/error.h"
+#include "core/quant.h"
 #include "io/gguf.h"
 #include "io/gguf_writer.h"
 #include "io/npy.h"
@@ -494,6 +496,75 @@ std::string load_error(const std::string& path) {
     return e.what();
   }
   return "";
+}
+
+// llama-quantize's Q4_K_M and Q5_K_M fall back to Q5_0 and Q5_1 for rows that are not whole K-quant blocks; for
+// DeepSeek those are attn_k_b's (qk_nope_head_dim, 128 wide). moep decodes them there, where kv_b is rebuilt at load
+// (the model then computes what the same file's weights dequantized to f32 compute), and refuses them in a tensor its
+// kernels would read, naming the tensor and the type.
+TEST(GgufQuantized, LoadOnlyQ5TypesWhereKvBIsRebuilt) {
+  test::TempDir d;
+  SynthSpec s;
+  s.arch = "deepseek_v3";
+  s.layers = 2;
+  s.d_model = 64;
+  s.ffn = 64;
+  s.experts = 4;
+  s.top_k = 2;
+  s.heads = 2;
+  s.vocab = 320;
+  s.max_position = 256;
+  s.q_lora_rank = 32;
+  s.kv_lora_rank = 64;
+  s.qk_nope_head_dim = 32;
+  s.qk_rope_head_dim = 16;
+  s.v_head_dim = 32;
+  s.groups = 2;
+  s.dense_layers = 1;
+  s.dtype = "f32";
+  write_synthetic_checkpoint(s, d.str() + "/ds", 2);
+  const std::string f32 = d.str() + "/f32.gguf";
+  quantize_to_gguf(d.str() + "/ds", f32, GgufFileType::F32);
+  auto requantize = [](GgmlType type, TensorEdit& e) {
+    const int64_t cols = e.dims[0], rows = int64_t(e.bytes.size() / 4) / cols;
+    const size_t row_bytes = ggml_row_bytes(type, cols);
+    std::vector<uint8_t> out(row_bytes * size_t(rows));
+    for (int64_t r = 0; r < rows; ++r)
+      quantize_row(type, reinterpret_cast<const float*>(e.bytes.data()) + r * cols, out.data() + size_t(r) * row_bytes,
+                   cols);
+    e.type = type;
+    e.bytes = std::move(out);
+  };
+  const std::vector<int32_t> ids = {3, 17, 250, 9, 64, 101, 7};
+  const std::vector<float> original = logits(f32, ids, false);
+  for (GgmlType type : {GgmlType::Q5_0, GgmlType::Q5_1}) {
+    const std::string name = ggml_type_traits(type).name;
+    const std::string q = d.str() + "/" + name + ".gguf", deq = d.str() + "/" + name + "-deq.gguf";
+    rewrite_tensors(f32, q, [&](const std::string& n, TensorEdit& e) {
+      if (n.find("attn_k_b") != std::string::npos || n.find("attn_v_b") != std::string::npos) requantize(type, e);
+      return true;
+    });
+    EXPECT_EQ(tensor_types(q)["blk.1.attn_k_b.weight"], type);
+    quantize_to_gguf(q, deq, GgufFileType::F32);
+    for (bool incremental : {false, true})
+      expect_close(logits(q, ids, incremental), logits(deq, ids, incremental), s.vocab, 1e-5,
+                   name + (incremental ? " incremental" : " whole"));
+    // The parts really were rounded: the logits moved away from the f32 file's.
+    const std::vector<float> got = logits(q, ids, false);
+    double moved = 0;
+    for (size_t t = 0; t < ids.size(); ++t)
+      moved = std::max(moved, test::rel_max(&got[t * size_t(s.vocab)], &original[t * size_t(s.vocab)], size_t(s.vocab)));
+    EXPECT_GT(moved, 1e-4) << name;
+
+    const std::string bad = d.str() + "/" + name + "-bad.gguf";
+    rewrite_tensors(f32, bad, [&](const std::string& n, TensorEdit& e) {
+      if (n == "blk.1.attn_q_b.weight") requantize(type, e);
+      return true;
+    });
+    const std::string msg = load_error(bad);
+    EXPECT_NE(msg.find("tensor 'blk.1.attn_q_b.weight' is " + name), std::string::npos) << msg;
+    EXPECT_NE(msg.find("attn_k_b and attn_v_b"), std::string::npos) << msg;
+  }
 }
 
 TEST(GgufErrors, ClearMessages) {
