@@ -73,16 +73,25 @@ if [ "$MODE" = interop ]; then
   CONVERTER=llama.cpp
   python3 -c 'import torch, transformers' 2>/dev/null || CONVERTER=moep
   echo "f32 source GGUFs written by: $CONVERTER"
-  for fam in ${FAMILIES:-mixtral dbrx qwen2_moe qwen3_moe olmoe}; do
+  for fam in ${FAMILIES:-mixtral dbrx qwen2_moe qwen3_moe olmoe deepseek_v3 deepseek_v2}; do
     extra=()
     kv=2
     # llama.cpp's olmoe takes k_norm over all of d_model: real OLMoE has as many KV heads as heads.
     [ "$fam" = olmoe ] && kv=4
     [ "$fam" = qwen2_moe ] && extra=(--shared-ffn 256)
     [ "$fam" = qwen3_moe ] && extra=(--head-dim 64)
+    # DeepSeek (deepseek2 in llama.cpp): latent attention 256 wide, a dense first layer, 3 layers, 16 experts of 256;
+    # V3 with grouped sigmoid routing, V2 with softmax and q_proj (as V2-Lite).
+    shape=(--layers 2 --ffn 512 --experts 4 --top-k 2)
+    case "$fam" in
+      deepseek_v3) shape=(--layers 3 --ffn 256 --experts 16 --top-k 4)
+                   extra=(--q-lora-rank 256 --kv-lora-rank 256 --groups 4 --topk-groups 2 --dense-layers 1) ;;
+      deepseek_v2) shape=(--layers 3 --ffn 256 --experts 16 --top-k 4)
+                   extra=(--q-lora-rank 0 --kv-lora-rank 256 --dense-layers 1) ;;
+    esac
     m="$WORK/$fam"
-    "$MOEP" synth "$m" --arch "$fam" --d-model 256 --ffn 512 --experts 4 --top-k 2 --heads 4 --kv-heads "$kv" \
-      --layers 2 --dtype f32 --seed 7 "${extra[@]}" >/dev/null
+    "$MOEP" synth "$m" --arch "$fam" --d-model 256 "${shape[@]}" --heads 4 --kv-heads "$kv" --dtype f32 --seed 7 \
+      "${extra[@]}" >/dev/null
     if [ "$CONVERTER" = llama.cpp ]; then
       python3 "$LLAMA_SRC/convert_hf_to_gguf.py" "$m" --outtype f32 --outfile "$m-f32.gguf" >"$m.convert.log" 2>&1 ||
         { echo "$fam: llama.cpp's converter failed:"; tail -5 "$m.convert.log"; continue; }
@@ -103,10 +112,14 @@ if [ "$MODE" = interop ]; then
       compare "$fam $f" "$m-$f.moep.npy" "$m-$f.llama.npy"
     done
   done
-  # ggml's decoding of llama-quantize's blocks, for moep's bit-identity test.
+  # ggml's decoding of llama-quantize's blocks, for moep's bit-identity test (from the mixtral model).
+  if [ ! -f "$WORK/mixtral-f32.gguf" ]; then
+    echo "(no mixtral in FAMILIES: the bit-identity data of tests/data/ggml_dequant are not written)"
+    exit 0
+  fi
   mkdir -p "$OUT/dq"
   "$WORK/probe" dequant "$WORK/mixtral-f32.gguf" blk.0.attn_q.weight 16 "$OUT/dq/source"
-  for t in Q8_0 Q4_0 Q4_K Q5_K Q6_K; do
+  for t in Q8_0 Q4_0 Q4_K Q5_K Q6_K Q5_0 Q5_1; do
     "$LQ" --pure "$WORK/mixtral-f32.gguf" "$WORK/pure-$t.gguf" "$t" >"$WORK/pure-$t.log" 2>&1 ||
       { echo "llama-quantize --pure $t failed"; tail -3 "$WORK/pure-$t.log"; continue; }
     "$WORK/probe" dequant "$WORK/pure-$t.gguf" blk.0.attn_q.weight 16 "$OUT/dq/$(echo "$t" | tr 'A-Z' 'a-z')"
