@@ -11,7 +11,7 @@
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]       (default: 60 s each, every target)
 #   scripts/fuzz.sh 3600    the 1-CPU-hour campaign per target (docs/RELIABILITY.md)
 #   Reproduce a finding: build-fuzz/tests/fuzz/<target> build-fuzz/findings/<target>/crash-…
-# Environment: MOEP_FUZZ_JOBS (build jobs, default nproc). MOEP_FUZZ_SEED: libFuzzer's random seed (default: a
+# Environment: MOEP_FUZZ_JOBS (build jobs, default nproc). MOEP_FUZZ_FORK=N: fork mode with N workers a target. MOEP_FUZZ_SEED: libFuzzer's random seed (default: a
 # fresh one each run). CI sets it, so that CI's run is reproducible: the same code gets the same mutations, and a
 # submission is not failed by what a luckier draw finds in code it did not touch; new ground is covered by the
 # longer campaigns (docs/RELIABILITY.md). The corpus each run grows stays in build-fuzz/corpus/<target>/ and seeds
@@ -61,15 +61,23 @@ for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t" "build-fuzz/findings/$t"
   log="build-fuzz/logs/$t.log"
   set +e
-  "$bin" ${MOEP_FUZZ_SEED:+-seed="$MOEP_FUZZ_SEED"} -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
+  # MOEP_FUZZ_FORK=N: libFuzzer's fork mode, N workers, going on past findings (each is kept; any fails the run).
+  before=$(ls -A "build-fuzz/findings/$t" | grep -vc '^slow-unit' || true)
+  fork=()
+  [ -n "${MOEP_FUZZ_FORK:-}" ] && fork=(-fork="$MOEP_FUZZ_FORK" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+  "$bin" "${fork[@]}" ${MOEP_FUZZ_SEED:+-seed="$MOEP_FUZZ_SEED"} -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="build-fuzz/findings/$t/" "build-fuzz/corpus/$t" "build-fuzz/seeds/$t" >"$log" 2>&1
   rc=$?
   set -e
   execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -1)
+  [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')  # fork mode: its last status line
   rate=$(sed -nE 's/^stat::average_exec_per_sec: *([0-9]+).*/\1/p' "$log" | tail -1)
   cov=$(grep -oE ' cov: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
   ft=$(grep -oE ' ft: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || true)
   result=ok
+  # Fork mode exits 0 past its findings: a new file among the findings is one.
+  after=$(ls -A "build-fuzz/findings/$t" | grep -vc '^slow-unit' || true)
+  [ "$rc" -eq 0 ] && [ "$after" -gt "$before" ] && rc=1
   if [ "$rc" -ne 0 ]; then
     result="FINDING (exit $rc; log $log)"
     failed+=("$t")

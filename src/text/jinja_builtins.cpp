@@ -198,6 +198,16 @@ std::string require_str(const Value& v, const char* what) {
   return v.s;
 }
 
+// A finite float truncated to an integer. Python's ints have no bound; moep's are 64-bit, so a float beyond them is
+// a template error (converting it would be undefined behaviour, found by fuzz_chat_template).
+int64_t trunc_to_int(double d, const char* what) {
+  const double t = std::trunc(d);
+  if (!(t >= -0x1p63 && t < 0x1p63))
+    throw_error(std::string(what) + ": " + std::to_string(d) + " is beyond the 64-bit integers templates compute with");
+  return int64_t(t);
+}
+
+
 // Python str % args for the conversions templates use: %s %r %d %i %f %%.
 std::string percent_format(const std::string& fmt, const Value& args) {
   List vals = args.kind == Kind::Tuple ? *args.list : List{args};
@@ -226,7 +236,7 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       out += buf;
     } else if (conv == 'd' || conv == 'i') {
       if (!v.is_number()) throw_error("%d format: a real number is required, not " + type_name(v));
-      std::snprintf(buf, sizeof buf, ("%" + spec + "lld").c_str(), (long long)(v.kind == Kind::Float ? int64_t(v.f) : v.as_int()));
+      std::snprintf(buf, sizeof buf, ("%" + spec + "lld").c_str(), (long long)(v.kind == Kind::Float ? trunc_to_int(v.f, "%d") : v.as_int()));
       out += buf;
     } else if (conv == 'f' || conv == 'e' || conv == 'g') {
       if (!v.is_number()) throw_error("must be real number, not " + type_name(v));
@@ -1024,7 +1034,7 @@ Value f_int(const Value& v, CallArgs& a) {
   if (v.is_integer()) return Value::integer(v.as_int());
   if (v.kind == Kind::Float) {
     if (!std::isfinite(v.f)) return def;
-    return Value::integer(int64_t(std::trunc(v.f)));
+    return Value::integer(trunc_to_int(v.f, "int"));
   }
   if (v.is_string()) {
     std::string t = strip_chars(v.s, Value::none(), true, true);
@@ -1037,7 +1047,7 @@ Value f_int(const Value& v, CallArgs& a) {
       long long x = std::strtoll(digits.c_str(), &end, int(base));
       if (end == digits.c_str() + digits.size() && errno == 0 && t.find("__") == std::string::npos) return Value::integer(x);
     }
-    if (auto d = parse_float(v.s); d && std::isfinite(*d)) return Value::integer(int64_t(std::trunc(*d)));
+    if (auto d = parse_float(v.s); d && std::isfinite(*d)) return Value::integer(trunc_to_int(*d, "int"));
   }
   return def;
 }

@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "moe/placement.h"
+#include "text/jinja.h"
 #include "test_util.h"
 
 using namespace moep;
@@ -100,4 +101,23 @@ TEST(FuzzRegressions, SafetensorsShardNameTooLongIsAnError) {
     EXPECT_NE(msg.find("model.safetensors.index.json"), std::string::npos) << msg;
     EXPECT_NE(msg.find("of tensor 'a'"), std::string::npos) << msg;
   }
+}
+
+// Found by fuzz_chat_template (the campaign on the device): `'3999…9.7' | int` truncated a float beyond int64 to
+// int64, undefined behaviour (UBSan). Python's int has no bound; moep's template integers are 64-bit, so such a
+// value is now a template error naming the filter, and ordinary conversions are unchanged.
+TEST(FuzzRegressions, JinjaIntOfAHugeFloatIsAnError) {
+  auto render = [](const std::string& src) {
+    return jinja::Template(src, "test").render(nlohmann::ordered_json::object());
+  };
+  for (const char* src : {"{{ '3999999999999999999999999999999999999999999.7' | int }}", "{{ 4e42 | int }}",
+                          "{{ -9.3e18 | int }}", "{{ '%d' % 1e30 }}"}) {
+    try {
+      const std::string out = render(src);
+      ADD_FAILURE() << src << " rendered '" << out << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("beyond the 64-bit integers"), std::string::npos) << src << ": " << e.what();
+    }
+  }
+  EXPECT_EQ(render("{{ 3.9 | int }} {{ '-2.5' | int }} {{ '42' | int + 1 }} {{ '%d' % 7.9 }}"), "3 -2 43 7");
 }
