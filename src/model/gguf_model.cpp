@@ -135,8 +135,8 @@ void bind_gguf_mla(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
     L.kv_a_norm = b.vector(p + "attn_kv_a_norm.weight", r);
     // Any type moep decodes, the load-only Q5_0 and Q5_1 included (llama-quantize's fallback for attn_k_b's
     // 128-wide rows in Q4_K_M and Q5_K_M).
-    const auto part = [&](const std::string& name, std::vector<int64_t> shape) {
-      const int t = b.has(name) ? b.ggml_type_of_tensor(name) : -1;
+    const auto part = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const int t = b.ggml_type_of_tensor(name);  // -1: absent, or recording
       return t >= 0 && ggml_type_load_only(GgmlType(t)) ? b.tensor(name, shape, ggml_type_traits(GgmlType(t)).name)
                                                          : b.tensor(name, shape);
     };
