@@ -73,7 +73,7 @@ if [ "$MODE" = interop ]; then
   CONVERTER=llama.cpp
   python3 -c 'import torch, transformers' 2>/dev/null || CONVERTER=moep
   echo "f32 source GGUFs written by: $CONVERTER"
-  for fam in ${FAMILIES:-mixtral dbrx qwen2_moe qwen3_moe olmoe deepseek_v3 deepseek_v2}; do
+  for fam in ${FAMILIES:-mixtral dbrx qwen2_moe qwen3_moe olmoe deepseek_v3 deepseek_v2 gpt_oss}; do
     extra=()
     kv=2
     # llama.cpp's olmoe takes k_norm over all of d_model: real OLMoE has as many KV heads as heads.
@@ -88,21 +88,33 @@ if [ "$MODE" = interop ]; then
                    extra=(--q-lora-rank 256 --kv-lora-rank 256 --groups 4 --topk-groups 2 --dense-layers 1) ;;
       deepseek_v2) shape=(--layers 3 --ffn 256 --experts 16 --top-k 4)
                    extra=(--q-lora-rank 0 --kv-lora-rank 256 --dense-layers 1) ;;
+      gpt_oss) shape=(--layers 2 --ffn 256 --experts 8 --top-k 2) ;;
     esac
     m="$WORK/$fam"
     "$MOEP" synth "$m" --arch "$fam" --d-model 256 "${shape[@]}" --heads 4 --kv-heads "$kv" --dtype f32 --seed 7 \
       "${extra[@]}" >/dev/null
+    types=(Q8_0 Q4_K_M)
+    if [ "$fam" = gpt_oss ]; then
+      # A window of 6 so that the 16 tokens below cross it; llama.cpp's MXFP4_MOE: experts in MXFP4, the rest Q8_0.
+      sed -i 's/"sliding_window": [0-9]*/"sliding_window": 6/' "$m/config.json"
+      types+=(MXFP4_MOE)
+      # llama.cpp floors and ceils YaRN's ramp bounds; gpt-oss's checkpoints (truncate false), transformers and moep
+      # do not. The same model with truncate true shows what that difference alone costs.
+      cp -r "$m" "$m-truncate"
+      sed -i 's/"truncate": false/"truncate": true/' "$m-truncate/config.json"
+      "$MOEP" logits "$m-truncate" --ids "$IDS" --out "$m-truncate.moep.npy" -t 4 >/dev/null 2>&1
+    fi
     if [ "$CONVERTER" = llama.cpp ]; then
       python3 "$LLAMA_SRC/convert_hf_to_gguf.py" "$m" --outtype f32 --outfile "$m-f32.gguf" >"$m.convert.log" 2>&1 ||
         { echo "$fam: llama.cpp's converter failed:"; tail -5 "$m.convert.log"; continue; }
     else
       "$MOEP" quantize "$m" "$m-f32.gguf" --type f32 >/dev/null
     fi
-    for t in Q8_0 Q4_K_M; do
+    for t in "${types[@]}"; do
       "$LQ" "$m-f32.gguf" "$m-$t.gguf" "$t" >"$m.$t.log" 2>&1 || { echo "$fam: llama-quantize $t failed"; continue; }
     done
     "$MOEP" quantize "$m" "$m-moep-q4_k_m.gguf" --type q4_k_m >/dev/null
-    for f in f32 Q8_0 Q4_K_M moep-q4_k_m; do
+    for f in f32 "${types[@]}" moep-q4_k_m; do
       file="$m-$f.gguf"
       [ -f "$file" ] || continue
       "$WORK/probe" logits "$file" "$IDS" "$m-$f.llama.npy" 4 >"$m.$f.probe.log" 2>&1 ||
@@ -110,6 +122,9 @@ if [ "$MODE" = interop ]; then
       "$MOEP" logits "$file" --ids "$IDS" --out "$m-$f.moep.npy" -t 4 >"$m.$f.moep.log" 2>&1 ||
         { echo "$fam $f: moep could not run it:"; tail -3 "$m.$f.moep.log"; continue; }
       compare "$fam $f" "$m-$f.moep.npy" "$m-$f.llama.npy"
+      if [ "$f" = f32 ] && [ -f "$m-truncate.moep.npy" ]; then
+        compare "$fam f32, moep with YaRN truncated" "$m-truncate.moep.npy" "$m-$f.llama.npy"
+      fi
     done
   done
   # ggml's decoding of llama-quantize's blocks, for moep's bit-identity test (from the mixtral model).

@@ -130,8 +130,9 @@ void read_rope_object(const ConfigReader& o, double& theta, RopeScaling* scaling
   s.type = type;
   s.factor = o.get_double("factor", 0.0);
   s.original_max_position = o.get_size("original_max_position_embeddings", 0, int64_t(1) << 40);
-  s.beta_fast = o.get_double("beta_fast", 0.0);
-  s.beta_slow = o.get_double("beta_slow", 0.0);
+  // transformers' defaults when absent (also what a GGUF states: its readers need the values).
+  s.beta_fast = o.get_double("beta_fast", 32.0);
+  s.beta_slow = o.get_double("beta_slow", 1.0);
   s.mscale = o.get_double("mscale", 0.0);
   s.mscale_all_dim = o.get_double("mscale_all_dim", 0.0);
   s.attention_factor = o.get_double("attention_factor", 0.0);

@@ -119,6 +119,91 @@ ModelConfig deepseek2_config(const GgufFile& g, const std::string& path) {
   return c;
 }
 
+// llama.cpp's gpt-oss (openai/gpt-oss-20b and -120b, conversion/gpt_oss.py): the same ModelConfig as the
+// checkpoint's config.json (arch_gpt_oss.cpp), with what llama.cpp fixes in its graph rather than in the file:
+//  - the clamped SwiGLU's limit 7 and alpha 1.702, the router's softmax over the chosen logits, biases on q, k, v,
+//    o, the router and the experts, and a sink logit per head;
+//  - sliding-window layers every sliding_window_pattern-th layer but the last of each period (2, its default: the
+//    even layers), as the checkpoint's layer_types alternate;
+//  - YaRN's ramp bounds: llama.cpp floors and ceils them (ggml_rope_yarn_corr_dims); the checkpoints say
+//    `truncate: false`, and transformers, the reference, does not round them. moep follows the checkpoints, so a
+//    gpt-oss GGUF computes what its checkpoint computes; against llama.cpp the rotation of the few frequencies in
+//    the ramp differs slightly (docs/PERFORMANCE.md's interop table gives the figure).
+ModelConfig gpt_oss_config(const GgufFile& g, const std::string& path) {
+  auto key = [](const char* name) { return std::string("gpt-oss.") + name; };
+  ModelConfig c;
+  c.model_type = "gpt_oss";
+  c.n_layers = g.get_u32(key("block_count"));
+  if (c.n_layers > ConfigLimits::layers)
+    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
+         " (a corrupt or hostile file?)");
+  c.d_model = g.get_u32(key("embedding_length"));
+  c.n_heads = g.get_u32(key("attention.head_count"));
+  c.n_kv_heads = g.get_u32_or(key("attention.head_count_kv"), uint32_t(c.n_heads));
+  if (c.n_heads <= 0) fail(path, ": ", key("attention.head_count"), " must be positive");
+  c.head_dim = g.has(key("attention.key_length")) ? int64_t(g.get_u32(key("attention.key_length")))
+                                                  : c.d_model / c.n_heads;
+  if (g.has(key("attention.value_length")) && g.get_u32(key("attention.value_length")) != c.head_dim)
+    fail(path, ": ", key("attention.value_length"), " (", g.get_u32(key("attention.value_length")),
+         ") differs from the key length (", c.head_dim, "); gpt-oss has them equal");
+  c.max_position = g.get_u32_or(key("context_length"), 4096);
+  c.norm = NormKind::RMSNorm;
+  c.norm_eps = g.get_f32(key("attention.layer_norm_rms_epsilon"));
+  c.rope_theta = g.get_f32_or(key("rope.freq_base"), 10000.f);
+  if (g.has(key("rope.freq_base_swa")) && g.get_f32(key("rope.freq_base_swa")) != float(c.rope_theta))
+    fail(path, ": ", key("rope.freq_base_swa"), " (", g.get_f32(key("rope.freq_base_swa")), ") differs from ",
+         key("rope.freq_base"), " (", c.rope_theta, "); moep rotates every layer with one base");
+  if (g.has(key("rope.scaling.type")) && g.get_string(key("rope.scaling.type")) != "none") {
+    const std::string type = g.get_string(key("rope.scaling.type"));
+    if (type != "yarn")
+      fail(path, ": ", key("rope.scaling.type"), " is '", type, "'; moep reads gpt-oss with 'yarn' or none");
+    for (const char* k : {"rope.scaling.yarn_ext_factor", "rope.scaling.yarn_attn_factor",
+                          "rope.scaling.yarn_log_multiplier"})
+      if (g.has(key(k)))
+        fail(path, ": ", key(k), " is set; moep reads gpt-oss's YaRN as its checkpoints give it (factor, original ",
+             "context, beta_fast, beta_slow), without this key");
+    RopeScaling& y = c.rope_scaling;
+    y.type = "yarn";
+    y.factor = g.get_f32(key("rope.scaling.factor"));
+    y.original_max_position = g.get_u32(key("rope.scaling.original_context_length"));
+    y.beta_fast = g.get_f32_or(key("rope.scaling.yarn_beta_fast"), 32.f);
+    y.beta_slow = g.get_f32_or(key("rope.scaling.yarn_beta_slow"), 1.f);
+    y.truncate = false;  // the checkpoints' (above)
+    if (!(y.factor >= 1.0) || y.original_max_position <= 0)
+      fail(path, ": YaRN needs ", key("rope.scaling.factor"), " >= 1 and a positive ",
+           key("rope.scaling.original_context_length"));
+  }
+
+  c.n_experts = g.get_u32(key("expert_count"));
+  c.top_k = g.get_u32(key("expert_used_count"));
+  c.expert_ffn = g.has(key("expert_feed_forward_length")) ? g.get_u32(key("expert_feed_forward_length"))
+                                                          : g.get_u32(key("feed_forward_length"));
+  if (c.n_experts > ConfigLimits::experts || c.top_k > c.n_experts || c.expert_ffn > ConfigLimits::ffn)
+    fail(path, ": ", c.n_experts, " experts, ", c.top_k, " used, of ", c.expert_ffn,
+         " each: beyond what moep reads, or more used than there are");
+  c.layer_is_moe.assign(size_t(c.n_layers), true);
+  c.topk_norm = TopKNorm::Sum;
+  c.attention_sinks = true;
+  c.router_bias = c.expert_bias = true;
+  c.swiglu_limit = 7.0;
+  c.swiglu_alpha = 1.702;
+
+  const int64_t window = g.get_u32(key("attention.sliding_window"));
+  const uint32_t period = g.get_u32_or(key("attention.sliding_window_pattern"), 2);
+  if (window <= 0 || period == 0)
+    fail(path, ": ", key("attention.sliding_window"), " (", window, ") and ", key("attention.sliding_window_pattern"),
+         " (", period, ") must be positive");
+  c.layer_window.assign(size_t(c.n_layers), 0);
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    if (i % period < period - 1) c.layer_window[size_t(i)] = window;
+  if (g.has(key("expert_gating_func")) && g.get_u32(key("expert_gating_func")) != 3)
+    fail(path, ": ", key("expert_gating_func"), " is ", g.get_u32(key("expert_gating_func")),
+         "; gpt-oss routes by a softmax over the chosen experts' logits (3)");
+  c.qkv_bias = g.find_tensor("blk.0.attn_q.bias") != nullptr;
+  c.o_bias = g.find_tensor("blk.0.attn_output.bias") != nullptr;
+  return c;
+}
+
 // What every architecture reads alike: the vocabulary size, whether the head is the embedding, the special ids.
 void finish_config(const GgufFile& g, const std::string& arch, const std::string& path, ModelConfig& c) {
   auto key = [&](const char* name) { return arch + "." + name; };
@@ -148,8 +233,8 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   const std::string& path = g.files()[0]->path();
   const std::string arch = g.get_string("general.architecture");
   auto key = [&](const char* name) { return arch + "." + name; };
-  if (arch == "deepseek2") {
-    ModelConfig c = deepseek2_config(g, path);
+  if (arch == "deepseek2" || arch == "gpt-oss") {
+    ModelConfig c = arch == "deepseek2" ? deepseek2_config(g, path) : gpt_oss_config(g, path);
     finish_config(g, arch, path, c);
     return c;
   }
@@ -168,7 +253,7 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
     c.model_type = arch;
   } else {
     fail(path, ": general.architecture is '", arch, "'; moep runs llama (with experts: Mixtral), qwen2moe, qwen3moe, ",
-         "olmoe, dbrx and deepseek2");
+         "olmoe, dbrx, deepseek2 and gpt-oss");
   }
 
   c.n_layers = g.get_u32(key("block_count"));

@@ -183,8 +183,45 @@ std::vector<Source> mla_sources(const ModelConfig& c, const ModelWeights& w) {
   return s;
 }
 
+// gpt-oss under llama.cpp's names (conversion/gpt_oss.py; bind_gguf_gpt_oss reads them back).
+std::vector<Source> gpt_oss_sources(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<Source> s;
+  const int64_t d = c.d_model, E = c.n_experts, f = c.expert_ffn;
+  s.push_back(matrix_source("token_embd.weight", w.embed));
+  s.push_back(vector_source("output_norm.weight", w.final_norm_w, {d}));
+  if (!c.tie_word_embeddings) s.push_back(matrix_source("output.weight", w.lm_head));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const LayerWeights& L = w.layers[size_t(i)];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    s.push_back(vector_source(p + "attn_norm.weight", L.attn_norm_w, {d}));
+    s.push_back(vector_source(p + "post_attention_norm.weight", L.ffn_norm_w, {d}));
+    s.push_back(matrix_source(p + "attn_q.weight", L.wq));
+    s.push_back(matrix_source(p + "attn_k.weight", L.wk));
+    s.push_back(matrix_source(p + "attn_v.weight", L.wv));
+    s.push_back(matrix_source(p + "attn_output.weight", L.wo));
+    for (const auto& [name, v] : {std::pair{"attn_q.bias", &L.bq}, std::pair{"attn_k.bias", &L.bk},
+                                  std::pair{"attn_v.bias", &L.bv}, std::pair{"attn_output.bias", &L.bo}})
+      if (!v->empty()) s.push_back(vector_source(p + name, *v, {v->size}));
+    s.push_back(vector_source(p + "attn_sinks.weight", L.sinks, {c.n_heads}));
+    moe_sources(c, L, p, s);
+    s.push_back(vector_source(p + "ffn_gate_inp.bias", L.router_bias, {E}));
+    // The experts' biases stacked as the converter writes them: [E, f] and [E, d] (ggml {f, E}, {d, E}).
+    const auto* experts = &L.experts;
+    for (const auto& [name, which, len] : {std::tuple{"ffn_gate_exps.bias", 0, f}, std::tuple{"ffn_up_exps.bias", 1, f},
+                                           std::tuple{"ffn_down_exps.bias", 2, d}})
+      s.push_back(by_rows(p + name, {len, E}, [experts, which = which, len = len](int64_t e, float* out) {
+        const ExpertWeights& x = (*experts)[size_t(e)];
+        const VecRef& v = which == 0 ? x.gate_bias : which == 1 ? x.up_bias : x.down_bias;
+        MOEP_ASSERT(v.size == len, "expert ", e, "'s bias");
+        for (int64_t k = 0; k < len; ++k) out[k] = v.at(k);
+      }));
+  }
+  return s;
+}
+
 std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
   if (c.is_mla()) return mla_sources(c, w);
+  if (c.model_type == "gpt_oss") return gpt_oss_sources(c, w);
   std::vector<Source> s;
   const int64_t d = c.d_model, hd = c.head_dim;
   s.push_back(matrix_source("token_embd.weight", w.embed));
@@ -299,11 +336,69 @@ void write_deepseek2_metadata(const ModelConfig& c, GgufWriter& g) {
     g.set_string(key("rope.scaling.type"), "yarn");
     g.set_f32(key("rope.scaling.factor"), float(y.factor));
     g.set_u32(key("rope.scaling.original_context_length"), uint32_t(y.original_max_position));
-    g.set_f32(key("rope.scaling.yarn_beta_fast"), float(y.beta_fast));
-    g.set_f32(key("rope.scaling.yarn_beta_slow"), float(y.beta_slow));
+    // 0 stands for transformers' defaults (model/rope.cpp), which llama.cpp would read as 0.
+    g.set_f32(key("rope.scaling.yarn_beta_fast"), float(y.beta_fast != 0.0 ? y.beta_fast : 32.0));
+    g.set_f32(key("rope.scaling.yarn_beta_slow"), float(y.beta_slow != 0.0 ? y.beta_slow : 1.0));
     if (y.mscale_all_dim != 0.0) g.set_f32(key("rope.scaling.yarn_log_multiplier"), float(0.1 * y.mscale_all_dim));
   } else if (y.type != "default") {
     fail(c.model_type, ": rope scaling '", y.type, "' cannot be written to a deepseek2 GGUF (yarn or none)");
+  }
+}
+
+// gpt-oss's metadata as llama.cpp's converter writes it (conversion/gpt_oss.py and the base class). Refuses what
+// llama.cpp fixes in its graph when the model differs (gpt_oss_config in gguf_config.cpp lists them).
+void write_gpt_oss_metadata(const ModelConfig& c, GgufWriter& g) {
+  auto key = [](const char* k) { return std::string("gpt-oss.") + k; };
+  if (c.swiglu_limit != 7.0 || c.swiglu_alpha != 1.702)
+    fail("gpt_oss with swiglu_limit ", c.swiglu_limit, " and alpha ", c.swiglu_alpha,
+         ": llama.cpp's gpt-oss graph fixes them at 7 and 1.702, and GGUF has no key for others");
+  // The sliding layers: all but the last of every period of p layers (llama.cpp's sliding_window_pattern).
+  int64_t window = 0;
+  for (int64_t w : c.layer_window)
+    if (w != 0) {
+      if (window != 0 && w != window)
+        fail("gpt_oss with sliding windows of ", window, " and ", w, ": GGUF holds one sliding_window");
+      window = w;
+    }
+  int64_t period = 0;
+  for (int64_t p = 1; p <= c.n_layers + 1 && period == 0; ++p) {
+    bool fits = true;
+    for (int64_t i = 0; i < c.n_layers && fits; ++i)
+      fits = (c.layer_window[size_t(i)] != 0) == (i % p < p - 1);
+    if (fits) period = p;
+  }
+  if (window == 0 || period == 0)
+    fail("gpt_oss: its sliding-window layers do not follow llama.cpp's sliding_window_pattern (every layer of a ",
+         "period but the last), the only layout GGUF can state");
+  const RopeScaling& y = c.rope_scaling;
+  g.set_u32(key("context_length"), uint32_t(c.max_position));
+  g.set_u32(key("embedding_length"), uint32_t(c.d_model));
+  g.set_u32(key("block_count"), uint32_t(c.n_layers));
+  g.set_u32(key("feed_forward_length"), uint32_t(c.expert_ffn));
+  g.set_u32(key("attention.head_count"), uint32_t(c.n_heads));
+  g.set_u32(key("attention.head_count_kv"), uint32_t(c.n_kv_heads));
+  g.set_f32(key("rope.freq_base"), float(c.rope_theta));
+  g.set_f32(key("attention.layer_norm_rms_epsilon"), c.norm_eps);
+  g.set_u32(key("expert_count"), uint32_t(c.n_experts));
+  g.set_u32(key("expert_used_count"), uint32_t(c.top_k));
+  g.set_u32(key("attention.key_length"), uint32_t(c.head_dim));
+  g.set_u32(key("attention.value_length"), uint32_t(c.head_dim));
+  g.set_u32(key("attention.sliding_window"), uint32_t(window));
+  if (period != 2) g.set_u32(key("attention.sliding_window_pattern"), uint32_t(period));
+  g.set_u32(key("expert_feed_forward_length"), uint32_t(c.expert_ffn));
+  g.set_u32(key("vocab_size"), uint32_t(c.vocab_size));
+  if (y.type == "yarn") {
+    if (y.truncate || y.attention_factor != 0.0 || y.mscale != 0.0 || y.mscale_all_dim != 0.0)
+      fail("gpt_oss: YaRN with truncate ", y.truncate ? "true" : "false", ", attention_factor ", y.attention_factor,
+           ", mscale ", y.mscale, ": GGUF states only the factor, the original context and the betas, and moep ",
+           "reads a gpt-oss GGUF as its checkpoints mean it (truncate false, the default attention factor)");
+    g.set_string(key("rope.scaling.type"), "yarn");
+    g.set_f32(key("rope.scaling.factor"), float(y.factor));
+    g.set_u32(key("rope.scaling.original_context_length"), uint32_t(y.original_max_position));
+    g.set_f32(key("rope.scaling.yarn_beta_fast"), float(y.beta_fast != 0.0 ? y.beta_fast : 32.0));
+    g.set_f32(key("rope.scaling.yarn_beta_slow"), float(y.beta_slow != 0.0 ? y.beta_slow : 1.0));
+  } else if (y.type != "default") {
+    fail("gpt_oss: rope scaling '", y.type, "' cannot be written to a gpt-oss GGUF (yarn or none)");
   }
 }
 
@@ -312,10 +407,13 @@ void write_deepseek2_metadata(const ModelConfig& c, GgufWriter& g) {
 void write_metadata(const ModelConfig& c, const std::string& name, GgufFileType ftype, GgufWriter& g) {
   const std::string arch = gguf_arch_name(c.model_type);
   auto key = [&](const char* k) { return arch + "." + k; };
-  if (c.is_mla()) {
+  if (c.is_mla() || c.model_type == "gpt_oss") {
     g.set_string("general.architecture", arch);
     g.set_string("general.name", name);
-    write_deepseek2_metadata(c, g);
+    if (c.is_mla())
+      write_deepseek2_metadata(c, g);
+    else
+      write_gpt_oss_metadata(c, g);
     g.set_u32("general.file_type", uint32_t(ftype));
     if (is_block_quantized(file_type(ftype).base)) g.set_u32("general.quantization_version", 2);
     return;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
@@ -64,7 +65,7 @@ std::vector<int32_t> fixture_tokens(const std::string& fixture) {
 }
 
 const std::vector<std::string> kFamilies = {"dbrx",      "mixtral",   "olmoe",      "qwen2_moe",
-                                            "qwen3_moe", "deepseek_v3", "deepseek_v2"};
+                                            "qwen3_moe", "deepseek_v3", "deepseek_v2", "gpt_oss"};
 
 // An f32 GGUF of every fixture, both stored dtypes: the same logits as the checkpoint. The weights are the same
 // values; only where the layout changes the order of additions (DBRX's down projection, stored transposed) may
@@ -72,9 +73,9 @@ const std::vector<std::string> kFamilies = {"dbrx",      "mixtral",   "olmoe",  
 class GgufF32 : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GgufF32, LogitsEqualTheCheckpoints) {
-  for (const char* dtype : {"_f32", "_bf16", "_fp8"}) {
+  for (const char* dtype : {"_f32", "_bf16", "_fp8", "_mxfp4"}) {
     const std::string fx = GetParam() + dtype;
-    if (!std::filesystem::exists(test::fixture_dir(fx))) continue;  // deepseek_v2: f32 only; fp8: deepseek_v3
+    if (!std::filesystem::exists(test::fixture_dir(fx))) continue;  // deepseek_v2: f32 only; fp8: deepseek_v3; mxfp4: gpt_oss
     test::TempDir d;
     const std::string gguf = d.str() + "/model.gguf";
     const QuantizeResult r = quantize_to_gguf(test::fixture_dir(fx), gguf, GgufFileType::F32);
@@ -121,7 +122,7 @@ void expect_quantized_equals_dequantized(const std::string& source, GgufFileType
 
 TEST(GgufQuantized, FixturesEqualTheirDequantizedWeights) {
   for (const std::string fx : {"mixtral_bf16", "olmoe_f32", "qwen2_moe_bf16", "dbrx_f32", "deepseek_v3_bf16",
-                               "deepseek_v2_f32"})
+                               "deepseek_v2_f32", "gpt_oss_bf16"})
     for (GgufFileType type : {GgufFileType::Q8_0, GgufFileType::Q4_K_M, GgufFileType::Q4_0}) {
       SCOPED_TRACE(fx + " " + gguf_file_type_name(type));
       expect_quantized_equals_dequantized(test::fixture_dir(fx), type, fx);
@@ -722,6 +723,65 @@ TEST(GgufTokenizer, QuantizeCarriesTheTokenizer) {
     EXPECT_NE(f.metadata().count("tokenizer.ggml.tokens"), 0u) << g;
     EXPECT_NE(f.metadata().count("tokenizer.ggml.eos_token_id"), 0u) << g;
   }
+}
+
+// gpt-oss in GGUF: what llama.cpp fixes in its graph (the SwiGLU's limit, one window on a periodic pattern, YaRN
+// without rounding as the checkpoints state it) is refused by the writer, naming it, rather than written as
+// something llama.cpp or moep would read back differently.
+TEST(GgufGptOss, WhatGgufCannotStateIsRefused) {
+  struct Case {
+    const char* what;
+    std::function<void(nlohmann::json&)> edit;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"swiglu_limit 5", [](nlohmann::json& c) { c["swiglu_limit"] = 5.0; }, "swiglu_limit 5"},
+      {"both layers full", [](nlohmann::json& c) { c["layer_types"] = {"full_attention", "full_attention"}; },
+       "sliding_window_pattern"},
+      {"YaRN truncated", [](nlohmann::json& c) { c["rope_scaling"]["truncate"] = true; }, "truncate true"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.what);
+    test::TempDir d;
+    std::filesystem::copy(test::fixture_dir("gpt_oss_bf16"), d.path() / "m", std::filesystem::copy_options::recursive);
+    const std::string cfg = d.str() + "/m/config.json";
+    nlohmann::json c = nlohmann::json::parse(std::ifstream(cfg));
+    k.edit(c);
+    std::ofstream(cfg) << c.dump(2);
+    try {
+      quantize_to_gguf(d.str() + "/m", d.str() + "/m.gguf", GgufFileType::F32);
+      ADD_FAILURE() << "written";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(k.message), std::string::npos) << e.what();
+    }
+  }
+  // A sliding pattern of period 3 (two sliding layers, then a full one) is stated, and read back.
+  test::TempDir d;
+  SynthSpec s;
+  s.arch = "gpt_oss";
+  s.layers = 3;
+  s.d_model = 64;
+  s.ffn = 64;
+  s.experts = 4;
+  s.top_k = 2;
+  s.heads = 4;
+  s.kv_heads = 2;
+  s.vocab = 320;
+  s.max_position = 256;
+  s.dtype = "f32";
+  write_synthetic_checkpoint(s, d.str() + "/m", 1);
+  const std::string cfg = d.str() + "/m/config.json";
+  nlohmann::json c = nlohmann::json::parse(std::ifstream(cfg));
+  c["layer_types"] = {"sliding_attention", "sliding_attention", "full_attention"};
+  c["sliding_window"] = 4;
+  std::ofstream(cfg) << c.dump(2);
+  quantize_to_gguf(d.str() + "/m", d.str() + "/m.gguf", GgufFileType::F32);
+  EXPECT_EQ(GgufFile::open(d.str() + "/m.gguf").get_u32("gpt-oss.attention.sliding_window_pattern"), 3u);
+  const ModelConfig a = load_model_config(d.str() + "/m"), b = load_model_config(d.str() + "/m.gguf");
+  EXPECT_EQ(a.fingerprint(), b.fingerprint()) << a.summary() << " vs " << b.summary();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 10; ++i) ids.push_back(int32_t((i * 31 + 3) % 320));
+  expect_close(logits(d.str() + "/m.gguf", ids, false), logits(d.str() + "/m", ids, false), 320, 1e-5, "period 3");
 }
 
 }  // namespace
