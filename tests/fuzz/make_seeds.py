@@ -253,6 +253,20 @@ ds.update({"general.architecture": "deepseek2", "deepseek2.block_count": 2, "dee
            "deepseek2.rope.scaling.yarn_beta_fast": 32.0, "deepseek2.rope.scaling.yarn_beta_slow": 1.0,
            "deepseek2.rope.scaling.yarn_log_multiplier": 0.1})
 put("fuzz_gguf", gguf(ds, tensors))
+# gpt-oss (sinks, expert biases, a sliding-window pattern, YaRN): the metadata moep quantize writes for it.
+go = {k: v for k, v in meta.items() if not k.startswith("llama.")}
+go.update({"general.architecture": "gpt-oss", "gpt-oss.block_count": 3, "gpt-oss.context_length": 64,
+           "gpt-oss.embedding_length": 8, "gpt-oss.feed_forward_length": 32, "gpt-oss.attention.head_count": 2,
+           "gpt-oss.attention.head_count_kv": 1, "gpt-oss.rope.freq_base": 150000.0,
+           "gpt-oss.attention.layer_norm_rms_epsilon": 1e-5, "gpt-oss.expert_count": 4,
+           "gpt-oss.expert_used_count": 2, "gpt-oss.attention.key_length": 4, "gpt-oss.attention.value_length": 4,
+           "gpt-oss.attention.sliding_window": 4, "gpt-oss.attention.sliding_window_pattern": 3,
+           "gpt-oss.expert_feed_forward_length": 32, "gpt-oss.vocab_size": len(tokens),
+           "gpt-oss.rope.scaling.type": "yarn", "gpt-oss.rope.scaling.factor": 32.0,
+           "gpt-oss.rope.scaling.original_context_length": 16, "gpt-oss.rope.scaling.yarn_beta_fast": 32.0,
+           "gpt-oss.rope.scaling.yarn_beta_slow": 1.0})
+put("fuzz_gguf", gguf(go, tensors + [("blk.0.attn_sinks.weight", [2], 0, b"\0" * 8),
+                                     ("blk.0.ffn_gate_exps.bias", [32, 4], 0, b"\0" * (4 * 32 * 4))]))
 for path in sorted(glob.glob(os.path.join(ROOT, "tests/data/quant/*.gguf"))):
     put("fuzz_gguf", open(path, "rb").read())
 
