@@ -383,24 +383,34 @@ TEST(GgufQuantized, NRanksEqualOne) {
 
 // DeepSeek-V3 (latent attention, sigmoid routing in groups, a dense first layer, a shared expert) as a Q8_0
 // deepseek2 GGUF: 2 ranks holding whole experts give the logits of 1.
-TEST(GgufQuantized, DeepseekNRanksEqualOne) {
+// 2 ranks equal 1 on the families with their own GGUF forms: DeepSeek's latent attention, and gpt-oss's sinks and
+// expert biases (whole experts per rank, and experts split over the ranks, where each rank adds its slice's gate
+// and up biases and only the first slice adds down's).
+TEST(GgufQuantized, DeepseekAndGptOssNRanksEqualOne) {
   if (test::mpirun_prefix(1).empty()) GTEST_SKIP() << "mpirun is not installed";
-  test::TempDir d;
-  const std::string q = d.str() + "/ds.gguf";
-  quantize_to_gguf(test::fixture_dir("deepseek_v3_bf16"), q, GgufFileType::Q8_0);
-  auto run = [&](int n) {
-    const std::string out = d.str() + "/logits" + std::to_string(n) + ".npy";
-    const std::string cmd = (n > 1 ? test::mpirun_prefix(n) : std::string()) + test::moep_binary() + " logits " + q +
-                            " --ids 3,17,250,9,64,101 --out " + out + " --threads 1 --device cpu --placement contiguous";
-    std::string text;
-    EXPECT_EQ(test::run_command(cmd, &text), 0) << cmd << "\n" << text;
-    return read_npy_f32(out);
-  };
-  const NpyArray one = run(1), two = run(2);
-  ASSERT_EQ(two.shape, one.shape);
-  const int64_t V = one.shape[1];
-  for (int64_t t = 0; t < one.shape[0]; ++t)
-    EXPECT_LE(test::rel_max(&two.data[size_t(t * V)], &one.data[size_t(t * V)], size_t(V)), 1e-5) << "position " << t;
+  // (The DeepSeek fixture's experts are 32 wide, one Q8_0 block, which moep does not cut: whole experts only.)
+  for (const auto& [fx, placement] : {std::pair<std::string, std::string>{"deepseek_v3_bf16", "contiguous"},
+                                      {"gpt_oss_bf16", "contiguous"}, {"gpt_oss_bf16", "split"}}) {
+      SCOPED_TRACE(fx + " " + placement);
+      test::TempDir d;
+      const std::string q = d.str() + "/m.gguf";
+      quantize_to_gguf(test::fixture_dir(fx), q, GgufFileType::Q8_0);
+      auto run = [&](int n) {
+        const std::string out = d.str() + "/logits" + std::to_string(n) + ".npy";
+        const std::string cmd = (n > 1 ? test::mpirun_prefix(n) : std::string()) + test::moep_binary() + " logits " +
+                                q + " --ids 3,17,250,9,64,101,7,33,2,90 --out " + out +
+                                " --threads 1 --device cpu --placement " + placement;
+        std::string text;
+        EXPECT_EQ(test::run_command(cmd, &text), 0) << cmd << "\n" << text;
+        return read_npy_f32(out);
+      };
+      const NpyArray one = run(1), two = run(2);
+      ASSERT_EQ(two.shape, one.shape);
+      const int64_t V = one.shape[1];
+      for (int64_t t = 0; t < one.shape[0]; ++t)
+        EXPECT_LE(test::rel_max(&two.data[size_t(t * V)], &one.data[size_t(t * V)], size_t(V)), 1e-5)
+            << "position " << t;
+    }
 }
 
 // A GGUF split in 3 parts (NAME-0000k-of-00003.gguf, as llama.cpp's gguf-split writes them): any part loads the
