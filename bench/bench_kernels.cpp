@@ -389,7 +389,7 @@ void register_all() {
   }
   // ggml's block-quantized weights (gemm_nt only), beside bf16 at the same shape: decode GB/s (of the quantized
   // bytes) for every table that reads them natively, then prefill GFLOP/s.
-  for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4}) {
     const std::string d = dtype_name(dt);
     for (int i = 0; i < n_tables; ++i)
       if (tables[i]->quantized && tables[i] != &kernels::reference_kernels())

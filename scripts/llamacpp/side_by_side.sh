@@ -134,10 +134,11 @@ if [ "$MODE" = interop ]; then
   fi
   mkdir -p "$OUT/dq"
   "$WORK/probe" dequant "$WORK/mixtral-f32.gguf" blk.0.attn_q.weight 16 "$OUT/dq/source"
-  for t in Q8_0 Q4_0 Q4_K Q5_K Q6_K Q5_0 Q5_1; do
+  # MXFP4_MOE is llama-quantize's file type of MXFP4 experts and Q8_0 elsewhere; --pure makes every tensor MXFP4.
+  for t in Q8_0 Q4_0 Q4_K Q5_K Q6_K Q5_0 Q5_1 MXFP4_MOE; do
     "$LQ" --pure "$WORK/mixtral-f32.gguf" "$WORK/pure-$t.gguf" "$t" >"$WORK/pure-$t.log" 2>&1 ||
       { echo "llama-quantize --pure $t failed"; tail -3 "$WORK/pure-$t.log"; continue; }
-    "$WORK/probe" dequant "$WORK/pure-$t.gguf" blk.0.attn_q.weight 16 "$OUT/dq/$(echo "$t" | tr 'A-Z' 'a-z')"
+    "$WORK/probe" dequant "$WORK/pure-$t.gguf" blk.0.attn_q.weight 16 "$OUT/dq/$(echo "${t%_MOE}" | tr 'A-Z' 'a-z')"
   done
 elif [ "$MODE" = speed ]; then
   build_llama

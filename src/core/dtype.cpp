@@ -17,7 +17,9 @@ struct DTypeInfo {
 constexpr DTypeInfo kInfo[] = {
     {"f32", 1, 4},     {"f16", 1, 2},      {"bf16", 1, 2},     {"q8_0", 32, 34},
     {"q4_0", 32, 18},  {"q4_K", 256, 144}, {"q5_K", 256, 176}, {"q6_K", 256, 210},
+    {"mxfp4", 32, 17},
 };
+static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == size_t(DType::MXFP4) + 1, "a DType without its layout");
 const DTypeInfo& info(DType t) { return kInfo[static_cast<int>(t)]; }
 }  // namespace
 
@@ -56,6 +58,7 @@ bool dtype_from_name(std::string_view s, DType* out) {
   if (lower == "q4_k") { *out = DType::Q4_K; return true; }
   if (lower == "q5_k") { *out = DType::Q5_K; return true; }
   if (lower == "q6_k") { *out = DType::Q6_K; return true; }
+  if (lower == "mxfp4") { *out = DType::MXFP4; return true; }
   return false;
 }
 

@@ -23,4 +23,14 @@ void mxfp4_decode(const uint8_t* blocks, const uint8_t* scales, int64_t first, i
   }
 }
 
+void mxfp4_to_ggml_blocks(const uint8_t* blocks, const uint8_t* scales, int64_t n_blocks, uint8_t* out) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* in = blocks + b * kMxfp4BlockBytes;
+    uint8_t* o = out + b * (kMxfp4BlockBytes + 1);
+    auto code = [in](int j) { return (j & 1) ? in[j / 2] >> 4 : in[j / 2] & 0x0F; };
+    o[0] = scales[b];
+    for (int j = 0; j < 16; ++j) o[1 + j] = uint8_t(code(j) | (code(j + 16) << 4));
+  }
+}
+
 }  // namespace moep

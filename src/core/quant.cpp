@@ -24,6 +24,7 @@ constexpr int kQKK = 256;  // weights per super-block of the K types
 //   Q4_K: f16 d | f16 dmin | u8 scales[12] | u8 q[128]                            144 bytes
 //   Q5_K: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 ql[128]              176 bytes
 //   Q6_K: u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d                        210 bytes
+//   MXFP4: u8 e | u8 q[16], nibbles as Q4_0's; weight = kMxfp4Doubled[nibble] · 2^(e − 128)   17 bytes
 // The K types split 256 weights into sub-blocks (8 of 32 for Q4_K/Q5_K, each with a 6-bit scale and a 6-bit
 // min packed into `scales`; 16 of 16 for Q6_K, each with an int8 scale), all scaled by the f16 d (and dmin).
 constexpr int kQ4KScales = 12;
@@ -34,7 +35,22 @@ const GgmlTypeTraits kTraits[] = {
     {GgmlType::Q4_K, "q4_K", kQKK, 144}, {GgmlType::Q5_K, "q5_K", kQKK, 176},
     {GgmlType::Q6_K, "q6_K", kQKK, 210}, {GgmlType::BF16, "bf16", 1, 2},
     {GgmlType::Q5_0, "q5_0", kQK, 22},   {GgmlType::Q5_1, "q5_1", kQK, 24},
+    {GgmlType::MXFP4, "mxfp4", kQK, 17},
 };
+
+// MXFP4's e2m1 values doubled (ggml's kvalues_mxfp4): code c's bit 3 is the sign, bits 0-2 the magnitudes 0, 0.5,
+// 1, 1.5, 2, 3, 4, 6, here times 2 so that they are integers; the block scale is halved to match (mxfp4_half_scale).
+// Code 8 (−0 in e2m1) is +0 here, as in ggml.
+constexpr int8_t kMxfp4Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// Half of the e8m0 scale 2^(e − 127): 2^(e − 128), exact for every byte (e < 2 are f32 subnormals). ggml's
+// ggml_e8m0_to_fp32_half writes the same bits; 255 (NaN in e8m0) is 2^127, as there.
+float mxfp4_half_scale(uint8_t e) {
+  const uint32_t bits = e < 2 ? uint32_t(0x00200000u) << e : uint32_t(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 float load_f16(const uint8_t* p) {
   uint16_t h;
@@ -82,6 +98,15 @@ void dequant_q4_0(const uint8_t* b, float* y) {
   for (int j = 0; j < kQK / 2; ++j) {
     y[j] = float((q[j] & 0x0f) - 8) * d;
     y[j + kQK / 2] = float((q[j] >> 4) - 8) * d;
+  }
+}
+
+void dequant_mxfp4(const uint8_t* b, float* y) {
+  const float d = mxfp4_half_scale(b[0]);
+  const uint8_t* q = b + 1;
+  for (int j = 0; j < kQK / 2; ++j) {
+    y[j] = float(kMxfp4Doubled[q[j] & 0x0f]) * d;  // exact: a small integer times a power of 2
+    y[j + kQK / 2] = float(kMxfp4Doubled[q[j] >> 4]) * d;
   }
 }
 
@@ -194,6 +219,44 @@ void quant_q4_0(const float* x, uint8_t* b) {
     const int hi = std::min(15, int(x[j + kQK / 2] * id + 8.5f));
     q[j] = uint8_t(lo | (hi << 4));
   }
+}
+
+// The code whose value times d is nearest x, the first of equals (ggml's best_index_mxfp4: so 0 beats code 8's
+// +0, and a tie between two levels goes to the lower code, the smaller magnitude).
+int mxfp4_nearest_code(float x, float d) {
+  int best = 0;
+  float best_err = std::fabs(float(kMxfp4Doubled[0]) * d - x);
+  for (int i = 1; i < 16; ++i) {
+    const float err = std::fabs(float(kMxfp4Doubled[i]) * d - x);
+    if (err < best_err) {
+      best = i;
+      best_err = err;
+    }
+  }
+  return best;
+}
+
+// The scale puts the largest magnitude's binade at the top of e2m1's: amax in [2^k, 2^(k+1)) gets e = k − 2 + 127, so
+// amax / 2^(e − 127) is in [4, 8), which the levels 4 and 6 (and the clamp at 6) cover. Values above 6·2^(e−127)
+// round down to 6: ggml takes no scale that would hold them.
+void quant_mxfp4(const float* x, uint8_t* b) {
+  float amax = 0.f;
+  for (int j = 0; j < kQK; ++j)
+    if (amax < std::fabs(x[j])) amax = std::fabs(x[j]);  // NaN never wins, as in ggml
+  // ggml converts floor(log2f(amax)) − 2 + 127 (an f32) to uint8_t directly, which C defines for 0..255 only: every
+  // finite amax from 2^-125 up gives 0..252. Below (down to −24 for the smallest subnormal), and for an infinite
+  // amax, x86-64 converts to int32 (INT32_MIN when out of range) and keeps the low byte: 2^-130 gets 251, infinity
+  // 0. This does the same, defined (other targets' ggml may write other bytes for such blocks).
+  uint8_t e = 0;
+  if (amax > 0.f) {
+    const float biased = std::floor(std::log2(amax)) - 2.f + 127.f;
+    e = std::isfinite(biased) ? uint8_t(int32_t(biased)) : 0;
+  }
+  const float d = mxfp4_half_scale(e);
+  b[0] = e;
+  uint8_t* q = b + 1;
+  for (int j = 0; j < kQK / 2; ++j)
+    q[j] = uint8_t(mxfp4_nearest_code(x[j], d) | (mxfp4_nearest_code(x[j + kQK / 2], d) << 4));
 }
 
 // Q5_0 as Q4_0 one bit wider (the largest magnitude, signed, maps to -16); Q5_1 spans [min, max] in 31 steps.
@@ -503,6 +566,7 @@ GgmlType ggml_type_of(DType t) {
     case DType::Q4_K: return GgmlType::Q4_K;
     case DType::Q5_K: return GgmlType::Q5_K;
     case DType::Q6_K: return GgmlType::Q6_K;
+    case DType::MXFP4: return GgmlType::MXFP4;
   }
   MOEP_ASSERT(false, "ggml_type_of: no such DType");
   return GgmlType::F32;
@@ -518,6 +582,7 @@ DType dtype_of_ggml(GgmlType t) {
     case GgmlType::Q4_K: return DType::Q4_K;
     case GgmlType::Q5_K: return DType::Q5_K;
     case GgmlType::Q6_K: return DType::Q6_K;
+    case GgmlType::MXFP4: return DType::MXFP4;
     case GgmlType::Q5_0:
     case GgmlType::Q5_1: break;  // no kernels: load-only
   }
@@ -554,6 +619,7 @@ void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
       case GgmlType::Q6_K: dequant_q6_k(b, y); break;
       case GgmlType::Q5_0: dequant_q5(b, y, false); break;
       case GgmlType::Q5_1: dequant_q5(b, y, true); break;
+      case GgmlType::MXFP4: dequant_mxfp4(b, y); break;
     }
   }
 }
@@ -580,6 +646,7 @@ void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
       case GgmlType::Q6_K: quant_q6_k(x, b); break;
       case GgmlType::Q5_0: quant_q5(x, b, false); break;
       case GgmlType::Q5_1: quant_q5(x, b, true); break;
+      case GgmlType::MXFP4: quant_mxfp4(x, b); break;
     }
   }
 }

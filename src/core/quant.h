@@ -2,10 +2,11 @@
 // quantizers. Both directions are bit-identical to ggml's (dequantize_row_* and quantize_row_*_ref of
 // ggml-quants.c, without an importance matrix); tests/data/quant holds ggml's own output to prove it.
 //
-// A row of n weights is n / block_weights blocks laid end to end; a block is a few f16 scales followed by packed
-// integers. Little-endian, as GGUF is.
+// A row of n weights is n / block_weights blocks laid end to end; a block is a few scales (f16, or MXFP4's e8m0
+// byte) followed by packed integers. Little-endian, as GGUF is.
 //
-// Every GgmlType here has a DType of the same layout (ggml_type_of / dtype_of_ggml convert).
+// Every GgmlType here but the load-only ones has a DType of the same layout (ggml_type_of / dtype_of_ggml
+// convert).
 #pragma once
 
 #include <cstddef>
@@ -27,6 +28,7 @@ enum class GgmlType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   BF16 = 30,
+  MXFP4 = 39,  // OCP microscaling FP4 in ggml's block layout (not the safetensors one: core/mxfp4.h)
 };
 
 struct GgmlTypeTraits {

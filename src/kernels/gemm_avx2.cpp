@@ -73,10 +73,10 @@ struct WLoad<DType::F16> {
   static __m256 part(const uint8_t* row, int64_t c, int64_t n) { return _mm256_cvtph_ps(load16_part(row + 2 * c, n)); }
 };
 
-// Block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h), decoded in registers kL at a time, as in
+// Block-quantized weights (ggml's Q8_0 … Q6_K and MXFP4, core/quant.h), decoded in registers kL at a time, as in
 // gemm_avx512.cpp (see there). QBlock<D>:
 //   kWeights, kBytes      weights and bytes per block
-//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones), read once per block
+//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones; MXFP4: its 16 values), read once per block
 //   piece<S>(b, scales)   weights [kL·S, kL·S + kL) of the block as f32
 // The pieces are bit for bit dequantize_row's values (the same products in the same order, each rounded).
 
@@ -197,6 +197,40 @@ struct QBlock<DType::Q6_K> {
   }
 };
 
+// MXFP4's half scale 2^(e − 128), exact for every byte (core/quant.cpp's mxfp4_half_scale; defined here again for
+// this file's internal linkage, see gemm_driver.h).
+inline float e8m0_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? uint32_t(0x00200000u) << e : uint32_t(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+// e (e8m0) | u8 q[16]: weight j = v[code] · 2^(e − 128), v the e2m1 values doubled (code 8 is +0) and the codes the
+// low nibbles of q for weights 0-15, the high ones for 16-31. The block's values are made once (exact products, as
+// dequantize_row's): codes 0-7 in one vector, 8-15 in another. vpermps reads the low 3 bits of each index, and the
+// code's bit 3 (the sign), shifted to the top of the lane, picks between the two lookups.
+template <>
+struct QBlock<DType::MXFP4> {
+  static constexpr int kWeights = 32, kBytes = 17;
+  struct Scales {
+    __m256 positive, negative;  // values of codes c and 8 + c in lane c
+  };
+  static Scales scales(const uint8_t* b) {
+    const __m256 d = _mm256_set1_ps(e8m0_half(b[0]));
+    return {_mm256_mul_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 6, 8, 12), d),
+            _mm256_mul_ps(_mm256_setr_ps(0, -1, -2, -3, -4, -6, -8, -12), d)};
+  }
+  template <int S>
+  static __m256 piece(const uint8_t* b, const Scales& s) {
+    constexpr int w = kL * S;
+    const __m256i q = u8x8(b + 1 + w % 16);
+    const __m256i code = w >= 16 ? _mm256_srli_epi32(q, 4) : q;  // bits above 3 are ignored or shifted out
+    const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s.positive, code), _mm256_permutevar8x32_ps(s.negative, code),
+                            sign);
+  }
+};
+
 // dst[i] = W[row, k0 + i] for i < n: whole blocks (k0 and n multiples of the block).
 template <DType D>
 void dequantize_cols(const uint8_t* row, int64_t k0, int64_t n, float* dst) {
@@ -243,7 +277,8 @@ constexpr int64_t kPackMinTnn = 11;
 // Block-quantized weights: the streaming path decodes every block once per token block (2 to 5 tokens), packing
 // once per panel for all tokens. As on AVX-512 (see there), Q8_0 takes bf16's threshold and the 4-6 bit types
 // pack from fewer tokens (measured with this table on Zen 5, one thread, 10752×6144: streaming 11 tokens Q4_K
-// 57, Q6_K 35 GFLOP/s; packed 12 tokens 65 and 54).
+// 57, Q6_K 35 GFLOP/s; packed 12 tokens 65 and 54). MXFP4, two lookups and a blend per 8 weights here, goes with
+// them (Zen 5, 4096×4096, shared VM: streaming 8 tokens 62 GFLOP/s, packed 12 tokens 79).
 constexpr int64_t kPackMinTntQuant4to6 = 12;
 // Packed path: kM tokens × kNV vectors (kNR = 16 outputs): 12 accumulators + 2 weight vectors + 1 broadcast of
 // 16 registers. Panels [kKC][kNR] f32 = 16 KiB (L1); kNC outputs packed per reduction block (64 KiB, L2).

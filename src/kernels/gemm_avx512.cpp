@@ -74,9 +74,9 @@ struct WLoad<DType::F16> {
   }
 };
 
-// Block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h), decoded in registers kL at a time. QBlock<D>:
+// Block-quantized weights (ggml's Q8_0 … Q6_K and MXFP4, core/quant.h), decoded in registers kL at a time. QBlock<D>:
 //   kWeights, kBytes      weights and bytes per block
-//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones), read once per block
+//   Scales scales(b)      the block's scales (f16 and 6/8-bit ones; MXFP4: its 16 values), read once per block
 //   piece<S>(b, scales)   weights [kL·S, kL·S + kL) of the block as f32
 // The pieces are bit for bit dequantize_row's values: the same products in the same order, each rounded (no
 // FMA), so products with the activations differ from the reference only in the order of the additions.
@@ -191,6 +191,35 @@ struct QBlock<DType::Q6_K> {
   }
 };
 
+// MXFP4's half scale 2^(e − 128), exact for every byte (core/quant.cpp's mxfp4_half_scale; defined here again for
+// this file's internal linkage, see gemm_driver.h).
+inline float e8m0_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? uint32_t(0x00200000u) << e : uint32_t(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+// e (e8m0) | u8 q[16]: weight j = v[code] · 2^(e − 128), v the e2m1 values doubled (code 8 is +0) and the codes the
+// low nibbles of q for weights 0-15, the high ones for 16-31. The block's 16 values are made once (exact products,
+// as dequantize_row's) and a piece is one lookup: vpermps reads the low 4 bits of each index, so low nibbles need no
+// mask. 3 operations per 16 weights.
+template <>
+struct QBlock<DType::MXFP4> {
+  static constexpr int kWeights = 32, kBytes = 17;
+  struct Scales {
+    __m512 values;  // value of code c in lane c
+  };
+  static Scales scales(const uint8_t* b) {
+    const __m512 doubled = _mm512_setr_ps(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    return {_mm512_mul_ps(doubled, _mm512_set1_ps(e8m0_half(b[0])))};
+  }
+  template <int S>
+  static __m512 piece(const uint8_t* b, const Scales& s) {
+    const __m512i q = u8x16(b + 1);
+    return _mm512_permutexvar_ps(S == 1 ? _mm512_srli_epi32(q, 4) : q, s.values);
+  }
+};
+
 // dst[i] = W[row, k0 + i] for i < n: whole blocks (k0 and n multiples of the block).
 template <DType D>
 void dequantize_cols(const uint8_t* row, int64_t k0, int64_t n, float* dst) {
@@ -247,7 +276,9 @@ constexpr int64_t kPackMinTnn = 16;
 // to decode, streams faster than it packs up to ~32 tokens (T = 16: 139 GFLOP/s against 70; T = 32: 121 against
 // 115), as bf16 does; the 4-6 bit types pack faster from ~16 (Q4_K T = 16: 98 against 86; T = 24: 123 against
 // 88; Q6_K T = 24: 117 against 105), and stream faster below (T = 6 streaming: Q4_K 91, Q6_K 71 GFLOP/s;
-// packed: 67, 61).
+// packed: 67, 61). MXFP4 decodes about as cheaply as Q8_0 (a lookup per 16 weights) and takes its threshold
+// (measured one thread, 4096×4096, Zen 5, shared VM: streaming T = 16, 20: 190, 184 GFLOP/s; packed
+// 149, 163; packed T = 24: 160-171).
 constexpr int64_t kPackMinTntQuant4to6 = 16;
 // Packed path: micro-kernel of kM tokens × kNV vectors (kNR = 48 outputs): 24 accumulators + 3 weight vectors
 // + 1 broadcast of 32 registers. A panel is [kKC reductions][kNR outputs] f32 = 48 KiB; kNC outputs (2 panels)
@@ -286,7 +317,9 @@ struct Avx512 {
   static constexpr int kNnStreamMaxTokens = 8;
   static constexpr size_t kOutTileFloats = 2 * kNNTileFloats;
   static constexpr bool kQuantized = true;
-  static constexpr int64_t pack_min_tokens_quant(DType d) { return d == DType::Q8_0 ? kPackMinTnt : kPackMinTntQuant4to6; }
+  static constexpr int64_t pack_min_tokens_quant(DType d) {
+    return d == DType::Q8_0 || d == DType::MXFP4 ? kPackMinTnt : kPackMinTntQuant4to6;
+  }
 
   // A lane mask: the micro-kernel's masked loads and stores take it.
   using Lanes = __mmask16;

@@ -26,7 +26,7 @@
 //   nn_stream<D, TB>(W, X, ldx, Y, ldy, c0, c1)         gemm_nn's streaming path for exactly TB tokens
 //   convert<D>(src, dst, n)                              to_f32 for one dtype
 //   kQuantized               whether gemm_nt and to_f32 also take ggml's block-quantized weights (DType::Q8_0 …
-//                            Q6_K); then pack_nt, nt_stream and convert take them too (pack_nt with k0 a multiple
+//                            Q6_K, MXFP4); then pack_nt, nt_stream and convert take them too (pack_nt with k0 a multiple
 //                            of 256 and kc a multiple of the block: kPanelDepth must be a multiple of 256)
 //   pack_min_tokens_quant(D) with kQuantized: the token count from which gemm_nt packs quantized weights of D
 //
@@ -165,7 +165,7 @@ int64_t nn_prefetch_ahead(const MatRef& W, int64_t tile, int64_t c0, int64_t c1,
   return whole_rows ? in_row : (in_row + seg - 1) / seg * W.row_stride * size;
 }
 
-// ---- block-quantized weights (ggml's Q8_0 … Q6_K, core/quant.h) -------------------------------------------
+// ---- block-quantized weights (ggml's Q8_0 … Q6_K and MXFP4, core/quant.h) ---------------------------------
 
 // ggml's block-quantized types (dtype_is_quantized), as a constant expression.
 template <DType D>
@@ -250,6 +250,7 @@ template <bool kQuantized = false, class Fn>
       case DType::Q4_K: fn(std::integral_constant<DType, DType::Q4_K>{}); return;
       case DType::Q5_K: fn(std::integral_constant<DType, DType::Q5_K>{}); return;
       case DType::Q6_K: fn(std::integral_constant<DType, DType::Q6_K>{}); return;
+      case DType::MXFP4: fn(std::integral_constant<DType, DType::MXFP4>{}); return;
       default: break;
     }
   }

@@ -33,7 +33,7 @@ struct KernelTable {
   GemmNT gemm_nt;
   GemmNN gemm_nn;
   ToF32 to_f32;
-  // gemm_nt and to_f32 also read ggml's block-quantized weights (DType::Q8_0 … Q6_K, whole blocks; gemm_nn
+  // gemm_nt and to_f32 also read ggml's block-quantized weights (DType::Q8_0 … Q6_K, MXFP4: whole blocks; gemm_nn
   // never does). Tables without it leave such weights to kernels_for's choice.
   bool quantized = false;
 };

@@ -10,9 +10,15 @@
 //  - Router mlp.router.weight [E, d] + bias: top-k of the logits, softmax over the k (= softmax over all, top-k,
 //    renormalized: TopKNorm::Sum). Clamped SwiGLU (swiglu_limit, alpha 1.702, (up + 1)). RMSNorm; untied head.
 //
-// Loading: gate and up are made at load as [slice, d] matrices (out, in) in the stored dtype (transposed from the
-// bf16/f32 layout; MXFP4 decoded to bf16, exact). down is read in place ((in, out) rows, down_in_out) from bf16/f32,
-// or decoded to bf16 [d, slice] from MXFP4. So an MXFP4 expert takes 2 bytes per weight in memory, not 0.53.
+// Loading: gate and up are made at load as [slice, d] matrices (out, in): transposed in the stored dtype from the
+// bf16/f32 layout, or from MXFP4 as DType::MXFP4 (ggml's block layout, core/quant.h: each 32-value block's scale
+// byte, then its 16 bytes of codes re-paired, core/mxfp4.h's mxfp4_to_ggml_blocks; every value the same, so the
+// logits differ from those of a bf16 decoding only in the kernels' order of additions). down is read in place
+// ((in, out) rows, down_in_out) from bf16/f32, or made as DType::MXFP4 [d, slice] from MXFP4. So an MXFP4 expert
+// takes 17 bytes per 32 weights in memory (0.53 per weight), its size on disk, and the kernels read it directly.
+// down's blocks run along the ffn dimension: a rank's slice of it that does not start and end on a 32-value block
+// boundary (a split placement cuts at multiples of 32 whenever ffn ≥ 32 · ranks, ExpertPlacement::ffn_slice; only
+// tiny models split over more ranks cut elsewhere) gets down decoded to bf16 instead (exact; 2 bytes per weight).
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -132,15 +138,14 @@ void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const st
     auto make_gate_up = [&](int parity) -> MatRef {
       const std::string k = key + (parity ? "#up" : "#gate");
       if (mxfp4) {
-        const int64_t nb = d / 32;
-        return b.made_matrix(k, DType::BF16, n, d, [&, parity](uint8_t* dst) {
-          auto* out = reinterpret_cast<uint16_t*>(dst);
+        const int64_t nb = d / kMxfp4BlockValues;
+        const size_t row_bytes = dtype_row_bytes(DType::MXFP4, d);
+        return b.made_matrix(k, DType::MXFP4, n, d, [&, parity, nb, row_bytes](uint8_t* dst) {
           for_row_blocks(n, [&](int64_t r0, int64_t r1) {
-            std::vector<float> row(static_cast<size_t>(d));
             for (int64_t r = r0; r < r1; ++r) {
               const int64_t src = e * 2 * f + 2 * (f0 + r) + parity;
-              mxfp4_decode(gu_blocks->data + src * nb * 16, gu_scales->data + src * nb, 0, d, row.data());
-              for (int64_t i = 0; i < d; ++i) out[r * d + i] = f32_to_bf16(row[size_t(i)]);
+              mxfp4_to_ggml_blocks(gu_blocks->data + src * nb * kMxfp4BlockBytes, gu_scales->data + src * nb, nb,
+                                   dst + size_t(r) * row_bytes);
             }
           });
         });
@@ -159,15 +164,29 @@ void bind_experts(const ModelConfig& c, WeightBinder& b, int64_t layer, const st
     };
     x.gate = make_gate_up(0);
     x.up = make_gate_up(1);
-    if (mxfp4) {
-      const int64_t nb = f / 32;
+    if (mxfp4 && f0 % kMxfp4BlockValues == 0 && n % kMxfp4BlockValues == 0) {
+      // Row r: blocks [f0 / 32, (f0 + n) / 32) of down's row r.
+      const int64_t nb = f / kMxfp4BlockValues, first = f0 / kMxfp4BlockValues, count = n / kMxfp4BlockValues;
+      const size_t row_bytes = dtype_row_bytes(DType::MXFP4, n);
+      x.down = b.made_matrix(key + "#down", DType::MXFP4, d, n, [&, nb, first, count, row_bytes](uint8_t* dst) {
+        for_row_blocks(d, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t src = (e * d + r) * nb + first;
+            mxfp4_to_ggml_blocks(dn_blocks->data + src * kMxfp4BlockBytes, dn_scales->data + src, count,
+                                 dst + size_t(r) * row_bytes);
+          }
+        });
+      });
+    } else if (mxfp4) {
+      // A slice that cuts blocks (see the top of the file): bf16, exact.
+      const int64_t nb = f / kMxfp4BlockValues;
       x.down = b.made_matrix(key + "#down", DType::BF16, d, n, [&](uint8_t* dst) {
         auto* out = reinterpret_cast<uint16_t*>(dst);
         for_row_blocks(d, [&](int64_t r0, int64_t r1) {
           std::vector<float> row(static_cast<size_t>(n));
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t src = e * d + r;
-            mxfp4_decode(dn_blocks->data + src * nb * 16, dn_scales->data + src * nb, f0, n, row.data());
+            mxfp4_decode(dn_blocks->data + src * nb * kMxfp4BlockBytes, dn_scales->data + src * nb, f0, n, row.data());
             for (int64_t i = 0; i < n; ++i) out[r * n + i] = f32_to_bf16(row[size_t(i)]);
           }
         });

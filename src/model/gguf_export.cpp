@@ -28,6 +28,7 @@ constexpr FileTypeName kFileTypes[] = {
     {GgufFileType::BF16, "bf16", GgmlType::BF16},    {GgufFileType::Q8_0, "q8_0", GgmlType::Q8_0},
     {GgufFileType::Q4_0, "q4_0", GgmlType::Q4_0},    {GgufFileType::Q4_K_M, "q4_k_m", GgmlType::Q4_K},
     {GgufFileType::Q5_K_M, "q5_k_m", GgmlType::Q5_K}, {GgufFileType::Q6_K, "q6_k", GgmlType::Q6_K},
+    {GgufFileType::MXFP4_MOE, "mxfp4", GgmlType::MXFP4},
 };
 
 const FileTypeName& file_type(GgufFileType t) {
@@ -521,7 +522,9 @@ GgmlType gguf_tensor_type(GgufFileType ftype, const std::string& name, const std
   const bool k_m = ftype == GgufFileType::Q4_K_M || ftype == GgufFileType::Q5_K_M;
   const int64_t ncols = dims[0];
   GgmlType t = base;
-  if (output || (ctx.tied_output && embd)) {
+  if (ftype == GgufFileType::MXFP4_MOE) {
+    t = n_dims >= 3 && dims[2] > 1 ? GgmlType::MXFP4 : GgmlType::Q8_0;  // stacked experts; the rest q8_0
+  } else if (output || (ctx.tied_output && embd)) {
     if (ncols % ggml_type_traits(base).block_weights != 0) t = GgmlType::Q8_0;
     else if (t != GgmlType::Q8_0) t = GgmlType::Q6_K;
   } else if (embd) {

@@ -14,7 +14,9 @@
 //     file when the model has 8 experts (as attn_k);
 //   - ffn_down (experts, shared expert, dense): q6_K in q4_K_M and q5_K_M files for the layers use_more_bits picks;
 //   - attn_output: q5_K in q4_K_M files of 8-expert models;
-//   - the rest gets the file's type (q4_K for q4_K_M, q5_K for q5_K_M).
+//   - the rest gets the file's type (q4_K for q4_K_M, q5_K for q5_K_M);
+//   - mxfp4 (llama.cpp's MXFP4_MOE): the stacked experts (3 dims, more than one expert) get MXFP4 and every other
+//     quantized tensor (output, token_embd, attention, a shared expert's) q8_0, whatever the rules above say.
 // A tensor whose rows are not whole blocks of its type falls back: llama.cpp takes q5_0 for q4_K, q5_1 for q5_K
 // and q8_0 for q6_K; moep's kernels read neither q5_0 nor q5_1 (it decodes them only where it converts a tensor at
 // load, deepseek2's attn_k_b and attn_v_b) and takes q8_0 for all three (never less precise). Rows not
@@ -35,8 +37,11 @@ struct ModelConfig;
 class GgufWriter;
 
 // llama.cpp's llama_ftype, with its values (general.file_type).
-enum class GgufFileType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 7, Q4_K_M = 15, Q5_K_M = 17, Q6_K = 18, BF16 = 32 };
-// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k" (any case); throws moep::Error naming the choices.
+enum class GgufFileType : uint32_t {
+  F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 7, Q4_K_M = 15, Q5_K_M = 17, Q6_K = 18, BF16 = 32, MXFP4_MOE = 38
+};
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "mxfp4" (MXFP4_MOE) (any case); throws
+// moep::Error naming the choices.
 GgufFileType parse_gguf_file_type(std::string_view name);
 const char* gguf_file_type_name(GgufFileType t);
 

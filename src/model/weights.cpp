@@ -52,7 +52,8 @@ const TensorInfo& WeightBinder::get(const std::string& name, const std::vector<i
   }
   if (!t.dtype_supported && t.ggml_type >= 0)
     fail("tensor '", name, "' is ", t.dtype_name, ", which moep decodes only where it converts a tensor at load ",
-         "(deepseek2's attn_k_b and attn_v_b); its kernels read f32, f16, bf16, q8_0, q4_0, q4_K, q5_K and q6_K");
+         "(deepseek2's attn_k_b and attn_v_b); its kernels read f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K and "
+         "mxfp4");
   if (!t.dtype_supported)
     fail("tensor '", name, "' has dtype ", t.dtype_name, "; supported weight dtypes are F32, BF16 and F16");
   used_.insert(name);

@@ -146,7 +146,8 @@ class WeightBinder {
   const TensorInfo* tensor(const std::string& name, const std::vector<int64_t>& shape,
                            const char* dtype_name = nullptr);
   // A [rows, cols] matrix of `dtype` that the loader makes (a transposed or dequantized part of a stored tensor):
-  // fill(dst) writes its rows × cols elements, row-major, once per `key`; it lives in the converted tensors.
+  // fill(dst) writes its rows × cols elements, row-major (rows of dtype_row_bytes(dtype, cols) bytes: a quantized
+  // dtype's rows are whole blocks), once per `key`; it lives in the converted tensors.
   // Recording mode: returns an empty view without calling fill.
   MatRef made_matrix(const std::string& key, DType dtype, int64_t rows, int64_t cols,
                      const std::function<void(uint8_t*)>& fill);

@@ -105,7 +105,7 @@ void ExpertPlacement::require_splittable(int64_t ffn) const {
          ", which the model's quantized down projection stores in ", ffn / ffn_block_, " block(s) of ", ffn_block_,
          " weights that moep does not cut (use at most ", std::max<int64_t>(1, ffn / ffn_block_),
          " ranks, --placement contiguous or round-robin for whole experts, or a type of 32-weight blocks: moep "
-         "quantize --type q8_0 or q4_0)");
+         "quantize --type q8_0, q4_0 or mxfp4)");
 }
 
 ExpertPlacement ExpertPlacement::from_json_file(const std::string& path, int64_t n_layers, int64_t n_experts,

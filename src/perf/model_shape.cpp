@@ -68,10 +68,11 @@ WeightType weight_type(const std::string& name) {
   if (name == "f32" || name == "float32" || name == "fp32") return {"f32", 4.0};
   if (name == "q8_0") return {"q8_0", 34.0 / 32.0};
   if (name == "q4_0") return {"q4_0", 18.0 / 32.0};
+  if (name == "mxfp4") return {"mxfp4", 17.0 / 32.0};
   fail("weight dtype '", name, "' is not known (known: ", join(weight_type_names()), ")");
 }
 
-std::vector<std::string> weight_type_names() { return {"bf16", "f16", "f32", "q8_0", "q4_0"}; }
+std::vector<std::string> weight_type_names() { return {"bf16", "f16", "f32", "q8_0", "q4_0", "mxfp4"}; }
 
 int64_t ModelShape::n_moe_layers() const {
   int64_t n = 0;
@@ -205,7 +206,10 @@ ModelShape resolve_model(const std::string& spec) {
     c.layer_window.assign(size_t(c.n_layers), 0);
     for (int64_t l = 0; l < c.n_layers; l += 2) c.layer_window[size_t(l)] = 128;
     ModelShape s = shape_from_config(c, spec);
-    s.approximations = "the experts counted at the bf16 moep holds them in (the checkpoint's MXFP4 is decoded at load)";
+    s.approximations =
+        "every weight counted at one dtype (bf16 unless asked); moep holds the published checkpoint's experts in "
+        "MXFP4 (17 bytes per 32 weights) and the rest in bf16: --dtype mxfp4 counts the experts right and "
+        "attention and the head at MXFP4 too";
     return s;
   }
   if (spec == "deepseek-v3") return deepseek_v3();

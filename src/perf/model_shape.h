@@ -10,12 +10,12 @@
 
 namespace moep::perf {
 
-// How weights are stored. bf16/f16/f32 are what moep runs; q8_0 and q4_0 (ggml's block formats, 34 and 18
-// bytes per 32 weights) are for what-if planning only: there is no calibrated kernel time for them, so the
+// How weights are stored. bf16/f16/f32 are what moep runs; q8_0, q4_0 and mxfp4 (ggml's block formats, 34, 18
+// and 17 bytes per 32 weights) are for what-if planning only: there is no calibrated kernel time for them, so the
 // model uses the roofline of the hardware profile.
 struct WeightType {
-  std::string name;          // "bf16", "f16", "f32", "q8_0", "q4_0"
-  double bytes_per_weight;   // 2, 2, 4, 34/32, 18/32
+  std::string name;          // "bf16", "f16", "f32", "q8_0", "q4_0", "mxfp4"
+  double bytes_per_weight;   // 2, 2, 4, 34/32, 18/32, 17/32
 };
 // Throws moep::Error listing the known names.
 WeightType weight_type(const std::string& name);

@@ -123,7 +123,7 @@ void expect_quantized_equals_dequantized(const std::string& source, GgufFileType
 TEST(GgufQuantized, FixturesEqualTheirDequantizedWeights) {
   for (const std::string fx : {"mixtral_bf16", "olmoe_f32", "qwen2_moe_bf16", "dbrx_f32", "deepseek_v3_bf16",
                                "deepseek_v2_f32", "gpt_oss_bf16"})
-    for (GgufFileType type : {GgufFileType::Q8_0, GgufFileType::Q4_K_M, GgufFileType::Q4_0}) {
+    for (GgufFileType type : {GgufFileType::Q8_0, GgufFileType::Q4_K_M, GgufFileType::Q4_0, GgufFileType::MXFP4_MOE}) {
       SCOPED_TRACE(fx + " " + gguf_file_type_name(type));
       expect_quantized_equals_dequantized(test::fixture_dir(fx), type, fx);
     }
@@ -180,6 +180,34 @@ TEST(GgufQuantized, KQuantMixturesFollowLlamaCppAndEqualTheirDequantizedWeights)
     }
     expect_quantized_equals_dequantized(dir, GgufFileType::Q4_K_M, arch + " q4_k_m");
     expect_quantized_equals_dequantized(dir, GgufFileType::Q5_K_M, arch + " q5_k_m");
+  }
+}
+
+// mxfp4 (llama.cpp's MXFP4_MOE): the stacked experts MXFP4, every other matrix q8_0, vectors f32; read in place,
+// the experts by the MXFP4 kernels.
+TEST(GgufQuantized, Mxfp4FilesHoldMxfp4ExpertsAndQ8_0ElsewhereAndEqualTheirDequantizedWeights) {
+  test::TempDir d;
+  for (const std::string arch : {"mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(arch);
+    const std::string dir = synth_model(d, arch, 4), path = d.str() + "/" + arch + ".mxfp4.gguf";
+    quantize_to_gguf(dir, path, GgufFileType::MXFP4_MOE);
+    const auto types = tensor_types(path);
+    for (const char* t : {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"})
+      EXPECT_EQ(types.at(std::string("blk.1.") + t + ".weight"), GgmlType::MXFP4) << t;
+    for (const char* t : {"output.weight", "token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_v.weight",
+                          "blk.1.attn_output.weight"})
+      EXPECT_EQ(types.at(t), GgmlType::Q8_0) << t;
+    EXPECT_EQ(types.at("blk.0.ffn_gate_inp.weight"), GgmlType::F32);
+    if (arch == "qwen2_moe") {
+      EXPECT_EQ(types.at("blk.0.ffn_down_shexp.weight"), GgmlType::Q8_0);
+    }
+    {
+      const auto model = Model::load(path, LoadOptions{});
+      const ExpertWeights& x = model->weights().layers[1].experts[2];
+      EXPECT_EQ(x.gate.dtype, DType::MXFP4);
+      EXPECT_EQ(x.down.dtype, DType::MXFP4);
+    }
+    expect_quantized_equals_dequantized(dir, GgufFileType::MXFP4_MOE, arch + " mxfp4");
   }
 }
 

@@ -75,7 +75,7 @@ INSTANTIATE_TEST_SUITE_P(Types, GgmlDequant,
                          ::testing::Values(Case{"q8_0", GgmlType::Q8_0}, Case{"q4_0", GgmlType::Q4_0},
                                            Case{"q4_k", GgmlType::Q4_K}, Case{"q5_k", GgmlType::Q5_K},
                                            Case{"q6_k", GgmlType::Q6_K}, Case{"q5_0", GgmlType::Q5_0},
-                                           Case{"q5_1", GgmlType::Q5_1}),
+                                           Case{"q5_1", GgmlType::Q5_1}, Case{"mxfp4", GgmlType::MXFP4}),
                          [](const auto& info) { return std::string(info.param.file); });
 
 }  // namespace

@@ -283,7 +283,7 @@ TEST(Gguf, UnknownTensorTypeNamesTheIdAndTheTensor) {
   std::string m = open_error(bad);
   EXPECT_NE(m.find("tensor 'w.q8' (the first of its type in the file) has ggml type 10 (q2_K)"), std::string::npos)
       << m;
-  EXPECT_NE(m.find("it reads f32, f16, q4_0, q8_0, q4_K, q5_K, q6_K, bf16"), std::string::npos) << m;
+  EXPECT_NE(m.find("it reads f32, f16, q4_0, q8_0, q4_K, q5_K, q6_K, bf16, mxfp4"), std::string::npos) << m;
   patch<uint32_t>(b, type_pos, 999u);
   write_all(bad, b);
   m = open_error(bad);

@@ -1,6 +1,7 @@
 // gpt-oss's pieces against scalar definitions on fresh random inputs: attention with a sink logit per head (and
 // the sliding window the transformer makes by offsetting the sequence), the clamped SwiGLU, MXFP4 decoding against
-// hand-computed values, the router (top-k of biased logits, softmax over the k), and the config reader.
+// hand-computed values and its repacking into ggml's blocks, the router (top-k of biased logits, softmax over the
+// k), the config reader, and the MXFP4 fixture's experts as loaded (ggml's MXFP4 blocks, sliced per rank).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,10 +13,13 @@
 
 #include "core/error.h"
 #include "core/mxfp4.h"
+#include "core/quant.h"
 #include "core/thread_pool.h"
 #include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/model.h"
+#include "moe/placement.h"
 #include "moe/router.h"
 #include "test_util.h"
 
@@ -145,6 +149,79 @@ TEST(GptOss, Mxfp4DecodesHandComputedValues) {
   EXPECT_EQ(part[0], -1.f);
   EXPECT_EQ(part[1], 0.5f);
   EXPECT_EQ(part[2], -0.25f);
+}
+
+// Random safetensors blocks (every code, every scale byte) repacked into ggml's layout decode, by ggml's rules
+// (dequantize_row), to the values of the safetensors decoding, but for code 8 (−0 there, +0 in ggml).
+TEST(GptOss, Mxfp4RepackedIntoGgmlBlocksDecodesToTheSameValues) {
+  const int64_t n_blocks = 300;
+  std::vector<uint8_t> blocks(size_t(n_blocks * kMxfp4BlockBytes)), scales(static_cast<size_t>(n_blocks));
+  uint32_t state = 12345;
+  auto next = [&] { return uint8_t((state = state * 1664525u + 1013904223u) >> 24); };
+  for (auto& b : blocks) b = next();
+  for (int64_t i = 0; i < n_blocks; ++i) scales[size_t(i)] = uint8_t(i < 256 ? i : next());  // every scale byte
+  std::vector<uint8_t> ggml(ggml_row_bytes(GgmlType::MXFP4, n_blocks * 32));
+  mxfp4_to_ggml_blocks(blocks.data(), scales.data(), n_blocks, ggml.data());
+  std::vector<float> want(size_t(n_blocks * 32)), got(want.size());
+  mxfp4_decode(blocks.data(), scales.data(), 0, n_blocks * 32, want.data());
+  dequantize_row(GgmlType::MXFP4, ggml.data(), got.data(), n_blocks * 32);
+  int64_t minus_zero = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(got[i], want[i]) << "value " << i;  // ±0 compare equal; so do equal infinities (scales near 255)
+    if (want[i] == 0.f && std::signbit(want[i])) {
+      ++minus_zero;
+      EXPECT_FALSE(std::signbit(got[i])) << "value " << i << ": ggml decodes code 8 as +0";
+    }
+  }
+  EXPECT_GT(minus_zero, 0);
+}
+
+// The published layout's experts are kept as ggml's MXFP4 blocks: 17 bytes per 32 weights. Under a split placement
+// a rank's slice of down (whose blocks run along the ffn dimension of 64) is MXFP4 where it is whole blocks (2
+// ranks: 32 each) and bf16 where it is not (3 ranks: 21, 21 and 22); gate and up (rows of d_model) stay MXFP4.
+TEST(GptOss, Mxfp4FixtureExpertsLoadAsGgmlMxfp4Blocks) {
+  const std::string dir = test::fixture_dir("gpt_oss_mxfp4");
+  const ModelConfig c = load_model_config(dir);
+  const int64_t d = c.d_model, f = c.expert_ffn;
+  {
+    LoadOptions lo;
+    lo.prefault = false;
+    const auto m = Model::load(dir, c, lo);
+    for (const LayerWeights& L : m->weights().layers)
+      for (const ExpertWeights& x : L.experts) {
+        ASSERT_TRUE(x.local);
+        for (const MatRef* w : {&x.gate, &x.up, &x.down}) {
+          EXPECT_EQ(w->dtype, DType::MXFP4);
+          EXPECT_EQ(dtype_row_bytes(w->dtype, w->cols), size_t(w->cols / 32 * 17));
+        }
+        EXPECT_EQ(x.gate.rows, f);
+        EXPECT_EQ(x.gate.cols, d);
+        EXPECT_EQ(x.down.rows, d);
+        EXPECT_EQ(x.down.cols, f);
+        EXPECT_FALSE(x.down_in_out);
+      }
+    // The attention and the router stay as stored (bf16).
+    EXPECT_EQ(m->weights().layers[0].wq.dtype, DType::BF16);
+    EXPECT_EQ(m->weights().layers[0].router.dtype, DType::BF16);
+  }
+  for (int ranks : {2, 3}) {
+    const ExpertPlacement pl = ExpertPlacement::split(c.n_layers, c.n_experts, ranks);
+    for (int r = 0; r < ranks; ++r) {
+      SCOPED_TRACE(testing::Message() << "rank " << r << " of " << ranks);
+      LoadOptions lo;
+      lo.prefault = false;
+      lo.share = pl.share(r);
+      const auto m = Model::load(dir, c, lo);
+      const FfnSlice sl = pl.ffn_slice(r, f);
+      const bool whole_blocks = sl.first % 32 == 0 && sl.count % 32 == 0;
+      EXPECT_EQ(whole_blocks, ranks == 2);
+      const ExpertWeights& x = m->weights().layers[1].experts[3];
+      EXPECT_EQ(x.gate.dtype, DType::MXFP4);
+      EXPECT_EQ(x.gate.rows, sl.count);
+      EXPECT_EQ(x.down.dtype, whole_blocks ? DType::MXFP4 : DType::BF16);
+      EXPECT_EQ(x.down.cols, sl.count);
+    }
+  }
 }
 
 TEST(GptOss, RouterTopKThenSoftmaxOverTheK) {

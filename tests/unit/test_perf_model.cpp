@@ -137,6 +137,7 @@ TEST(PerfModelShape, BuiltinsMatchPublishedSizes) {
   }
   EXPECT_FALSE(resolve_model("deepseek-v3").approximations.empty());
   EXPECT_THROW(weight_type("int3"), Error);
+  EXPECT_EQ(weight_type("mxfp4").bytes_per_weight, 17.0 / 32.0);
 }
 
 // gpt-oss's sliding-window layers read at most 128 positions of the cache: below 128 positions of context they

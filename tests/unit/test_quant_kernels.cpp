@@ -1,4 +1,4 @@
-// The fast kernel tables on ggml's block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) against the scalar
+// The fast kernel tables on ggml's block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, MXFP4) against the scalar
 // reference, on fresh random weights quantized by quantize_row and random activations: gemm_nt over the
 // streaming (few tokens) and packed (many tokens) paths, sub-ranges of rows, padded strides; to_f32; the
 // threaded ops::linear; and the choice of table (kernels_for).
@@ -29,7 +29,7 @@ using kernels::KernelTable;
 
 constexpr float kEps = std::numeric_limits<float>::epsilon();
 constexpr uint32_t kPoisonBits = 0x7fc0dead;  // a NaN no kernel produces
-constexpr DType kQuantTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kQuantTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 uint32_t seed_for(uint32_t case_id) {
   static const uint32_t base = [] {

@@ -25,8 +25,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("model", o->model, "Model directory (config.json + safetensors) or a .gguf file")->required();
   cmd->add_option("out", o->out, "Output .gguf file")->required();
   cmd->add_option("--type", o->type,
-                  "f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k (the K mixtures as llama.cpp chooses per tensor; "
-                  "no importance matrix)");
+                  "f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k or mxfp4 (the K mixtures as llama.cpp chooses per "
+                  "tensor; mxfp4 as llama.cpp's MXFP4_MOE: the experts MXFP4, the other matrices q8_0; no importance "
+                  "matrix)");
   cmd->add_flag("--list", o->list, "Print each tensor's name, dims and type");
   cmd->add_option("--threads,-t", o->threads, "Threads quantizing (0: every core; the file is the same)")
       ->check(CLI::Range(0, 4096));

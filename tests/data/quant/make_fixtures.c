@@ -7,6 +7,8 @@
 //   <type>.deq         ggml's to_float of those bytes (f32), row after row
 //   ggml.gguf          a GGUF file written by ggml's gguf writer: metadata of several types, and tensors
 //                      "row0.q4_K" (row 0 as q4_K, dims [256, 2]) and "row3.f32" (the first 8 values of row 3)
+//   mxfp4_edge.bin     rows in input.bin's format, blocks of 32 at MXFP4's corners (see fill_edge), and
+//   mxfp4_edge.q/.deq  ggml's MXFP4 of them and its decoding (added later: the files above did not change)
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -44,6 +46,33 @@ static void fill_row(int r, float* x, int n) {
     }
   }
   if (r == 3) x[77] = 50.f;
+}
+
+// MXFP4's corners, one block of 32 each: levels and the midpoints between them (ties go to the lower code), a
+// value past 6 times the scale (it clamps), amax at and just below powers of two (log2f's rounding decides the
+// scale), signed zeros, tiny (scales 0 and 1, f32 subnormals), amax below 2^-125 (ggml's uint8_t conversion of a
+// negative exponent: x86-64 keeps the low byte) and near FLT_MAX.
+enum { kEdgeBlocks = 10 };
+static void fill_edge(float* x) {
+  static const float mid[8] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.f, 7.f};  // in units of the scale
+  for (int b = 0; b < kEdgeBlocks; ++b) {
+    float* y = x + 32 * b;
+    for (int i = 0; i < 32; ++i) {
+      const float u = (float)(2.0 * uniform01() - 1.0);
+      switch (b) {
+        case 0: y[i] = (i % 2 ? -1.f : 1.f) * mid[i % 8] * 0.5f; break;     // amax 3.5: scale 1/2, midpoints
+        case 1: y[i] = (i % 2 ? -1.f : 1.f) * (float)(i % 8) * 0.25f; break;  // exact levels
+        case 2: y[i] = 4.f * u; y[0] = 7.99f; break;                           // 7.99: past 6 · scale
+        case 3: y[i] = u; y[5] = 4.f; break;                                   // amax exactly 2^2
+        case 4: y[i] = u; y[9] = 3.99999976f; break;                           // amax just below 2^2
+        case 5: y[i] = (i % 3 == 0) ? -0.f : (i % 3 == 1 ? 0.f : u * 1e-3f); break;  // signed zeros
+        case 6: y[i] = u * 0x1p-126f; break;                                   // scales near 0 and 1
+        case 7: y[i] = u * 0x1p-146f; break;                                   // subnormal amax: wraps
+        case 8: y[i] = u * 3e38f; break;                                       // near FLT_MAX
+        case 9: y[i] = 0.f; break;                                             // all zeros: scale 0
+      }
+    }
+  }
 }
 
 static void write_file(const char* dir, const char* name, const void* data, size_t bytes) {
@@ -90,6 +119,38 @@ int main(int argc, char** argv) {
     write_file(dir, name, q, q_bytes);
     snprintf(name, sizeof name, "%s.deq", ggml_type_name(type));
     write_file(dir, name, deq, sizeof(float) * total);
+    free(q);
+    free(deq);
+  }
+
+  {  // MXFP4 (ggml type 39): the same rows as the others, and the edge rows.
+    const enum ggml_type type = GGML_TYPE_MXFP4;
+    size_t q_bytes = 0;
+    for (int r = 0; r < kRows; ++r) q_bytes += ggml_row_size(type, kLen[r]);
+    uint8_t* q = malloc(q_bytes);
+    float* deq = malloc(sizeof(float) * total);
+    size_t q_off = 0;
+    for (int r = 0, off = 0; r < kRows; off += kLen[r], ++r) {
+      q_off += ggml_quantize_chunk(type, x + off, q + q_off, 0, 1, kLen[r], NULL);
+      ggml_get_type_traits(type)->to_float(q + q_off - ggml_row_size(type, kLen[r]), deq + off, kLen[r]);
+    }
+    write_file(dir, "mxfp4.q", q, q_bytes);
+    write_file(dir, "mxfp4.deq", deq, sizeof(float) * total);
+
+    const int n = 32 * kEdgeBlocks;
+    float edge[32 * kEdgeBlocks];
+    fill_edge(edge);
+    uint8_t edge_in[4 * 2 + sizeof edge];
+    const uint32_t edge_hdr[2] = {1, (uint32_t)n};
+    memcpy(edge_in, edge_hdr, sizeof edge_hdr);
+    memcpy(edge_in + sizeof edge_hdr, edge, sizeof edge);
+    write_file(dir, "mxfp4_edge.bin", edge_in, sizeof edge_in);
+    uint8_t edge_q[17 * kEdgeBlocks];
+    float edge_deq[32 * kEdgeBlocks];
+    ggml_quantize_chunk(type, edge, edge_q, 0, 1, n, NULL);
+    ggml_get_type_traits(type)->to_float(edge_q, edge_deq, n);
+    write_file(dir, "mxfp4_edge.q", edge_q, sizeof edge_q);
+    write_file(dir, "mxfp4_edge.deq", edge_deq, sizeof edge_deq);
     free(q);
     free(deq);
   }

@@ -8,6 +8,9 @@
 #     && git clone package/llama/gitRelease.bundle llama.cpp
 #   tests/data/quant/make_fixtures.sh /tmp/llama.cpp
 # ggml-base is built without -march flags (GGML_NATIVE=OFF), so no fused multiply-add changes its arithmetic.
+# mxfp4.* and mxfp4_edge.* were added later (2026-12-06) by the same program built against the shared ggml-base of
+# a GGML_NATIVE=ON build of the same source; every file made before came out byte for byte the same (MXFP4's
+# arithmetic is exact products of powers of two, which a fused multiply-add cannot change).
 set -eu
 LLAMA=${1:?usage: make_fixtures.sh LLAMA_CPP_SOURCE_DIR [BUILD_DIR]}
 BUILD=${2:-/tmp/ggml-build}
