@@ -114,7 +114,12 @@ if [ "$MODE" = interop ]; then
       "$LQ" "$m-f32.gguf" "$m-$t.gguf" "$t" >"$m.$t.log" 2>&1 || { echo "$fam: llama-quantize $t failed"; continue; }
     done
     "$MOEP" quantize "$m" "$m-moep-q4_k_m.gguf" --type q4_k_m >/dev/null
-    for f in f32 "${types[@]}" moep-q4_k_m; do
+    mine=(moep-q4_k_m)
+    if [ "$fam" = gpt_oss ]; then
+      "$MOEP" quantize "$m" "$m-moep-mxfp4.gguf" --type mxfp4 >/dev/null
+      mine+=(moep-mxfp4)
+    fi
+    for f in f32 "${types[@]}" "${mine[@]}"; do
       file="$m-$f.gguf"
       [ -f "$file" ] || continue
       "$WORK/probe" logits "$file" "$IDS" "$m-$f.llama.npy" 4 >"$m.$f.probe.log" 2>&1 ||

@@ -40,7 +40,6 @@ constexpr bool kCountsAllocations = !MOEP_UNDER_ASAN;
 
 // Every heap allocation of the test binary (operator new, malloc, aligned_alloc, ...) goes through these
 // interposed C allocation functions and is counted; they forward to glibc's implementations.
-#if !MOEP_UNDER_ASAN
 extern "C" {
 void* __libc_malloc(size_t);
 void* __libc_calloc(size_t, size_t);
@@ -56,6 +55,7 @@ static thread_local uint64_t t_moep_allocations = 0;
   if (!moep::gpu::inside_driver_call()) ++t_moep_allocations;
 }
 
+#if !MOEP_UNDER_ASAN
 extern "C" {
 void* malloc(size_t n) {
   count_allocation();
