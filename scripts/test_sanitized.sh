@@ -34,5 +34,16 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0:strict_string_checks=1:check_initialization_order=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan_suppressions.txt:print_suppressions=0"
-exclude='SteadyState|Calibrate|MemoryBandwidth|Peak|server\.openai_client|Gpu'
-ctest --test-dir build-asan --output-on-failure -E "$exclude" "$@"
+# ulimit -v and RLIMIT tests (ConfigErrors.AbsurdSizes…, ResourceErrors.…): ASan reserves terabytes of shadow
+# address space at start, which a virtual-memory limit refuses before moep runs; the wall-clock template test
+# (JinjaLimits.RunawayTemplates…) times a budget the sanitized interpreter takes several times longer to reach.
+exclude='SteadyState|Calibrate|MemoryBandwidth|Peak|server\.openai_client|Gpu|ConfigErrors\.AbsurdSizesFailBeforeAllocating|ResourceErrors\.ThreadAndAllocationFailuresAreCleanErrors|JinjaLimits\.RunawayTemplatesStopWithinTwoSeconds'
+# The multi-rank tests (mpirun of the sanitized moep) run in a second pass with leak checking off: Open MPI's
+# components (dlopen'ed, and closed before LeakSanitizer reports) leave allocations that cannot be attributed or
+# suppressed by name. Every ASan error and UBSan report still fails them.
+mpi='Distributed|NRanks|Ranks'
+status=0
+ctest --test-dir build-asan --output-on-failure -E "$exclude|$mpi" "$@" || status=1
+ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" ctest --test-dir build-asan --output-on-failure -R "$mpi" -E "$exclude" "$@" ||
+  status=1
+exit $status

@@ -16,6 +16,11 @@ namespace moep {
 
 namespace {
 
+// memcpy of n bytes; an empty vector's data() may be null, which memcpy must not be given even for 0 bytes (UBSan).
+void copy_bytes(void* dst, const void* src, size_t n) {
+  if (n > 0) std::memcpy(dst, src, n);
+}
+
 struct BlobHeader {
   int32_t rank, threads;
   int64_t n_layers, head_ns, head_gather_ns, n_events;
@@ -40,9 +45,9 @@ std::vector<uint8_t> serialize(const RankStats& r) {
   uint8_t* p = out.data();
   std::memcpy(p, &h, sizeof(h));
   p += sizeof(h);
-  std::memcpy(p, r.layers.data(), r.layers.size() * sizeof(LayerStats));
+  copy_bytes(p, r.layers.data(), r.layers.size() * sizeof(LayerStats));
   p += r.layers.size() * sizeof(LayerStats);
-  std::memcpy(p, r.events.data(), r.events.size() * sizeof(TraceEvent));
+  copy_bytes(p, r.events.data(), r.events.size() * sizeof(TraceEvent));
   return out;
 }
 
@@ -62,9 +67,9 @@ RankStats deserialize(const std::vector<uint8_t>& b) {
   r.layers.resize(size_t(h.n_layers));
   r.events.resize(size_t(h.n_events));
   const uint8_t* p = b.data() + sizeof(h);
-  std::memcpy(r.layers.data(), p, r.layers.size() * sizeof(LayerStats));
+  copy_bytes(r.layers.data(), p, r.layers.size() * sizeof(LayerStats));
   p += r.layers.size() * sizeof(LayerStats);
-  std::memcpy(r.events.data(), p, r.events.size() * sizeof(TraceEvent));
+  copy_bytes(r.events.data(), p, r.events.size() * sizeof(TraceEvent));
   return r;
 }
 
