@@ -56,6 +56,11 @@ TEMPLATES = [
      "models": ["allenai/OLMoE-1B-7B-0924-Instruct"], "groups": ["basic", "system_variants"]},
     {"template": "deepseek_v3.jinja", "bos": BOS_DS, "eos": EOS_DS,
      "models": ["deepseek-ai/DeepSeek-V3"], "groups": ["basic", "system_variants", "deepseek_tools"]},
+    # The harmony format. It prints strftime_now("%Y-%m-%d"): rendered at a fixed local time ("now", also stored in
+    # each case for the C++ side).
+    {"template": "gpt_oss.jinja", "bos": "<|startoftext|>", "eos": "<|return|>",
+     "models": ["openai/gpt-oss-20b", "openai/gpt-oss-120b"], "groups": ["basic", "system_variants", "gpt_oss"],
+     "now": [2026, 8, 1, 12, 0, 0]},
 ]
 
 # --- conversations ----------------------------------------------------------------------------------------------------
@@ -177,6 +182,40 @@ CONVERSATIONS = {
             {"role": "tool", "tool_call_id": "abcdef123", "name": "get_weather", "content": "22.0"},
         ],
     },
+    "gpt_oss": {
+        "developer": [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"}],
+        "thinking_last": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "thinking": "Add two and two.", "content": "4"},
+        ],
+        "thinking_history": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "thinking": "Easy.", "content": "4"},
+            {"role": "user", "content": "And 3+3?"},
+        ],
+        "tool_call_round_trip": [
+            {"role": "system", "content": "You are a weather bot."},
+            {"role": "user", "content": "Weather in Z\u00fcrich?"},
+            {"role": "assistant", "thinking": "Call the tool.", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Z\u00fcrich", "unit": "celsius"}}},
+            ]},
+            {"role": "tool", "content": "{\"temperature\": 3.5}"},
+        ],
+        "tool_call_then_answer": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Let me check.", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            ]},
+            {"role": "tool", "content": "11"},
+            {"role": "assistant", "content": "It is 11 \u00b0C in Paris."},
+            {"role": "user", "content": "Thanks!"},
+        ],
+        "channel_tags_in_content": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<|channel|>final<|message|>Hello"},
+        ],
+        "tool_without_call": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"}],
+    },
     "mistral_tool_use": {
         "tool_results": [
             {"role": "user", "content": "Weather in Paris?"},
@@ -194,6 +233,8 @@ EXTRAS = {
     "mistral_tools": [{}, {"tools": TOOLS}],
     "mistral_tool_use": [{}, {"tools": TOOLS}],
     "deepseek_tools": [{}],
+    "gpt_oss": [{}, {"reasoning_effort": "high"}, {"tools": TOOLS}, {"builtin_tools": ["browser", "python"]},
+                {"model_identity": "You are moep, a test model.", "reasoning_effort": "low"}],
 }
 
 SPECIAL_PROBE = (
@@ -279,10 +320,34 @@ def load_template(data_dir, name):
     return path.read_text(encoding="utf-8")
 
 
+def freeze_now(when):
+    """strftime_now() of transformers' template environment (and of this script's own) returns `when` (local time,
+    [y, m, d, H, M, S]); None restores the clock."""
+    import datetime as dt
+    import transformers.utils.chat_template_utils as ctu
+
+    real = dt.datetime
+
+    class Fixed(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) if when is None else cls(*when)
+
+    for mod in (ctu, sys.modules[__name__]):
+        held = getattr(mod, "datetime", None)
+        if isinstance(held, type):
+            mod.datetime = Fixed
+        elif held is not None:  # `import datetime`: the module
+            mod.datetime = type(held)("datetime")
+            mod.datetime.__dict__.update(held.__dict__)
+            mod.datetime.datetime = Fixed
+
+
 def make_chat_vectors(data_dir):
     cases, failures = [], 0
     for spec in TEMPLATES:
         name = spec["template"]
+        freeze_now(spec.get("now"))
         try:
             template = load_template(data_dir, name)
             tok, how = make_tokenizer(template, spec["bos"], spec["eos"])
@@ -307,12 +372,19 @@ def make_chat_vectors(data_dir):
                             "eos_token": spec["eos"],
                             "special_tokens": special,
                         }
+                        if spec.get("now"):
+                            entry["now"] = spec["now"]
                         entry.update(render_case(tok, messages, agp, extra))
                         if "expected" in entry:
                             n_ok += 1
                         else:
                             n_err += 1
                         cases.append(entry)
+        if spec.get("now"):
+            day = "%04d-%02d-%02d" % tuple(spec["now"][:3])
+            if not any(day in c.get("expected", "") for c in cases if c["template"] == name):
+                log(f"[{name}] FAILED: the date was not frozen (no rendering shows {day})")
+                failures += 1
         log(f"[{name}] {n_ok} rendered, {n_err} raised ({how}; special tokens seen by the template: {special})")
     return cases, failures
 

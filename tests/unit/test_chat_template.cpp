@@ -6,6 +6,8 @@
 // MatchesTransformersVectors checks every one of them when that file is present.
 #include <gtest/gtest.h>
 
+#include <ctime>
+
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -379,9 +381,23 @@ TEST(ChatTemplate, MatchesTransformersVectors) {
     for (auto x = c["extra"].begin(); x != c["extra"].end(); ++x) extra[x.key()] = x.value();
     const std::string label = name + " / " + c["conversation"].get<std::string>() + " / add_generation_prompt=" +
                               (c["add_generation_prompt"].get<bool>() ? "true" : "false") + " / extra=" + c["extra"].dump();
+    // Templates that print the date (gpt-oss's harmony) were rendered at a fixed local time.
+    jinja::RenderOptions opt;
+    if (c.contains("now")) {
+      const auto& n = c["now"];
+      std::tm tm{};
+      tm.tm_year = n[0].get<int>() - 1900;
+      tm.tm_mon = n[1].get<int>() - 1;
+      tm.tm_mday = n[2].get<int>();
+      tm.tm_hour = n[3].get<int>();
+      tm.tm_min = n[4].get<int>();
+      tm.tm_sec = n[5].get<int>();
+      tm.tm_isdst = -1;
+      opt.now = std::mktime(&tm);
+    }
     std::string got, kind = "output";
     try {
-      got = render_chat(it->second, c["messages"], c["add_generation_prompt"].get<bool>(), extra);
+      got = render_chat(it->second, c["messages"], c["add_generation_prompt"].get<bool>(), extra, opt);
     } catch (const jinja::TemplateRaised& e) {
       got = e.message();
       kind = "raises";
