@@ -64,6 +64,36 @@ TEST(ChatTemplate, Qwen2ChatMLAddsDefaultSystem) {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
 }
 
+// gpt-oss's harmony template runs in moep's interpreter (macros, namespaces, slices, the date). The expected text
+// is read off the template; transformers' renderings of many more conversations come with vectors.json (below) once
+// make_chat_vectors.py has run where transformers is installed.
+TEST(ChatTemplate, GptOssHarmonyRendersTheSystemDeveloperAndChannels) {
+  ChatTemplate t = stored("gpt_oss.jinja", "<|startoftext|>", "<|return|>");
+  jinja::RenderOptions opt;
+  std::tm tm{};
+  tm.tm_year = 2026 - 1900;
+  tm.tm_mon = 7;
+  tm.tm_mday = 1;
+  tm.tm_hour = 12;
+  tm.tm_isdst = -1;
+  opt.now = std::mktime(&tm);
+  const std::string system =
+      "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+      "Knowledge cutoff: 2024-06\nCurrent date: 2026-08-01\n\nReasoning: medium\n\n"
+      "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>";
+  EXPECT_EQ(render_chat(t, ordered_json{msg("user", "Hi")}, true, ordered_json::object(), opt),
+            system + "<|start|>user<|message|>Hi<|end|><|start|>assistant");
+  ordered_json answered = ordered_json{msg("developer", "Be brief."), msg("user", "2+2?"), msg("assistant", "4")};
+  answered[2]["thinking"] = "Add.";
+  EXPECT_EQ(render_chat(t, answered, false, ordered_json::object(), opt),
+            system + "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n<|end|>"
+                     "<|start|>user<|message|>2+2?<|end|>"
+                     "<|start|>assistant<|channel|>analysis<|message|>Add.<|end|>"
+                     "<|start|>assistant<|channel|>final<|message|>4<|return|>");
+  EXPECT_THROW(render_chat(t, ordered_json{msg("user", "Hi"), msg("tool", "x")}, true, ordered_json::object(), opt),
+               jinja::TemplateRaised);
+}
+
 TEST(ChatTemplate, Qwen15LeavesTheLastTurnOpen) {
   ChatTemplate t = stored("qwen1.5_chat.jinja", "", "<|im_end|>");
   EXPECT_EQ(render_chat(t, ordered_json{msg("user", "Hi"), msg("assistant", "Yo")}, false),
