@@ -119,20 +119,10 @@ ModelConfig deepseek2_config(const GgufFile& g, const std::string& path) {
   return c;
 }
 
-// llama.cpp's gpt-oss (openai/gpt-oss-20b and -120b, conversion/gpt_oss.py): the same ModelConfig as the
-// checkpoint's config.json (arch_gpt_oss.cpp), with what llama.cpp fixes in its graph rather than in the file:
-//  - the clamped SwiGLU's limit 7 and alpha 1.702, the router's softmax over the chosen logits, biases on q, k, v,
-//    o, the router and the experts, and a sink logit per head;
-//  - sliding-window layers every sliding_window_pattern-th layer but the last of each period (2, its default: the
-//    even layers), as the checkpoint's layer_types alternate;
-//  - YaRN's ramp bounds: llama.cpp floors and ceils them (ggml_rope_yarn_corr_dims); the checkpoints say
-//    `truncate: false`, and transformers, the reference, does not round them. moep follows the checkpoints, so a
-//    gpt-oss GGUF computes what its checkpoint computes; against llama.cpp the rotation of the few frequencies in
-//    the ramp differs slightly (docs/PERFORMANCE.md's interop table gives the figure).
-ModelConfig gpt_oss_config(const GgufFile& g, const std::string& path) {
-  auto key = [](const char* name) { return std::string("gpt-oss.") + name; };
-  ModelConfig c;
-  c.model_type = "gpt_oss";
+// The layer count (bounded before anything is sized by it), width and attention heads, as every architecture but
+// deepseek2 stores them: key_length is the head size when given (else d_model / heads) and value_length must equal it.
+void read_layers_and_heads(const GgufFile& g, const std::string& arch, const std::string& path, ModelConfig& c) {
+  auto key = [&](const char* name) { return arch + "." + name; };
   c.n_layers = g.get_u32(key("block_count"));
   if (c.n_layers > ConfigLimits::layers)
     fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
@@ -145,7 +135,24 @@ ModelConfig gpt_oss_config(const GgufFile& g, const std::string& path) {
                                                   : c.d_model / c.n_heads;
   if (g.has(key("attention.value_length")) && g.get_u32(key("attention.value_length")) != c.head_dim)
     fail(path, ": ", key("attention.value_length"), " (", g.get_u32(key("attention.value_length")),
-         ") differs from the key length (", c.head_dim, "); gpt-oss has them equal");
+         ") differs from the key length (", c.head_dim, "); moep expects them equal");
+}
+
+// llama.cpp's gpt-oss (openai/gpt-oss-20b and -120b, conversion/gpt_oss.py): the same ModelConfig as the
+// checkpoint's config.json (arch_gpt_oss.cpp), with what llama.cpp fixes in its graph rather than in the file:
+//  - the clamped SwiGLU's limit 7 and alpha 1.702, the router's softmax over the chosen logits, biases on q, k, v,
+//    o, the router and the experts, and a sink logit per head;
+//  - sliding-window layers every sliding_window_pattern-th layer but the last of each period (2, its default: the
+//    even layers), as the checkpoint's layer_types alternate;
+//  - YaRN's ramp bounds: llama.cpp floors and ceils them (ggml_rope_yarn_corr_dims); the checkpoints say
+//    `truncate: false`, and transformers, the reference, does not round them. moep follows the checkpoints, so a
+//    gpt-oss GGUF computes what its checkpoint computes; against llama.cpp the rotation of the few frequencies in
+//    the ramp differs slightly (scripts/llamacpp/side_by_side.sh interop measures it: about 6e-4 relative).
+ModelConfig gpt_oss_config(const GgufFile& g, const std::string& path) {
+  auto key = [](const char* name) { return std::string("gpt-oss.") + name; };
+  ModelConfig c;
+  c.model_type = "gpt_oss";
+  read_layers_and_heads(g, "gpt-oss", path, c);
   c.max_position = g.get_u32_or(key("context_length"), 4096);
   c.norm = NormKind::RMSNorm;
   c.norm_eps = g.get_f32(key("attention.layer_norm_rms_epsilon"));
@@ -256,16 +263,7 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
          "olmoe, dbrx, deepseek2 and gpt-oss");
   }
 
-  c.n_layers = g.get_u32(key("block_count"));
-  c.d_model = g.get_u32(key("embedding_length"));
-  c.n_heads = g.get_u32(key("attention.head_count"));
-  c.n_kv_heads = g.get_u32_or(key("attention.head_count_kv"), uint32_t(c.n_heads));
-  if (c.n_heads <= 0) fail(path, ": ", key("attention.head_count"), " must be positive");
-  c.head_dim = g.has(key("attention.key_length")) ? int64_t(g.get_u32(key("attention.key_length")))
-                                                  : c.d_model / c.n_heads;
-  if (g.has(key("attention.value_length")) && g.get_u32(key("attention.value_length")) != c.head_dim)
-    fail(path, ": ", key("attention.value_length"), " (", g.get_u32(key("attention.value_length")),
-         ") differs from the key length (", c.head_dim, "); moep expects them equal");
+  read_layers_and_heads(g, arch, path, c);
   if (g.has(key("rope.dimension_count")) && g.get_u32(key("rope.dimension_count")) != c.head_dim)
     fail(path, ": ", key("rope.dimension_count"), " is ", g.get_u32(key("rope.dimension_count")),
          "; moep rotates whole heads (", c.head_dim, ")");
@@ -282,9 +280,6 @@ ModelConfig model_config_from_gguf(const GgufFile& g) {
   // expert_feed_forward_length (Qwen's feed_forward_length is then a dense MLP's, which its MoE layers lack).
   c.expert_ffn = g.has(key("expert_feed_forward_length")) ? g.get_u32(key("expert_feed_forward_length"))
                                                           : g.get_u32(key("feed_forward_length"));
-  if (c.n_layers > ConfigLimits::layers)  // before anything is sized by it
-    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
-         " (a corrupt or hostile file?)");
   // A layer without a router is a dense MLP layer (Qwen2-MoE's mlp_only_layers: moep writes them as llama.cpp's
   // dense ffn_gate/ffn_up/ffn_down, of feed_forward_length; llama.cpp's qwen2moe itself has none).
   c.layer_is_moe.assign(size_t(std::max<int64_t>(c.n_layers, 0)), true);

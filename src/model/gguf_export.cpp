@@ -184,56 +184,38 @@ std::vector<Source> mla_sources(const ModelConfig& c, const ModelWeights& w) {
   return s;
 }
 
-// gpt-oss under llama.cpp's names (conversion/gpt_oss.py; bind_gguf_gpt_oss reads them back).
-std::vector<Source> gpt_oss_sources(const ModelConfig& c, const ModelWeights& w) {
-  std::vector<Source> s;
+// What gpt-oss adds to a layer under llama.cpp's names (conversion/gpt_oss.py; bind_gguf_gpt_oss_extras reads them
+// back): the sinks, the router's bias and the experts' biases.
+void gpt_oss_sources(const ModelConfig& c, const LayerWeights& L, const std::string& p, std::vector<Source>& s) {
   const int64_t d = c.d_model, E = c.n_experts, f = c.expert_ffn;
-  s.push_back(matrix_source("token_embd.weight", w.embed));
-  s.push_back(vector_source("output_norm.weight", w.final_norm_w, {d}));
-  if (!c.tie_word_embeddings) s.push_back(matrix_source("output.weight", w.lm_head));
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const LayerWeights& L = w.layers[size_t(i)];
-    const std::string p = "blk." + std::to_string(i) + ".";
-    s.push_back(vector_source(p + "attn_norm.weight", L.attn_norm_w, {d}));
-    s.push_back(vector_source(p + "post_attention_norm.weight", L.ffn_norm_w, {d}));
-    s.push_back(matrix_source(p + "attn_q.weight", L.wq));
-    s.push_back(matrix_source(p + "attn_k.weight", L.wk));
-    s.push_back(matrix_source(p + "attn_v.weight", L.wv));
-    s.push_back(matrix_source(p + "attn_output.weight", L.wo));
-    for (const auto& [name, v] : {std::pair{"attn_q.bias", &L.bq}, std::pair{"attn_k.bias", &L.bk},
-                                  std::pair{"attn_v.bias", &L.bv}, std::pair{"attn_output.bias", &L.bo}})
-      if (!v->empty()) s.push_back(vector_source(p + name, *v, {v->size}));
-    s.push_back(vector_source(p + "attn_sinks.weight", L.sinks, {c.n_heads}));
-    moe_sources(c, L, p, s);
-    s.push_back(vector_source(p + "ffn_gate_inp.bias", L.router_bias, {E}));
-    // The experts' biases stacked as the converter writes them: [E, f] and [E, d] (ggml {f, E}, {d, E}).
-    const auto* experts = &L.experts;
-    for (const auto& [name, which, len] : {std::tuple{"ffn_gate_exps.bias", 0, f}, std::tuple{"ffn_up_exps.bias", 1, f},
-                                           std::tuple{"ffn_down_exps.bias", 2, d}})
-      s.push_back(by_rows(p + name, {len, E}, [experts, which = which, len = len](int64_t e, float* out) {
-        const ExpertWeights& x = (*experts)[size_t(e)];
-        const VecRef& v = which == 0 ? x.gate_bias : which == 1 ? x.up_bias : x.down_bias;
-        MOEP_ASSERT(v.size == len, "expert ", e, "'s bias");
-        for (int64_t k = 0; k < len; ++k) out[k] = v.at(k);
-      }));
-  }
-  return s;
+  s.push_back(vector_source(p + "attn_sinks.weight", L.sinks, {c.n_heads}));
+  s.push_back(vector_source(p + "ffn_gate_inp.bias", L.router_bias, {E}));
+  // The experts' biases stacked as the converter writes them: [E, f] and [E, d] (ggml {f, E}, {d, E}).
+  const auto* experts = &L.experts;
+  for (const auto& [name, which, len] : {std::tuple{"ffn_gate_exps.bias", 0, f}, std::tuple{"ffn_up_exps.bias", 1, f},
+                                         std::tuple{"ffn_down_exps.bias", 2, d}})
+    s.push_back(by_rows(p + name, {len, E}, [experts, which = which, len = len](int64_t e, float* out) {
+      const ExpertWeights& x = (*experts)[size_t(e)];
+      const VecRef& v = which == 0 ? x.gate_bias : which == 1 ? x.up_bias : x.down_bias;
+      MOEP_ASSERT(v.size == len, "expert ", e, "'s bias");
+      for (int64_t k = 0; k < len; ++k) out[k] = v.at(k);
+    }));
 }
+
 
 std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
   if (c.is_mla()) return mla_sources(c, w);
-  if (c.model_type == "gpt_oss") return gpt_oss_sources(c, w);
   std::vector<Source> s;
   const int64_t d = c.d_model, hd = c.head_dim;
   s.push_back(matrix_source("token_embd.weight", w.embed));
   s.push_back(vector_source("output_norm.weight", w.final_norm_w, {d}));
   if (!w.final_norm_b.empty()) s.push_back(vector_source("output_norm.bias", w.final_norm_b, {d}));
   if (!c.tie_word_embeddings) s.push_back(matrix_source("output.weight", w.lm_head));
-  const bool dbrx = c.model_type == "dbrx", llama_rope = c.model_type == "mixtral";
+  const bool dbrx = c.model_type == "dbrx", llama_rope = c.model_type == "mixtral", gpt_oss = c.model_type == "gpt_oss";
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const LayerWeights& L = w.layers[size_t(i)];
     const std::string p = "blk." + std::to_string(i) + ".";
-    const std::string ffn_norm = p + (dbrx ? "attn_output_norm" : "ffn_norm");
+    const std::string ffn_norm = p + (dbrx ? "attn_output_norm" : gpt_oss ? "post_attention_norm" : "ffn_norm");
     s.push_back(vector_source(p + "attn_norm.weight", L.attn_norm_w, {d}));
     if (!L.attn_norm_b.empty()) s.push_back(vector_source(p + "attn_norm.bias", L.attn_norm_b, {d}));
     s.push_back(vector_source(ffn_norm + ".weight", L.ffn_norm_w, {d}));
@@ -280,6 +262,7 @@ std::vector<Source> gguf_sources(const ModelConfig& c, const ModelWeights& w) {
       continue;
     }
     moe_sources(c, L, p, s);
+    if (gpt_oss) gpt_oss_sources(c, L, p, s);
   }
   return s;
 }

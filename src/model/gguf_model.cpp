@@ -191,60 +191,36 @@ void bind_gguf_mla(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   }
 }
 
-// gpt-oss as llama.cpp's converter stores it (conversion/gpt_oss.py): the checkpoint's interleaved gate_up split
-// into ffn_gate_exps and ffn_up_exps (and their biases), down_proj as ffn_down_exps ([out, in] rows, as every
-// family), the sinks as attn_sinks.weight, post_attention_layernorm as post_attention_norm. q and k are stored
-// unpermuted (llama.cpp rotates gpt-oss's halves, as transformers does).
-void bind_gguf_gpt_oss(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
-  if (b.share().dense().attention)
-    fail("a GGUF model's attention cannot be split over ranks yet; use --attention replicated");
-  const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim(), E = c.n_experts, f = c.expert_ffn;
-  w.embed = b.matrix("token_embd.weight", c.vocab_size, d);
-  w.final_norm_w = b.vector("output_norm.weight", d);
-  bind_output_head(c, b, "output.weight", w);
-  w.kv_heads = {0, c.n_kv_heads};
-  w.layers.resize(size_t(c.n_layers));
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    LayerWeights& L = w.layers[size_t(i)];
-    const std::string p = "blk." + std::to_string(i) + ".";
-    L.attn_norm_w = b.vector(p + "attn_norm.weight", d);
-    L.ffn_norm_w = b.vector(p + "post_attention_norm.weight", d);
-    L.wq = b.matrix(p + "attn_q.weight", q, d);
-    L.wk = b.matrix(p + "attn_k.weight", kv, d);
-    L.wv = b.matrix(p + "attn_v.weight", kv, d);
-    L.wo = b.matrix(p + "attn_output.weight", d, q);
-    if (c.qkv_bias) {
-      L.bq = b.vector(p + "attn_q.bias", q);
-      L.bk = b.vector(p + "attn_k.bias", kv);
-      L.bv = b.vector(p + "attn_v.bias", kv);
-    }
-    if (c.o_bias) L.bo = b.vector(p + "attn_output.bias", d);
-    L.sinks = b.vector(p + "attn_sinks.weight", c.n_heads);
-    L.is_moe = true;
-    bind_stacked_experts(c, b, i, p, L);
-    L.router_bias = b.vector(p + "ffn_gate_inp.bias", E);
-    // The experts' biases, stacked [E, f] (gate, up) and [E, d] (down): this rank's slice of each held expert,
-    // down's on the slice that starts the ffn dimension only (it is added once per expert).
-    const TensorInfo* gate_b = b.tensor(p + "ffn_gate_exps.bias", {E, f});
-    const TensorInfo* up_b = b.tensor(p + "ffn_up_exps.bias", {E, f});
-    const TensorInfo* down_b = b.tensor(p + "ffn_down_exps.bias", {E, d});
-    if (!gate_b || !up_b || !down_b) continue;  // recording mode
-    const FfnSlice sl = b.share().ffn_slice(f);
-    for (int64_t e = 0; e < E; ++e) {
-      ExpertWeights& x = L.experts[size_t(e)];
-      if (!x.local) continue;
-      const std::string key = p + "exps#" + std::to_string(e) + "#" + std::to_string(sl.first) + "+" +
-                              std::to_string(sl.count);
-      auto slice = [&](const TensorInfo* t, int64_t row_len, int64_t first, int64_t n, const char* what) {
-        return b.made_vector(key + what, n, [t, e, row_len, first, n](float* out) {
-          const VecRef v{t->data, t->dtype, t->numel()};
-          for (int64_t k = 0; k < n; ++k) out[k] = v.at(e * row_len + first + k);
-        });
-      };
-      x.gate_bias = slice(gate_b, f, sl.first, sl.count, "#gate_bias");
-      x.up_bias = slice(up_b, f, sl.first, sl.count, "#up_bias");
-      if (sl.first == 0) x.down_bias = slice(down_b, d, 0, d, "#down_bias");
-    }
+// What gpt-oss adds to a layer, as llama.cpp's converter stores it (conversion/gpt_oss.py): the sinks as
+// attn_sinks.weight, the router's bias, and the experts' biases split like the checkpoint's interleaved gate_up into
+// ffn_gate_exps.bias and ffn_up_exps.bias, with ffn_down_exps.bias. (Its attention and stacked experts are bound as
+// every family's; post_attention_layernorm is post_attention_norm; q and k are stored unpermuted: llama.cpp rotates
+// gpt-oss's halves, as transformers does.)
+void bind_gguf_gpt_oss_extras(const ModelConfig& c, WeightBinder& b, const std::string& p, LayerWeights& L) {
+  const int64_t d = c.d_model, E = c.n_experts, f = c.expert_ffn;
+  L.sinks = b.vector(p + "attn_sinks.weight", c.n_heads);
+  L.router_bias = b.vector(p + "ffn_gate_inp.bias", E);
+  // The experts' biases, stacked [E, f] (gate, up) and [E, d] (down): this rank's slice of each held expert,
+  // down's on the slice that starts the ffn dimension only (it is added once per expert).
+  const TensorInfo* gate_b = b.tensor(p + "ffn_gate_exps.bias", {E, f});
+  const TensorInfo* up_b = b.tensor(p + "ffn_up_exps.bias", {E, f});
+  const TensorInfo* down_b = b.tensor(p + "ffn_down_exps.bias", {E, d});
+  if (!gate_b || !up_b || !down_b) return;  // recording mode
+  const FfnSlice sl = b.share().ffn_slice(f);
+  for (int64_t e = 0; e < E; ++e) {
+    ExpertWeights& x = L.experts[size_t(e)];
+    if (!x.local) continue;
+    const std::string key = p + "exps#" + std::to_string(e) + "#" + std::to_string(sl.first) + "+" +
+                            std::to_string(sl.count);
+    auto slice = [&](const TensorInfo* t, int64_t row_len, int64_t first, int64_t n, const char* what) {
+      return b.made_vector(key + what, n, [t, e, row_len, first, n](float* out) {
+        const VecRef v{t->data, t->dtype, t->numel()};
+        for (int64_t k = 0; k < n; ++k) out[k] = v.at(e * row_len + first + k);
+      });
+    };
+    x.gate_bias = slice(gate_b, f, sl.first, sl.count, "#gate_bias");
+    x.up_bias = slice(up_b, f, sl.first, sl.count, "#up_bias");
+    if (sl.first == 0) x.down_bias = slice(down_b, d, 0, d, "#down_bias");
   }
 }
 
@@ -252,10 +228,9 @@ void bind_gguf_gpt_oss(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
 
 void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
   if (c.is_mla()) return bind_gguf_mla(c, b, w);
-  if (c.model_type == "gpt_oss") return bind_gguf_gpt_oss(c, b, w);
   const int64_t d = c.d_model, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim;
   const bool dbrx = c.model_type == "dbrx";
-  const bool llama_rope = c.model_type == "mixtral";
+  const bool llama_rope = c.model_type == "mixtral", gpt_oss = c.model_type == "gpt_oss";
   w.embed = b.matrix("token_embd.weight", c.vocab_size, d);
   w.final_norm_w = b.vector("output_norm.weight", d);
   if (c.norm_has_bias) w.final_norm_b = b.vector("output_norm.bias", d);
@@ -271,7 +246,7 @@ void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
     LayerWeights& L = w.layers[size_t(i)];
     const std::string p = "blk." + std::to_string(i) + ".";
     L.attn_norm_w = b.vector(p + "attn_norm.weight", d);
-    const std::string ffn_norm = p + (dbrx ? "attn_output_norm" : "ffn_norm");
+    const std::string ffn_norm = p + (dbrx ? "attn_output_norm" : gpt_oss ? "post_attention_norm" : "ffn_norm");
     L.ffn_norm_w = b.vector(ffn_norm + ".weight", d);
     if (c.norm_has_bias) {
       L.attn_norm_b = b.vector(p + "attn_norm.bias", d);
@@ -308,6 +283,7 @@ void bind_gguf_weights(const ModelConfig& c, WeightBinder& b, ModelWeights& w) {
       continue;
     }
     bind_stacked_experts(c, b, i, p, L);
+    if (gpt_oss) bind_gguf_gpt_oss_extras(c, b, p, L);
     if (c.shared_expert_ffn > 0) {
       L.shared_expert = bind_mlp(b, p, "_shexp.weight", d, c.shared_expert_ffn, b.share().ffn_slice(c.shared_expert_ffn));
       // Stored [d_model] by llama.cpp's loader's count, [1, d_model] as the converter writes torch's shape.
