@@ -33,7 +33,8 @@ set(MOEP_LAYER_moe core kernels comm model)
 set(MOEP_LAYER_gpu core comm model moe/placement.h)
 # Not model/weights.h, model/model.h or io: perf predicts and calibrates without a checkpoint.
 set(MOEP_LAYER_perf core kernels comm model/config.h moe/placement.h)
-set(MOEP_LAYER_runtime core kernels comm io model moe gpu text)
+# runtime takes perf for one decision: `--attention auto` and `--head auto` ask the performance model.
+set(MOEP_LAYER_runtime core kernels comm io model moe gpu text perf)
 set(MOEP_LAYER_server core runtime text)
 
 # Includes allowed against the lists above, each as "<file under src/>:<include>", with why and until when.

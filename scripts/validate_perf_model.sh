@@ -31,6 +31,9 @@
 #   --weights MODE      where the runs keep the weights (moep's --weights; default map): with map, ranks on
 #                       this host share the page cache as the model assumes (replicated_hardware below), and
 #                       calibration measures 4 KiB pages to match; copy puts each rank's weights on 2 MiB pages
+#   --splits "replicated split"   --attention and --head of the runs with 2+ ranks (both the same; default
+#                       replicated); with both, the table also says whether the model's faster choice (what
+#                       `auto` takes) was the faster run
 #   --placement P       expert placement of the runs with 2+ ranks (moep's --placement: contiguous, round-robin,
 #                       split; default split, the engine's), recorded in the manifest so that the model predicts the same
 #   --work DIR          scratch for models, profiles and bench JSON (default: /tmp/moep-validate)
@@ -60,6 +63,7 @@ NICE=0
 GUARD=0
 WEIGHTS=map
 PLACEMENT=split
+SPLITS=replicated
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -67,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --build) DO_BUILD=1; shift ;;
     --weights) WEIGHTS="$2"; shift 2 ;;
     --placement) PLACEMENT="$2"; shift 2 ;;
+    --splits) SPLITS="$2"; shift 2 ;;
     --ranks) RANKS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --cores) CORES="$2"; shift 2 ;;
@@ -179,7 +184,8 @@ for n in $RANKS; do
     # `--expert-shape` makes the calibration's matrices as wide as the model's (d_model columns).
     read -r d_model ffn < <(synth_args "$m" | sed -E 's/.*--d-model ([0-9]+).*--ffn ([0-9]+).*/\1 \2/')
     lats="0"
-    [[ "$n" -gt 1 ]] && lats="$LATENCIES"
+    splits="replicated"
+    [[ "$n" -gt 1 ]] && lats="$LATENCIES" && splits="$SPLITS"
     profs=()
     for r in $(seq 1 "$REPEAT"); do
       prof="$WORK/profile-$m-${n}x${THREADS}-pass$r.json"
@@ -189,10 +195,12 @@ for n in $RANKS; do
       profs+=("$prof")
       for b in $BATCHES; do
         for lat in $lats; do
-          bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
-          echo "== pass $r of $REPEAT: bench $m, $n rank(s), batch $b, emulated latency $lat us" >&2
+          for sp in $splits; do
+          bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat-$sp.json"
+          echo "== pass $r of $REPEAT: bench $m, $n rank(s), batch $b, emulated latency $lat us, attention and head $sp" >&2
           launch "$n" "$MOEP" bench "$WORK/$m" --prompt "$PROMPT" --gen "$GEN" --batch "$b" --threads "$THREADS" --weights "$WEIGHTS" \
-            --placement "$PLACEMENT" --emulate-latency-us "$lat" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
+            --placement "$PLACEMENT" --emulate-latency-us "$lat" --attention "$sp" --head "$sp" --json "$bj.run$r" | grep -E '^(prefill|decode):' >&2
+          done
         done
       done
     done
@@ -200,7 +208,8 @@ for n in $RANKS; do
     hw_list="[${hw_list%,}]"
     for b in $BATCHES; do
       for lat in $lats; do
-        bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat.json"
+       for sp in $splits; do
+        bj="$WORK/bench-$m-${n}x${THREADS}-b$b-l$lat-$sp.json"
         runs=()
         for r in $(seq 1 "$REPEAT"); do runs+=("$bj.run$r"); done
         best_of "$bj" "${runs[@]}"
@@ -211,6 +220,7 @@ for n in $RANKS; do
         rep=""
         [[ "$n" -gt 1 && "$WEIGHTS" == map && -f "$WORK/profile-$m-1x${THREADS}-pass1.json" ]] && rep=", \"replicated_hardware\": \"$WORK/profile-$m-1x${THREADS}-pass1.json\""
         cases+=("{\"label\": \"$m\", \"model\": \"$WORK/$m\", \"hardware\": $hw_list, \"network\": $net, \"bench\": \"$bj\", \"emulate_latency_us\": $lat, \"placement\": \"$PLACEMENT\", \"prompt\": $PROMPT, \"gen\": $GEN$rep}")
+       done
       done
     done
   done
@@ -231,7 +241,7 @@ machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(
 
 echo "== predicted vs measured (table also in $OUT)" >&2
 {
-  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE --weights $WEIGHTS --placement $PLACEMENT$([[ $GUARD -eq 1 ]] && echo " --guard")"
+  echo "Command: scripts/validate_perf_model.sh --ranks \"$RANKS\" --threads $THREADS --cores $CORES --batches \"$BATCHES\" --latencies \"$LATENCIES\" --models \"$MODELS\" --prompt $PROMPT --gen $GEN --repeat $REPEAT --nice $NICE --weights $WEIGHTS --placement $PLACEMENT --splits \"$SPLITS\"$([[ $GUARD -eq 1 ]] && echo " --guard")"
   echo
 } > "$OUT.head"
 set +e

@@ -12,6 +12,17 @@
 
 namespace moep::test {
 
+namespace {
+// The engine's --attention/--head auto reads this machine's stored calibration (`moep calibrate --save`) where
+// there is one: tests see none, so that what they run does not depend on the machine's cache. A test that wants
+// one sets its own MOEP_CACHE_DIR.
+const bool kNoStoredCalibration = [] {
+  if (!std::getenv("MOEP_CACHE_DIR"))
+    setenv("MOEP_CACHE_DIR", ("/tmp/moep-test-no-cache-" + std::to_string(getpid())).c_str(), 1);
+  return true;
+}();
+}  // namespace
+
 std::string fixture_dir(const std::string& name) { return std::string(MOEP_FIXTURES_DIR) + "/" + name; }
 std::string testdata_path(const std::string& rel) { return std::string(MOEP_TESTDATA_DIR) + "/" + rel; }
 

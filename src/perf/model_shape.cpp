@@ -51,6 +51,7 @@ ModelShape deepseek_v3() {
   s.norm_elems = 2 * d + q_rank + kv_rank;
   s.kv_elems_per_pos = kv_rank + rope;                    // the compressed latent cache
   s.attn_macs_per_pos = H * ((kv_rank + rope) + kv_rank); // absorbed MLA: scores over 576, values over 512
+  s.attn_split_exchanges = 0;                             // moep does not divide MLA over ranks
   s.shared_elems = 3 * d * 2048;                          // no sigmoid gate in DeepSeek-V3
   s.router_elems = 256 * d + 256;                         // + the routing bias
   s.approximations =
@@ -117,6 +118,7 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& name) {
   if (c.o_bias) s.norm_elems += d;
   if (c.qk_norm == QKNorm::PerHead) s.norm_elems += 2 * c.head_dim;
   if (c.qk_norm == QKNorm::Full) s.norm_elems += qd + kvd;
+  s.attn_split_exchanges = c.qk_norm == QKNorm::Full ? 2 : 1;
   s.kv_elems_per_pos = 2 * kvd;
   s.attn_macs_per_pos = c.n_heads * 2 * c.head_dim;
   if (c.is_mla()) {
@@ -137,6 +139,7 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& name) {
     s.norm_elems = 2 * d + m.q_lora_rank + lora;
     s.kv_elems_per_pos = lora + rot;
     s.attn_macs_per_pos = H * ((lora + rot) + lora);
+    s.attn_split_exchanges = 0;
   }
   s.n_experts = c.n_experts;
   s.top_k = c.top_k;

@@ -41,6 +41,9 @@ struct ModelShape {
   int64_t norm_elems = 0;         // norm weights and biases
   int64_t kv_elems_per_pos = 0;   // K and V cached per position
   int64_t attn_macs_per_pos = 0;  // multiply-adds per row per attended position (scores + values, all heads)
+  // Split attention (--attention split): the all-reduces per layer that join the ranks' heads (1; 2 where a
+  // whole-projection q/k norm needs the sums of squares, as OLMoE's), or 0 where moep cannot divide it (MLA).
+  int64_t attn_split_exchanges = 1;
 
   // Mixture of experts, per MoE layer.
   int64_t n_experts = 0;

@@ -26,6 +26,8 @@ void check_scenario(const ModelShape& m, const Scenario& s) {
   if (s.prefill_chunk < 1) fail("prefill chunk must be 1 or more rows, got ", s.prefill_chunk);
   if (s.emulate_latency_us < 0) fail("emulated latency must be 0 or more microseconds");
   if (m.n_experts < 1 || m.top_k < 1) fail(m.name, ": has no experts; the model is for mixture-of-experts models");
+  if (s.split_attention && s.nodes > 1 && m.attn_split_exchanges < 1)
+    fail(m.name, ": its attention (multi-head latent attention) is not divided over ranks; predict it replicated");
   if (s.routing) check_routing_matches(*s.routing, m);
 }
 
@@ -63,6 +65,8 @@ StepTimes& StepTimes::operator+=(const StepTimes& o) {
   head += o.head;
   sync += o.sync;
   dispatch += o.dispatch;
+  attention_allreduce += o.attention_allreduce;
+  head_gather += o.head_gather;
   return *this;
 }
 
@@ -160,18 +164,26 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
   const double t_ar = allreduce_seconds(net, s.nodes, ar_bytes, alg) + emulated_latency_seconds(s.emulate_latency_us, s.nodes) +
                       (s.nodes > 1 ? hw_.allreduce_host_seconds(ar_bytes) : 0.0);
   const double t_kernel = hw_.dispatch_seconds();  // 0 on the CPU
+  // Split attention: the largest rank's share of the heads sets the pace; its outputs join in all-reduces of the
+  // same [rows × d_model] buffer as the MoE's. Each rank then reads its own rows of the projections (not one copy
+  // shared by the host's ranks): they are timed like the experts.
+  const bool split_attn = s.split_attention && s.nodes > 1;
+  const double a_share = split_attention_share(m, s);
+  auto attn_lin = [&](double elems) { return split_attn ? lin(s, elems * a_share, R) : lin_replicated(s, elems, R); };
   *exact = true;
   for (int64_t l = 0; l < m.n_layers; ++l) {
     for (int64_t w : m.attn_matrices) {
-      t.attention += lin_replicated(s, double(w), R);
-      bytes += double(w) * wb;
+      t.attention += attn_lin(double(w));
+      bytes += double(w) * a_share * wb;
     }
     // A sliding-window layer attends to at most `window` positions per row.
     const int64_t window = m.layer_window.empty() ? 0 : m.layer_window[size_t(l)];
     const double attended = window > 0 ? std::min(attended_positions, R * double(window)) : attended_positions;
-    t.attention += (rep_hw_ ? *rep_hw_ : hw_).attention_seconds(attended * double(m.n_heads), attended * double(m.attn_macs_per_pos),
-                                         attended * double(m.kv_elems_per_pos) * kvb);
+    t.attention += (split_attn ? hw_ : rep_hw_ ? *rep_hw_ : hw_)
+                       .attention_seconds(attended * double(m.n_heads) * a_share, attended * double(m.attn_macs_per_pos) * a_share,
+                                          attended * double(m.kv_elems_per_pos) * kvb * a_share);
     t.dispatch += kGpuAttentionKernels * t_kernel;
+    if (split_attn) t.attention_allreduce += double(m.attn_split_exchanges) * t_ar;
     if (m.layer_is_moe[size_t(l)]) {
       t.dispatch += (kGpuMoeKernels + (m.shared_elems > 0 ? 1.0 : 0.0)) * t_kernel;
       t.router += lin_replicated(s, double(m.router_elems), R);
@@ -200,9 +212,21 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
     }
   }
   if (logit_rows > 0) {
-    t.head += lin_replicated(s, double(m.head_elems), double(logit_rows));
+    const bool split_head = s.split_head && s.nodes > 1;
+    const double h_share = split_head_share(m, s);
+    t.head += split_head ? lin(s, double(m.head_elems) * h_share, double(logit_rows))
+                         : lin_replicated(s, double(m.head_elems), double(logit_rows));
     t.dispatch += kGpuHeadKernels * t_kernel;
-    bytes += double(m.head_elems) * wb;
+    bytes += double(m.head_elems) * h_share * wb;
+    if (split_head) {
+      // Rank 0 receives every other rank's logits (one message step, its link carrying (N-1)/N of them), then
+      // broadcasts its pick (a few bytes, ⌈log2 N⌉ steps); moep's emulated latency adds to each collective.
+      const double alpha = net.alpha_us.value * 1e-6, beta = net.beta_gbs.value * 1e9;
+      const double gathered = double(logit_rows) * double(m.vocab) * 4.0 * double(s.nodes - 1) / double(s.nodes);
+      t.head_gather = alpha + gathered / beta + double(ceil_log2(s.nodes)) * alpha +
+                      2.0 * emulated_latency_seconds(s.emulate_latency_us, s.nodes) +
+                      hw_.allreduce_host_seconds(gathered);
+    }
   }
   bytes += R * d * wb;  // embedding rows
   *weight_bytes = bytes;
@@ -219,6 +243,11 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
   // Decode: batch rows, each attending over `context` positions.
   p.decode = step(net, s, s.batch, double(s.batch) * double(s.context), s.batch, &p.weight_bytes_per_step,
                   &p.algorithm, &exact, &samples, &p.experts_per_layer);
+  if (s.nodes > 1) {
+    p.exchanges_per_step = model_.n_moe_layers();
+    if (s.split_attention) p.exchanges_per_step += model_.n_layers * model_.attn_split_exchanges;
+    if (s.split_head) p.exchanges_per_step += 2;
+  }
   p.decode_tokens_per_s = double(s.batch) / p.decode.total();
   p.experts_exact = exact;
   p.expert_samples = samples;
@@ -254,6 +283,20 @@ Prediction predict(const ModelShape& model, const HardwareProfile& hw, const Net
   return pr.predict(net, s);
 }
 
+double split_attention_share(const ModelShape& m, const Scenario& s) {
+  if (!s.split_attention || s.nodes <= 1 || m.n_kv_heads <= 0) return 1.0;
+  int64_t most = 0;
+  for (int r = 0; r < s.nodes; ++r) most = std::max(most, kv_head_split(m.n_kv_heads, r, s.nodes).count);
+  return double(most) / double(m.n_kv_heads);
+}
+
+double split_head_share(const ModelShape& m, const Scenario& s) {
+  if (!s.split_head || s.nodes <= 1 || m.vocab <= 0) return 1.0;
+  int64_t most = 0;
+  for (int r = 0; r < s.nodes; ++r) most = std::max(most, ffn_split(m.vocab, r, s.nodes).count);
+  return double(most) / double(m.vocab);
+}
+
 MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scenario& s) {
   check_scenario(m, s);
   const double wb = weight_type(s.dtype).bytes_per_weight;
@@ -262,6 +305,10 @@ MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scena
   // A split shared expert is not replicated: each rank holds its slice.
   const double shared_held = double(m.shared_elems - m.d_model) * (1.0 - shared_expert_share(m, pl));
   u.replicated = (double(m.replicated_elems()) - double(m.n_moe_layers()) * shared_held) * wb;
+  // Split attention and head: the largest rank's rows of them (a tied head is also the embedding, held whole).
+  const double a_share = split_attention_share(m, s), h_share = split_head_share(m, s);
+  u.replicated -= double(m.n_layers) * double(m.attn_elems) * (1.0 - a_share) * wb;
+  if (!m.tied_embeddings) u.replicated -= double(m.head_elems) * (1.0 - h_share) * wb;
   int64_t held = 0;
   for (int r = 0; r < s.nodes; ++r) {
     // experts_held counts every layer's slots; only MoE layers have experts.
@@ -276,7 +323,7 @@ MemoryUse memory_use(const ModelShape& m, const HardwareProfile& hw, const Scena
   if (pl.is_split())  // every expert on every rank, a slice of each: the largest slice's share
     u.experts *= double(pl.largest_ffn_slice(m.expert_ffn)) / double(std::max<int64_t>(1, m.expert_ffn));
   u.kv_cache = double(m.n_layers) * double(s.batch) * double(s.context) * double(m.kv_elems_per_pos) *
-               kv_bytes_per_value(s.kv_dtype);
+               kv_bytes_per_value(s.kv_dtype) * a_share;
   // Scratch sized for the largest step: the residual stream and its copies, q/k/v/attention output, the
   // experts' per-pair buffers (input, gate, up, output) and the logits.
   const double rows = double(std::max(s.batch, s.prefill_chunk));

@@ -170,30 +170,26 @@ PlanResult make_plan(const PlanRequest& req) {
 }
 
 DenseSplitRow dense_split_row(const ModelShape& m, const Scenario& s, const PlanRow& row) {
-  const int n = row.nodes;
-  const StepTimes& d = row.p.decode;
-  int64_t most_kv = 0, most_rows = 0;
-  for (int r = 0; r < n; ++r) {
-    most_kv = std::max(most_kv, kv_head_split(m.n_kv_heads, r, n).count);
-    most_rows = std::max(most_rows, ffn_split(m.vocab, r, n).count);
-  }
-  const double attention_share = m.n_kv_heads > 0 ? double(most_kv) / double(m.n_kv_heads) : 1.0;
-  const double head_share = m.vocab > 0 ? double(most_rows) / double(m.vocab) : 1.0;
-  const double bpw = weight_type(s.dtype).bytes_per_weight;
-  const int64_t moe_layers = m.n_moe_layers();
-  // One exchange of rows × d_model, as the MoE layers' all-reduces cost in this row.
-  const double exchange_s = n > 1 && moe_layers > 0 ? d.allreduce / double(moe_layers) : 0.0;
   DenseSplitRow out;
-  out.bytes_replicated = row.p.weight_bytes_per_step;
-  out.bytes_split = out.bytes_replicated -
-                    (double(m.n_layers * m.attn_elems) * (1.0 - attention_share) +
-                     double(m.head_elems) * (1.0 - head_share)) * bpw;
-  out.exchanges_replicated = n > 1 ? moe_layers : 0;
-  out.exchanges_split = n > 1 ? moe_layers + m.n_layers + 1 : 0;
-  const double split_step = d.total() - d.attention * (1.0 - attention_share) - d.head * (1.0 - head_share) +
-                            double(m.n_layers + 1) * exchange_s;
-  out.tps_replicated = row.p.decode_tokens_per_s;
-  out.tps_split = split_step > 0 ? double(s.batch) / split_step : 0.0;
+  Scenario rep = s, split = s;
+  rep.nodes = split.nodes = row.nodes;
+  rep.split_attention = rep.split_head = false;
+  split.split_attention = m.attn_split_exchanges > 0;
+  split.split_head = true;
+  NetworkProfile none;
+  none.alpha_us.value = 0;
+  none.beta_gbs.value = 1e9;
+  const NetworkProfile& net = row.network ? *row.network : none;
+  Predictor pred(m, *row.hardware);
+  const Prediction pr = pred.predict(net, rep), ps = pred.predict(net, split);
+  out.bytes_replicated = pr.weight_bytes_per_step;
+  out.bytes_split = ps.weight_bytes_per_step;
+  out.exchanges_replicated = pr.exchanges_per_step;
+  out.exchanges_split = ps.exchanges_per_step;
+  out.tps_replicated = pr.decode_tokens_per_s;
+  out.tps_split = ps.decode_tokens_per_s;
+  out.held_replicated = pr.memory.replicated + pr.memory.experts + pr.memory.kv_cache;
+  out.held_split = ps.memory.replicated + ps.memory.experts + ps.memory.kv_cache;
   return out;
 }
 
@@ -204,12 +200,13 @@ std::string format_dense_split(const PlanRequest& req, const PlanResult& res) {
     const DenseSplitRow x = dense_split_row(*req.model, req.base, r);
     cells.push_back({r.hardware->name, r.network ? r.network->name : "-", std::to_string(r.nodes),
                      fmt("%.3f", x.bytes_replicated * 1e-9), fmt("%.3f", x.bytes_split * 1e-9),
+                     fmt("%.1f", x.held_replicated * 1e-9), fmt("%.1f", x.held_split * 1e-9),
                      std::to_string(x.exchanges_replicated), std::to_string(x.exchanges_split),
                      fmt("%.2f", x.tps_replicated), fmt("%.2f", x.tps_split),
                      x.tps_split > x.tps_replicated ? "split" : "replicated"});
   }
   if (cells.empty()) return "";
-  const std::vector<std::string> header = {"hardware", "network", "nodes", "GB/rank rep", "GB/rank split", "exch rep",
+  const std::vector<std::string> header = {"hardware", "network", "nodes", "GB/rank rep", "GB/rank split", "held rep", "held split", "exch rep",
                                            "exch split", "tok/s rep", "tok/s split", "faster"};
   std::vector<size_t> width(header.size());
   for (size_t c = 0; c < header.size(); ++c) {
@@ -226,8 +223,9 @@ std::string format_dense_split(const PlanRequest& req, const PlanResult& res) {
   o << "\nattention and head (--attention, --head): replicated against split, per decode step\n";
   put_row(header);
   for (const auto& row : cells) put_row(row);
-  o << "columns: GB/rank = weights one rank reads per step; exch = exchanges per step (all-reduces, and the split\n"
-       "head's gather); split = each rank its KV heads and vocabulary rows, one more all-reduce per layer.\n";
+  o << "columns: GB/rank = weights one rank reads per step; held = GB of weights and KV cache on the fullest rank;\n"
+       "exch = collectives per step (all-reduces; the split head's gather and pick); split = each rank its KV heads\n"
+       "and vocabulary rows, one more all-reduce per layer (two with a whole-projection q/k norm).\n";
   return o.str();
 }
 
@@ -357,6 +355,7 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
                    {"context", b.context},     {"prompt", b.prompt},       {"prefill_chunk", b.prefill_chunk},
                    {"placement", b.placement}, {"routing", b.routing ? b.routing->source : "uniform"},
                    {"identical_rows", b.identical_rows},
+                   {"attention", b.split_attention ? "split" : "replicated"}, {"head", b.split_head ? "split" : "replicated"},
                    {"emulate_latency_us", b.emulate_latency_us}, {"seed", b.seed}, {"target_tps", req.target_tps}};
   json rows = json::array();
   auto times = [](const StepTimes& t) {
@@ -365,6 +364,7 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
                 {"experts_max_ms", t.experts_max * 1e3},   {"allreduce_ms", t.allreduce * 1e3},
                 {"head_ms", t.head * 1e3},                 {"sync_ms", t.sync * 1e3},
                 {"dispatch_ms", t.dispatch * 1e3},
+                {"attention_allreduce_ms", t.attention_allreduce * 1e3}, {"head_gather_ms", t.head_gather * 1e3},
                 {"compute_ms", t.compute() * 1e3},
                 {"communication_ms", t.communication() * 1e3}, {"imbalance_ms", t.imbalance() * 1e3},
                 {"total_ms", t.total() * 1e3}};

@@ -40,16 +40,16 @@ struct PlanResult {
 // model fits on none of the configurations asked for (saying how many nodes it would need, or why never).
 PlanResult make_plan(const PlanRequest& req);
 std::string format_plan(const PlanRequest& req, const PlanResult& res);
-// moep's --attention and --head split against replicated, on top of one row's prediction (made with both
-// replicated): split, each rank reads the largest rank's share of attention (whole KV heads, kv_head_split: its
-// projections and KV cache) and of the head (vocabulary rows), and each decode step adds one exchange per layer,
-// priced as the row's MoE all-reduce of the same size, and one for the head's gather, priced as one all-reduce
-// (an upper bound: a gather sends each part once). Not counted: OLMoE's extra all-reduce of 2 floats per token
-// per layer for its whole-projection q/k norms.
+// moep's --attention and --head split against replicated: the row's prediction (made with the request's
+// choice) and the performance model's prediction of the same configuration with both split (Scenario's
+// split_attention and split_head: each rank its whole KV heads' share of attention and KV cache, and its
+// vocabulary rows of the head; attention's all-reduces per layer, the head's gather and pick). Attention that
+// moep cannot divide (MLA) stays replicated in the split column.
 struct DenseSplitRow {
   double bytes_replicated = 0, bytes_split = 0;          // weights one rank reads per decode step
   int64_t exchanges_replicated = 0, exchanges_split = 0;  // per decode step
   double tps_replicated = 0, tps_split = 0;               // decode tokens/s
+  double held_replicated = 0, held_split = 0;             // bytes the fullest rank holds (weights and KV cache)
 };
 DenseSplitRow dense_split_row(const ModelShape& model, const Scenario& s, const PlanRow& row);
 // The side-by-side table of dense_split_row for every multi-node row ("" when there is none).

@@ -45,13 +45,15 @@ std::string resolve(const fs::path& base, const std::string& p) {
 // Distinct experts per MoE layer per step, from the bytes all ranks read per token, less what every rank reads
 // itself. A split placement's shared expert is read once over all ranks (a slice each), not once per rank.
 double measured_experts(const ModelShape& shape, const std::string& dtype, const json& bench, int64_t batch, int ranks,
-                        bool split) {
+                        bool split, bool split_attention, bool split_head) {
   const double bytes_per_token = bench.value("weight_bytes_per_token", 0.0);
   if (bytes_per_token <= 0 || shape.n_moe_layers() == 0) return 0;
   const double wb = weight_type(dtype).bytes_per_weight;
-  double replicated = double(shape.head_elems), shared = 0;
+  // Split attention and head: the ranks' shares add up to one copy.
+  double replicated = split_head ? 0.0 : double(shape.head_elems), shared = 0;
+  double divided = split_head ? double(shape.head_elems) : 0.0;
   for (int64_t l = 0; l < shape.n_layers; ++l) {
-    for (int64_t w : shape.attn_matrices) replicated += double(w);
+    for (int64_t w : shape.attn_matrices) (split_attention ? divided : replicated) += double(w);
     if (shape.layer_is_moe[size_t(l)]) {
       replicated += double(shape.router_elems);
       shared += double(shape.shared_elems);
@@ -60,7 +62,7 @@ double measured_experts(const ModelShape& shape, const std::string& dtype, const
     }
   }
   const double once = split ? shared : double(ranks) * shared;
-  return (bytes_per_token * double(batch) - (double(ranks) * replicated + once) * wb) /
+  return (bytes_per_token * double(batch) - (double(ranks) * replicated + once + divided) * wb) /
          (double(shape.expert_elems) * wb * double(shape.n_moe_layers()));
 }
 
@@ -139,6 +141,11 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       s.dtype = c.value("dtype", shape.stored_dtype);
       s.emulate_latency_us = row.emulate_latency_us;
       s.placement = c.value("placement", std::string(kDefaultPlacement));
+      // The run's --attention and --head as it reported them (the choice auto made, where it was auto).
+      s.split_attention = row.ranks > 1 && bench.value("attention", std::string("replicated")) == "split";
+      s.split_head = row.ranks > 1 && bench.value("head", std::string("replicated")) == "split";
+      row.split_attention = s.split_attention;
+      row.split_head = s.split_head;
       const bool split =
           ExpertPlacement::from_spec(s.placement, shape.n_layers, std::max<int64_t>(1, shape.n_experts), row.ranks).is_split();
       // Routing: a record of the run (file), "uniform", "identical" (rows of a step route alike), or "auto":
@@ -149,7 +156,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       if (row.routing == "identical") {
         s.identical_rows = true;
       } else if (row.routing == "auto") {
-        row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split);
+        row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split, s.split_attention, s.split_head);
         s.identical_rows = row.batch > 1 && row.measured_experts > 0 && row.measured_experts <= 1.02 * double(shape.top_k);
         row.routing = s.identical_rows ? "identical (auto)" : "uniform (auto)";
       } else if (row.routing != "uniform") {
@@ -180,7 +187,7 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
       row.predicted_prefill = prefill_s > 0 ? double(s.prompt) / prefill_s : 0.0;
       row.predicted_comm_share = comm_s / decode_s;
       row.predicted_experts = experts;
-      row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split);
+      row.measured_experts = measured_experts(shape, s.dtype, bench, row.batch, row.ranks, split, s.split_attention, s.split_head);
     } catch (const json::exception& e) {
       fail(manifest_path, ": case '", c.value("label", "?"), "' is malformed (", e.what(), ")");
     }
@@ -201,19 +208,31 @@ ValidationResult run_validation(const std::string& manifest_path, ProfileSet& pr
   res.mean_worst_abs_error = *std::max_element(dm.begin(), dm.end());
   res.prefill_median_abs_error = median(pf);
   res.prefill_worst_abs_error = pf.empty() ? 0 : *std::max_element(pf.begin(), pf.end());
+  // Replicated and split runs of the same configuration: the choice the model makes against the faster run.
+  for (const auto& a : res.rows) {
+    if (a.ranks < 2 || a.split_attention || a.split_head) continue;
+    for (const auto& b : res.rows)
+      if (b.split_head && b.model == a.model && b.ranks == a.ranks && b.threads == a.threads && b.batch == a.batch &&
+          b.emulate_latency_us == a.emulate_latency_us && b.shared_host == a.shared_host) {
+        res.split_choices.push_back({a.label, a.measured_decode_median, b.measured_decode_median, a.predicted_decode,
+                                     b.predicted_decode});
+        break;
+      }
+  }
   return res;
 }
 
 std::string format_validation(const ValidationResult& r) {
   std::ostringstream o;
   if (!r.machine.empty()) o << "Machine: " << r.machine << "\n\n";
-  o << "| case | ranks × threads | batch | emulated latency (µs) | decode predicted (tok/s) | measured, median step "
+  o << "| case | ranks × threads | batch | emulated latency (µs) | attention, head | decode predicted (tok/s) | measured, median step "
        "| error | measured, mean | error | predicted comm share | routing | experts/layer/step predicted | measured "
        "| prefill predicted | measured | error |\n";
-  o << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  o << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& x : r.rows) {
     o << "| " << x.label << " | " << x.ranks << " × " << x.threads << (x.shared_host ? " (1 host)" : "") << " | " << x.batch << " | "
-      << f("%.0f", x.emulate_latency_us) << " | " << f("%.2f", x.predicted_decode) << " | "
+      << f("%.0f", x.emulate_latency_us) << " | " << (x.split_attention ? "split" : "rep") << ", "
+      << (x.split_head ? "split" : "rep") << " | " << f("%.2f", x.predicted_decode) << " | "
       << f("%.2f", x.measured_decode_median) << " | " << f("%+.1f%%", 100 * x.decode_median_error) << " | "
       << f("%.2f", x.measured_decode) << " | " << f("%+.1f%%", 100 * x.decode_error) << " | "
       << f("%.0f%%", 100 * x.predicted_comm_share) << " | " << x.routing << " | " << f("%.2f", x.predicted_experts) << " | "
@@ -236,6 +255,18 @@ std::string format_validation(const ValidationResult& r) {
     << ", worst " << f("%.1f%%", 100 * r.mean_worst_abs_error) << ".\n";
   o << "Prefill (no target): median absolute error " << f("%.1f%%", 100 * r.prefill_median_abs_error) << ", worst "
     << f("%.1f%%", 100 * r.prefill_worst_abs_error) << ".\n";
+  if (!r.split_choices.empty()) {
+    o << "\nAttention and head, replicated against split (decode tok/s, median step; `auto` takes the predicted "
+         "faster):\n\n| case | predicted rep | predicted split | measured rep | measured split | predicted faster | "
+         "measured faster |\n|---|---|---|---|---|---|---|\n";
+    for (const auto& c : r.split_choices)
+      o << "| " << c.label << " | " << f("%.2f", c.predicted_replicated) << " | " << f("%.2f", c.predicted_split)
+        << " | " << f("%.2f", c.measured_replicated) << " | " << f("%.2f", c.measured_split) << " | "
+        << (c.predicted_split > c.predicted_replicated ? "split" : "replicated") << " | "
+        << (c.measured_split > c.measured_replicated ? "split" : "replicated") << " |\n";
+    o << "\nThe model's choice was the faster one in " << r.split_choices_right() << " of " << r.split_choices.size()
+      << " configurations.\n";
+  }
   return o.str();
 }
 

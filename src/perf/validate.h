@@ -42,6 +42,18 @@ struct ValidationRow {
   double predicted_experts = 0, measured_experts = 0;
   std::string routing;  // the routing the prediction used
   bool shared_host = false;  // ranks on one host: replicated weights timed with the 1-rank profile
+  bool split_attention = false, split_head = false;  // the run's --attention and --head (bench JSON)
+};
+
+// Where the manifest has the same run (model, ranks, batch, latency) with the attention and head replicated
+// and with both split: which the model predicted faster and which measured faster (the choice `auto` makes
+// from the model's prediction).
+struct SplitChoice {
+  std::string label;  // the replicated run's case
+  double measured_replicated = 0, measured_split = 0, predicted_replicated = 0, predicted_split = 0;
+  bool agrees() const {
+    return (predicted_split > predicted_replicated) == (measured_split > measured_replicated);
+  }
 };
 
 struct ValidationResult {
@@ -50,6 +62,12 @@ struct ValidationResult {
   double median_abs_error = 0, worst_abs_error = 0;                  // decode, against the median-step rate
   double mean_median_abs_error = 0, mean_worst_abs_error = 0;        // decode, against the mean rate
   double prefill_median_abs_error = 0, prefill_worst_abs_error = 0;  // prefill (reported, no target)
+  std::vector<SplitChoice> split_choices;
+  int split_choices_right() const {
+    int n = 0;
+    for (const auto& c : split_choices) n += c.agrees();
+    return n;
+  }
   bool meets_target(double median_max = 0.10, double worst_max = 0.20) const {
     return median_abs_error <= median_max && worst_abs_error <= worst_max;
   }

@@ -5,11 +5,14 @@
 #include <cstdio>
 #include <cstring>
 #include <iomanip>
+#include <sstream>
 
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "kernels/kernels.h"
 #include "model/gguf_model.h"
+#include "perf/model_shape.h"
+#include "perf/perf_model.h"
 
 namespace moep {
 
@@ -43,65 +46,121 @@ SplitMode parse_split_mode(std::string_view name, const char* flag) {
   fail(flag, " '", name, "' is unknown (expected auto, replicated or split)");
 }
 
+perf::HardwareProfile auto_split_hardware() {
+  perf::HardwareProfile h;
+  h.name = "built-in (10 GB/s per rank)";
+  h.memory_bandwidth_gbs = perf::Figure{10, "moep's built-in figure for --attention/--head auto", "", true, true};
+  h.memory_gb = perf::Figure{1e6, "not used by auto", "", true, true};
+  return h;
+}
+
+perf::NetworkProfile auto_split_network() {
+  perf::NetworkProfile n;
+  n.name = "built-in (20 us, 10 GB/s)";
+  n.alpha_us = perf::Figure{20, "moep's built-in figure for --attention/--head auto", "", true, true};
+  n.beta_gbs = perf::Figure{10, "moep's built-in figure for --attention/--head auto", "", true, true};
+  return n;
+}
+
+namespace {
+
+// The performance model's name for the weights' storage: the known type with the same bytes per weight, or the
+// nearest (K-quants have no name there; q4_k's 4.5 bits are q4_0's).
+std::string perf_dtype(DType d) {
+  const double bpw = double(dtype_row_bytes(d, 256)) / 256.0;
+  if (d == DType::F32) return "f32";
+  if (d == DType::F16) return "f16";
+  if (d == DType::BF16) return "bf16";
+  if (d == DType::MXFP4) return "mxfp4";
+  if (bpw <= 0.6) return "q4_0";
+  if (bpw <= 1.2) return "q8_0";
+  return "bf16";
+}
+
+}  // namespace
+
 DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode attention, SplitMode head,
-                              double latency_us, bool gguf, bool on_gpu, std::string* why) {
-  const double bytes_per_weight = double(dtype_row_bytes(cfg.stored_dtype, 256)) / 256.0;
-  int log2n = 0;
-  while ((1 << log2n) < n_ranks) ++log2n;
-  const double exchange_s = (kAutoExchangeUs + latency_us) * 1e-6 * log2n;
-  // Decides one part: `refuse` says why it cannot be divided (empty: it can).
-  auto decide = [&](const char* part, SplitMode mode, const std::string& refuse, double bytes, double largest_share,
-                    double exchanges) {
-    if (mode == SplitMode::Replicated) {
-      *why += str_cat(part, ": replicated (asked)\n");
-      return false;
-    }
-    if (n_ranks == 1 && mode == SplitMode::Auto) {
-      *why += str_cat(part, ": replicated (auto: one rank has nothing to divide)\n");
-      return false;
-    }
-    if (!refuse.empty()) {
-      if (mode == SplitMode::Split) fail(part, " split: ", refuse);
-      *why += str_cat(part, ": replicated (auto: ", refuse, ")\n");
-      return false;
-    }
-    if (mode == SplitMode::Split) {
-      *why += str_cat(part, ": split (asked)\n");
-      return true;
-    }
-    const double saved_s = bytes * (1.0 - largest_share) / kAutoRankBytesPerSecond, added_s = exchanges * exchange_s;
-    const bool split = saved_s > added_s;
-    *why += str_cat(part, ": ", split ? "split" : "replicated", " (auto: ", std::fixed, std::setprecision(0),
-                    saved_s * 1e6, " us of reading saved per token against ", added_s * 1e6, " us of exchanges)\n");
-    return split;
-  };
+                              double latency_us, bool gguf, bool on_gpu, std::string* why,
+                              const perf::HardwareProfile* hw, const perf::NetworkProfile* net, int64_t context) {
+  std::string scratch;
+  if (!why) why = &scratch;
+  why->clear();
   const std::string gpu = on_gpu ? "the GPU backend runs attention and the head whole on every rank" : "";
   auto first = [](std::initializer_list<std::string> reasons) {
     for (const auto& r : reasons)
       if (!r.empty()) return r;
     return std::string();
   };
-  if (why) why->clear();
-  std::string scratch;
-  if (!why) why = &scratch;
-  DenseSplit s;
-  int64_t most_kv = 0;
-  for (int r = 0; r < n_ranks; ++r) most_kv = std::max(most_kv, kv_head_split(cfg.n_kv_heads, r, n_ranks).count);
-  const double attention_bytes =
-      double(cfg.n_layers) * double(2 * cfg.q_dim() + 2 * cfg.kv_dim()) * double(cfg.d_model) * bytes_per_weight;
-  const double attention_exchanges = double(cfg.n_layers) * (cfg.qk_norm == QKNorm::Full ? 2 : 1);
-  s.attention = decide("attention", attention,
-                       first({gpu, gguf ? "a GGUF model's attention is not divided yet" : "",
-                              cfg.is_mla() ? "multi-head latent attention is not divided" : ""}),
-                       attention_bytes, double(most_kv) / double(cfg.n_kv_heads), attention_exchanges);
-  int64_t most_rows = 0;
-  for (int r = 0; r < n_ranks; ++r) most_rows = std::max(most_rows, ffn_split(cfg.vocab_size, r, n_ranks).count);
-  s.head = decide("head", head, first({gpu}), double(cfg.vocab_size) * double(cfg.d_model) * bytes_per_weight,
-                  double(most_rows) / double(cfg.vocab_size), 1.0);
-  // One line: "attention: ... (...); head: ... (...)".
-  why->pop_back();
-  for (size_t at = why->find('\n'); at != std::string::npos; at = why->find('\n', at)) why->replace(at, 1, "; ");
-  return s;
+  const std::string refuse_attention = first({gpu, gguf ? "a GGUF model's attention is not divided yet" : "",
+                                              cfg.is_mla() ? "multi-head latent attention is not divided" : ""});
+  const std::string refuse_head = gpu;
+  // Per part: the choices left open (true: may split, false: may stay whole).
+  struct Part {
+    const char* name;
+    SplitMode mode;
+    std::string refuse;
+    std::vector<bool> options;
+  };
+  Part parts[2] = {{"attention", attention, refuse_attention, {}}, {"head", head, refuse_head, {}}};
+  for (Part& p : parts) {
+    if (!p.refuse.empty() && p.mode == SplitMode::Split) fail(p.name, " split: ", p.refuse);
+    if (p.mode == SplitMode::Replicated || (n_ranks == 1 && p.mode == SplitMode::Auto) || !p.refuse.empty())
+      p.options = {false};
+    else if (p.mode == SplitMode::Split)
+      p.options = {true};
+    else
+      p.options = {false, true};
+  }
+  // The prediction of each open combination (only where auto has a choice to make).
+  double best_s = 0, rep_s = 0;
+  bool best_a = parts[0].options[0], best_h = parts[1].options[0];
+  const bool choose = parts[0].options.size() > 1 || parts[1].options.size() > 1;
+  const perf::HardwareProfile builtin_hw = auto_split_hardware();
+  const perf::NetworkProfile builtin_net = auto_split_network();
+  if (!hw) hw = &builtin_hw;
+  if (!net) net = &builtin_net;
+  if (choose) {
+    const perf::ModelShape shape = perf::shape_from_config(cfg, "this model");
+    perf::Predictor pred(shape, *hw);
+    perf::Scenario s;
+    s.nodes = n_ranks;
+    s.batch = 1;
+    s.prompt = 0;
+    s.context = std::max<int64_t>(1, context);
+    s.dtype = perf_dtype(cfg.stored_dtype);
+    s.emulate_latency_us = latency_us;
+    s.samples = 64;
+    bool have = false;
+    for (bool a : parts[0].options)
+      for (bool h : parts[1].options) {
+        s.split_attention = a;
+        s.split_head = h;
+        const double t = pred.predict(*net, s).decode.total();
+        if (!a && !h) rep_s = t;
+        if (!have || t < best_s) best_s = t, best_a = a, best_h = h, have = true;
+      }
+  }
+  const bool chosen[2] = {best_a, best_h};
+  for (int i = 0; i < 2; ++i) {
+    const Part& p = parts[i];
+    std::string reason = "asked";
+    if (p.mode == SplitMode::Auto)
+      reason = n_ranks == 1 ? "auto: one rank has nothing to divide" : !p.refuse.empty() ? "auto: " + p.refuse : "auto";
+    *why += str_cat(i ? "; " : "", p.name, ": ", chosen[i] ? "split" : "replicated", " (", reason, ")");
+  }
+  if (choose) {
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(3) << "; the performance model predicts " << best_s * 1e3 << " ms per token";
+    if ((best_a || best_h) && rep_s > 0) o << " against " << rep_s * 1e3 << " ms with both replicated";
+    o << " (" << hw->name << "; " << net->name;
+    if (latency_us > 0) o << "; + " << latency_us << " us emulated per exchange step";
+    o << ")";
+    *why += o.str();
+  }
+  DenseSplit out;
+  out.attention = best_a;
+  out.head = best_h;
+  return out;
 }
 
 namespace {
@@ -179,7 +238,9 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& opts, std::unique_pt
       }
     }
     const DenseSplit split = choose_dense_split(cfg, c.size(), opts.attention, opts.head, opts.emulate_latency_us,
-                                                is_gguf_path(opts.model_dir), may_use_gpu, &e->dense_split_note_);
+                                                is_gguf_path(opts.model_dir), may_use_gpu, &e->dense_split_note_,
+                                                opts.auto_hardware.get(), opts.auto_network.get(),
+                                                std::max<int64_t>(1, opts.limits.max_ctx / 2));
     LoadOptions lo;
     lo.share = e->placement_.share(c.rank(), split);
     lo.prefault = opts.prefault;

@@ -14,6 +14,7 @@
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "moe/placement.h"
+#include "perf/profiles.h"
 #include "runtime/transformer.h"
 
 namespace moep {
@@ -26,18 +27,23 @@ enum class SplitMode { Auto, Replicated, Split };
 // "auto", "replicated" or "split"; throws moep::Error naming `flag` and the value otherwise.
 SplitMode parse_split_mode(std::string_view name, const char* flag);
 
-// What `auto` decides, per part, for a model on n_ranks CPU ranks: divide it when the time of the bytes each rank
-// stops reading exceeds the time of the exchanges the division adds (a rule of the performance model's two
-// terms, with fixed constants: see docs/PERFORMANCE.md, "Split attention and head"):
-//   saved  = bytes of the part × (1 − the largest rank's share) / kAutoRankBytesPerSecond
-//   added  = exchanges per token × (kAutoExchangeUs + latency_us) × ⌈log2 N⌉
-// Attention adds one exchange per layer (two for OLMoE's whole-projection q/k norms), the head one per token.
-// Auto never divides on one rank (an explicit Split there runs the split path over one part). Never divided: on a
-// GPU (on_gpu), and attention of a GGUF file (gguf); an explicit Split there throws moep::Error saying why. `why` gets one line saying, per part, what was chosen and why.
-inline constexpr double kAutoRankBytesPerSecond = 10e9;
-inline constexpr double kAutoExchangeUs = 20.0;
+// What `auto` decides for a model on n_ranks CPU ranks: the performance model (perf::Predictor) predicts one
+// decode step (batch 1) with each choice `auto` leaves open (attention and head, replicated or split) and the
+// fastest is taken, at `context` attended positions (the engine passes half its context limit: the mean over
+// sequences that fill it). Its figures: `hw` and `net` when given (the caller's calibration of this machine and
+// network, `moep calibrate --save`), else built-in ones (auto_split_hardware, auto_split_network); latency_us
+// is the emulated latency added to every exchange. Auto never divides on one rank (an explicit Split there runs
+// the split path over one part). Never divided: on a GPU (on_gpu), and attention of a GGUF file (gguf) or with
+// multi-head latent attention; an explicit Split there throws moep::Error saying why. `why` gets one line
+// saying, per part, what was chosen and why.
 DenseSplit choose_dense_split(const ModelConfig& cfg, int n_ranks, SplitMode attention, SplitMode head,
-                              double latency_us, bool gguf, bool on_gpu, std::string* why);
+                              double latency_us, bool gguf, bool on_gpu, std::string* why,
+                              const perf::HardwareProfile* hw = nullptr, const perf::NetworkProfile* net = nullptr,
+                              int64_t context = 1024);
+// The built-in figures of auto's prediction where no calibration is given: a rank that streams its weights at
+// 10 GB/s, and links of 20 µs per message step at 10 GB/s (a conservative small cluster over TCP).
+perf::HardwareProfile auto_split_hardware();
+perf::NetworkProfile auto_split_network();
 
 struct EngineOptions {
   std::string model_dir;
@@ -55,6 +61,10 @@ struct EngineOptions {
   double emulate_latency_us = 0.0;        // added to every inter-rank exchange step (latency emulation)
   SplitMode attention = SplitMode::Auto;  // --attention (choose_dense_split)
   SplitMode head = SplitMode::Auto;       // --head
+  // What auto predicts with (choose_dense_split): this machine's calibration when the caller found one, else
+  // the built-in figures.
+  std::shared_ptr<const perf::HardwareProfile> auto_hardware;
+  std::shared_ptr<const perf::NetworkProfile> auto_network;
   // Deadline of every collective once the model is loaded (Communicator::set_rank_timeout; 0: none).
   double rank_timeout_s = 60.0;
   bool bf16_dot = false;                  // kernels::set_bf16_dot (process-wide; applied by create)

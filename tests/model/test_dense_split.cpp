@@ -132,6 +132,18 @@ TEST(DenseSplit, AutoWeighsBytesSavedAgainstExchanges) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
   }
+  // A calibration given by the caller decides: a machine that streams 1 TB/s per rank and a link of 1 ms per
+  // message gains nothing worth an exchange; the same link with a 1 GB/s machine gains.
+  perf::HardwareProfile fast = auto_split_hardware(), slow = auto_split_hardware();
+  fast.memory_bandwidth_gbs.value = 1000;
+  slow.memory_bandwidth_gbs.value = 1;
+  perf::NetworkProfile link = auto_split_network();
+  link.alpha_us.value = 1000;
+  s = choose_dense_split(c, 2, SplitMode::Auto, SplitMode::Auto, 0, false, false, &why, &fast, &link);
+  EXPECT_FALSE(s.attention || s.head) << why;
+  s = choose_dense_split(c, 2, SplitMode::Auto, SplitMode::Auto, 0, false, false, &why, &slow, &link);
+  EXPECT_TRUE(s.attention && s.head) << why;
+  EXPECT_NE(why.find("the performance model predicts"), std::string::npos) << why;
   EXPECT_EQ(parse_split_mode("split", "--head"), SplitMode::Split);
   EXPECT_THROW(parse_split_mode("halves", "--head"), Error);
 }

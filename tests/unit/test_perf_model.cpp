@@ -1095,12 +1095,72 @@ TEST(PerfPlan, SplitAttentionAndHeadSideBySide) {
       const double split_part = double(m.n_layers * m.attn_elems + m.head_elems) * 2 /* bf16 */;
       EXPECT_NEAR(x.bytes_replicated - x.bytes_split, split_part / 2, split_part * 0.01);
       EXPECT_EQ(x.exchanges_replicated, m.n_moe_layers());
-      EXPECT_EQ(x.exchanges_split, m.n_moe_layers() + m.n_layers + 1);
+      // One all-reduce per layer for attention; the head's gather and its pick.
+      EXPECT_EQ(x.exchanges_split, m.n_moe_layers() + m.n_layers + 2);
+      // The fullest rank holds half the KV heads' cache and projections, and half the head's rows.
+      EXPECT_LT(x.held_split, x.held_replicated);
       EXPECT_EQ(x.tps_split > x.tps_replicated, split_faster) << "alpha " << alpha_us << " us: " << x.tps_split
                                                                << " against " << x.tps_replicated;
     }
     EXPECT_EQ(seen, 1);
     EXPECT_NE(format_dense_split(req, res).find("tok/s split"), std::string::npos);
+  }
+}
+
+// The split choices inside the model: the time and bytes of attention and head follow the largest rank's share,
+// each split layer adds its all-reduces (two with a whole-projection q/k norm), the head its gather and pick,
+// the KV cache shrinks with the heads; uneven shares (KV heads that do not divide) count the largest rank; MLA
+// cannot be divided.
+TEST(PerfModel, SplitAttentionAndHeadFollowTheLargestShare) {
+  const HardwareProfile hw = roofline(50);
+  const NetworkProfile net = network(10, 10);
+  ModelShape m = resolve_model("qwen3-30b-a3b");  // 4 KV heads
+  Scenario s;
+  s.nodes = 2;
+  s.dtype = "bf16";
+  s.prompt = 0;
+  const Prediction rep = predict(m, hw, net, s);
+  s.split_attention = true;
+  const Prediction att = predict(m, hw, net, s);
+  EXPECT_NEAR(att.decode.attention, rep.decode.attention / 2, rep.decode.attention * 0.02);
+  EXPECT_GT(att.decode.attention_allreduce, 0.0);
+  EXPECT_NEAR(att.decode.attention_allreduce, double(m.n_layers) * rep.decode.allreduce / double(m.n_moe_layers()),
+              1e-12);
+  EXPECT_NEAR(att.memory.kv_cache, rep.memory.kv_cache / 2, 1.0);
+  EXPECT_EQ(att.exchanges_per_step, rep.exchanges_per_step + m.n_layers);
+  EXPECT_EQ(att.decode.head, rep.decode.head);
+  s.split_head = true;
+  const Prediction both = predict(m, hw, net, s);
+  EXPECT_NEAR(both.decode.head, rep.decode.head / 2, rep.decode.head * 0.02);
+  EXPECT_GT(both.decode.head_gather, 0.0);
+  EXPECT_NEAR(rep.weight_bytes_per_step - both.weight_bytes_per_step,
+              double(m.n_layers * m.attn_elems + m.head_elems) * 2.0 / 2.0, 1e3);
+  // 3 ranks over 4 KV heads: the first rank holds 2, half of attention.
+  s.nodes = 3;
+  const Prediction three = predict(m, hw, net, s);
+  s.split_attention = s.split_head = false;
+  const Prediction three_rep = predict(m, hw, net, s);
+  EXPECT_NEAR(three.memory.kv_cache, three_rep.memory.kv_cache / 2, 1.0);
+  // One rank: nothing is divided, whatever the flags say.
+  s.nodes = 1;
+  s.split_attention = s.split_head = true;
+  const Prediction one = predict(m, hw, net, s);
+  s.split_attention = s.split_head = false;
+  EXPECT_EQ(one.decode.total(), predict(m, hw, net, s).decode.total());
+  // OLMoE's whole-projection q/k norm: two all-reduces per split layer.
+  m = resolve_model("olmoe-1b-7b");
+  EXPECT_EQ(m.attn_split_exchanges, 2);
+  s.nodes = 2;
+  const Prediction o_rep = predict(m, hw, net, s);
+  s.split_attention = true;
+  EXPECT_EQ(predict(m, hw, net, s).exchanges_per_step, o_rep.exchanges_per_step + 2 * m.n_layers);
+  // MLA: refused, naming why.
+  m = resolve_model("deepseek-v3");
+  try {
+    predict(m, hw, net, s);
+    FAIL() << "split MLA was predicted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("latent"), std::string::npos) << e.what();
   }
 }
 

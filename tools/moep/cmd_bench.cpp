@@ -263,6 +263,9 @@ void register_bench(CLI::App& app) {
       j["prompt"] = bo.prompt;
       j["gen"] = bo.gen;
       j["emulate_latency_us"] = o->engine.emulate_latency_us;
+      j["attention"] = engine->dense_split().attention ? "split" : "replicated";
+      j["head"] = engine->dense_split().head ? "split" : "replicated";
+      j["placement"] = engine->placement().describe();
       j["prefill_tokens_per_s"] = prefill_tps;
       j["prefill_gflops"] = prefill_gflops;
       j["peak_gflops"] = peak;

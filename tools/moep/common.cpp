@@ -10,6 +10,7 @@
 #include "core/file_read.h"
 #include "perf/routing.h"
 #include "runtime/run_report.h"
+#include "this_machine.h"
 
 namespace moep::cli {
 
@@ -24,8 +25,9 @@ void add_engine_flags(CLI::App* cmd, EngineFlags& f) {
                   "ranks), or a JSON file {\"experts\": [[ranks]...]} (whole experts, replicas allowed)");
   cmd->add_option("--attention", f.attention,
                   "Attention over ranks: split (each rank whole KV heads and their query heads, its part of the KV "
-                  "cache; one more all-reduce per layer), replicated (every rank all of it) or auto (default: split "
-                  "on CPU ranks when the bytes saved outweigh the exchange; see docs/PERFORMANCE.md)")
+                  "cache; one more all-reduce per layer), replicated (every rank all of it) or auto (default: the "
+                  "faster as the performance model predicts it, from this machine's `moep calibrate --save` or "
+                  "built-in figures; see docs/PERFORMANCE.md)")
       ->check(CLI::IsMember({"auto", "replicated", "split"}));
   cmd->add_option("--head", f.head,
                   "Output head over ranks: split (each rank its rows of the vocabulary; the logits are gathered to "
@@ -77,6 +79,11 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.emulate_latency_us = f.emulate_latency_us;
   o.attention = parse_split_mode(f.attention, "--attention");
   o.head = parse_split_mode(f.head, "--head");
+  if (o.attention == SplitMode::Auto || o.head == SplitMode::Auto) {
+    StoredProfiles p = stored_profiles_for_auto();
+    o.auto_hardware = std::move(p.hardware);
+    o.auto_network = std::move(p.network);
+  }
   o.rank_timeout_s = f.rank_timeout_s;
   if (!f.trace.empty()) o.trace_events = 1 << 20;
   o.device = gpu::parse_device_kind(f.device);

@@ -120,4 +120,23 @@ const perf::HardwareProfile& this_machine_profile(perf::ProfileSet& profiles) {
   return profiles.hardware(r.hardware.name);
 }
 
+StoredProfiles stored_profiles_for_auto() {
+  StoredProfiles out;
+  const std::string path = stored_calibration_path();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return out;
+  try {
+    perf::ProfileSet stored;
+    stored.load_file(path);
+    const perf::HardwareProfile& hw = stored.hardware(path);
+    if (!hw.measured || hw.measured->info.cpu != cpu_model_name() || hw.measured->info.host != host_name()) return out;
+    out.hardware = std::make_shared<const perf::HardwareProfile>(hw);
+    if (!stored.network_names().empty())
+      out.network = std::make_shared<const perf::NetworkProfile>(stored.network(stored.network_names().front()));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "moep: note: ignoring the stored calibration for --attention/--head auto (%s)\n", e.what());
+  }
+  return out;
+}
+
 }  // namespace moep::cli

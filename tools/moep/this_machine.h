@@ -2,6 +2,7 @@
 // `moep plan` without --hardware (which plans for it).
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "comm/communicator.h"
@@ -26,5 +27,13 @@ void make_quick(perf::CalibrateOptions& co, bool rotation_given);
 // where the cache directory can be written. Says on stderr which it was. The profile is added to `profiles`
 // and returned from there.
 const perf::HardwareProfile& this_machine_profile(perf::ProfileSet& profiles);
+
+// For --attention auto and --head auto: the profiles stored by `moep calibrate --save` when they were measured on
+// this CPU and host (the network one only where it was measured under mpirun), else null. Never measures.
+struct StoredProfiles {
+  std::shared_ptr<const perf::HardwareProfile> hardware;
+  std::shared_ptr<const perf::NetworkProfile> network;
+};
+StoredProfiles stored_profiles_for_auto();
 
 }  // namespace moep::cli
