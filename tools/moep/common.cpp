@@ -80,7 +80,7 @@ EngineOptions make_engine_options(const std::string& model_dir, const EngineFlag
   o.attention = parse_split_mode(f.attention, "--attention");
   o.head = parse_split_mode(f.head, "--head");
   if (o.attention == SplitMode::Auto || o.head == SplitMode::Auto) {
-    StoredProfiles p = stored_profiles_for_auto();
+    StoredProfiles p = stored_profiles_for_auto(thread_count_or_default(f.threads));
     o.auto_hardware = std::move(p.hardware);
     o.auto_network = std::move(p.network);
   }

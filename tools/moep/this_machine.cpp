@@ -120,7 +120,7 @@ const perf::HardwareProfile& this_machine_profile(perf::ProfileSet& profiles) {
   return profiles.hardware(r.hardware.name);
 }
 
-StoredProfiles stored_profiles_for_auto() {
+StoredProfiles stored_profiles_for_auto(int threads) {
   StoredProfiles out;
   const std::string path = stored_calibration_path();
   std::error_code ec;
@@ -129,7 +129,9 @@ StoredProfiles stored_profiles_for_auto() {
     perf::ProfileSet stored;
     stored.load_file(path);
     const perf::HardwareProfile& hw = stored.hardware(path);
-    if (!hw.measured || hw.measured->info.cpu != cpu_model_name() || hw.measured->info.host != host_name()) return out;
+    if (!hw.measured || hw.measured->info.cpu != cpu_model_name() || hw.measured->info.host != host_name() ||
+        hw.measured->info.threads != threads)
+      return out;
     out.hardware = std::make_shared<const perf::HardwareProfile>(hw);
     if (!stored.network_names().empty())
       out.network = std::make_shared<const perf::NetworkProfile>(stored.network(stored.network_names().front()));

@@ -29,11 +29,12 @@ void make_quick(perf::CalibrateOptions& co, bool rotation_given);
 const perf::HardwareProfile& this_machine_profile(perf::ProfileSet& profiles);
 
 // For --attention auto and --head auto: the profiles stored by `moep calibrate --save` when they were measured on
-// this CPU and host (the network one only where it was measured under mpirun), else null. Never measures.
+// this CPU and host with `threads` threads per rank (the network one only where it was measured under mpirun),
+// else null. Never measures.
 struct StoredProfiles {
   std::shared_ptr<const perf::HardwareProfile> hardware;
   std::shared_ptr<const perf::NetworkProfile> network;
 };
-StoredProfiles stored_profiles_for_auto();
+StoredProfiles stored_profiles_for_auto(int threads);
 
 }  // namespace moep::cli
