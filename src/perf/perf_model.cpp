@@ -219,13 +219,12 @@ StepTimes Predictor::step(const NetworkProfile& net, const Scenario& s, int64_t 
     t.dispatch += kGpuHeadKernels * t_kernel;
     bytes += double(m.head_elems) * h_share * wb;
     if (split_head) {
-      // Rank 0 receives every other rank's logits (one message step, its link carrying (N-1)/N of them), then
-      // broadcasts its pick (a few bytes, ⌈log2 N⌉ steps); moep's emulated latency adds to each collective.
-      const double alpha = net.alpha_us.value * 1e-6, beta = net.beta_gbs.value * 1e9;
-      const double gathered = double(logit_rows) * double(m.vocab) * 4.0 * double(s.nodes - 1) / double(s.nodes);
-      t.head_gather = alpha + gathered / beta + double(ceil_log2(s.nodes)) * alpha +
-                      2.0 * emulated_latency_seconds(s.emulate_latency_us, s.nodes) +
-                      hw_.allreduce_host_seconds(gathered);
+      // Greedy decoding's distributed argmax: one all-gather of each rank's best (value, id) per row, ⌈log2 N⌉
+      // message steps of a few bytes; moep's emulated latency adds to it as to every collective. (A server that
+      // samples gathers the logits to rank 0 instead: not modeled.)
+      t.head_gather = double(ceil_log2(s.nodes)) * net.alpha_us.value * 1e-6 +
+                      emulated_latency_seconds(s.emulate_latency_us, s.nodes) +
+                      hw_.allreduce_host_seconds(double(logit_rows) * 8.0 * double(s.nodes));
     }
   }
   bytes += R * d * wb;  // embedding rows
@@ -246,7 +245,7 @@ Prediction Predictor::predict(const NetworkProfile& net, const Scenario& s) {
   if (s.nodes > 1) {
     p.exchanges_per_step = model_.n_moe_layers();
     if (s.split_attention) p.exchanges_per_step += model_.n_layers * model_.attn_split_exchanges;
-    if (s.split_head) p.exchanges_per_step += 2;
+    if (s.split_head) p.exchanges_per_step += 1;
   }
   p.decode_tokens_per_s = double(s.batch) / p.decode.total();
   p.experts_exact = exact;

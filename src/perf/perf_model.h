@@ -46,8 +46,8 @@ struct Scenario {
   double emulate_latency_us = 0.0;  // moep's --emulate-latency-us
   // --attention split / --head split (only with nodes > 1): each rank reads its share of the attention
   // projections and KV cache (whole KV heads) and joins the heads with ModelShape::attn_split_exchanges
-  // all-reduces per layer; each rank computes its rows of the output head, which are gathered to rank 0,
-  // whose greedy pick goes back to the others. Throws for a model whose attention moep cannot divide.
+  // all-reduces per layer; each rank computes its rows of the output head and greedy decoding's pick is one
+  // all-gather of each rank's best (value, id). Throws for a model whose attention moep cannot divide.
   bool split_attention = false, split_head = false;
   int64_t samples = 0;         // random routings per layer (0: chosen from the problem size)
   uint64_t seed = 1;
@@ -58,7 +58,7 @@ struct StepTimes {  // seconds
   double sync = 0;  // skew and jitter of synchronized ranks (measured networks only)
   double dispatch = 0;  // GPU: dispatches of the kernels that are not matrix ops (0 on the CPU)
   double attention_allreduce = 0;  // split attention: the all-reduces that join the ranks' heads
-  double head_gather = 0;          // split head: gathering the logits to rank 0 and sending its pick back
+  double head_gather = 0;          // split head: the all-gather of the ranks' best logits (greedy decoding)
   double compute() const { return attention + router + dense + experts_mean + head + dispatch; }
   double imbalance() const { return experts_max - experts_mean; }
   double communication() const { return allreduce + attention_allreduce + head_gather + sync; }
@@ -81,7 +81,7 @@ struct Prediction {
   double prefill_tokens_per_s = 0;
   MemoryUse memory;
   double weight_bytes_per_step = 0;  // weights a (mean) rank reads per decode step
-  int64_t exchanges_per_step = 0;    // collectives per decode step (all-reduces, and the split head's two)
+  int64_t exchanges_per_step = 0;    // collectives per decode step (all-reduces, and the split head's all-gather)
   double experts_per_layer = 0;      // distinct (rank, expert) runs per MoE layer per decode step, all ranks
   double allreduce_bytes = 0;        // per MoE layer per decode step
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // chosen for the decode message

@@ -224,7 +224,7 @@ std::string format_dense_split(const PlanRequest& req, const PlanResult& res) {
   put_row(header);
   for (const auto& row : cells) put_row(row);
   o << "columns: GB/rank = weights one rank reads per step; held = GB of weights and KV cache on the fullest rank;\n"
-       "exch = collectives per step (all-reduces; the split head's gather and pick); split = each rank its KV heads\n"
+       "exch = collectives per step (all-reduces; the split head's all-gather of greedy picks); split = each rank its KV heads\n"
        "and vocabulary rows, one more all-reduce per layer (two with a whole-projection q/k norm).\n";
   return o.str();
 }

@@ -67,8 +67,9 @@ int64_t sum_pairs(const std::vector<LayerStats>& s) {
 }
 
 // Greedy decode of `batch` sequences (slot b is sequence b), one token each per step, from the logits of their
-// last prefill. With a split head only rank 0 has the logits: it picks, and broadcasts the picks (as a step's
-// rows come from rank 0 in the engine).
+// last prefill. After the prefill, with a split head only rank 0 has the logits: it picks, and broadcasts the
+// picks. Each decode step asks the transformer for the picks alone (with a split head, one all-gather of each
+// rank's best (value, id) per row instead of the logits).
 class GreedyDecoder {
  public:
   GreedyDecoder(Transformer& tr, Communicator& comm, bool split_head, int64_t batch, int64_t vocab)
@@ -86,8 +87,7 @@ class GreedyDecoder {
   // One step at position pos: every sequence's picked token, then the next picks.
   void step(int32_t pos) {
     for (int64_t b = 0; b < batch_; ++b) rows_[size_t(b)] = {next_[size_t(b)], int32_t(b), pos, true};
-    tr_.forward(rows_, logits_.data());
-    pick();
+    tr_.forward(rows_, logits_.data(), next_.data());
   }
 
  private:

@@ -1,6 +1,7 @@
 #include "runtime/transformer.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstring>
 
@@ -79,6 +80,8 @@ Transformer::Transformer(const Model& model, const ExpertPlacement& placement, C
     MOEP_ASSERT(vocab_parts_[size_t(comm_.rank())].first == w_.vocab_rows.first &&
                 vocab_parts_[size_t(comm_.rank())].count == w_.vocab_rows.count);
     gather_counts_.resize(size_t(comm_.size()));
+    best_.resize(size_t(R));
+    all_best_.resize(size_t(R * comm_.size()));
     if (comm_.rank() == 0) gathered_.resize(size_t(R * c_.vocab_size));
   }
   for (int64_t l = 0; l < c_.n_layers; ++l)
@@ -217,13 +220,49 @@ int64_t Transformer::attention(const LayerWeights& L, int64_t layer, std::span<c
   return exchange_ns;
 }
 
-void Transformer::head(int64_t n_want, float* logits) {
+namespace {
+
+// The first index of the largest of x[0..n) (std::max_element's choice).
+int32_t argmax_of(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
+
+}  // namespace
+
+void Transformer::head(int64_t n_want, float* logits, int32_t* argmax) {
+  const int64_t V = c_.vocab_size;
   if (!w_.split.head) {
     ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, logits);
+    if (argmax)
+      for (int64_t i = 0; i < n_want; ++i) argmax[i] = argmax_of(logits + i * V, V);
     return;
   }
-  // This rank's columns of the logits, gathered to rank 0 and put in row order there.
+  // This rank's columns of the logits.
   ops::linear(pool_, w_.lm_head, head_in_.data(), n_want, head_out_.data());
+  const FfnSlice mine = vocab_parts_[size_t(comm_.rank())];
+  if (argmax) {
+    // Each rank's best of its rows, then every rank takes the best of the ranks' bests: ranks hold ascending id
+    // ranges, so keeping the first of equal values (the lower rank) keeps the lowest id.
+    for (int64_t i = 0; i < n_want; ++i) {
+      const float* row = &head_out_[size_t(i * mine.count)];
+      const int32_t at = mine.count > 0 ? argmax_of(row, mine.count) : 0;
+      best_[size_t(i)] = mine.count > 0 ? BestLogit{row[at], int32_t(mine.first) + at}
+                                        : BestLogit{-std::numeric_limits<float>::infinity(), int32_t(V)};
+    }
+    const int64_t t0 = now_ns();
+    comm_.allgather(best_.data(), size_t(n_want) * sizeof(BestLogit), all_best_.data());
+    const int64_t t1 = now_ns();
+    head_gather_ns_ += t1 - t0;
+    tracer_.record(TracePhase::HeadGather, -1, t0, t1);
+    for (int64_t i = 0; i < n_want; ++i) {
+      BestLogit best = all_best_[size_t(i)];
+      for (int r = 1; r < comm_.size(); ++r) {
+        const BestLogit& b = all_best_[size_t(r * n_want + i)];
+        if (b.value > best.value) best = b;
+      }
+      argmax[i] = best.id;
+    }
+    return;
+  }
+  // Gathered to rank 0 and put in row order there.
   for (size_t r = 0; r < vocab_parts_.size(); ++r) gather_counts_[r] = size_t(n_want * vocab_parts_[r].count);
   const int64_t t0 = now_ns();
   comm_.gather(head_out_.data(), gather_counts_.data(), gathered_.data(), 0);
@@ -231,7 +270,6 @@ void Transformer::head(int64_t n_want, float* logits) {
   head_gather_ns_ += t1 - t0;
   tracer_.record(TracePhase::HeadGather, -1, t0, t1);
   if (comm_.rank() != 0) return;
-  const int64_t V = c_.vocab_size;
   const float* part = gathered_.data();
   for (const FfnSlice& p : vocab_parts_) {
     for (int64_t i = 0; i < n_want; ++i)
@@ -240,7 +278,7 @@ void Transformer::head(int64_t n_want, float* logits) {
   }
 }
 
-void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
+void Transformer::forward(std::span<const BatchRow> rows, float* logits, int32_t* argmax) {
   const int64_t T = int64_t(rows.size()), d = c_.d_model;
   if (T == 0) return;
   if (T > limits_.max_rows) fail("a step of ", T, " rows exceeds the engine's limit of ", limits_.max_rows);
@@ -275,6 +313,9 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
                                                 TracePhase::AllReduce, TracePhase::Head};
         tracer_.record(kPhase[sp.phase], sp.layer, sp.start_ns, sp.end_ns);
       }
+    // The GPU backend keeps the head whole: every rank has the logits.
+    if (argmax)
+      for (int64_t i = 0; i < n_want; ++i) argmax[i] = argmax_of(logits + i * c_.vocab_size, c_.vocab_size);
     return;
   }
   // Embedding.
@@ -333,7 +374,7 @@ void Transformer::forward(std::span<const BatchRow> rows, float* logits) {
       else
         ops::rmsnorm(x, w_.final_norm_w, c_.norm_eps, d, y);
     }
-    head(n_want, logits);
+    head(n_want, logits, argmax);
   }
   const int64_t te = now_ns();
   head_ns_ += te - th;

@@ -43,13 +43,17 @@ class Transformer {
   // writes logits [n rows with want_logits, vocab] in row order (with a split head, on rank 0 only: the other
   // ranks' `logits` is not written). Throws moep::Error for a row outside the
   // limits (slot, position, token id).
-  void forward(std::span<const BatchRow> rows, float* logits);
+  // With `argmax`, every rank also gets each of those rows' most likely token (the lowest id among equal maxima,
+  // as std::max_element). A split head then sends no logits: each rank finds the best of its vocabulary rows, and
+  // one all-gather of (value, id) pairs gives every rank the pick; `logits` is not written on any rank and may be
+  // null.
+  void forward(std::span<const BatchRow> rows, float* logits, int32_t* argmax = nullptr);
 
   const ModelConfig& config() const { return c_; }
   const EngineLimits& limits() const { return limits_; }
   const std::vector<LayerStats>& layer_stats() const { return stats_; }
   int64_t head_ns() const { return head_ns_; }
-  // Of head_ns: gathering a split head's logits to rank 0.
+  // Of head_ns: gathering a split head's logits to rank 0, or its (value, id) pairs to every rank.
   int64_t head_gather_ns() const { return head_gather_ns_; }
   void reset_stats();
   // Bytes of weights one decode step of one token reads on this rank (non-expert weights + head + on
@@ -85,7 +89,7 @@ class Transformer {
   // OLMoE's RMSNorm of q and k over the whole projection, of which a split rank holds a part; returns the
   // nanoseconds of its all-reduce.
   int64_t full_qk_norm(const LayerWeights& L, int64_t T);
-  void head(int64_t n_want, float* logits);
+  void head(int64_t n_want, float* logits, int32_t* argmax);
   void norm(const float* x, const VecRef& w, const VecRef& b, float* y, int64_t T) const;
   float* k_at(int64_t layer, int64_t slot, int64_t pos) {
     return &k_cache_[size_t(((layer * limits_.n_slots + slot) * limits_.max_ctx + pos) * kv_dim_)];
@@ -110,6 +114,11 @@ class Transformer {
   std::vector<float> head_out_, gathered_;
   std::vector<FfnSlice> vocab_parts_;
   std::vector<size_t> gather_counts_;
+  struct BestLogit {  // a split head's best logit of one row among this rank's vocabulary rows
+    float value;
+    int32_t id;
+  };
+  std::vector<BestLogit> best_, all_best_;  // [max_rows], [ranks × max_rows]
   std::vector<float> rope_cos_, rope_sin_;  // [ctx, head_dim/2]
   std::vector<float> x_, h_, q_, k_, v_, a_, o_, m_;
   kernels::AttentionShape attention_shape_;

@@ -3,6 +3,8 @@
 // tests/dist's SplitAttentionAndHeadEqualOneRank.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/model.h"
 #include "runtime/engine.h"
@@ -95,6 +97,35 @@ TEST(DenseSplit, KvCacheHoldsThisRanksHeads) {
   const Transformer split_tr(*part, placement, comm, pool, limits), whole_tr(*whole, placement, comm, pool, limits);
   ASSERT_EQ(c.n_kv_heads, 2);  // rank 1 of 2 holds one of them
   EXPECT_EQ(2 * split_tr.kv_cache_bytes(), whole_tr.kv_cache_bytes());
+}
+
+// A split head's distributed argmax (forward with `argmax`, no logits) picks what the whole logits' argmax picks,
+// step after step through the KV cache; a replicated head's argmax is its logits' argmax.
+TEST(DenseSplit, SplitHeadArgmaxIsTheLogitsArgmax) {
+  for (const std::string fx : {"qwen3_moe_f32", "mixtral_bf16"}) {
+    SCOPED_TRACE(fx);
+    EngineOptions o;
+    o.model_dir = test::fixture_dir(fx);
+    o.device = gpu::DeviceKind::Cpu;
+    o.threads = 1;
+    o.attention = SplitMode::Replicated;
+    o.head = SplitMode::Replicated;
+    auto whole = Engine::create(o, std::make_unique<LocalCommunicator>());
+    o.head = SplitMode::Split;
+    auto split = Engine::create(o, std::make_unique<LocalCommunicator>());
+    ASSERT_TRUE(split->dense_split().head);
+    const int64_t V = whole->config().vocab_size;
+    std::vector<float> logits(static_cast<size_t>(V));
+    int32_t tok = 3, picked_whole = -1, picked_split = -1;
+    for (int32_t pos = 0; pos < 12; ++pos) {
+      const BatchRow row{tok, 0, pos, true};
+      whole->transformer().forward(std::span<const BatchRow>(&row, 1), logits.data(), &picked_whole);
+      EXPECT_EQ(picked_whole, int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+      split->transformer().forward(std::span<const BatchRow>(&row, 1), nullptr, &picked_split);
+      ASSERT_EQ(picked_split, picked_whole) << "position " << pos;
+      tok = picked_split;
+    }
+  }
 }
 
 TEST(DenseSplit, AutoWeighsBytesSavedAgainstExchanges) {

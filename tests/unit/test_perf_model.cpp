@@ -1095,8 +1095,8 @@ TEST(PerfPlan, SplitAttentionAndHeadSideBySide) {
       const double split_part = double(m.n_layers * m.attn_elems + m.head_elems) * 2 /* bf16 */;
       EXPECT_NEAR(x.bytes_replicated - x.bytes_split, split_part / 2, split_part * 0.01);
       EXPECT_EQ(x.exchanges_replicated, m.n_moe_layers());
-      // One all-reduce per layer for attention; the head's gather and its pick.
-      EXPECT_EQ(x.exchanges_split, m.n_moe_layers() + m.n_layers + 2);
+      // One all-reduce per layer for attention; the head's all-gather of the ranks' best logits.
+      EXPECT_EQ(x.exchanges_split, m.n_moe_layers() + m.n_layers + 1);
       // The fullest rank holds half the KV heads' cache and projections, and half the head's rows.
       EXPECT_LT(x.held_split, x.held_replicated);
       EXPECT_EQ(x.tps_split > x.tps_replicated, split_faster) << "alpha " << alpha_us << " us: " << x.tps_split

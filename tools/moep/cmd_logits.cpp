@@ -42,15 +42,18 @@ void register_logits(CLI::App& app) {
     engine->run_sequence(ids, 0, 0, /*all_logits=*/true, o->incremental, logits.data());
     if (engine->is_root()) write_npy_f32(o->out, logits.data(), {int64_t(ids.size()), vocab});
     if (o->greedy > 0) {
-      // Continue from the last prompt position; rank 0 picks (a split head's logits are there only) and tells
-      // the others.
+      // Continue from the last prompt position. Rank 0 picks the first token from the prompt's logits (a split
+      // head's logits are there only) and tells the others; each later pick comes out of the step itself, on every
+      // rank (a split head's distributed argmax: no logits are gathered).
       std::vector<float> last(logits.end() - vocab, logits.end());
       std::string printed;
+      int32_t tok = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+      engine->comm().broadcast(&tok, sizeof tok, 0);
       for (int i = 0; i < o->greedy; ++i) {
-        int32_t tok = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
-        engine->comm().broadcast(&tok, sizeof tok, 0);
         printed += (i ? "," : "") + std::to_string(tok);
-        engine->run_sequence({tok}, 0, int32_t(ids.size()) + i, false, false, last.data());
+        if (i + 1 == o->greedy) break;
+        const BatchRow row{tok, 0, int32_t(ids.size()) + i, true};
+        engine->transformer().forward(std::span<const BatchRow>(&row, 1), last.data(), &tok);
       }
       if (engine->is_root()) std::printf("%s\n", printed.c_str());
     }
