@@ -399,6 +399,24 @@ json plan_to_json(const PlanRequest& req, const PlanResult& res) {
                     {"cheapest_meeting_target", int(i) == res.cheapest_meeting_target}});
   }
   j["rows"] = rows;
+  // The side-by-side of format_dense_split: attention and head replicated against split, per multi-node row.
+  json splits = json::array();
+  for (size_t i = 0; i < res.rows.size(); ++i) {
+    const PlanRow& r = res.rows[i];
+    if (r.nodes < 2) continue;
+    const DenseSplitRow x = dense_split_row(*req.model, req.base, r);
+    splits.push_back({{"row", int(i)},
+                      {"weight_bytes_per_step_replicated", x.bytes_replicated},
+                      {"weight_bytes_per_step_split", x.bytes_split},
+                      {"held_bytes_replicated", x.held_replicated},
+                      {"held_bytes_split", x.held_split},
+                      {"exchanges_per_step_replicated", x.exchanges_replicated},
+                      {"exchanges_per_step_split", x.exchanges_split},
+                      {"decode_tokens_per_s_replicated", x.tps_replicated},
+                      {"decode_tokens_per_s_split", x.tps_split},
+                      {"faster", x.tps_split > x.tps_replicated ? "split" : "replicated"}});
+  }
+  j["attention_and_head"] = splits;
   j["cheapest_meeting_target"] = res.cheapest_meeting_target;
   j["fastest"] = res.fastest;
   j["best_value"] = res.best_value;

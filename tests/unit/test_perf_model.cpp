@@ -1104,6 +1104,11 @@ TEST(PerfPlan, SplitAttentionAndHeadSideBySide) {
     }
     EXPECT_EQ(seen, 1);
     EXPECT_NE(format_dense_split(req, res).find("tok/s split"), std::string::npos);
+    // The JSON carries the same side-by-side, one entry per multi-node row.
+    const nlohmann::json j = plan_to_json(req, res);
+    ASSERT_EQ(j["attention_and_head"].size(), 1u);
+    EXPECT_EQ(j["attention_and_head"][0]["faster"], split_faster ? "split" : "replicated");
+    EXPECT_EQ(j["rows"][j["attention_and_head"][0]["row"].get<int>()]["nodes"], 2);
   }
 }
 
