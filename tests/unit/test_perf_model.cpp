@@ -1031,6 +1031,62 @@ TEST(PerfValidate, SplitRunsCountTheSharedExpertOnce) {
   }
 }
 
+// Runs with --attention/--head split (as the bench JSON says) are predicted split, their bytes counted with the
+// ranks' shares adding up to one copy, and a replicated and a split run of the same configuration are paired: the
+// table says which the model predicted faster and which was.
+TEST(PerfValidate, SplitAttentionAndHeadRunsArePredictedSplitAndPaired) {
+  test::TempDir d;
+  auto write = [&](const std::string& name, const nlohmann::json& j) {
+    std::ofstream(d.str() + "/" + name) << j.dump();
+  };
+  HardwareProfile hw = roofline(0.1);  // the fixture is tiny: a slow machine makes its bytes outweigh the links
+  hw.name = "hw";
+  write("hw.json", hardware_profile_to_json(hw));
+  NetworkProfile net = network(5, 10);
+  net.name = "net";
+  write("net.json", network_profile_to_json(net));
+  const std::string model = test::fixture_dir("qwen3_moe_f32");
+  const ModelShape m = shape_from_config(load_model_config(model), "q");
+  const double wb = 4.0;  // f32
+  double attention = 0;
+  for (int64_t w : m.attn_matrices) attention += double(w) * double(m.n_layers);
+  const double router = double(m.router_elems) * double(m.n_moe_layers());
+  const double experts = double(m.top_k) * double(m.expert_elems) * double(m.n_moe_layers());
+  // Bytes per token as `moep bench` counts them over 2 ranks: replicated, each rank all of attention and head;
+  // split, one copy of them in all.
+  const double rep_bytes = (2 * (attention + double(m.head_elems) + router) + experts) * wb;
+  const double split_bytes = (attention + double(m.head_elems) + 2 * router + experts) * wb;
+  auto bench = [&](const std::string& mode, double tps, double bytes) {
+    return nlohmann::json{{"decode_tokens_per_s", tps}, {"decode_step_ms_p50", 1e3 / tps}, {"prefill_tokens_per_s", 50.0},
+                          {"batch", 1}, {"ranks", 2}, {"threads", 1}, {"prompt", 4}, {"gen", 4},
+                          {"weight_bytes_per_token", bytes}, {"attention", mode}, {"head", mode}};
+  };
+  write("rep.json", bench("replicated", 100.0, rep_bytes));
+  write("split.json", bench("split", 150.0, split_bytes));
+  auto kase = [&](const std::string& label, const std::string& b) {
+    return nlohmann::json{{"label", label}, {"model", model}, {"hardware", "hw.json"}, {"network", "net.json"},
+                          {"bench", b}, {"routing", "uniform"}};
+  };
+  write("m.json", {{"cases", {kase("q", "rep.json"), kase("q", "split.json")}}});
+  ProfileSet profiles;
+  const ValidationResult r = run_validation(d.str() + "/m.json", profiles);
+  ASSERT_EQ(r.rows.size(), 2u);
+  EXPECT_FALSE(r.rows[0].split_attention || r.rows[0].split_head);
+  EXPECT_TRUE(r.rows[1].split_attention && r.rows[1].split_head);
+  EXPECT_NEAR(r.rows[0].measured_experts, double(m.top_k), 1e-6);
+  EXPECT_NEAR(r.rows[1].measured_experts, double(m.top_k), 1e-6);
+  // At 0.1 GB/s per rank and 5 us links, dividing attention and head pays: predicted faster, as measured.
+  EXPECT_GT(r.rows[1].predicted_decode, r.rows[0].predicted_decode);
+  ASSERT_EQ(r.split_choices.size(), 1u);
+  EXPECT_TRUE(r.split_choices[0].agrees());
+  EXPECT_EQ(r.split_choices_right(), 1);
+  EXPECT_NE(format_validation(r).find("faster one in 1 of 1 configurations"), std::string::npos) << format_validation(r);
+  // Measured the other way round: the model's choice is counted wrong.
+  write("split.json", bench("split", 50.0, split_bytes));
+  ProfileSet again;
+  EXPECT_EQ(run_validation(d.str() + "/m.json", again).split_choices_right(), 0);
+}
+
 TEST(PerfValidate, SeveralCalibrationsAverageTheStepTime) {
   test::TempDir d;
   auto write = [&](const std::string& name, const nlohmann::json& j) {
