@@ -12,6 +12,14 @@ namespace moep {
 
 namespace {
 
+// `<arch>.block_count`, bounded before anything is sized by it.
+int64_t read_block_count(const GgufFile& g, const std::string& key, const std::string& path) {
+  const int64_t n = g.get_u32(key);
+  if (n > ConfigLimits::layers)
+    fail(path, ": ", key, " is ", n, "; moep reads at most ", ConfigLimits::layers, " (a corrupt or hostile file?)");
+  return n;
+}
+
 // llama.cpp's deepseek2: DeepSeek-V2 and V3 (R1, Kimi K2) with multi-head latent attention, as its converter
 // writes them (conversion/deepseek.py, DeepseekV2Model). The result equals what the checkpoint's config.json gives
 // (arch_deepseek.cpp): the same ModelConfig, so the same forward pass.
@@ -23,10 +31,7 @@ namespace {
 ModelConfig deepseek2_config(const GgufFile& g, const std::string& path) {
   auto key = [](const char* name) { return std::string("deepseek2.") + name; };
   ModelConfig c;
-  c.n_layers = g.get_u32(key("block_count"));
-  if (c.n_layers > ConfigLimits::layers)
-    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
-         " (a corrupt or hostile file?)");
+  c.n_layers = read_block_count(g, key("block_count"), path);
   c.d_model = g.get_u32(key("embedding_length"));
   c.n_heads = g.get_u32(key("attention.head_count"));
   c.max_position = g.get_u32_or(key("context_length"), 4096);
@@ -123,10 +128,7 @@ ModelConfig deepseek2_config(const GgufFile& g, const std::string& path) {
 // deepseek2 stores them: key_length is the head size when given (else d_model / heads) and value_length must equal it.
 void read_layers_and_heads(const GgufFile& g, const std::string& arch, const std::string& path, ModelConfig& c) {
   auto key = [&](const char* name) { return arch + "." + name; };
-  c.n_layers = g.get_u32(key("block_count"));
-  if (c.n_layers > ConfigLimits::layers)
-    fail(path, ": ", key("block_count"), " is ", c.n_layers, "; moep reads at most ", ConfigLimits::layers,
-         " (a corrupt or hostile file?)");
+  c.n_layers = read_block_count(g, key("block_count"), path);
   c.d_model = g.get_u32(key("embedding_length"));
   c.n_heads = g.get_u32(key("attention.head_count"));
   c.n_kv_heads = g.get_u32_or(key("attention.head_count_kv"), uint32_t(c.n_heads));
