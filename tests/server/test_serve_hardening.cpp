@@ -45,6 +45,9 @@ const std::string& model_dir() {
     // A template whose few steps are slow (each copies 32 MB): far under the step budget, minutes without a deadline.
     std::ofstream(d + "/slow.jinja") << "{%- set s = 'x' * 16000000 -%}{%- for i in range(99999) -%}"
                                          "{%- set t = s ~ s -%}{%- endfor -%}{{ messages[0]['content'] }}";
+    // The issue's nested loops: ten billion cheap steps, which the template's step budget stops.
+    std::ofstream(d + "/loops.jinja") << "{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}"
+                                          "{% endfor %}{{ messages[0]['content'] }}";
     return d;
   }();
   return dir;
@@ -326,6 +329,23 @@ TEST(ServeHardening, DisconnectedClientsGenerationIsCancelled) {
     EXPECT_EQ(request(s.port(), post("/v1/completions", R"({"prompt":"hi","max_tokens":2})", true)).status, 200);
     EXPECT_LT(since(t1), 1.0);
   }
+  EXPECT_GT(s.terminate(10), 0) << s.log();
+}
+
+// The nested-loop template fails a chat request within 2 s with an error naming the template's limit, and the
+// server goes on: the next request (one that renders no template) and /health are answered.
+TEST(ServeHardening, NestedLoopTemplateFailsFastAndTheNextRequestSucceeds) {
+  Serve s("--quiet --chat-template " + model_dir() + "/loops.jinja");
+  ASSERT_GT(s.port(), 0) << s.log();
+  const auto t0 = Clock::now();
+  const Answer a = request(s.port(), post("/v1/chat/completions",
+                                          R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})", true));
+  EXPECT_LT(since(t0), 2.0);
+  EXPECT_GE(a.status, 400) << a.body;
+  EXPECT_LT(a.status, 600) << a.body;
+  EXPECT_NE(a.body.find("template"), std::string::npos) << a.body;
+  EXPECT_EQ(request(s.port(), post("/v1/completions", R"({"prompt":"hi","max_tokens":2})", true)).status, 200);
+  EXPECT_EQ(request(s.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status, 200);
   EXPECT_GT(s.terminate(10), 0) << s.log();
 }
 
